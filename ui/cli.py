@@ -1,0 +1,81 @@
+"""vslerp: vertical-SLERP image editing in raw CLIP space, and the geometry of that space.
+
+Each subcommand lives in its own module under ``vslerp.ui`` (``cmd_*.py``) exposing
+``register(subparsers)``, which adds a parser whose default ``func(args) -> int`` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+
+from vslerp._version import __version__
+
+__all__ = ["CLIError", "build_parser", "main"]
+
+# Subcommand modules, in the order `vslerp --help` lists them. A module that is not there
+# (an optional extra missing) is skipped, so the help lists exactly what works.
+_COMMAND_MODULES = (
+    "vslerp.ui.cmd_grid",
+    "vslerp.ui.cmd_stats",
+    "vslerp.ui.cmd_ui",
+    "vslerp.ui.cmd_info",
+)
+
+
+class CLIError(Exception):
+    """A user's mistake: printed as one line on stderr, exit status 2, no traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors are one line on stderr with exit status 2."""
+
+    def error(self, message: str):  # noqa: D102 - argparse API
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="vslerp", description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"vslerp {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show full tracebacks (for bug reports)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:  # this command is not part of this install
+                continue
+            raise
+        module.register(subparsers)
+    for sub in subparsers.choices.values():  # `vslerp CMD ... --verbose` works too
+        sub.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="show full tracebacks (for bug reports)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``vslerp`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("vslerp: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, TypeError, OSError) as err:
+        if args.verbose:
+            traceback.print_exc()
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"vslerp {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

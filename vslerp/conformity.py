@@ -1,0 +1,158 @@
+"""Conformity (paper §6.1, Eq. 10–11): exact in O(N·D), estimated from the mean, and fits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._checks import as_tensor, check_finite, check_nonzero_rows, compute_dtype
+
+__all__ = [
+    "ConformityFit",
+    "LinearFit",
+    "conformity",
+    "conformity_fit",
+    "cosine_to_mean",
+    "exact_conformity_coefficients",
+    "unit_sum",
+]
+
+_CHUNK = 16384  # rows per chunk: bounds the temporaries to O(chunk·D), not O(N·D)
+
+
+def _check_matrix(name: str, x) -> torch.Tensor:
+    x = as_tensor(name, x, rank=2)
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty: got shape {tuple(x.shape)}, need at least one row")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} has zero features: got shape {tuple(x.shape)}")
+    return x
+
+
+def _unit_chunk(name: str, raw: torch.Tensor, offset: int, cd: torch.dtype) -> torch.Tensor:
+    """Unit rows of one chunk (n, D) in dtype ``cd``; zero/non-finite rows raise."""
+    raw = raw.to(cd)
+    check_finite(name, raw)
+    scale = raw.abs().amax(dim=1, keepdim=True)  # (n, 1), overflow-safe norms
+    if bool((scale == 0).any()):
+        rows = (torch.nonzero(scale.squeeze(1) == 0).flatten()[:5] + offset).tolist()
+        check_nonzero_rows(f"{name} (rows {rows})", scale.squeeze(1))
+    scaled = raw / scale
+    return scaled / torch.linalg.vector_norm(scaled, dim=1, keepdim=True)
+
+
+def unit_sum(x: torch.Tensor) -> torch.Tensor:
+    """Σ_j x_j/‖x_j‖ over the rows of x (N, D), as (D,) float64. O(D) extra memory."""
+    x = _check_matrix("x", x)
+    cd = compute_dtype(x)
+    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    for start in range(0, x.shape[0], _CHUNK):
+        unit = _unit_chunk("x", x[start : start + _CHUNK], start, cd)  # (n, D)
+        total += unit.sum(dim=0, dtype=torch.float64)
+    return total
+
+
+def conformity(x: torch.Tensor) -> torch.Tensor:
+    """Exact conformity, paper Eq. 10: C(v_j) = mean over k≠j of cos(v_j, v_k).
+
+    x: (N, D) raw embeddings, N ≥ 2. Uses Σ_{k≠j} cos(v_j, v_k) = û_j·(Σ_k û_k) − 1, so it
+    runs in O(N·D) time and O(D) extra memory (chunked), never forming the N×N matrix.
+    Returns (N,) float32 (float64 for float64 input).
+    """
+    x = _check_matrix("x", x)
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError(f"conformity needs at least 2 vectors in x, got N={n}")
+    cd = compute_dtype(x)
+    total = unit_sum(x)  # (D,) float64
+    total_cd = total.to(cd)
+    out = torch.empty(n, dtype=cd, device=x.device)
+    for start in range(0, n, _CHUNK):
+        unit = _unit_chunk("x", x[start : start + _CHUNK], start, cd)  # (n_chunk, D)
+        dots = (unit @ total_cd).to(torch.float64)  # (n_chunk,)
+        out[start : start + unit.shape[0]] = ((dots - 1.0) / (n - 1)).to(cd)
+    return out
+
+
+def cosine_to_mean(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """cos(v_j, m) for each row of x (N, D) and a mean (D,): paper Eq. 11 without a, b.
+
+    Returns (N,) float32 (float64 for float64 input).
+    """
+    x = _check_matrix("x", x)
+    mean = as_tensor("mean", mean, rank=1)
+    if mean.shape[0] != x.shape[1]:
+        raise ValueError(f"mean must have shape ({x.shape[1]},) to match x, got {tuple(mean.shape)}")
+    cd = compute_dtype(x, mean)
+    mean_c = mean.to(device=x.device, dtype=cd)
+    check_finite("mean", mean_c)
+    scale = mean_c.abs().max()
+    if scale == 0:
+        raise ValueError("mean is the zero vector: the cosine to it is undefined")
+    mean_unit = (mean_c / scale) / torch.linalg.vector_norm(mean_c / scale)
+    out = torch.empty(x.shape[0], dtype=cd, device=x.device)
+    for start in range(0, x.shape[0], _CHUNK):
+        unit = _unit_chunk("x", x[start : start + _CHUNK], start, cd)
+        out[start : start + unit.shape[0]] = unit @ mean_unit
+    return out
+
+
+@dataclass(frozen=True)
+class LinearFit:
+    """y ≈ a·x + b with Pearson correlation r between x and y."""
+
+    a: float  # slope
+    b: float  # intercept
+    r: float  # Pearson correlation of x and y
+
+
+@dataclass(frozen=True)
+class ConformityFit:
+    """Both regression directions between cos-to-mean and exact conformity (paper Eq. 11)."""
+
+    conformity_from_cos: LinearFit  # Ĉ = a·cos(m, v) + b: the estimator of Eq. 11
+    cos_from_conformity: LinearFit  # cos = a·C + b: the direction whose a > 1 the paper reports
+
+
+def _linear_fit(x: torch.Tensor, y: torch.Tensor) -> LinearFit:
+    x = x.to(torch.float64)
+    y = y.to(torch.float64)
+    dx, dy = x - x.mean(), y - y.mean()
+    sxx, syy, sxy = (dx * dx).sum(), (dy * dy).sum(), (dx * dy).sum()
+    if sxx == 0 or syy == 0:
+        raise ValueError("cannot fit a line: one of the inputs is constant (zero variance)")
+    a = sxy / sxx
+    b = y.mean() - a * x.mean()
+    r = (sxy / torch.sqrt(sxx * syy)).clamp(-1.0, 1.0)
+    return LinearFit(float(a), float(b), float(r))
+
+
+def conformity_fit(cos: torch.Tensor, conf: torch.Tensor) -> ConformityFit:
+    """Least-squares fits between cosine-to-mean (N,) and exact conformity (N,), both ways.
+
+    Computed in float64. ``conformity_from_cos`` is Eq. 11's Ĉ = a·cos + b;
+    ``cos_from_conformity`` regresses cos on C (a ≈ 1/‖μ̂‖ > 1, as the paper reports).
+    """
+    cos = as_tensor("cos", cos, rank=1)
+    conf = as_tensor("conf", conf, rank=1)
+    if cos.shape != conf.shape:
+        raise ValueError(f"cos and conf must have the same shape, got {tuple(cos.shape)} and {tuple(conf.shape)}")
+    if cos.shape[0] < 2:
+        raise ValueError(f"a fit needs at least 2 points, got {cos.shape[0]}")
+    check_finite("cos", cos)
+    check_finite("conf", conf)
+    return ConformityFit(_linear_fit(cos, conf), _linear_fit(conf, cos))
+
+
+def exact_conformity_coefficients(count: int, mean_unit: torch.Tensor) -> LinearFit:
+    """The exact a, b of C = a·cos(v, μ̂) + b, with μ̂ the mean of the N unit vectors.
+
+    From Eq. 10: C(v_j) = (N‖μ̂‖·cos(v_j, μ̂) − 1)/(N − 1), so a = N‖μ̂‖/(N−1),
+    b = −1/(N−1) and r = 1 (this holds for cos to μ̂; to the raw mean it is the estimate).
+    """
+    if not isinstance(count, int) or count < 2:
+        raise ValueError(f"count must be an int ≥ 2, got {count!r}")
+    mean_unit = as_tensor("mean_unit", mean_unit, rank=1)
+    norm = float(torch.linalg.vector_norm(mean_unit.to(torch.float64)))
+    return LinearFit(count * norm / (count - 1), -1.0 / (count - 1), 1.0)
