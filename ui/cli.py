@@ -18,9 +18,10 @@ __all__ = ["CLIError", "build_parser", "main"]
 # Subcommand modules, in the order `vslerp --help` lists them. A module that is not there
 # (an optional extra missing) is skipped, so the help lists exactly what works.
 _COMMAND_MODULES = (
-    "vslerp.ui.cmd_grid",
-    "vslerp.ui.cmd_stats",
-    "vslerp.ui.cmd_ui",
+    "vslerp.ui.cmd_grid",  # grid, animate, batch
+    "vslerp.ui.cmd_stats",  # stats compute (+ stats report from cmd_report)
+    "vslerp.ui.cmd_report",  # conformity
+    "vslerp.ui.cmd_ui",  # the Gradio editor
     "vslerp.ui.cmd_info",
 )
 
