@@ -7,7 +7,7 @@ The rooms ``vslerp.stats``, ``vslerp.pipelines`` and ``vslerp.ui`` build on it.
 """
 
 from ._version import __version__
-from .conformity import (
+from .conformal import (
     ConformityFit,
     LinearFit,
     conformity,

@@ -17,7 +17,7 @@ def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
 def as_tensor(name: str, value, *, min_rank: int = 0, rank: int | None = None) -> torch.Tensor:
     """Return ``value`` as a floating-point tensor, or raise naming ``name``."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = torch.tensor(float(value))
+        value = torch.tensor(float(value), dtype=torch.float64)  # cast to the compute dtype later
     elif not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or a number, got {type(value).__name__}")
     if not (value.is_floating_point()):

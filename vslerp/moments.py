@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import as_tensor, check_finite
-from .conformity import _check_matrix, _unit_chunk
+from .conformal import _check_matrix, _unit_chunk
 
 __all__ = [
     "MomentAccumulator",
@@ -144,7 +144,7 @@ class MomentAccumulator:
 
     def conformity_coefficients(self):
         """Exact (a, b) of C = a·cos(v, μ̂) + b for this set (see ``exact_conformity_coefficients``)."""
-        from .conformity import exact_conformity_coefficients
+        from .conformal import exact_conformity_coefficients
 
         return exact_conformity_coefficients(self.count, self.mean_unit)
 
