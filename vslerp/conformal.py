@@ -30,26 +30,48 @@ def _check_matrix(name: str, x) -> torch.Tensor:
     return x
 
 
+def _row_norms(name: str, raw: torch.Tensor, offset: int) -> torch.Tensor:
+    """‖row‖ of one chunk (n, D) already in the compute dtype, as (n,).
+
+    One pass in the common case; rows whose squared norm overflows are recomputed scaled by
+    their max |entry|. Non-finite entries and zero rows raise ``ValueError`` naming ``name``.
+    """
+    norms = torch.linalg.vector_norm(raw, dim=1)  # (n,)
+    bad = ~torch.isfinite(norms)
+    if bool(bad.any()):
+        check_finite(name, raw)  # NaN/Inf entries → error; else it was overflow
+        rows = raw[bad]
+        scale = rows.abs().amax(dim=1)
+        norms[bad] = torch.linalg.vector_norm(rows / scale[:, None], dim=1) * scale
+        if bool((~torch.isfinite(norms)).any()):
+            raise ValueError(f"{name} has rows whose norm overflows {raw.dtype}")
+    zero = norms == 0
+    if bool(zero.any()):
+        rows = (torch.nonzero(zero).flatten()[:5] + offset).tolist()
+        check_nonzero_rows(f"{name} (rows {rows})", norms)
+    return norms
+
+
 def _unit_chunk(name: str, raw: torch.Tensor, offset: int, cd: torch.dtype) -> torch.Tensor:
     """Unit rows of one chunk (n, D) in dtype ``cd``; zero/non-finite rows raise."""
     raw = raw.to(cd)
-    check_finite(name, raw)
-    scale = raw.abs().amax(dim=1, keepdim=True)  # (n, 1), overflow-safe norms
-    if bool((scale == 0).any()):
-        rows = (torch.nonzero(scale.squeeze(1) == 0).flatten()[:5] + offset).tolist()
-        check_nonzero_rows(f"{name} (rows {rows})", scale.squeeze(1))
-    scaled = raw / scale
-    return scaled / torch.linalg.vector_norm(scaled, dim=1, keepdim=True)
+    return raw / _row_norms(name, raw, offset).unsqueeze(1)
 
 
 def unit_sum(x: torch.Tensor) -> torch.Tensor:
     """Σ_j x_j/‖x_j‖ over the rows of x (N, D), as (D,) float64. O(D) extra memory."""
     x = _check_matrix("x", x)
-    cd = compute_dtype(x)
+    return _unit_sum(x, compute_dtype(x))
+
+
+def _unit_sum(x: torch.Tensor, cd: torch.dtype, norms_out: torch.Tensor | None = None):
     total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
     for start in range(0, x.shape[0], _CHUNK):
-        unit = _unit_chunk("x", x[start : start + _CHUNK], start, cd)  # (n, D)
-        total += unit.sum(dim=0, dtype=torch.float64)
+        raw = x[start : start + _CHUNK].to(cd)  # (n, D)
+        norms = _row_norms("x", raw, start)  # (n,)
+        if norms_out is not None:
+            norms_out[start : start + raw.shape[0]] = norms
+        total += (norms.reciprocal() @ raw).to(torch.float64)  # Σ û over the chunk, (D,)
     return total
 
 
@@ -57,21 +79,21 @@ def conformity(x: torch.Tensor) -> torch.Tensor:
     """Exact conformity, paper Eq. 10: C(v_j) = mean over k≠j of cos(v_j, v_k).
 
     x: (N, D) raw embeddings, N ≥ 2. Uses Σ_{k≠j} cos(v_j, v_k) = û_j·(Σ_k û_k) − 1, so it
-    runs in O(N·D) time and O(D) extra memory (chunked), never forming the N×N matrix.
-    Returns (N,) float32 (float64 for float64 input).
+    runs in O(N·D) time (three passes over x) and O(D) extra memory (chunked), never forming
+    the N×N matrix. Returns (N,) float32 (float64 for float64 input).
     """
     x = _check_matrix("x", x)
     n = x.shape[0]
     if n < 2:
         raise ValueError(f"conformity needs at least 2 vectors in x, got N={n}")
     cd = compute_dtype(x)
-    total = unit_sum(x)  # (D,) float64
-    total_cd = total.to(cd)
-    out = torch.empty(n, dtype=cd, device=x.device)
+    out = torch.empty(n, dtype=cd, device=x.device)  # holds the row norms until overwritten
+    total = _unit_sum(x, cd, norms_out=out).to(cd)  # (D,)
     for start in range(0, n, _CHUNK):
-        unit = _unit_chunk("x", x[start : start + _CHUNK], start, cd)  # (n_chunk, D)
-        dots = (unit @ total_cd).to(torch.float64)  # (n_chunk,)
-        out[start : start + unit.shape[0]] = ((dots - 1.0) / (n - 1)).to(cd)
+        raw = x[start : start + _CHUNK].to(cd)  # (n_chunk, D)
+        norms = out[start : start + raw.shape[0]]
+        dots = (raw @ total) / norms  # û_j · Σû, (n_chunk,)
+        out[start : start + raw.shape[0]] = (dots - 1.0) / (n - 1)
     return out
 
 
@@ -93,8 +115,8 @@ def cosine_to_mean(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     mean_unit = (mean_c / scale) / torch.linalg.vector_norm(mean_c / scale)
     out = torch.empty(x.shape[0], dtype=cd, device=x.device)
     for start in range(0, x.shape[0], _CHUNK):
-        unit = _unit_chunk("x", x[start : start + _CHUNK], start, cd)
-        out[start : start + unit.shape[0]] = unit @ mean_unit
+        raw = x[start : start + _CHUNK].to(cd)  # (n, D)
+        out[start : start + raw.shape[0]] = (raw @ mean_unit) / _row_norms("x", raw, start)
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import as_tensor, check_finite
-from .conformal import _check_matrix, _unit_chunk
+from .conformal import _check_matrix, _row_norms
 
 __all__ = [
     "MomentAccumulator",
@@ -46,14 +46,13 @@ class MomentAccumulator:
             raise ValueError(f"batch must have {self.dim} features, got shape {tuple(batch.shape)}")
         raw = batch.to(device=self.sum.device, dtype=_F64)  # (N, D)
         check_finite("batch", raw)
-        unit = _unit_chunk("batch", raw, 0, _F64)  # (N, D); zero rows raise
-        sq_norm = (raw * raw).sum(dim=1)  # (N,)
+        norms = _row_norms("batch", raw, 0)  # (N,); zero rows raise
         self.count += raw.shape[0]
         self.sum += raw.sum(dim=0)
-        self.sum_unit += unit.sum(dim=0)
+        self.sum_unit += norms.reciprocal() @ raw  # Σ û, (D,)
         self.sum_outer += raw.T @ raw
-        self.sum_norm += sq_norm.sqrt().sum()
-        self.sum_sq_norm += sq_norm.sum()
+        self.sum_norm += norms.sum()
+        self.sum_sq_norm += (norms * norms).sum()
         return self
 
     def merge(self, other: MomentAccumulator) -> MomentAccumulator:
