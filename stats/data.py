@@ -1,0 +1,182 @@
+"""Dataset readers: MS-COCO caption files, plain image folders, text files of captions.
+
+Images are opened defensively (:func:`open_image`): EXIF orientation applied, CMYK /
+16-bit / grayscale / palette / RGBA converted to RGB (alpha composited on white), and
+truncated files, non-images and decompression bombs refused with a short reason.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Caption",
+    "ImageItem",
+    "UnreadableImage",
+    "iter_images",
+    "list_images",
+    "open_image",
+    "read_captions",
+    "read_coco",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image of a dataset."""
+
+    name: str  # path relative to the image folder (what is reported when skipped)
+    path: Path  # where to read it
+    image_id: int  # COCO image id, or the position in a plain folder's sorted listing
+
+
+@dataclass(frozen=True)
+class Caption:
+    """One caption of a dataset."""
+
+    text: str  # the caption
+    image_id: int  # COCO image id it describes, or -1 when unpaired (text files)
+    caption_id: int  # COCO annotation id, or the 0-based line number of a text file
+
+
+class UnreadableImage(ValueError):
+    """An image file that cannot be decoded (the message is the reason)."""
+
+
+# -- captions ---------------------------------------------------------------------------
+def _load_json(path: Path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"captions file {path} is not valid JSON ({err.msg} at line "
+                         f"{err.lineno})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"captions file {path} is not UTF-8 text") from None
+
+
+def read_coco(path: str | Path) -> tuple[list[tuple[int, str]], list[Caption]]:
+    """Read an MS-COCO captions json: ([(image_id, file_name)], [Caption]) in file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"captions file not found: {path}")
+    data = _load_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise ValueError(f"captions file {path} is not in COCO format: it needs an "
+                         "'annotations' list of {image_id, caption}")
+    captions = []
+    for i, ann in enumerate(data["annotations"]):
+        if (not isinstance(ann, dict) or not isinstance(ann.get("caption"), str)
+                or not isinstance(ann.get("image_id"), int)):
+            raise ValueError(f"captions file {path}: annotation {i} needs an int 'image_id' "
+                             f"and a str 'caption', got {str(ann)[:80]}")
+        captions.append(Caption(ann["caption"].strip(), ann["image_id"], int(ann.get("id", i))))
+    images = []
+    for i, img in enumerate(data.get("images") or []):
+        if (not isinstance(img, dict) or not isinstance(img.get("id"), int)
+                or not isinstance(img.get("file_name"), str)):
+            raise ValueError(f"captions file {path}: images[{i}] needs an int 'id' and a str "
+                             f"'file_name', got {str(img)[:80]}")
+        images.append((img["id"], img["file_name"]))
+    return images, captions
+
+
+def read_captions(path: str | Path) -> list[Caption]:
+    """Captions from a COCO json (``.json``) or a text file (one caption a line, blanks skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"captions file not found: {path}")
+    if path.suffix.lower() == ".json":
+        return read_coco(path)[1]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"captions file {path} is not UTF-8 text") from None
+    return [Caption(line.strip(), -1, i) for i, line in enumerate(lines) if line.strip()]
+
+
+# -- images -----------------------------------------------------------------------------
+def list_images(path: str | Path, coco: str | Path | None = None) -> list[ImageItem]:
+    """The images of a dataset: those a COCO captions json lists (``coco``), else every file
+    with an image extension under the folder ``path``, sorted (ids = positions)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    if coco is not None and Path(coco).suffix.lower() == ".json":
+        listed, _ = read_coco(coco)
+        if listed:
+            return [ImageItem(name, root / name, image_id) for image_id, name in listed]
+    files = sorted(p for p in root.rglob("*")
+                   if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    return [ImageItem(p.relative_to(root).as_posix(), p, i) for i, p in enumerate(files)]
+
+
+def _to_rgb(image):
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit grayscale: scale to 8 bits (convert("L") would clip everything to white).
+        import numpy as np
+
+        arr = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def open_image(path: str | Path):
+    """Open an image as an RGB ``PIL.Image``, upright per its EXIF orientation.
+
+    Converts CMYK, 16-bit, grayscale, palette and RGBA (composited on white). Raises
+    :class:`UnreadableImage` with a short reason for truncated files, files that are not
+    images, and decompression bombs (more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                return _to_rgb(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise UnreadableImage(f"decompression bomb ({err.args[0].split('could')[0].strip()})") from None
+    except UnidentifiedImageError:
+        raise UnreadableImage("not an image") from None
+    except FileNotFoundError:
+        raise UnreadableImage("missing") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        if "truncated" in reason.lower():
+            reason = "truncated"
+        raise UnreadableImage(f"unreadable ({reason})") from None
+
+
+def iter_images(path: str | Path, *, coco: str | Path | None = None,
+                skipped: list | None = None) -> Iterator[tuple[ImageItem, object]]:
+    """Yield ``(ImageItem, PIL.Image RGB)`` for each readable image of a folder (or of the
+    images a COCO json lists); unreadable ones are skipped and, if ``skipped`` is a list,
+    appended to it as ``(name, reason)``."""
+    for item in list_images(path, coco):
+        try:
+            image = open_image(item.path)
+        except UnreadableImage as err:
+            if skipped is not None:
+                skipped.append((item.name, str(err)))
+            continue
+        yield item, image

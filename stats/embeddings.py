@@ -1,0 +1,200 @@
+"""Stored embeddings (``--save-embeddings DIR``): safetensors shards plus ``manifest.json``.
+
+Each modality's item list is cut into fixed chunks of ``shard_size`` items; chunk ``k`` of
+modality ``m`` becomes ``DIR/{m}-{k:06d}.safetensors`` holding ``embeddings`` (n, D) float32
+raw, ``item_index`` (n,) int64 (position in the item list), ``image_id`` (n,) int64 (COCO
+image id; −1 when unpaired) and, in its metadata, the items skipped in that chunk. A shard
+file exists only once complete (temporary name + rename), so the set of shard files *is* the
+progress record: a killed run resumes by summing the shards present and encoding the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .files import atomic_save_safetensors
+
+__all__ = ["EmbeddingStore", "Embeddings", "read_embeddings"]
+
+MANIFEST = "manifest.json"
+FORMAT = "vslerp-embeddings/1"
+MODALITIES = ("image", "text")
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Shard:
+    """One completed chunk read back from disk."""
+
+    embeddings: torch.Tensor  # (n, D) float32 raw
+    item_index: torch.Tensor  # (n,) int64
+    image_id: torch.Tensor  # (n,) int64
+    skipped: list = field(default_factory=list)  # [(name, reason)]
+
+
+class EmbeddingStore:
+    """Reads and writes the shards and manifest of one ``--save-embeddings`` folder.
+
+    ``plan`` describes the run: ``{"metadata": {...}, "shard_size": S, "modalities":
+    {m: {"items": N, "digest": sha256 of the item names}}}``. Opening a folder whose
+    manifest has a different plan (another dataset, model or shard size) raises
+    ``ValueError`` unless ``overwrite`` (which deletes its shards).
+    """
+
+    def __init__(self, directory: str | Path, plan: dict) -> None:
+        self.dir = Path(directory)
+        self.plan = plan
+
+    # -- setup (rank 0 only) ------------------------------------------------------------
+    def _key(self, plan: dict) -> dict:
+        meta = plan.get("metadata", {})
+        return {"shard_size": plan.get("shard_size"), "modalities": plan.get("modalities"),
+                "encoder_fingerprint": meta.get("encoder_fingerprint"), "dim": meta.get("dim")}
+
+    def check(self, overwrite: bool = False) -> None:
+        """Raise ``ValueError`` if the folder holds another run (unless ``overwrite``)."""
+        if self.dir.exists() and not self.dir.is_dir():
+            raise ValueError(f"--save-embeddings {self.dir} exists and is not a folder")
+        manifest = self.dir / MANIFEST
+        if not manifest.exists():
+            stray = list(self.dir.glob("*-??????.safetensors")) if self.dir.is_dir() else []
+            if stray and not overwrite:
+                raise ValueError(f"--save-embeddings {self.dir} holds shards but no manifest; "
+                                 "pass --overwrite to start again")
+            return
+        try:
+            old = json.loads(manifest.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            old = {}
+        if self._key(old) != self._key(self.plan) and not overwrite:
+            raise ValueError(f"--save-embeddings {self.dir} holds embeddings of another run "
+                             "(different dataset, model or shard size); pass --overwrite to "
+                             "replace them or choose another folder")
+
+    def prepare(self, overwrite: bool = False) -> None:
+        """Create the folder and write the manifest (incomplete); clear it on ``overwrite``."""
+        self.check(overwrite)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        manifest = self.dir / MANIFEST
+        if overwrite and manifest.exists():
+            old = json.loads(manifest.read_text(encoding="utf-8"))
+            if self._key(old) != self._key(self.plan):
+                for path in self.dir.glob("*-??????.safetensors"):
+                    path.unlink()
+        elif overwrite:
+            for path in self.dir.glob("*-??????.safetensors"):
+                path.unlink()
+        for tmp in self.dir.glob(".*.tmp"):  # leftovers of a run killed mid-write
+            tmp.unlink(missing_ok=True)
+        self.write_manifest(complete=False)
+
+    def write_manifest(self, complete: bool) -> None:
+        shards = {m: sorted(p.name for p in self.dir.glob(f"{m}-??????.safetensors"))
+                  for m in MODALITIES}
+        _write_json_atomic(self.dir / MANIFEST, {"format": FORMAT, **self.plan,
+                                                 "complete": complete, "shards": shards})
+
+    # -- shards -------------------------------------------------------------------------
+    def shard_path(self, modality: str, index: int) -> Path:
+        return self.dir / f"{modality}-{index:06d}.safetensors"
+
+    def completed(self, modality: str) -> set[int]:
+        return {int(p.stem.split("-")[1]) for p in self.dir.glob(f"{modality}-??????.safetensors")}
+
+    def write_shard(self, modality: str, index: int, shard: Shard) -> None:
+        meta = {"vslerp": json.dumps({"modality": modality, "shard": index,
+                                      "skipped": shard.skipped})}
+        atomic_save_safetensors({"embeddings": shard.embeddings.float(),
+                                 "item_index": shard.item_index.long(),
+                                 "image_id": shard.image_id.long()},
+                                self.shard_path(modality, index), metadata=meta)
+
+    def read_shard(self, modality: str, index: int) -> Shard:
+        return _read_shard(self.shard_path(modality, index))
+
+
+def _read_shard(path: Path) -> Shard:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {}).get("vslerp", "{}"))
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        return Shard(tensors["embeddings"], tensors["item_index"], tensors["image_id"],
+                     [tuple(s) for s in meta.get("skipped", [])])
+    except Exception as err:  # noqa: BLE001 - any damage to a shard reads as one message
+        raise ValueError(f"embedding shard {path} is damaged ({err}); delete it and rerun "
+                         "`vslerp stats compute` to re-encode it") from None
+
+
+@dataclass
+class Embeddings:
+    """Raw embeddings stored by ``stats compute --save-embeddings``.
+
+    ``image`` (Ni, D) float32, ``text`` (Nt, D) float32 (either may be (0, D)), ``pairs``
+    (P, 2) int64 rows ``(image_index, text_index)`` of matching image–caption pairs,
+    ``image_ids`` (Ni,) / ``text_image_ids`` (Nt,) int64 COCO image ids, ``metadata`` dict.
+    """
+
+    image: torch.Tensor  # (Ni, D) float32 raw
+    text: torch.Tensor  # (Nt, D) float32 raw
+    pairs: torch.Tensor  # (P, 2) int64: (row in image, row in text)
+    image_ids: torch.Tensor  # (Ni,) int64
+    text_image_ids: torch.Tensor  # (Nt,) int64, −1 unpaired
+    metadata: dict  # model_id, encoder_fingerprint, dim, dataset, ...
+
+
+def _pairs(image_ids: torch.Tensor, text_image_ids: torch.Tensor) -> torch.Tensor:
+    """(P, 2) rows (image_index, text_index) where a caption's image id matches an image's."""
+    if image_ids.numel() == 0 or text_image_ids.numel() == 0:
+        return torch.zeros(0, 2, dtype=torch.int64)
+    order = torch.argsort(image_ids)
+    sorted_ids = image_ids[order]
+    pos = torch.searchsorted(sorted_ids, text_image_ids).clamp_max(len(sorted_ids) - 1)
+    hit = (sorted_ids[pos] == text_image_ids) & (text_image_ids >= 0)
+    text_rows = torch.nonzero(hit).flatten()
+    return torch.stack([order[pos[text_rows]], text_rows], dim=1)
+
+
+def read_embeddings(directory: str | Path) -> Embeddings:
+    """Read every shard of a finished ``--save-embeddings`` folder, in item order."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"no embeddings manifest in {directory} (expected {MANIFEST} "
+                                "written by `vslerp stats compute --save-embeddings`)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{manifest_path} is not valid JSON ({err})") from None
+    if not manifest.get("complete"):
+        raise ValueError(f"embeddings in {directory} are incomplete (the run was interrupted): "
+                         "rerun the same `vslerp stats compute` command to finish them")
+    dim = int(manifest["metadata"]["dim"])
+    out = {}
+    for modality in MODALITIES:
+        names = sorted(p.name for p in directory.glob(f"{modality}-??????.safetensors"))
+        shards = [_read_shard(directory / n) for n in names]
+        emb = [s.embeddings for s in shards if s.embeddings.shape[0]]
+        ids = [s.image_id for s in shards if s.image_id.shape[0]]
+        out[modality] = (torch.cat(emb) if emb else torch.zeros(0, dim),
+                         torch.cat(ids) if ids else torch.zeros(0, dtype=torch.int64))
+    (image, image_ids), (text, text_ids) = out["image"], out["text"]
+    return Embeddings(image, text, _pairs(image_ids, text_ids), image_ids, text_ids,
+                      dict(manifest["metadata"]))

@@ -1,0 +1,189 @@
+"""The generator's own CLIP encoders, used exactly as diffusers' Kandinsky prior pipeline does.
+
+Images: ``image_processor(images, return_tensors="pt").pixel_values`` →
+``image_encoder(pixel_values).image_embeds``. Captions: ``tokenizer(padding="max_length",
+max_length=tokenizer.model_max_length, truncation=True)`` → ``text_encoder(input_ids,
+attention_mask).text_embeds``. Both return *raw* embeddings (before L2 normalisation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import torch
+
+__all__ = ["ClipEncoders", "default_device", "encoder_fingerprint", "load_encoders"]
+
+# Config fields that define the function an image encoder computes (not bookkeeping fields
+# such as dtype or transformers version, which differ between loads of the same weights).
+_ARCH_KEYS = ("model_type", "hidden_size", "projection_dim", "intermediate_size",
+              "num_hidden_layers", "num_attention_heads", "image_size", "patch_size",
+              "num_channels", "hidden_act", "layer_norm_eps")
+
+
+def _dtype_kwarg() -> str:
+    """transformers ≥ 4.56 names the load dtype ``dtype`` (``torch_dtype`` is deprecated)."""
+    import transformers
+
+    major, minor = (int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+def default_device() -> torch.device:
+    """cuda if available, else mps, else cpu."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _default_dtype(device: torch.device) -> torch.dtype:
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+@torch.no_grad()
+def encoder_fingerprint(image_encoder: torch.nn.Module) -> str:
+    """sha256 (hex) identifying an image encoder's architecture and weights.
+
+    Hashes the architecture fields of its config, every parameter's name and shape, and a
+    fixed sample of each parameter's values rounded to float16 — so one model loaded in
+    float32 or float16, on any device, has one fingerprint (bfloat16 copies differ).
+    Cheap: it reads a few values per tensor, never the whole model.
+    """
+    if not isinstance(image_encoder, torch.nn.Module):
+        raise TypeError(f"image_encoder must be a torch.nn.Module, got {type(image_encoder).__name__}")
+    digest = hashlib.sha256()
+    config = getattr(image_encoder, "config", None)
+    digest.update(type(image_encoder).__name__.encode())
+    if config is not None:
+        for key in _ARCH_KEYS:
+            digest.update(f"|{key}={getattr(config, key, None)!r}".encode())
+    for name, param in sorted(image_encoder.named_parameters(), key=lambda kv: kv[0]):
+        flat = param.detach().reshape(-1)
+        stride = max(1, flat.numel() // 16)
+        sample = torch.cat([flat[:8], flat[::stride][:16]]).to(device="cpu", dtype=torch.float16)
+        digest.update(f"|{name}{tuple(param.shape)}".encode())
+        digest.update(sample.view(torch.int16).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class ClipEncoders:
+    """A CLIP image encoder + processor and (optionally) text encoder + tokenizer.
+
+    ``encode_images(list[PIL.Image]) -> (N, D)`` and ``encode_texts(list[str]) -> (N, D)``
+    return raw float32 embeddings on the CPU. ``dim``, ``fingerprint`` (of the image
+    encoder), ``model_id``, ``device``, ``dtype``.
+    """
+
+    def __init__(self, image_encoder, image_processor, text_encoder=None, tokenizer=None, *,
+                 model_id: str | None = None, device=None, dtype: torch.dtype | None = None):
+        if (text_encoder is None) != (tokenizer is None):
+            raise ValueError("text_encoder and tokenizer must be given together")
+        self.device = torch.device(device) if device is not None else default_device()
+        self.dtype = dtype or _default_dtype(self.device)
+        self.image_encoder = image_encoder.to(device=self.device, dtype=self.dtype).eval()
+        self.image_processor = image_processor
+        self.text_encoder = (text_encoder.to(device=self.device, dtype=self.dtype).eval()
+                             if text_encoder is not None else None)
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.dim = int(image_encoder.config.projection_dim)
+        if text_encoder is not None and int(text_encoder.config.projection_dim) != self.dim:
+            raise ValueError(f"image and text encoders project to different dims "
+                             f"({self.dim} vs {text_encoder.config.projection_dim})")
+        self._fingerprint: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = encoder_fingerprint(self.image_encoder)
+        return self._fingerprint
+
+    # -- images -------------------------------------------------------------------------
+    def preprocess_images(self, images) -> torch.Tensor:
+        """PIL images (RGB) → pixel values (N, 3, H, W) float32, as the prior pipeline does."""
+        return self.image_processor(images, return_tensors="pt").pixel_values
+
+    @torch.no_grad()
+    def encode_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) pixels → raw ``image_embeds`` (N, D), float32, on the encoder's device."""
+        pixels = pixel_values.to(device=self.device, dtype=self.dtype, non_blocking=True)
+        return self.image_encoder(pixel_values=pixels).image_embeds.float()
+
+    def encode_images(self, images) -> torch.Tensor:
+        """list[PIL.Image] → raw image embeddings (N, D) float32 on the CPU."""
+        images = list(images)
+        if not images:
+            raise ValueError("encode_images needs at least one image")
+        rgb = [im.convert("RGB") if getattr(im, "mode", "RGB") != "RGB" else im for im in images]
+        return self.encode_pixels(self.preprocess_images(rgb)).cpu()
+
+    # -- texts --------------------------------------------------------------------------
+    def tokenize(self, texts) -> dict[str, torch.Tensor]:
+        """Captions → ``input_ids`` and ``attention_mask`` (N, L), padded to max length."""
+        if self.tokenizer is None:
+            raise ValueError("these encoders were loaded without the text encoder")
+        tokens = self.tokenizer(list(texts), padding="max_length",
+                                max_length=self.tokenizer.model_max_length, truncation=True,
+                                return_tensors="pt")
+        return {"input_ids": tokens.input_ids, "attention_mask": tokens.attention_mask}
+
+    @torch.no_grad()
+    def encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(N, L) token ids and mask → raw ``text_embeds`` (N, D), float32, on the device."""
+        if self.text_encoder is None:
+            raise ValueError("these encoders were loaded without the text encoder")
+        out = self.text_encoder(input_ids=input_ids.to(self.device),
+                                attention_mask=attention_mask.to(self.device))
+        return out.text_embeds.float()
+
+    def encode_texts(self, texts) -> torch.Tensor:
+        """list[str] → raw text embeddings (N, D) float32 on the CPU."""
+        texts = list(texts)
+        if not texts:
+            raise ValueError("encode_texts needs at least one caption")
+        bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"texts must be strings, got {bad[0]}")
+        return self.encode_tokens(**self.tokenize(texts)).cpu()
+
+
+def load_encoders(prior: str | Path, *, device=None, dtype: torch.dtype | None = None,
+                  text: bool = True) -> ClipEncoders:
+    """Load the CLIP encoders of a Kandinsky-2.2-layout prior (hub id or local folder).
+
+    Reads the ``image_encoder`` (CLIPVisionModelWithProjection), ``image_processor``, and
+    with ``text=True`` the ``text_encoder`` (CLIPTextModelWithProjection) and ``tokenizer``
+    subfolders. ``device`` defaults to cuda/mps/cpu, ``dtype`` to float16 on CUDA else
+    float32. A prior that cannot be loaded raises ``ValueError`` naming it.
+    """
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        CLIPVisionModelWithProjection,
+    )
+
+    if not isinstance(prior, (str, Path)) or not str(prior):
+        raise TypeError(f"prior must be a hub id or a folder, got {prior!r}")
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or _default_dtype(device)
+    dtype_kwarg = _dtype_kwarg()
+    source = str(prior)
+    parts = [("image_encoder", CLIPVisionModelWithProjection), ("image_processor", CLIPImageProcessor)]
+    if text:
+        parts += [("text_encoder", CLIPTextModelWithProjection), ("tokenizer", CLIPTokenizer)]
+    loaded = {}
+    for sub, cls in parts:
+        kwargs = {dtype_kwarg: dtype} if sub.endswith("_encoder") else {}
+        try:
+            loaded[sub] = cls.from_pretrained(source, subfolder=sub, **kwargs)
+        except (OSError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"cannot load the {sub} of prior {source!r}: {first}") from None
+    return ClipEncoders(loaded["image_encoder"], loaded["image_processor"],
+                        loaded.get("text_encoder"), loaded.get("tokenizer"),
+                        model_id=source, device=device, dtype=dtype)
