@@ -34,7 +34,7 @@ class ImageItem:
 
     name: str  # path relative to the image folder (what is reported when skipped)
     path: Path  # where to read it
-    image_id: int  # COCO image id, or the position in a plain folder's sorted listing
+    image_id: int  # COCO image id, or -1 for a plain folder (no caption pairing)
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def list_images(path: str | Path, coco: str | Path | None = None) -> list[ImageI
     files = sorted(p for p in root.rglob("*")
                    if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(root).parts))
-    return [ImageItem(p.relative_to(root).as_posix(), p, i) for i, p in enumerate(files)]
+    return [ImageItem(p.relative_to(root).as_posix(), p, -1) for p in files]
 
 
 def _to_rgb(image):

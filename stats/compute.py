@@ -1,0 +1,290 @@
+"""Streaming statistics of a dataset through a generator's CLIP encoders (``stats compute``).
+
+Each modality's items are cut into fixed chunks of ``shard_size``; process ``r`` of ``W``
+(``accelerate launch``) takes chunks r, r+W, … A torch DataLoader decodes and preprocesses
+images in worker processes; the main process encodes batches and, when a chunk is done, adds
+its raw embeddings (n, D) to a :class:`vslerp.MomentAccumulator` (float64) — and, with an
+:class:`~vslerp.stats.embeddings.EmbeddingStore`, writes them as one shard. Chunks already on
+disk are summed from their shards instead of re-encoded, in chunk order, so a resumed run
+adds exactly the same tensors in the same order as an uninterrupted one. Memory is
+O(shard_size·D + D²), independent of the dataset size. The sums are then all-reduced across
+processes; the caller (rank 0) writes the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vslerp import MomentAccumulator
+from vslerp._version import __version__
+
+from .data import Caption, ImageItem, UnreadableImage, open_image
+from .embeddings import EmbeddingStore, Shard
+from .encode import ClipEncoders
+from .files import Statistics
+
+__all__ = ["ComputeResult", "compute_statistics", "dataset_digest", "plan_chunks"]
+
+MAX_SKIPPED_IN_METADATA = 1000  # names of skipped items kept in the file (all are counted)
+
+
+# -- datasets for the DataLoader (picklable: workers may be spawned) ---------------------------
+class _ImageDataset(Dataset):
+    """Item i → (i, pixel_values (3, H, W) float32 or None, reason or None)."""
+
+    def __init__(self, items: Sequence[ImageItem], image_processor) -> None:
+        from PIL import Image
+
+        self.paths = [str(item.path) for item in items]
+        self.processor = image_processor
+        self.max_pixels = Image.MAX_IMAGE_PIXELS  # carried into spawned workers
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = self.max_pixels
+        try:
+            image = open_image(self.paths[i])
+            pixels = self.processor(image, return_tensors="pt").pixel_values[0]  # (3, H, W)
+        except UnreadableImage as err:
+            return i, None, str(err)
+        except Exception as err:  # noqa: BLE001 - a file the processor rejects is skipped too
+            return i, None, f"unreadable ({type(err).__name__}: {err})"
+        return i, pixels, None
+
+
+def _collate_images(samples):
+    ok = [s for s in samples if s[1] is not None]
+    pixels = torch.stack([s[1] for s in ok]) if ok else None  # (n_ok, 3, H, W)
+    bad = [(s[0], s[2]) for s in samples if s[1] is None]
+    return [s[0] for s in ok], pixels, bad
+
+
+class _TextDataset(Dataset):
+    def __init__(self, captions: Sequence[Caption]) -> None:
+        self.texts = [c.text for c in captions]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int):
+        return i, self.texts[i]
+
+
+class _TextCollate:
+    """Tokenizes a batch as the Kandinsky prior pipeline does (padding to max length)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, samples):
+        tokens = self.tokenizer([s[1] for s in samples], padding="max_length",
+                                max_length=self.tokenizer.model_max_length, truncation=True,
+                                return_tensors="pt")
+        return [s[0] for s in samples], (tokens.input_ids, tokens.attention_mask), []
+
+
+# -- planning ---------------------------------------------------------------------------------
+def plan_chunks(n_items: int, shard_size: int, rank: int = 0, world: int = 1) -> list[int]:
+    """The chunk indices process ``rank`` of ``world`` handles: rank, rank+world, …"""
+    return list(range(rank, math.ceil(n_items / shard_size), world))
+
+
+def dataset_digest(names: Sequence[str]) -> str:
+    """sha256 of the item names in order: a resumed run must see the same items."""
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(name.encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+@dataclass
+class ComputeResult:
+    """What :func:`compute_statistics` returns (identical on every process)."""
+
+    statistics: Statistics  # sums of all processes, with metadata
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason), sorted
+    encoded: dict[str, int] = field(default_factory=dict)  # items encoded by this process now
+    resumed: dict[str, int] = field(default_factory=dict)  # items read back from shards
+
+
+# -- the loop ---------------------------------------------------------------------------------
+def _run_modality(modality: str, n_items: int, dataset: Dataset, collate, encode: Callable,
+                  names: Sequence[str], image_ids: Sequence[int], acc: MomentAccumulator,
+                  *, store: EmbeddingStore | None, shard_size: int, batch_size: int,
+                  num_workers: int, rank: int, world: int, pin_memory: bool,
+                  progress: bool, on_shard: Callable[[str, int], None] | None):
+    mine = plan_chunks(n_items, shard_size, rank, world)
+    done = store.completed(modality) & set(mine) if store is not None else set()
+    pending = [k for k in mine if k not in done]
+    skipped: list[tuple[str, str]] = []
+    counts = {"encoded": 0, "resumed": 0}
+
+    def add_from_disk(k: int) -> None:
+        shard = store.read_shard(modality, k)
+        if shard.embeddings.ndim != 2 or shard.embeddings.shape[1] != acc.dim:
+            raise ValueError(f"embedding shard {store.shard_path(modality, k)} has shape "
+                             f"{tuple(shard.embeddings.shape)}, expected (n, {acc.dim})")
+        if shard.embeddings.shape[0]:
+            acc.update(shard.embeddings.to(acc.sum.device))
+        skipped.extend(shard.skipped)
+        counts["resumed"] += int(shard.embeddings.shape[0])
+
+    plan: list[tuple[int, bool]] = []  # (chunk, last batch of the chunk?) per batch
+    batches: list[list[int]] = []
+    for k in pending:
+        rows = list(range(k * shard_size, min((k + 1) * shard_size, n_items)))
+        starts = range(0, len(rows), batch_size)
+        for j in starts:
+            batches.append(rows[j : j + batch_size])
+            plan.append((k, j + batch_size >= len(rows)))
+    done_queue = sorted(done)
+
+    from tqdm.auto import tqdm
+
+    unit = "img" if modality == "image" else "caption"
+    bar = tqdm(total=sum(len(b) for b in batches), unit=unit, unit_scale=False,
+               desc=f"encoding {modality}s", disable=not progress or not batches,
+               dynamic_ncols=True)
+    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
+                        num_workers=num_workers if batches else 0, pin_memory=pin_memory)
+    parts: list[torch.Tensor] = []
+    rows_ok: list[int] = []
+    chunk_skipped: list[tuple[str, str]] = []
+    try:
+        for (k, last), (ok, inputs, bad) in zip(plan, loader, strict=True):
+            if ok:
+                parts.append(encode(inputs))  # (n_ok, D) float32 on the device
+                rows_ok.extend(ok)
+            chunk_skipped.extend((names[i], reason) for i, reason in bad)
+            bar.update(len(ok) + len(bad))
+            if not last:
+                continue
+            while done_queue and done_queue[0] < k:  # keep the chunk order of a full run
+                add_from_disk(done_queue.pop(0))
+            emb = torch.cat(parts) if parts else torch.zeros(0, acc.dim)  # (n, D) raw
+            if emb.shape[0]:
+                acc.update(emb.to(acc.sum.device))
+            if store is not None:
+                index = torch.tensor(rows_ok, dtype=torch.int64)
+                ids = torch.tensor([image_ids[i] for i in rows_ok], dtype=torch.int64)
+                store.write_shard(modality, k, Shard(emb.cpu(), index, ids, chunk_skipped))
+            skipped.extend(chunk_skipped)
+            counts["encoded"] += int(emb.shape[0])
+            parts, rows_ok, chunk_skipped = [], [], []
+            if on_shard is not None:
+                on_shard(modality, k)
+    finally:
+        bar.close()
+    for k in done_queue:
+        add_from_disk(k)
+    return skipped, counts
+
+
+def _reduce(acc: MomentAccumulator, state) -> None:
+    """All-reduce an accumulator's sums (and count) across processes, in place (float64)."""
+    if state is None or state.num_processes <= 1:
+        return
+    from accelerate.utils import reduce
+
+    d = acc.dim
+    flat = torch.cat([acc.sum, acc.sum_unit, acc.sum_outer.reshape(-1), acc.sum_norm[None],
+                      acc.sum_sq_norm[None],
+                      torch.tensor([float(acc.count)], dtype=torch.float64, device=acc.sum.device)])
+    dev = state.device if state.backend == "nccl" else torch.device("cpu")
+    flat = reduce(flat.to(dev), reduction="sum").to(acc.sum.device)
+    acc.sum = flat[:d].clone()
+    acc.sum_unit = flat[d : 2 * d].clone()
+    acc.sum_outer = flat[2 * d : 2 * d + d * d].reshape(d, d).clone()
+    acc.sum_norm, acc.sum_sq_norm = flat[-3].clone(), flat[-2].clone()
+    acc.count = int(round(float(flat[-1])))
+
+
+def compute_statistics(encoders: ClipEncoders, images: Sequence[ImageItem] = (),
+                       captions: Sequence[Caption] = (), *, batch_size: int = 32,
+                       num_workers: int = 2, shard_size: int = 1024,
+                       store: EmbeddingStore | None = None, state=None, progress: bool = True,
+                       metadata: dict | None = None,
+                       on_shard: Callable[[str, int], None] | None = None) -> ComputeResult:
+    """Encode ``images`` and ``captions`` and sum their raw embeddings per modality.
+
+    encoders: :class:`~vslerp.stats.ClipEncoders`; images / captions: dataset items (either
+    may be empty, not both); state: an accelerate ``PartialState`` (None: one process);
+    store: where to write / resume shards (its folder must be prepared by rank 0 first);
+    on_shard(modality, chunk): called after each chunk is summed (and written). Unreadable
+    images are skipped and named in ``ComputeResult.skipped``. Returns the reduced
+    statistics on every process.
+    """
+    if not images and not captions:
+        raise ValueError("nothing to encode: no images and no captions")
+    for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
+                             ("shard_size", shard_size, 1)):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int ≥ {low}, got {value!r}")
+    if captions and encoders.text_encoder is None:
+        raise ValueError("captions given but the encoders were loaded without a text encoder")
+    rank = state.process_index if state is not None else 0
+    world = state.num_processes if state is not None else 1
+    main = rank == 0
+    acc_device = encoders.device if encoders.device.type == "cuda" else torch.device("cpu")
+    common = dict(store=store, shard_size=shard_size, batch_size=batch_size, rank=rank,
+                  world=world, pin_memory=encoders.device.type == "cuda",
+                  progress=progress and main, on_shard=on_shard)
+    accs: dict[str, MomentAccumulator] = {}
+    skipped: list[tuple[str, str]] = []
+    encoded, resumed = {}, {}
+    if images:
+        acc = accs["image"] = MomentAccumulator(encoders.dim, device=acc_device)
+        skip, counts = _run_modality(
+            "image", len(images), _ImageDataset(images, encoders.image_processor),
+            _collate_images, encoders.encode_pixels, [i.name for i in images],
+            [i.image_id for i in images], acc, num_workers=num_workers, **common)
+        skipped += skip
+        encoded["image"], resumed["image"] = counts["encoded"], counts["resumed"]
+    if captions:
+        acc = accs["text"] = MomentAccumulator(encoders.dim, device=acc_device)
+        skip, counts = _run_modality(
+            "text", len(captions), _TextDataset(captions), _TextCollate(encoders.tokenizer),
+            lambda tokens: encoders.encode_tokens(*tokens),
+            [f"caption {c.caption_id}" for c in captions], [c.image_id for c in captions],
+            acc, num_workers=0, **common)
+        skipped += skip
+        encoded["text"], resumed["text"] = counts["encoded"], counts["resumed"]
+    for acc in accs.values():
+        _reduce(acc, state)
+    if state is not None and world > 1:
+        from accelerate.utils import gather_object
+
+        skipped = list(gather_object(skipped))
+    skipped = sorted({(str(n), str(r)) for n, r in skipped})
+    for modality, acc in accs.items():
+        if acc.count == 0:
+            listed = len(images) if modality == "image" else len(captions)
+            raise ValueError(f"none of the {listed} {modality}s could be encoded "
+                             f"({len(skipped)} skipped, e.g. {skipped[:3]})")
+    meta = {
+        **(metadata or {}),
+        "model_id": encoders.model_id,
+        "encoder_fingerprint": encoders.fingerprint,
+        "dim": encoders.dim,
+        "dataset_size": {"image": len(images), "text": len(captions)},
+        "skipped": {"count": len(skipped),
+                    "items": [list(s) for s in skipped[:MAX_SKIPPED_IN_METADATA]]},
+        "version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dtype": str(encoders.dtype).replace("torch.", ""),
+        "processes": world,
+    }
+    stats = Statistics.from_accumulators(accs.get("image"), accs.get("text"), meta)
+    return ComputeResult(stats, skipped, encoded, resumed)
