@@ -8,6 +8,7 @@ truncated files, non-images and decompression bombs refused with a short reason.
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -155,7 +156,9 @@ def open_image(path: str | Path):
                 image = ImageOps.exif_transpose(image)
                 return _to_rgb(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise UnreadableImage(f"decompression bomb ({err.args[0].split('could')[0].strip()})") from None
+        sizes = re.findall(r"\d+", str(err))
+        detail = f" ({sizes[0]} pixels, limit {sizes[1]})" if len(sizes) >= 2 else ""
+        raise UnreadableImage(f"decompression bomb{detail}") from None
     except UnidentifiedImageError:
         raise UnreadableImage("not an image") from None
     except FileNotFoundError:

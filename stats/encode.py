@@ -173,6 +173,13 @@ def load_encoders(prior: str | Path, *, device=None, dtype: torch.dtype | None =
     dtype = dtype or _default_dtype(device)
     dtype_kwarg = _dtype_kwarg()
     source = str(prior)
+    local = Path(source).expanduser()
+    if local.exists() and not local.is_dir():
+        raise ValueError(f"prior {source!r} is a file, not a folder or hub id")
+    if not local.exists() and (source.startswith(("/", ".", "~")) or source.count("/") > 1):
+        raise ValueError(f"prior folder not found: {source}")
+    if local.is_dir():
+        source = str(local)
     parts = [("image_encoder", CLIPVisionModelWithProjection), ("image_processor", CLIPImageProcessor)]
     if text:
         parts += [("text_encoder", CLIPTextModelWithProjection), ("tokenizer", CLIPTokenizer)]
