@@ -13,8 +13,10 @@ processes; the caller (rank 0) writes the file.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -42,19 +44,19 @@ class _ImageDataset(Dataset):
     def __init__(self, items: Sequence[ImageItem], image_processor) -> None:
         from PIL import Image
 
-        self.paths = [str(item.path) for item in items]
+        self.items = items  # not copied: O(1) extra memory
         self.processor = image_processor
         self.max_pixels = Image.MAX_IMAGE_PIXELS  # carried into spawned workers
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.items)
 
     def __getitem__(self, i: int):
         from PIL import Image
 
         Image.MAX_IMAGE_PIXELS = self.max_pixels
         try:
-            image = open_image(self.paths[i])
+            image = open_image(self.items[i].path)
             pixels = self.processor(image, return_tensors="pt").pixel_values[0]  # (3, H, W)
         except UnreadableImage as err:
             return i, None, str(err)
@@ -119,9 +121,56 @@ class ComputeResult:
     resumed: dict[str, int] = field(default_factory=dict)  # items read back from shards
 
 
+def _release_free_heap() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    The encoder's large activations come from glibc's heap once its adaptive mmap threshold
+    has risen; without a trim the freed, fragmented heap stays resident and RSS creeps up
+    with the number of batches (measured in benchmarks/bench_stats.py). Called after each
+    batch when the encoder runs on the CPU (on a GPU the activations are not on this heap).
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        _MALLOC_TRIM = False
+        if sys.platform.startswith("linux"):
+            try:
+                _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+            except (OSError, AttributeError):
+                pass
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
+
+
+class _ChunkBatches:
+    """Batch sampler over the pending chunks: batches never straddle two chunks."""
+
+    def __init__(self, chunks: Sequence[int], n_items: int, shard_size: int,
+                 batch_size: int) -> None:
+        self.chunks, self.n, self.shard, self.batch = list(chunks), n_items, shard_size, batch_size
+
+    def _range(self, k: int) -> range:
+        return range(k * self.shard, min((k + 1) * self.shard, self.n))
+
+    def items(self) -> int:
+        return sum(len(self._range(k)) for k in self.chunks)
+
+    def __len__(self) -> int:
+        return sum(math.ceil(len(self._range(k)) / self.batch) for k in self.chunks)
+
+    def __iter__(self):
+        for k in self.chunks:
+            rows = self._range(k)
+            for j in range(0, len(rows), self.batch):
+                yield list(rows[j : j + self.batch])
+
+
 # -- the loop ---------------------------------------------------------------------------------
 def _run_modality(modality: str, n_items: int, dataset: Dataset, collate, encode: Callable,
-                  names: Sequence[str], image_ids: Sequence[int], acc: MomentAccumulator,
+                  name_of: Callable[[int], str], image_id_of: Callable[[int], int],
+                  acc: MomentAccumulator,
                   *, store: EmbeddingStore | None, shard_size: int, batch_size: int,
                   num_workers: int, rank: int, world: int, pin_memory: bool,
                   progress: bool, on_shard: Callable[[str, int], None] | None):
@@ -141,34 +190,33 @@ def _run_modality(modality: str, n_items: int, dataset: Dataset, collate, encode
         skipped.extend(shard.skipped)
         counts["resumed"] += int(shard.embeddings.shape[0])
 
-    plan: list[tuple[int, bool]] = []  # (chunk, last batch of the chunk?) per batch
-    batches: list[list[int]] = []
-    for k in pending:
-        rows = list(range(k * shard_size, min((k + 1) * shard_size, n_items)))
-        starts = range(0, len(rows), batch_size)
-        for j in starts:
-            batches.append(rows[j : j + batch_size])
-            plan.append((k, j + batch_size >= len(rows)))
+    encoders_on_cpu = acc.sum.device.type == "cpu"
+    batches = _ChunkBatches(pending, n_items, shard_size, batch_size)  # lazy: O(1) memory
     done_queue = sorted(done)
 
     from tqdm.auto import tqdm
 
     unit = "img" if modality == "image" else "caption"
-    bar = tqdm(total=sum(len(b) for b in batches), unit=unit, unit_scale=False,
-               desc=f"encoding {modality}s", disable=not progress or not batches,
+    bar = tqdm(total=batches.items(), unit=unit, unit_scale=False,
+               desc=f"encoding {modality}s", disable=not progress or not pending,
                dynamic_ncols=True)
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
-                        num_workers=num_workers if batches else 0, pin_memory=pin_memory)
+                        num_workers=num_workers if pending else 0, pin_memory=pin_memory)
     parts: list[torch.Tensor] = []
     rows_ok: list[int] = []
     chunk_skipped: list[tuple[str, str]] = []
     try:
-        for (k, last), (ok, inputs, bad) in zip(plan, loader, strict=True):
+        for ok, inputs, bad in loader:
+            last_row = max(ok[-1] if ok else -1, max((i for i, _ in bad), default=-1))
+            k = last_row // shard_size
+            last = last_row == min((k + 1) * shard_size, n_items) - 1
             if ok:
                 parts.append(encode(inputs))  # (n_ok, D) float32 on the device
                 rows_ok.extend(ok)
-            chunk_skipped.extend((names[i], reason) for i, reason in bad)
+            chunk_skipped.extend((name_of(i), reason) for i, reason in bad)
             bar.update(len(ok) + len(bad))
+            if encoders_on_cpu:
+                _release_free_heap()
             if not last:
                 continue
             while done_queue and done_queue[0] < k:  # keep the chunk order of a full run
@@ -178,7 +226,7 @@ def _run_modality(modality: str, n_items: int, dataset: Dataset, collate, encode
                 acc.update(emb.to(acc.sum.device))
             if store is not None:
                 index = torch.tensor(rows_ok, dtype=torch.int64)
-                ids = torch.tensor([image_ids[i] for i in rows_ok], dtype=torch.int64)
+                ids = torch.tensor([image_id_of(i) for i in rows_ok], dtype=torch.int64)
                 store.write_shard(modality, k, Shard(emb.cpu(), index, ids, chunk_skipped))
             skipped.extend(chunk_skipped)
             counts["encoded"] += int(emb.shape[0])
@@ -248,8 +296,8 @@ def compute_statistics(encoders: ClipEncoders, images: Sequence[ImageItem] = (),
         acc = accs["image"] = MomentAccumulator(encoders.dim, device=acc_device)
         skip, counts = _run_modality(
             "image", len(images), _ImageDataset(images, encoders.image_processor),
-            _collate_images, encoders.encode_pixels, [i.name for i in images],
-            [i.image_id for i in images], acc, num_workers=num_workers, **common)
+            _collate_images, encoders.encode_pixels, lambda i: images[i].name,
+            lambda i: images[i].image_id, acc, num_workers=num_workers, **common)
         skipped += skip
         encoded["image"], resumed["image"] = counts["encoded"], counts["resumed"]
     if captions:
@@ -257,7 +305,7 @@ def compute_statistics(encoders: ClipEncoders, images: Sequence[ImageItem] = (),
         skip, counts = _run_modality(
             "text", len(captions), _TextDataset(captions), _TextCollate(encoders.tokenizer),
             lambda tokens: encoders.encode_tokens(*tokens),
-            [f"caption {c.caption_id}" for c in captions], [c.image_id for c in captions],
+            lambda i: f"caption {captions[i].caption_id}", lambda i: captions[i].image_id,
             acc, num_workers=0, **common)
         skipped += skip
         encoded["text"], resumed["text"] = counts["encoded"], counts["resumed"]
