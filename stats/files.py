@@ -171,6 +171,9 @@ class Statistics:
             raise ValueError(f"metadata source must be one of {SOURCES}, got {meta['source']!r}")
         meta.setdefault("model_id", None)
         meta.setdefault("encoder_fingerprint", None)
+        meta.setdefault("dataset", None)
+        meta.setdefault("dataset_size", {})
+        meta.setdefault("skipped", {"count": 0, "items": []})
         meta["dim"] = self.dim
         meta["counts"] = {m: s.count for m, s in self._modalities()}
         meta.setdefault("version", __version__)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -324,7 +325,11 @@ def test_two_processes_equal_one(full_run, dataset, prior, tmp_path):
     out = tmp_path / "two.safetensors"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PYTHONWARNINGS": "ignore"}
+    with socket.socket() as sock:  # a free rendezvous port: other runs may hold 29500
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+           "--main_process_port", str(port),
            "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "-m", "vslerp.ui.cli", "stats", "compute",
            "--prior", str(prior), "--out", str(out), "--images", str(images),
@@ -474,3 +479,21 @@ class _nullcontext:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_load_and_read_embeddings_errors(tmp_path):
+    from safetensors.torch import save_file
+
+    with pytest.raises(FileNotFoundError, match="not found"):
+        vs.load(tmp_path / "nope.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        vs.load(tmp_path / "junk.safetensors")
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not a vslerp statistics file"):
+        vs.load(tmp_path / "other.safetensors")
+    with pytest.raises(FileNotFoundError, match="manifest"):
+        vs.read_embeddings(tmp_path)
+    stats = vs.Statistics.from_mean(torch.arange(1.0, 5.0), model_id="m")
+    for key in ("dataset", "dataset_size", "skipped", "counts", "version", "source"):
+        assert key in stats.metadata
