@@ -17,6 +17,7 @@ import ctypes
 import hashlib
 import math
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -121,27 +122,35 @@ class ComputeResult:
     resumed: dict[str, int] = field(default_factory=dict)  # items read back from shards
 
 
-def _release_free_heap() -> None:
-    """Give freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+class _HeapTrimmer:
+    """Gives freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
 
-    The encoder's large activations come from glibc's heap once its adaptive mmap threshold
-    has risen; without a trim the freed, fragmented heap stays resident and RSS creeps up
-    with the number of batches (measured in benchmarks/bench_stats.py). Called after each
-    batch when the encoder runs on the CPU (on a GPU the activations are not on this heap).
+    On the CPU the encoder's large activations come from glibc's heap once its adaptive
+    mmap threshold has risen; without a trim the freed, fragmented heap stays resident and
+    RSS creeps up with the number of batches (measured in benchmarks/bench_stats.py). A trim
+    costs ~1 ms, so it runs only once at least 50× its own last duration has passed: at
+    most ~2 % of the loop's time, every batch for a real encoder.
     """
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        _MALLOC_TRIM = False
+
+    def __init__(self) -> None:
+        self.trim = None
         if sys.platform.startswith("linux"):
             try:
-                _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+                self.trim = ctypes.CDLL("libc.so.6").malloc_trim
             except (OSError, AttributeError):
-                pass
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
+                self.trim = None
+        self.last_end = time.perf_counter()
+        self.last_cost = 0.0
 
-
-_MALLOC_TRIM = None
+    def maybe_trim(self) -> None:
+        if self.trim is None:
+            return
+        now = time.perf_counter()
+        if now - self.last_end < 50 * self.last_cost:
+            return
+        self.trim(0)
+        self.last_end = time.perf_counter()
+        self.last_cost = self.last_end - now
 
 
 class _ChunkBatches:
@@ -190,7 +199,7 @@ def _run_modality(modality: str, n_items: int, dataset: Dataset, collate, encode
         skipped.extend(shard.skipped)
         counts["resumed"] += int(shard.embeddings.shape[0])
 
-    encoders_on_cpu = acc.sum.device.type == "cpu"
+    trimmer = _HeapTrimmer() if acc.sum.device.type == "cpu" else None
     batches = _ChunkBatches(pending, n_items, shard_size, batch_size)  # lazy: O(1) memory
     done_queue = sorted(done)
 
@@ -215,8 +224,8 @@ def _run_modality(modality: str, n_items: int, dataset: Dataset, collate, encode
                 rows_ok.extend(ok)
             chunk_skipped.extend((name_of(i), reason) for i, reason in bad)
             bar.update(len(ok) + len(bad))
-            if encoders_on_cpu:
-                _release_free_heap()
+            if trimmer is not None:
+                trimmer.maybe_trim()
             if not last:
                 continue
             while done_queue and done_queue[0] < k:  # keep the chunk order of a full run
@@ -250,7 +259,7 @@ def _reduce(acc: MomentAccumulator, state) -> None:
     flat = torch.cat([acc.sum, acc.sum_unit, acc.sum_outer.reshape(-1), acc.sum_norm[None],
                       acc.sum_sq_norm[None],
                       torch.tensor([float(acc.count)], dtype=torch.float64, device=acc.sum.device)])
-    dev = state.device if state.backend == "nccl" else torch.device("cpu")
+    dev = state.device if "nccl" in str(state.backend) else torch.device("cpu")  # gloo: CPU
     flat = reduce(flat.to(dev), reduction="sum").to(acc.sum.device)
     acc.sum = flat[:d].clone()
     acc.sum_unit = flat[d : 2 * d].clone()
