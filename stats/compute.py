@@ -207,7 +207,7 @@ def _run_modality(modality: str, n_items: int, dataset: Dataset, collate, encode
 
     unit = "img" if modality == "image" else "caption"
     bar = tqdm(total=batches.items(), unit=unit, unit_scale=False,
-               desc=f"encoding {modality}s", disable=not progress or not pending,
+               desc=f"encoding {modality}s" + (f" (process 0 of {world})" if world > 1 else ""), disable=not progress or not pending,
                dynamic_ncols=True)
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
                         num_workers=num_workers if pending else 0, pin_memory=pin_memory)

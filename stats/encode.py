@@ -75,19 +75,26 @@ class ClipEncoders:
 
     ``encode_images(list[PIL.Image]) -> (N, D)`` and ``encode_texts(list[str]) -> (N, D)``
     return raw float32 embeddings on the CPU. ``dim``, ``fingerprint`` (of the image
-    encoder), ``model_id``, ``device``, ``dtype``.
+    encoder), ``model_id``, ``device``, ``dtype``. Device and dtype default to the image
+    encoder's own (components already in a pipeline are used where they are); given
+    explicitly, both encoders are moved there.
     """
 
     def __init__(self, image_encoder, image_processor, text_encoder=None, tokenizer=None, *,
                  model_id: str | None = None, device=None, dtype: torch.dtype | None = None):
         if (text_encoder is None) != (tokenizer is None):
             raise ValueError("text_encoder and tokenizer must be given together")
-        self.device = torch.device(device) if device is not None else default_device()
-        self.dtype = dtype or _default_dtype(self.device)
-        self.image_encoder = image_encoder.to(device=self.device, dtype=self.dtype).eval()
+        # Device and dtype come from the components unless given (then they are moved).
+        first = next(image_encoder.parameters())
+        self.device = torch.device(device) if device is not None else first.device
+        self.dtype = dtype or first.dtype
+        if (first.device, first.dtype) != (self.device, self.dtype):
+            image_encoder = image_encoder.to(device=self.device, dtype=self.dtype)
+        if text_encoder is not None:
+            text_encoder = text_encoder.to(device=self.device, dtype=self.dtype)
+        self.image_encoder = image_encoder.eval()
         self.image_processor = image_processor
-        self.text_encoder = (text_encoder.to(device=self.device, dtype=self.dtype).eval()
-                             if text_encoder is not None else None)
+        self.text_encoder = text_encoder.eval() if text_encoder is not None else None
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.dim = int(image_encoder.config.projection_dim)
