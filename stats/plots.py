@@ -42,7 +42,7 @@ def _bars(ax, edges, counts, label, color):
 def _feature_histograms(report):
     feats = report["plots"]["features"]
     fig, axes = _figure(len(feats), 1, size=(4.6, 3.6))
-    for ax, (f, h) in zip(axes[0], feats.items()):
+    for ax, (f, h) in zip(axes[0], feats.items(), strict=False):
         for name in ("image", "text"):
             _bars(ax, h["edges"], h[name], name, _COLORS[name])
         ax.set_title(f"feature {f}: KL(image‖text) = {h['kl']:.2f}")
@@ -61,7 +61,7 @@ def _separability(report):
     ax = axes[0, 0]
     ax.plot(np.arange(1, len(sep) + 1), sep, marker=".", markersize=3)
     for rank, (f, s) in enumerate(zip(report["separability"]["top_features"][:5],
-                                      report["separability"]["top_scores"][:5]), start=1):
+                                      report["separability"]["top_scores"][:5], strict=False), start=1):
         ax.annotate(str(f), (rank, s), textcoords="offset points", xytext=(6, 0), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("feature rank")
@@ -100,7 +100,7 @@ def _svm(report):
 
 def _thin_shell(report):
     fig, axes = _figure(2, 1, size=(4.8, 3.6))
-    for ax, name in zip(axes[0], ("image", "text")):
+    for ax, name in zip(axes[0], ("image", "text"), strict=False):
         h = report["plots"]["norm_hist"][name]
         ts = report["modalities"][name]["thin_shell"]
         _bars(ax, h["edges"], h["counts"], name, _COLORS[name])
@@ -145,7 +145,7 @@ def _conformity(report):
     import numpy as np
 
     fig, axes = _figure(2, 1, size=(4.8, 4.2))
-    for ax, name in zip(axes[0], ("image", "text")):
+    for ax, name in zip(axes[0], ("image", "text"), strict=False):
         d = report["plots"]["conformity"][name]
         fit = report["conformity"][name]["raw_mean"]["conformity_from_cos"]
         conf = np.asarray(d["conformity"])

@@ -435,7 +435,7 @@ def _markdown(report: dict, figures: list[str]) -> str:
     svm = report["svm"]
     lines += ["## Modality tags (Eq. 5)", "",
               "| feature | separability |", "|---:|---:|"]
-    lines += [f"| {f} | {_fmt(s, 2)} |" for f, s in zip(sep["top_features"], sep["top_scores"])]
+    lines += [f"| {f} | {_fmt(s, 2)} |" for f, s in zip(sep["top_features"], sep["top_scores"], strict=False)]
     lines += ["", f"Linear SVM on features {svm['features']}: accuracy "
               f"**{100 * svm['accuracy']:.2f} %** ({svm['points']} points; paper: 100 %).", ""]
     lines += ["## Thin shell, ellipsoid, offset (§4)", "",
