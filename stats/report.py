@@ -168,10 +168,12 @@ def clip_loss(image: torch.Tensor, text: torch.Tensor, *, logit_scale: float = 1
         logits = (image_unit[start:stop] @ text_unit.T) * logit_scale  # (c, P) float32
         rows = torch.arange(start, stop)
         diag[start:stop] = logits[rows - start, rows].to(_F64)
-        row_lse[start:stop] = torch.logsumexp(logits.to(_F64), dim=1)
         row_ok[start:stop] = logits.argmax(dim=1) == rows
-        col_lse = torch.logaddexp(col_lse, torch.logsumexp(logits.to(_F64), dim=0))
         chunk_max, chunk_arg = logits.max(dim=0)  # (P,)
+        logits = logits.to(_F64)  # reductions in float64; the float32 copy is released
+        row_lse[start:stop] = torch.logsumexp(logits, dim=1)
+        col_lse = torch.logaddexp(col_lse, torch.logsumexp(logits, dim=0))
+        del logits
         better = chunk_max > col_max  # first arg-max wins ties, as argmax does
         col_max = torch.where(better, chunk_max, col_max)
         col_arg = torch.where(better, chunk_arg + start, col_arg)
