@@ -115,6 +115,10 @@ def _thin_shell(report):
     return fig
 
 
+def _bins(n: int) -> int:
+    return int(min(60, max(10, n // 8)))
+
+
 def _variance_odd(report):
     import numpy as np
 
@@ -123,8 +127,9 @@ def _variance_odd(report):
     ax = axes[0, 0]
     for name in ("image", "text"):
         var = np.asarray(report["modalities"][name]["variance"]["values"])
-        ax.hist(var, bins=60, alpha=0.5, color=_COLORS[name], label=name)
-    ax.set_yscale("log")
+        ax.hist(var, bins=_bins(len(var)), alpha=0.5, color=_COLORS[name], label=name)
+    if len(var) >= 256:  # the tail is a handful of features among hundreds
+        ax.set_yscale("log")
     ax.set_xlabel("feature variance")
     ax.set_ylabel("features")
     ax.set_title("Feature variance: long tail → ellipsoid (Fig. 5)")
@@ -133,7 +138,7 @@ def _variance_odd(report):
         ax = axes[0, 1]
         for name in ("image", "text"):
             odd = np.asarray(report["modalities"][name]["odd"]["values"])
-            ax.hist(odd, bins=60, alpha=0.5, color=_COLORS[name], label=name)
+            ax.hist(odd, bins=_bins(len(odd)), alpha=0.5, color=_COLORS[name], label=name)
         ax.set_xlabel("off-diagonal dominance Σ_k≠ℓ |C_ℓk| / C_ℓℓ")
         ax.set_ylabel("features")
         ax.set_title("ODD (Eq. 6): > 1 means a tilted ellipsoid")
