@@ -169,7 +169,7 @@ class VSlerpPipeline(DiffusionPipeline):
         decoder_src = str(decoder_id_or_dir or DEFAULT_DECODER)
         saved = cls._saved_folder(decoder_src)
         if saved is not None:
-            pipe = super().from_pretrained(str(saved), torch_dtype=torch_dtype, **kwargs)
+            pipe = super().from_pretrained(str(saved), dtype=torch_dtype, **kwargs)
             stats_file = saved / STATISTICS_FILE
             if stats is None and stats_file.is_file():
                 stats = load_statistics(stats_file)
@@ -179,12 +179,12 @@ class VSlerpPipeline(DiffusionPipeline):
 
             prior_src = str(prior or DEFAULT_PRIOR)
             try:
-                prior_pipe = KandinskyV22PriorPipeline.from_pretrained(prior_src, torch_dtype=torch_dtype,
+                prior_pipe = KandinskyV22PriorPipeline.from_pretrained(prior_src, dtype=torch_dtype,
                                                                        **kwargs)
             except (OSError, ValueError) as err:
                 raise ValueError(f"cannot load the Kandinsky 2.2 prior {prior_src!r}: {err}") from None
             try:
-                decoder = KandinskyV22Pipeline.from_pretrained(decoder_src, torch_dtype=torch_dtype, **kwargs)
+                decoder = KandinskyV22Pipeline.from_pretrained(decoder_src, dtype=torch_dtype, **kwargs)
             except (OSError, ValueError) as err:
                 raise ValueError(f"cannot load the Kandinsky 2.2 decoder {decoder_src!r}: {err}") from None
             pc, dc = prior_pipe.components, decoder.components

@@ -1,0 +1,257 @@
+"""VSlerpPipeline on a tiny random Kandinsky 2.2, checked against diffusers' own pipelines."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from vslerp.pipelines import STATISTICS_FILE, VSlerpPipeline, VSlerpPipelineOutput
+from vslerp.pipelines.testing import TINY_DIM
+from vslerp.stats import Statistics
+
+import vslerp
+
+STEPS, SIZE = 2, 64
+RENDER = {"num_inference_steps": STEPS, "height": SIZE, "width": SIZE, "output_type": "np"}
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_kandinsky):
+    prior_dir, decoder_dir = tiny_kandinsky
+    pipe = VSlerpPipeline.from_pretrained(decoder_dir, prior=prior_dir, device=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def diffusers_pipes(tiny_kandinsky):
+    from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
+
+    prior_dir, decoder_dir = tiny_kandinsky
+    prior = KandinskyV22PriorPipeline.from_pretrained(prior_dir)
+    decoder = KandinskyV22Pipeline.from_pretrained(decoder_dir)
+    for p in (prior, decoder):
+        p.set_progress_bar_config(disable=True)
+    return prior, decoder
+
+
+def _image(seed: int) -> PIL.Image.Image:
+    rng = np.random.default_rng(seed)
+    return PIL.Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+
+
+def _diffusers_render(decoder, image_embeds, negative, seed, scheduler=None):
+    old = decoder.scheduler
+    decoder.scheduler = scheduler or old
+    try:
+        return decoder(image_embeds=image_embeds, negative_image_embeds=negative, generator=_gen(seed),
+                       **RENDER).images  # (N, H, W, 3)
+    finally:
+        decoder.scheduler = old
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _emb(seed: int) -> torch.Tensor:
+    return torch.randn(TINY_DIM, generator=_gen(1000 + seed))  # (D,) raw
+
+
+@pytest.mark.parametrize("scheduler_name", ["DDIMScheduler", "DDPMScheduler"])
+def test_theta_zero_equals_diffusers_render_of_source(pipe, diffusers_pipes, scheduler_name):
+    """θ=0 cells = KandinskyV22Pipeline(source image_embeds, zero-image negative), same seed."""
+    import diffusers
+
+    prior, decoder = diffusers_pipes
+    scheduler = getattr(diffusers, scheduler_name).from_config(pipe.scheduler.config)
+    old = pipe.scheduler
+    pipe.scheduler = scheduler
+    try:
+        source, target = _image(1), _image(2)
+        # The source embedding as diffusers' prior pipeline computes it (image_processor + encoder).
+        pixels = prior.image_processor(source, return_tensors="pt").pixel_values
+        source_embeds = prior.image_encoder(pixels)["image_embeds"]  # (1, D)
+        negative = prior.get_zero_embed(1)  # (1, D): the all-zeros image
+        ref = _diffusers_render(decoder, source_embeds, negative, seed=7,
+                                scheduler=getattr(diffusers, scheduler_name).from_config(pipe.scheduler.config))
+        out = pipe(source, target, thetas=[0.0, 0.5], alphas=[-1.0, 0.0, 2.0], generator=_gen(7), **RENDER)
+    finally:
+        pipe.scheduler = old
+    assert out.images.shape == (6, SIZE, SIZE, 3)
+    torch.testing.assert_close(out.embeddings[0], source_embeds.expand(3, -1), rtol=1e-5, atol=1e-5)
+    for k in range(3):  # the θ=0 row
+        np.testing.assert_allclose(out.images[k], ref[0], atol=2e-4)
+    assert np.abs(out.images[3] - ref[0]).max() > 1e-3  # θ=0.5 differs
+
+
+def test_alpha_zero_equals_render_of_true_slerp(pipe, diffusers_pipes):
+    _, decoder = diffusers_pipes
+    source, target = _emb(1), _emb(2)
+    out = pipe(source, target, thetas=[0.3, 0.8], alphas=[0.0, 1.5], generator=_gen(3), **RENDER)
+    slerped = vslerp.slerp(source[None], target[None], torch.tensor([0.3, 0.8]))  # (2, D)
+    torch.testing.assert_close(out.embeddings[:, 0], slerped, rtol=1e-5, atol=1e-5)
+    ref = _diffusers_render(decoder, slerped, pipe.zero_image_embedding().expand(2, -1), seed=3)
+    # diffusers draws batch-2 noise; ours shares one image's noise, so compare cell by cell.
+    for row in range(2):
+        one = _diffusers_render(decoder, slerped[row : row + 1], pipe.zero_image_embedding(), seed=3)
+        np.testing.assert_allclose(out.images[row * 2], one[0], atol=2e-4)
+    assert ref.shape[0] == 2
+    expected = vslerp.vslerp(source, target, 0.3, 1.5, pipe.image_mean)
+    torch.testing.assert_close(out.embeddings[0, 1], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_batching_gives_the_same_images_as_one_cell_at_a_time(pipe):
+    source, target = _emb(3), _emb(4)
+    calls = []
+    kw = dict(thetas=[0.0, 0.5, 1.0], alphas=[0.0, 1.0], **RENDER)
+    batched = pipe(source, target, generator=_gen(5), max_batch_size=4,
+                   callback_on_step_end=lambda p, i, t, kw_: calls.append(i) or {}, **kw)
+    single = pipe(source, target, generator=_gen(5), max_batch_size=1, **kw)
+    assert len(calls) == 2 * STEPS  # 6 cells in chunks of 4 → 2 chunks, decoded per chunk
+    np.testing.assert_allclose(batched.images, single.images, atol=2e-4)
+    assert np.abs(batched.images[0] - batched.images[-1]).max() > 1e-3
+
+
+def test_shared_noise_and_explicit_latents(pipe):
+    """Every cell starts from the one-image latents the generator draws; `latents` overrides."""
+    source, target = _emb(3), _emb(4)
+    seen = []
+
+    def grab(p, i, t, kwargs):
+        seen.append(kwargs["latents"].clone())
+        return {}
+
+    out_a = pipe(source, target, thetas=[0.0, 1.0], alphas=[0.0], generator=_gen(11), **RENDER)
+    from diffusers.utils.torch_utils import randn_tensor
+
+    lat = randn_tensor((1, 4, SIZE // 2, SIZE // 2), generator=_gen(11), dtype=torch.float32)
+    out_b = pipe(source, target, thetas=[0.0, 1.0], alphas=[0.0], latents=lat, callback_on_step_end=grab,
+                 generator=_gen(99), **RENDER)
+    np.testing.assert_allclose(out_a.images, out_b.images, atol=1e-6)
+    assert len(seen) == STEPS and seen[0].shape == (2, 4, SIZE // 2, SIZE // 2)
+
+
+def test_prompt_target_goes_through_the_prior(pipe):
+    source = torch.randn(TINY_DIM)
+    out = pipe(source, "a red bicycle", thetas=[1.0], alphas=[0.0], generator=_gen(4), **RENDER)
+    expected = pipe.prompt_to_image_embedding(["a red bicycle"], generator=_gen(4))  # (1, D)
+    torch.testing.assert_close(out.embeddings[0, 0], expected[0])
+    assert pipe.encode_text(["a red bicycle", "x"]).shape == (2, TINY_DIM)
+
+
+def test_output_dataclass_conformity_and_describe(pipe):
+    out = pipe(torch.randn(TINY_DIM), torch.randn(TINY_DIM), thetas=[0.0, 1.0], alphas=[0.0, 1.0, 2.0],
+               generator=_gen(0), num_inference_steps=1, height=32, width=32)
+    assert isinstance(out, VSlerpPipelineOutput)
+    assert len(out.images) == 6 and isinstance(out.images[0], PIL.Image.Image)
+    assert out.images[0].size == (32, 32)
+    assert out.embeddings.shape == (2, 3, TINY_DIM) and out.thetas == [0.0, 1.0] and out.alphas == [0.0, 1.0, 2.0]
+    expected = vslerp.cosine_to_mean(out.embeddings.reshape(6, -1), pipe.image_mean).reshape(2, 3)
+    torch.testing.assert_close(out.conformity, expected)
+    info = pipe.describe()
+    json.dumps(info)
+    assert info["dim"] == TINY_DIM and info["mean_source"] == "prior_clip_mean"
+    assert info["conformity"] == "cosine_to_mean"
+    torch.testing.assert_close(pipe.image_mean, pipe.prior.clip_mean.reshape(-1).float())
+
+
+def test_dataset_statistics_give_exact_conformity(pipe):
+    """With count and Σû, estimated_conformity is the exact Eq. 10 value for the members."""
+    members = torch.randn(50, TINY_DIM) + 2.0
+    acc = vslerp.MomentAccumulator(TINY_DIM)
+    acc.update(members)
+    old = pipe.statistics
+    try:
+        pipe.set_statistics(Statistics.from_accumulators(acc, None))
+        torch.testing.assert_close(pipe.estimated_conformity(members), vslerp.conformity(members).float(),
+                                   rtol=1e-4, atol=1e-5)
+        assert pipe.describe()["conformity"] == "exact_identity"
+    finally:
+        pipe.set_statistics(old)
+
+
+def test_save_pretrained_round_trip_keeps_statistics(pipe, tmp_path):
+    mean = torch.randn(TINY_DIM)
+    old = pipe.statistics
+    try:
+        pipe.set_statistics(mean)
+        pipe.save_pretrained(tmp_path / "saved")
+        kw = dict(thetas=[0.5], alphas=[1.0], generator=_gen(2), **RENDER)
+        source, target = _emb(3), _emb(4)
+        before = pipe(source, target, **kw)
+    finally:
+        pipe.set_statistics(old)
+    assert (tmp_path / "saved" / STATISTICS_FILE).is_file()
+    loaded = VSlerpPipeline.from_pretrained(tmp_path / "saved", device=None)  # no prior= needed
+    loaded.set_progress_bar_config(disable=True)
+    torch.testing.assert_close(loaded.image_mean, mean)
+    assert loaded.describe()["mean_source"] == "tensor"
+    after = loaded(source, target, **{**kw, "generator": _gen(2)})
+    np.testing.assert_allclose(after.images, before.images, atol=1e-6)
+
+
+def test_mean_as_tensor_and_as_stats_file(tiny_kandinsky, tmp_path):
+    prior_dir, decoder_dir = tiny_kandinsky
+    mean = torch.randn(TINY_DIM)
+    path = Statistics.from_mean(mean).save(tmp_path / "m.safetensors")
+    for stats in (mean, path, str(path)):
+        p = VSlerpPipeline.from_pretrained(decoder_dir, prior=prior_dir, stats=stats, device=None)
+        torch.testing.assert_close(p.image_mean, mean)
+
+
+@pytest.fixture()
+def unet_calls(pipe):
+    calls = []
+    handle = pipe.unet.register_forward_hook(lambda *a: calls.append(1))
+    yield calls
+    handle.remove()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"thetas": []}, ValueError, "thetas is empty"),
+        ({"alphas": [0.0, float("nan")]}, ValueError, "alphas must be finite"),
+        ({"thetas": [0.0, 1.5]}, ValueError, "allow_extrapolation"),
+        ({"target": 3}, TypeError, "target must be"),
+        ({"target": "missing.png"}, ValueError, "target image not found"),
+        ({"source": "a prompt is no source"}, ValueError, "source image not found"),
+        ({"source": torch.randn(TINY_DIM + 1)}, ValueError, "source embedding must have shape"),
+        ({"max_batch_size": 0}, ValueError, "max_batch_size"),
+        ({"output_type": "jpeg"}, ValueError, "output_type"),
+        ({"generator": [torch.Generator()]}, TypeError, "one torch.Generator"),
+    ],
+)
+def test_bad_input_fails_before_denoising(pipe, unet_calls, kwargs, error, match):
+    call = {"source": torch.randn(TINY_DIM), "target": torch.randn(TINY_DIM), "thetas": [0.0], "alphas": [0.0],
+            **RENDER, **kwargs}
+    with pytest.raises(error, match=match):
+        pipe(**call)
+    assert unet_calls == []
+
+
+def test_unreadable_image_and_extrapolation(pipe, unet_calls, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot be read"):
+        pipe(broken, torch.randn(TINY_DIM), thetas=[0.0], alphas=[0.0], **RENDER)
+    assert unet_calls == []
+    out = pipe(torch.randn(TINY_DIM), torch.randn(TINY_DIM), thetas=[1.5], alphas=[0.0], allow_extrapolation=True,
+               output_type="latent", num_inference_steps=1, height=32, width=32)
+    assert out.images.shape == (1, 4, 16, 16)  # tiny movq: 32 px → 16² latents
+
+
+def test_statistics_of_another_space_are_rejected(pipe, tiny_kandinsky):
+    prior_dir, decoder_dir = tiny_kandinsky
+    with pytest.raises(ValueError, match="dim"):
+        pipe.set_statistics(torch.randn(TINY_DIM * 2))
+    other = Statistics.from_mean(torch.randn(TINY_DIM))
+    other.metadata["encoder_fingerprint"] = "0" * 64
+    with pytest.raises(ValueError, match="image encoder"):
+        VSlerpPipeline.from_pretrained(decoder_dir, prior=prior_dir, stats=other, device=None)
+    with pytest.raises(TypeError, match="stats must be"):
+        pipe.set_statistics(3.0)
