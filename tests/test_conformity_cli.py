@@ -56,7 +56,7 @@ def computed(dataset, tiny_kandinsky, tmp_path_factory):
                    "--prior", str(tiny_kandinsky[0]), "--out", str(stats), "--num-workers", "0",
                    "--save-embeddings", str(emb), "--no-progress")
     assert proc.returncode == 0, proc.stderr
-    return stats, emb
+    return stats, emb, images
 
 
 def test_conformity_images_csv_hist_kl(computed, dataset, tiny_kandinsky, tmp_path):
@@ -65,7 +65,7 @@ def test_conformity_images_csv_hist_kl(computed, dataset, tiny_kandinsky, tmp_pa
 
     import vslerp
 
-    stats, emb = computed
+    stats, emb, _ = computed
     out, hist = tmp_path / "scores.csv", tmp_path / "hist.png"
     proc = _vslerp("conformity", "--stats", str(stats), "--images", str(dataset[0]),
                    "--prior", str(tiny_kandinsky[0]), "--out", str(out), "--hist", str(hist),
@@ -88,7 +88,7 @@ def test_conformity_images_csv_hist_kl(computed, dataset, tiny_kandinsky, tmp_pa
 
 
 def test_conformity_captions_without_reference(computed, tiny_kandinsky, tmp_path):
-    stats, _ = computed
+    stats, _, _ = computed
     caps = tmp_path / "caps.txt"
     caps.write_text("a cat\na photo of a dog on a sofa\nzebra quantum violin\n")
     out = tmp_path / "caps.csv"
@@ -118,8 +118,8 @@ def _other_dim(tmp: Path, computed, prior) -> list[str]:
     import vslerp.stats as vs
 
     other = tmp / "other.safetensors"
-    vs.Statistics.from_mean(torch.ones(7)).save(other)
-    return ["--stats", str(other), "--captions", str(_caps(tmp)), "--prior", prior,
+    vs.Statistics.from_mean(torch.ones(7)).save(other)  # image statistics of another dim
+    return ["--stats", str(other), "--images", str(computed[2]), "--prior", prior,
             "--out", str(tmp / "o.csv")]
 
 
@@ -142,9 +142,10 @@ def _missing_images(tmp: Path, computed, prior) -> list[str]:
             "--out", str(tmp / "o.csv")]
 
 
-@pytest.mark.parametrize("case", [_bad_stats, _other_dim, _no_text_stats, _out_not_csv,
-                                  _missing_images])
-def test_conformity_errors(case, computed, tiny_kandinsky, tmp_path):
+@pytest.mark.parametrize(("case", "expect"), [
+    (_bad_stats, "bad.safetensors"), (_other_dim, "dim 7"), (_no_text_stats, "no text"),
+    (_out_not_csv, ".csv"), (_missing_images, "not a folder")])
+def test_conformity_errors(case, expect, computed, tiny_kandinsky, tmp_path):
     from vslerp.ui.cli import main
 
     args = case(tmp_path, computed, str(tiny_kandinsky[0]))
@@ -157,11 +158,12 @@ def test_conformity_errors(case, computed, tiny_kandinsky, tmp_path):
     lines = err.getvalue().strip().splitlines()
     assert code == 2
     assert len(lines) == 1 and "error" in lines[0], err.getvalue()
+    assert expect in lines[0]
     assert not (tmp_path / "o.csv").exists()
 
 
 def test_stats_report_cli(computed, tmp_path):
-    _, emb = computed
+    _, emb, _ = computed
     out = tmp_path / "report"
     proc = _vslerp("stats", "report", "--embeddings", str(emb), "--out-dir", str(out),
                    "--alphas=-1,0,1", "--max-pairs", "10")

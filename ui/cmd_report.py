@@ -179,6 +179,7 @@ def run_conformity(args: argparse.Namespace) -> int:
         score_kl,
         write_scores_csv,
     )
+    from vslerp.ui.cmd_stats import _quiet_transformers
 
     if args.out.suffix.lower() != ".csv":
         raise CLIError(f"--out must name a .csv file, got {args.out}")
@@ -204,7 +205,8 @@ def run_conformity(args: argparse.Namespace) -> int:
                            f"2 {modality} embeddings")
         check_compatible(stats, dim=int(ref_raw.shape[1]),
                          fingerprint=emb.metadata.get("encoder_fingerprint"))
-    encoders = load_encoders(args.prior, device=args.device, text=modality == "text")
+    with _quiet_transformers():
+        encoders = load_encoders(args.prior, device=args.device, text=modality == "text")
     check_compatible(stats, dim=encoders.dim, fingerprint=encoders.fingerprint)
     encode = encoders.encode_images if modality == "image" else encoders.encode_texts
     raw = torch.cat([encode(items[i:i + args.batch_size])
