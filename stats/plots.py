@@ -230,8 +230,8 @@ def conformity_histogram(scores, reference=None, *, title: str, kl: float | None
     if reference is not None:
         ax.hist(data[1], bins=edges, density=True, alpha=0.45, color="tab:gray",
                 label=f"reference ({len(data[1])})")
-    ax.hist(scores, bins=edges, density=True, alpha=0.6, color="tab:blue",
-            label=f"scored ({len(scores)})")
+    ax.hist(scores, bins=edges, density=True, histtype="step", linewidth=1.6,
+            color="tab:blue", label=f"scored ({len(scores)})")
     ax.set_xlabel("estimated conformity Ĉ")
     ax.set_ylabel("density")
     ax.set_title(title + (f" — KL = {kl:.3f}" if kl is not None else ""))
