@@ -1,0 +1,103 @@
+"""`vslerp ui`: start the Gradio editor (binds 127.0.0.1; --share off by default)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+__all__ = ["load_pipeline", "register", "run"]
+
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"port must be in 1..65535, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
+    return value
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("ui", help="start the Gradio editor in the browser",
+                              description=__doc__)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (127.0.0.1: this machine only; 0.0.0.0 exposes it)")
+    p.add_argument("--port", type=_port, default=7860, help="port (7860)")
+    p.add_argument("--share", action="store_true",
+                   help="also open a public *.gradio.live link (off by default)")
+    p.add_argument("--model", default=None, metavar="DIR|ID",
+                   help="Kandinsky 2.2 decoder (default kandinsky-community/kandinsky-2-2-decoder) "
+                        "or a folder saved by VSlerpPipeline.save_pretrained")
+    p.add_argument("--prior", default=None, metavar="DIR|ID",
+                   help="Kandinsky 2.2 prior (default kandinsky-community/kandinsky-2-2-prior)")
+    p.add_argument("--stats", type=Path, default=None, metavar="FILE",
+                   help="statistics file for the image mean (default: the prior's clip_mean)")
+    p.add_argument("--reference", type=Path, default=None, metavar="DIR",
+                   help="embeddings folder (stats compute --save-embeddings): reference distribution "
+                        "of the conformity histogram")
+    p.add_argument("--device", default=None, help="torch device (default: cuda, mps, then cpu)")
+    p.add_argument("--dtype", choices=_DTYPES, default=None,
+                   help="weights dtype (default float16 on CUDA, float32 elsewhere)")
+    p.add_argument("--concurrency", type=_positive, default=1,
+                   help="pipeline jobs the queue runs at once (1 per device)")
+    p.add_argument("--tiny-random", action="store_true",
+                   help="tiny random model built on the fly: no download, images are noise (smoke test)")
+    p.set_defaults(func=run)
+
+
+def load_pipeline(args, tmp_root: str | Path | None = None):
+    """Load the VSlerpPipeline the options name (or build the tiny random one)."""
+    import torch
+    from vslerp.pipelines import VSlerpPipeline
+
+    model, prior = args.model, args.prior
+    if args.tiny_random:
+        from vslerp.pipelines.testing import make_tiny_kandinsky
+
+        root = Path(tmp_root or tempfile.mkdtemp(prefix="vslerp-tiny-"))
+        prior, model = make_tiny_kandinsky(root)
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    device = args.device or ("cpu" if args.tiny_random else "auto")
+    return VSlerpPipeline.from_pretrained(model, prior=prior, stats=args.stats, torch_dtype=dtype,
+                                          device=device)
+
+
+def run(args) -> int:
+    from vslerp.ui.cli import CLIError
+
+    if args.stats is not None and not args.stats.is_file():
+        raise CLIError(f"--stats: no such file {args.stats}")
+    what = ("a tiny random model (noise-only smoke test)" if args.tiny_random else
+            f"decoder {args.model or 'kandinsky-community/kandinsky-2-2-decoder'}, prior "
+            f"{args.prior or 'kandinsky-community/kandinsky-2-2-prior'}")
+    print(f"vslerp ui: loading {what} — this can take a minute…", file=sys.stderr, flush=True)
+    try:
+        import gradio  # noqa: F401
+        from vslerp.ui.editor import build_editor, launch_kwargs
+
+        pipe = load_pipeline(args)
+        reference = None
+        if args.reference is not None:
+            from vslerp.stats import read_embeddings
+
+            reference = read_embeddings(args.reference).image
+    except ImportError as err:
+        raise CLIError(f"the editor needs gradio ({err}); install vslerp[ui]") from None
+    except (OSError, ValueError, TypeError, RuntimeError) as err:
+        raise CLIError(f"cannot load the models: {' '.join(str(err).split())}") from None
+    pipe.set_progress_bar_config(disable=False, leave=False)
+    demo = build_editor(pipe, tiny_random=args.tiny_random, concurrency=args.concurrency,
+                        reference=reference)
+    print(f"vslerp ui: models loaded; serving on http://{args.host}:{args.port}"
+          + (" (and a public share link)" if args.share else ""), file=sys.stderr, flush=True)
+    demo.launch(**launch_kwargs(args.host, args.port, args.share))
+    return 0
