@@ -358,13 +358,13 @@ def build_editor(pipe, *, tiny_random: bool = False, concurrency: int = 1,
     info = pipe.describe()
 
     def edit_fn(source, target_image, target_prompt, theta, alpha, seed, steps=steps0, guidance=4.0,
-                size=size0, mean_source=None, stats_file=None, progress=gr.Progress(track_tqdm=True)):
+                size=size0, mean_source=None, stats_file=None, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - gradio API
         return editor.edit(source, target_image, target_prompt, theta, alpha, seed, steps, guidance, size,
                            mean_source, stats_file)
 
     def sweep_fn(source, target_image, target_prompt, thetas_text, alphas_text, seed, steps=steps0,
                  guidance=4.0, size=size0, mean_source=None, stats_file=None,
-                 progress=gr.Progress(track_tqdm=True)):
+                 progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - gradio API
         return editor.sweep(source, target_image, target_prompt, thetas_text, alphas_text, seed, steps,
                             guidance, size, mean_source, stats_file)
 
