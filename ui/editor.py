@@ -20,7 +20,7 @@ from pathlib import Path
 import PIL.Image
 import torch
 
-__all__ = ["MAX_PIXELS", "Editor", "EditorState", "build_editor", "launch_kwargs", "open_upload"]
+__all__ = ["MAX_PIXELS", "Editor", "EditorState", "build_editor", "checked_image", "launch_kwargs", "open_upload"]
 
 MAX_PIXELS = 40_000_000  # uploads above this many pixels are refused (decompression bombs)
 MAX_GALLERY = 24  # results kept in a session's gallery
@@ -331,6 +331,36 @@ class Editor:
         return random.randint(0, 2**31 - 1)
 
 
+def checked_image(**kwargs):
+    """A gr.Image whose upload errors (unreadable file, decompression bomb) are gr.Error messages.
+
+    Gradio opens uploads with PIL while preprocessing, before any callback runs; this instance's
+    ``preprocess`` turns those failures into a message naming the image instead of an opaque
+    server error. (An instance attribute, not a subclass: gradio's component metaclass writes a
+    ``.pyi`` stub beside the source of every component subclass.)
+    """
+    import gradio as gr
+
+    component = gr.Image(**kwargs)
+    name = (component.label or "uploaded image").lower()
+    plain_preprocess = component.preprocess
+
+    def preprocess(payload):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+                return plain_preprocess(payload)
+        except gr.Error:
+            raise
+        except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
+            raise gr.Error(f"The {name} is too large to open (decompression bomb?).") from None
+        except (OSError, ValueError, SyntaxError) as err:
+            raise gr.Error(f"The {name} cannot be read ({type(err).__name__}).") from None
+
+    component.preprocess = preprocess
+    return component
+
+
 _CSS = """
 #vslerp-banner {background: #fff4ce; border: 1px solid #e0b400; border-radius: 6px; padding: 4px 10px;}
 #vslerp-result img {image-rendering: pixelated;}
@@ -376,10 +406,10 @@ def build_editor(pipe, *, tiny_random: bool = False, concurrency: int = 1,
                         "this checks the editor works without model weights.", elem_id="vslerp-banner")
         with gr.Row():
             with gr.Column(scale=1):
-                source = gr.Image(label="Source image", type="filepath", height=220,
+                source = checked_image(label="Source image", type="filepath", height=220,
                                   sources=["upload", "clipboard", "webcam"], elem_id="vslerp-source")
                 with gr.Tab("Target image"):
-                    target_image = gr.Image(label="Target image", type="filepath", height=180,
+                    target_image = checked_image(label="Target image", type="filepath", height=180,
                                             sources=["upload", "clipboard", "webcam"],
                                             elem_id="vslerp-target")
                 with gr.Tab("Target prompt"):
