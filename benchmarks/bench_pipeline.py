@@ -39,7 +39,7 @@ def best_of(fn, repeats: int) -> float:
     return min(times)
 
 
-def load(root: str, build: bool = True):
+def load(root: str, build: bool = True, device: str = "cpu"):
     from pathlib import Path
 
     from diffusers import KandinskyV22Pipeline
@@ -51,6 +51,7 @@ def load(root: str, build: bool = True):
     decoder = KandinskyV22Pipeline.from_pretrained(decoder_dir)
     for p in (pipe, decoder):
         p.set_progress_bar_config(disable=True)
+        p.to(device)
     return pipe, decoder
 
 
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-sizes", default="1,5,25")
     parser.add_argument("--mem-size", type=int, default=128)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (timings only; memory rows are RSS)")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--root", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -84,7 +86,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as root:
-        pipe, decoder = load(root)
+        pipe, decoder = load(root, device=args.device)
         src, tgt = torch.randn(32), torch.randn(32)
         negative = pipe.zero_image_embedding()
         render = {"num_inference_steps": args.steps, "height": args.size, "width": args.size, "output_type": "np"}
@@ -112,7 +114,7 @@ def main() -> None:
         one_diffusers(), one_cell()  # warm-up
         t_ref, t_one = best_of(one_diffusers, args.repeats), best_of(one_cell, args.repeats)
         t_25, t_grid = best_of(diffusers_25, max(1, args.repeats - 1)), best_of(vslerp_grid, max(1, args.repeats - 1))
-        print(f"tiny Kandinsky 2.2, CPU ({torch.get_num_threads()} threads), {args.size}px, {args.steps} steps")
+        print(f"tiny Kandinsky 2.2, {args.device} ({torch.get_num_threads()} CPU threads), {args.size}px, {args.steps} steps")
         print(f"one cell vs KandinskyV22Pipeline:   {t_one * 1e3:8.1f} ms vs {t_ref * 1e3:8.1f} ms  "
               f"ratio {t_one / t_ref:.3f} (target <= 1.05)")
         print(f"5x5 grid vs 25 KandinskyV22 calls: {t_grid * 1e3:8.1f} ms vs {t_25 * 1e3:8.1f} ms  "
