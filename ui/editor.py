@@ -301,8 +301,10 @@ class Editor:
         """(PNG path with metadata, GIF path) of the result or sweep."""
         if not result:
             return None, None
-        from vslerp.ui.outputs import save_animation, save_png
-
+        try:
+            from vslerp.ui.outputs import save_animation, save_png
+        except ImportError:  # an install without the CLI's output helpers: no downloads
+            return None, None
         folder = Path(tempfile.mkdtemp(prefix=f"{result['kind']}-", dir=self.out_dir))
         image = result.get("grid") or result["images"][0]
         png = save_png(image, folder / f"vslerp-{result['kind']}.png", result["metadata"])
@@ -407,14 +409,15 @@ def build_editor(pipe, *, tiny_random: bool = False, concurrency: int = 1,
         with gr.Row():
             with gr.Column(scale=1):
                 source = checked_image(label="Source image", type="filepath", height=220,
-                                  sources=["upload", "clipboard", "webcam"], elem_id="vslerp-source")
-                with gr.Tab("Target image"):
-                    target_image = checked_image(label="Target image", type="filepath", height=180,
-                                            sources=["upload", "clipboard", "webcam"],
-                                            elem_id="vslerp-target")
+                                       sources=["upload", "clipboard", "webcam"], elem_id="vslerp-source")
                 with gr.Tab("Target prompt"):
                     target_prompt = gr.Textbox(label="Target prompt", placeholder="a photo of a cat",
+                                               info="used when no target image is given",
                                                elem_id="vslerp-prompt")
+                with gr.Tab("Target image"):
+                    target_image = checked_image(label="Target image", type="filepath", height=180,
+                                                 sources=["upload", "clipboard", "webcam"],
+                                                 elem_id="vslerp-target")
             with gr.Column(scale=1):
                 theta = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="θ (towards the target)",
                                   elem_id="vslerp-theta")
