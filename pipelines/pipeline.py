@@ -343,6 +343,10 @@ class VSlerpPipeline(DiffusionPipeline):
             self._zero_embed = self.image_encoder(zero)["image_embeds"].float().cpu()
         return self._zero_embed
 
+    def _default_negative(self) -> torch.Tensor | None:
+        """The unconditional image embedding (D,): the all-zeros image's, as the prior pipeline."""
+        return self.zero_image_embedding()[0]
+
     def _prior_pipeline(self):
         from diffusers import KandinskyV22PriorPipeline
 
@@ -491,7 +495,7 @@ class VSlerpPipeline(DiffusionPipeline):
         prompt_gen = self._clone_generator(initial_state, generator.device)
         target_raw = self._resolve("target", target, True, prompt_gen, prior_num_inference_steps)  # (D,)
         if negative_image_embeds is None:
-            negative_raw = self.zero_image_embedding()[0]
+            negative_raw = self._default_negative()
         else:
             negative_raw = self._check_embedding("negative_image_embeds", torch.as_tensor(negative_image_embeds))
         mean = self.image_mean  # (D,)
@@ -502,6 +506,23 @@ class VSlerpPipeline(DiffusionPipeline):
             raise ValueError("some cells' embeddings are not finite (extreme alphas or thetas?)")
         conformity = self.estimated_conformity(cells.reshape(-1, cells.shape[-1])).reshape(cells.shape[:2])
 
+        flat = cells.reshape(-1, cells.shape[-1])  # (T·A, D)
+        outputs = self._render(flat, device, negative_raw, generator, initial_state, latents, num_inference_steps,
+                               height, width, max_batch_size, output_type, callback_on_step_end, cb_inputs)
+        self.maybe_free_model_hooks()
+        if output_type == "pil":
+            images = [im for part in outputs for im in part]
+        elif output_type == "np":
+            images = np.concatenate(outputs, axis=0)
+        else:
+            images = torch.cat(outputs, dim=0)
+        result = VSlerpPipelineOutput(images=images, embeddings=cells.float(), thetas=thetas, alphas=alphas,
+                                      conformity=conformity)
+        return result if return_dict else result.to_tuple()
+
+    def _render(self, flat, device, negative_raw, generator, initial_state, latents, num_inference_steps, height,
+                width, max_batch_size, output_type, callback_on_step_end, cb_inputs) -> list:
+        """Render cells (N, D) in chunks of ``max_batch_size``; returns one output per chunk."""
         # Shared initial noise: one image's latents, as KandinskyV22Pipeline draws them.
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
@@ -521,7 +542,6 @@ class VSlerpPipeline(DiffusionPipeline):
         init_latents = latents * self.scheduler.init_noise_sigma  # (1, C, h, w)
         after_latents_state = generator.get_state()
 
-        flat = cells.reshape(-1, cells.shape[-1])  # (T·A, D)
         chunks = [flat[i : i + max_batch_size] for i in range(0, flat.shape[0], max_batch_size)]
         outputs = []
         with self.progress_bar(total=len(chunks) * len(timesteps)) as bar:
@@ -530,16 +550,7 @@ class VSlerpPipeline(DiffusionPipeline):
                                                   after_latents_state, generator.device, output_type,
                                                   callback_on_step_end, cb_inputs, bar))
         generator.set_state(after_latents_state)
-        self.maybe_free_model_hooks()
-        if output_type == "pil":
-            images = [im for part in outputs for im in part]
-        elif output_type == "np":
-            images = np.concatenate(outputs, axis=0)
-        else:
-            images = torch.cat(outputs, dim=0)
-        result = VSlerpPipelineOutput(images=images, embeddings=cells.float(), thetas=thetas, alphas=alphas,
-                                      conformity=conformity)
-        return result if return_dict else result.to_tuple()
+        return outputs
 
     def _render_chunk(self, chunk, device, negative_raw, init_latents, timesteps, gen_state, gen_device, output_type,
                       callback_on_step_end, cb_inputs, bar):
