@@ -1,4 +1,4 @@
-"""VSlerpPipeline: vertical-SLERP editing with diffusers generators (Kandinsky 2.2)."""
+"""VSlerpPipeline: vertical-SLERP editing with diffusers generators (Kandinsky 2.2, unCLIP/Karlo)."""
 
 from .pipeline import (
     DEFAULT_DECODER,
@@ -8,6 +8,7 @@ from .pipeline import (
     VSlerpPipelineOutput,
     auto_device,
 )
+from .unclip import VSlerpUnCLIPPipeline
 
 __all__ = [
     "DEFAULT_DECODER",
@@ -15,5 +16,6 @@ __all__ = [
     "STATISTICS_FILE",
     "VSlerpPipeline",
     "VSlerpPipelineOutput",
+    "VSlerpUnCLIPPipeline",
     "auto_device",
 ]

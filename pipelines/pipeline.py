@@ -77,6 +77,22 @@ def _downscale(height: int, width: int, scale_factor: int) -> tuple[int, int]:
     return downscale_height_and_width(height, width, scale_factor)
 
 
+def _is_unclip(source) -> bool:
+    """True for an unCLIP/Karlo image-variation folder or id (or a VSlerpUnCLIPPipeline folder)."""
+    import json
+
+    if source is None:
+        return False
+    index = Path(str(source)).expanduser() / "model_index.json"
+    if index.is_file():
+        try:
+            name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+        except (OSError, ValueError):
+            return False
+        return name in ("UnCLIPImageVariationPipeline", "VSlerpUnCLIPPipeline")
+    return "karlo" in str(source).lower()
+
+
 def _check_axis(name: str, values, allow_outside: bool) -> list[float]:
     if isinstance(values, (str, bytes)) or values is None:
         raise TypeError(f"{name} must be a list of numbers, got {type(values).__name__}")
@@ -127,6 +143,8 @@ class VSlerpPipeline(DiffusionPipeline):
     """
 
     backend = "kandinsky2.2"
+    default_guidance_scale = 4.0  # KandinskyV22Pipeline's
+    default_size = 512  # px, KandinskyV22Pipeline's
     model_cpu_offload_seq = "text_encoder->image_encoder->prior->unet->movq"
     _callback_tensor_inputs = ["latents", "image_embeds", "negative_image_embeds"]
     _optional_components: list[str] = []
@@ -160,9 +178,13 @@ class VSlerpPipeline(DiffusionPipeline):
         device: "auto" (cuda, then mps, then cpu with a warning), a device, or None (stay on CPU,
             e.g. before ``enable_model_cpu_offload()``).
         """
-        if backend not in ("auto", "kandinsky2.2", "kandinsky"):
-            raise ValueError(f"backend must be 'auto' or 'kandinsky2.2', got {backend!r} "
-                             "(the unCLIP/Karlo backend is not implemented in this version)")
+        if backend not in ("auto", "kandinsky2.2", "kandinsky", "unclip"):
+            raise ValueError(f"backend must be 'auto', 'kandinsky2.2' or 'unclip', got {backend!r}")
+        if cls is VSlerpPipeline and (backend == "unclip" or (backend == "auto" and _is_unclip(decoder_id_or_dir))):
+            from .unclip import VSlerpUnCLIPPipeline
+
+            return VSlerpUnCLIPPipeline.from_pretrained(decoder_id_or_dir, prior=prior, stats=stats,
+                                                        torch_dtype=torch_dtype, device=device, **kwargs)
         target = auto_device() if device == "auto" else (torch.device(device) if device else None)
         if torch_dtype is None:
             torch_dtype = torch.float16 if target is not None and target.type == "cuda" else torch.float32
@@ -277,7 +299,7 @@ class VSlerpPipeline(DiffusionPipeline):
     # -- speed and memory options -------------------------------------------------------
     def compile_unet(self, **kwargs) -> None:
         """``torch.compile`` the UNet in place (``nn.Module.compile``); kwargs go to torch.compile."""
-        self.unet.compile(**kwargs)
+        self._denoiser().compile(**kwargs)
 
     def enable_movq_slicing(self) -> None:
         """Decode the cells' latents one image at a time (lower peak memory for large sizes)."""
@@ -317,7 +339,7 @@ class VSlerpPipeline(DiffusionPipeline):
         """PIL images / paths → raw ``image_embeds`` (N, D) float32 on the CPU (as the prior pipeline)."""
         images = self._to_images("images", images)
         device = self._execution_device
-        pixels = self.image_processor(images, return_tensors="pt").pixel_values  # (N, 3, S, S)
+        pixels = self._clip_processor()(images, return_tensors="pt").pixel_values  # (N, 3, S, S)
         pixels = pixels.to(device=device, dtype=self.image_encoder.dtype)
         return self.image_encoder(pixels)["image_embeds"].float().cpu()
 
@@ -342,6 +364,15 @@ class VSlerpPipeline(DiffusionPipeline):
             zero = torch.zeros(1, 3, size, size, device=self._execution_device, dtype=self.image_encoder.dtype)
             self._zero_embed = self.image_encoder(zero)["image_embeds"].float().cpu()
         return self._zero_embed
+
+    def _clip_processor(self):
+        return self.image_processor
+
+    def _denoiser(self):
+        return self.unet
+
+    def _main_scheduler(self):
+        return self.scheduler
 
     def _default_negative(self) -> torch.Tensor | None:
         """The unconditional image embedding (D,): the all-zeros image's, as the prior pipeline."""
@@ -451,9 +482,10 @@ class VSlerpPipeline(DiffusionPipeline):
     def _device(self) -> torch.device:
         """Where the UNet runs: diffusers' ``_execution_device`` under offload hooks, else the UNet's
         device (``_execution_device`` walks every module of all nine components: ms per call)."""
-        if hasattr(self.unet, "_hf_hook") or hasattr(self.unet, "_diffusers_hook"):
+        denoiser = self._denoiser()
+        if hasattr(denoiser, "_hf_hook") or hasattr(denoiser, "_diffusers_hook"):
             return self._execution_device
-        return self.unet.device
+        return denoiser.device
 
     @staticmethod
     def _clone_generator(state: torch.Tensor, device) -> torch.Generator:
@@ -463,10 +495,11 @@ class VSlerpPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def __call__(self, source, target, thetas=(0.0, 0.5, 1.0), alphas=(0.0,), num_inference_steps: int = 50,
-                 guidance_scale: float = 4.0, height: int = 512, width: int = 512, generator=None, latents=None,
+                 guidance_scale: float | None = None, height: int | None = None, width: int | None = None, generator=None, latents=None,
                  max_batch_size: int = 8, allow_extrapolation: bool = False, negative_image_embeds=None,
                  callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",),
                  output_type: str = "pil", prior_num_inference_steps: int = 25,
+                 super_res_num_inference_steps: int = 7,
                  return_dict: bool = True) -> VSlerpPipelineOutput:
         """Render the θ × α grid of vSLERP(source, target, θ, α, m) (paper Eq. 12).
 
@@ -478,9 +511,14 @@ class VSlerpPipeline(DiffusionPipeline):
         copies of that generator per cell, so a θ=0 cell equals diffusers' single render of the
         source embedding. negative_image_embeds: (D,) or (1, D); default the all-zeros image's
         embedding (as the prior pipeline). Cells run ``max_batch_size`` at a time.
+        guidance_scale, height, width: None → the backend's defaults (Kandinsky 2.2: 4.0, 512×512;
+        unCLIP: 8.0 and the super-resolution size); super_res_num_inference_steps: unCLIP only.
         Returns :class:`VSlerpPipelineOutput` (images row-major over thetas × alphas).
         """
         cb_inputs = list(callback_on_step_end_tensor_inputs or [])
+        guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
+        height = self.default_size if height is None else height
+        width = self.default_size if width is None else width
         thetas, alphas = self.check_inputs(source, target, thetas, alphas, num_inference_steps, guidance_scale,
                                            height, width, max_batch_size, output_type, generator, latents,
                                            cb_inputs, allow_extrapolation)
@@ -496,6 +534,8 @@ class VSlerpPipeline(DiffusionPipeline):
         target_raw = self._resolve("target", target, True, prompt_gen, prior_num_inference_steps)  # (D,)
         if negative_image_embeds is None:
             negative_raw = self._default_negative()
+        elif self.backend == "unclip":
+            raise ValueError("negative_image_embeds is not supported by the unCLIP backend")
         else:
             negative_raw = self._check_embedding("negative_image_embeds", torch.as_tensor(negative_image_embeds))
         mean = self.image_mean  # (D,)
@@ -508,7 +548,8 @@ class VSlerpPipeline(DiffusionPipeline):
 
         flat = cells.reshape(-1, cells.shape[-1])  # (T·A, D)
         outputs = self._render(flat, device, negative_raw, generator, initial_state, latents, num_inference_steps,
-                               height, width, max_batch_size, output_type, callback_on_step_end, cb_inputs)
+                               height, width, max_batch_size, output_type, callback_on_step_end, cb_inputs,
+                               super_res_num_inference_steps=super_res_num_inference_steps)
         self.maybe_free_model_hooks()
         if output_type == "pil":
             images = [im for part in outputs for im in part]
@@ -521,7 +562,8 @@ class VSlerpPipeline(DiffusionPipeline):
         return result if return_dict else result.to_tuple()
 
     def _render(self, flat, device, negative_raw, generator, initial_state, latents, num_inference_steps, height,
-                width, max_batch_size, output_type, callback_on_step_end, cb_inputs) -> list:
+                width, max_batch_size, output_type, callback_on_step_end, cb_inputs,
+                super_res_num_inference_steps=7) -> list:
         """Render cells (N, D) in chunks of ``max_batch_size``; returns one output per chunk."""
         # Shared initial noise: one image's latents, as KandinskyV22Pipeline draws them.
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -610,8 +652,8 @@ class VSlerpPipeline(DiffusionPipeline):
             "stats_model_id": stats.metadata.get("model_id"),
             "conformity": self.conformity_method(),
             "dim": int(self.image_encoder.config.projection_dim),
-            "dtype": str(self.unet.dtype).replace("torch.", ""),
+            "dtype": str(self._denoiser().dtype).replace("torch.", ""),
             "device": str(self._execution_device),
-            "scheduler": type(self.scheduler).__name__,
+            "scheduler": type(self._main_scheduler()).__name__,
             "vslerp_version": __version__,
         }

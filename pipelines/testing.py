@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TINY_DIM", "make_tiny_clip_tokenizer", "make_tiny_kandinsky"]
+__all__ = ["TINY_DIM", "make_tiny_clip_tokenizer", "make_tiny_kandinsky", "make_tiny_unclip"]
 
 TINY_DIM = 32  # embedding dim of the tiny CLIP encoders (1280 for the real ViT-bigG/14)
 TINY_IMAGE_SIZE = 32  # CLIP input size of the tiny vision encoder (224 for the real one)
@@ -181,3 +181,72 @@ def make_tiny_kandinsky(root: str | Path, seed: int = 0) -> tuple[Path, Path]:
     )
     KandinskyV22Pipeline(unet=unet, scheduler=scheduler, movq=movq).save_pretrained(decoder_dir)
     return prior_dir, decoder_dir
+
+
+def make_tiny_unclip(root: str | Path, seed: int = 0) -> Path:
+    """Build a tiny random unCLIP/Karlo image-variation pipeline under ``root``/unclip.
+
+    The layout of ``kakaobrain/karlo-v1-alpha-image-variations`` (decoder, text_proj,
+    super_res_first/last, schedulers, CLIP encoders), loadable with diffusers'
+    ``UnCLIPImageVariationPipeline.from_pretrained``; configs as diffusers' own fast tests.
+    Embedding dim ``TINY_DIM``; the decoder renders 32 px, super-resolution 64 px.
+    """
+    from diffusers import (
+        UnCLIPImageVariationPipeline,
+        UnCLIPScheduler,
+        UNet2DConditionModel,
+        UNet2DModel,
+    )
+    from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    root = Path(root)
+    out_dir = root / "unclip"
+    dim = TINY_DIM
+    torch.manual_seed(seed)
+    tokenizer = make_tiny_clip_tokenizer(root / "_unclip_tokenizer")
+    text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, hidden_size=dim, projection_dim=dim, intermediate_size=37,
+        layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer),
+        max_position_embeddings=tokenizer.model_max_length)).eval()
+    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=dim, projection_dim=dim, num_hidden_layers=2, num_attention_heads=4, image_size=TINY_IMAGE_SIZE,
+        intermediate_size=37, patch_size=8, num_channels=3)).eval()
+    feature_extractor = CLIPImageProcessor(
+        crop_size=TINY_IMAGE_SIZE, do_center_crop=True, do_normalize=True, do_resize=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+        resample=3, size=TINY_IMAGE_SIZE)
+    block0 = 32
+    text_proj = UnCLIPTextProjModel(clip_embeddings_dim=dim, time_embed_dim=block0 * 4, cross_attention_dim=dim,
+                                    clip_extra_context_tokens=2)
+    decoder = UNet2DConditionModel(
+        sample_size=32, in_channels=3, out_channels=6,
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn", block_out_channels=(block0, block0 * 2),
+        layers_per_block=1, cross_attention_dim=dim, attention_head_dim=4,
+        resnet_time_scale_shift="scale_shift", class_embed_type="identity")
+
+    def super_res():
+        return UNet2DModel(sample_size=64, layers_per_block=1, block_out_channels=(block0, block0 * 2),
+                           down_block_types=("ResnetDownsampleBlock2D", "ResnetDownsampleBlock2D"),
+                           up_block_types=("ResnetUpsampleBlock2D", "ResnetUpsampleBlock2D"),
+                           in_channels=6, out_channels=3)
+
+    UnCLIPImageVariationPipeline(
+        decoder=decoder, text_encoder=text_encoder, tokenizer=tokenizer, text_proj=text_proj,
+        feature_extractor=feature_extractor, image_encoder=image_encoder, super_res_first=super_res(),
+        super_res_last=super_res(),
+        decoder_scheduler=UnCLIPScheduler(variance_type="learned_range", prediction_type="epsilon",
+                                          num_train_timesteps=1000),
+        super_res_scheduler=UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="epsilon",
+                                            num_train_timesteps=1000),
+    ).save_pretrained(out_dir)
+    return out_dir
