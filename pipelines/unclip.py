@@ -50,7 +50,7 @@ def load_unclip_components(source: str, dtype: torch.dtype, **kwargs) -> dict:
             diffusers if library == "diffusers" else transformers, class_name)
         extra = {}
         if name in ("decoder", "text_proj", "super_res_first", "super_res_last", "text_encoder", "image_encoder"):
-            extra = {"dtype": dtype} if library == "transformers" else {"torch_dtype": dtype}
+            extra = {"dtype": dtype}
         try:
             out[name] = cls.from_pretrained(source, subfolder=name, **extra, **kwargs)
         except (OSError, ValueError) as err:
