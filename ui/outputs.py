@@ -17,6 +17,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 __all__ = ["PNG_KEY", "make_grid", "parse_values", "read_png_metadata", "save_animation",
+           "save_json",
            "save_png"]
 
 PNG_KEY = "vslerp"  # PNG text chunk holding the JSON metadata
@@ -157,20 +158,31 @@ def _check_new(path: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{path} exists (pass --overwrite to replace it)")
 
 
-def save_png(image: Image.Image, path, metadata: dict, overwrite: bool = False) -> Path:
-    """Write ``image`` as PNG with ``metadata`` as JSON in text chunk ``"vslerp"`` and in
-    ``path.with_suffix(".json")``. Both atomic; refuses existing files unless ``overwrite``.
+def save_png(image: Image.Image, path, metadata: dict, overwrite: bool = False,
+             sidecar: bool = True) -> Path:
+    """Write ``image`` as PNG with ``metadata`` as JSON in text chunk ``"vslerp"`` and (unless
+    ``sidecar=False``) in ``path.with_suffix(".json")``. Both atomic; refuses existing files
+    unless ``overwrite``.
     """
     path = Path(path)
-    sidecar = path.with_suffix(".json")
     _check_new(path, overwrite)
-    _check_new(sidecar, overwrite)
+    if sidecar:
+        _check_new(path.with_suffix(".json"), overwrite)
     text = json.dumps(metadata, indent=2, sort_keys=True, allow_nan=False)
     info = PngImagePlugin.PngInfo()
     info.add_itxt(PNG_KEY, text)
-    _atomic_write(sidecar, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    if sidecar:
+        save_json(metadata, path.with_suffix(".json"), overwrite=True)
     _atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
     return path
+
+
+def save_json(metadata: dict, path, overwrite: bool = False) -> Path:
+    """Write ``metadata`` as an indented JSON file, atomically (a sidecar)."""
+    path = Path(path)
+    _check_new(path, overwrite)
+    text = json.dumps(metadata, indent=2, sort_keys=True, allow_nan=False)
+    return _atomic_write(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
 
 
 def read_png_metadata(path) -> dict:
