@@ -85,7 +85,10 @@ def test_upload_move_alpha_new_result_screenshot(app, tmp_path):
                 "prev => { const i = document.querySelector('#vslerp-result img');"
                 " return i && i.getAttribute('src') !== prev; }", arg=first)
             alpha = float(page.locator("#vslerp-alpha input[type=number]").input_value())
-            page.get_by_text("Estimated conformity").first.wait_for()
+            # the follow-up (read-out, gallery, downloads) has run for both results
+            page.wait_for_function("() => document.querySelectorAll('#vslerp-gallery img').length >= 2")
+            page.wait_for_function("() => ['#vslerp-png', '#vslerp-gif'].every(id =>"
+                                   " /vslerp-result\\s*\\.(png|gif)/.test(document.querySelector(id).innerText))")
             shot = tmp_path / "editor.png"
             page.screenshot(path=str(shot), full_page=True)
         finally:

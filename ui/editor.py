@@ -365,7 +365,8 @@ def checked_image(**kwargs):
 
 _CSS = """
 #vslerp-banner {background: #fff4ce; border: 1px solid #e0b400; border-radius: 6px; padding: 4px 10px;}
-#vslerp-result img {image-rendering: pixelated;}
+#vslerp-result img, #vslerp-gallery img, #vslerp-sweep-img img {image-rendering: pixelated;}
+#vslerp-result img {width: 100%; height: 100%; object-fit: contain;}
 """
 
 
@@ -425,7 +426,7 @@ def build_editor(pipe, *, tiny_random: bool = False, concurrency: int = 1,
                                   elem_id="vslerp-alpha")
                 with gr.Row():
                     seed = gr.Number(value=0, precision=0, label="Seed", minimum=0, scale=3)
-                    dice = gr.Button("🎲", scale=1, min_width=40)
+                    dice = gr.Button("Random seed", scale=1, min_width=60, size="sm")
                 with gr.Row():
                     steps = gr.Slider(1, 100, value=steps0, step=1, label="Steps")
                     guidance = gr.Slider(1.0, 12.0, value=4.0, step=0.5, label="Guidance")
@@ -440,18 +441,22 @@ def build_editor(pipe, *, tiny_random: bool = False, concurrency: int = 1,
             with gr.Column(scale=1):
                 result = gr.Image(label="Result", type="pil", interactive=False, height=300,
                                   elem_id="vslerp-result", format="png")
-                readout = gr.Markdown(elem_id="vslerp-readout")
-                plot = gr.Plot(label="Reference conformity", show_label=False)
+                readout = gr.Markdown("_Upload a source, give a target, press **Edit** or move θ/α._",
+                                      elem_id="vslerp-readout")
+                plot = gr.Plot(label="Reference conformity", show_label=False,
+                               visible=editor.reference_conformity is not None)
         with gr.Accordion("Sweep (θ × α grid in one batched call)", open=False):
             with gr.Row():
                 thetas_text = gr.Textbox(value="0,0.5,1", label="θ values (a,b,c or start:stop:count)")
                 alphas_text = gr.Textbox(value="-1,0,1", label="α values")
                 sweep_btn = gr.Button("Sweep", elem_id="vslerp-sweep")
-            sweep_img = gr.Image(label="Sweep", type="pil", interactive=False, format="png")
+            sweep_img = gr.Image(label="Sweep", type="pil", interactive=False, format="png",
+                                 elem_id="vslerp-sweep-img")
         with gr.Row():
-            png_file = gr.File(label="Download PNG (with metadata)", interactive=False)
-            gif_file = gr.File(label="Download GIF", interactive=False)
-        gallery = gr.Gallery(label="Results so far", columns=8, height=180, elem_id="vslerp-gallery")
+            png_file = gr.File(label="Download PNG (with metadata)", interactive=False, elem_id="vslerp-png")
+            gif_file = gr.File(label="Download GIF", interactive=False, elem_id="vslerp-gif")
+        gallery = gr.Gallery(label="Results so far", columns=8, fit_columns=False, height=200, object_fit="contain",
+                             elem_id="vslerp-gallery")
         gallery_state = gr.State([])
         result_state = gr.State(None)
         gr.Markdown(f"<small>model: {info.get('decoder')} · prior: {info.get('prior')} · "
