@@ -62,6 +62,15 @@ def open_upload(path, name: str = "source", max_pixels: int = MAX_PIXELS) -> PIL
         raise _error(f"The {name} image cannot be decoded ({type(err).__name__}).") from None
 
 
+def _image_ref(upload, pixels_sha256: str) -> dict:
+    """{"kind": "image", "name", "sha256" (of the file, as the CLI's sidecar), "pixels_sha256"}."""
+    ref = {"kind": "image", "name": None, "sha256": None, "pixels_sha256": pixels_sha256}
+    if isinstance(upload, (str, Path)) and Path(upload).is_file():
+        ref["name"] = Path(upload).name
+        ref["sha256"] = hashlib.sha256(Path(upload).read_bytes()).hexdigest()
+    return ref
+
+
 class EditorState:
     """Cache of raw embeddings, shared by every session of one editor (thread-safe).
 
@@ -174,7 +183,7 @@ class Editor:
         if target_image is not None:
             image = open_upload(target_image, "target")
             raw, key = self.state.image_embedding(image)
-            return raw, {"kind": "image", "sha256": key}
+            return raw, _image_ref(target_image, key)
         prompt = (prompt or "").strip()
         if not prompt:
             raise _error("No target: upload a target image or type a target prompt.")
@@ -212,12 +221,20 @@ class Editor:
                 raise _error(str(err)) from None
             finally:
                 self.pipe.set_statistics(self.default_statistics)
+        # The keys of the CLI's sidecar (vslerp.ui.cmd_grid), plus the editor's own.
         metadata = {
-            "command": "ui", "source": {"kind": "image", "sha256": source_key}, "target": target_desc,
-            "thetas": list(out.thetas), "alphas": list(out.alphas), "seed": seed,
-            "steps": int(steps), "guidance_scale": float(guidance), "height": size, "width": size,
-            "prior_steps": self.state.prior_steps, "pipeline": describe,
-            "conformity": out.conformity.tolist(), "tiny_random": self.tiny_random,
+            "command": "ui", "vslerp_version": describe.get("vslerp_version"),
+            "model": describe.get("decoder"), "prior": describe.get("prior"),
+            "stats": {"path": str(stats_file) if mean_source == "statistics file" else None,
+                      "fingerprint": describe.get("stats_fingerprint"),
+                      "mean_source": describe.get("mean_source")},
+            "dtype": describe.get("dtype"),
+            "source": _image_ref(source, source_key), "target": target_desc,
+            "thetas": [float(t) for t in out.thetas], "alphas": [float(a) for a in out.alphas],
+            "seed": seed, "steps": int(steps), "size": size, "guidance": float(guidance),
+            "batch_size": 8, "allow_extrapolation": False, "labels": True,
+            "conformity": [[float(c) for c in row] for row in out.conformity.tolist()],
+            "pipeline": describe, "prior_steps": self.state.prior_steps, "tiny_random": self.tiny_random,
         }
         return {"images": list(out.images), "thetas": list(out.thetas), "alphas": list(out.alphas),
                 "conformity": out.conformity.float(), "source_conformity": float(ends_conf[0]),
