@@ -80,11 +80,16 @@ def run(args) -> int:
             f"decoder {args.model or 'kandinsky-community/kandinsky-2-2-decoder'}, prior "
             f"{args.prior or 'kandinsky-community/kandinsky-2-2-prior'}")
     print(f"vslerp ui: loading {what} — this can take a minute…", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="vslerp-ui-") as tmp:  # the tiny model, removed at exit
+        return _serve(args, tmp, CLIError)
+
+
+def _serve(args, tmp: str, CLIError) -> int:  # noqa: N803 - the CLI's exception class
     try:
         import gradio  # noqa: F401
         from vslerp.ui.editor import build_editor, launch_kwargs
 
-        pipe = load_pipeline(args)
+        pipe = load_pipeline(args, tmp)
         reference = None
         if args.reference is not None:
             from vslerp.stats import read_embeddings
