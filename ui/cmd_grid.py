@@ -552,9 +552,12 @@ def run_batch(args) -> int:
     if not pending:
         print(f"all {len(jobs)} jobs already rendered in {args.out_dir}")
         return 0
+    import torch
     from accelerate import PartialState
 
-    state = PartialState()
+    # CPU processes (gloo) when asked for, or when there is no GPU to give each process
+    cpu = (args.device or "").startswith("cpu") or not torch.cuda.is_available()
+    state = PartialState(cpu=cpu)
     device = args.device
     if device is None and state.num_processes > 1:
         device = str(state.device)
