@@ -75,19 +75,6 @@ def test_grid_size_cells_and_metadata(grid, work):
     assert meta["model"].endswith("decoder") and meta["prior"].endswith("prior")
 
 
-def test_no_labels_is_exact_tiling(work, grid):
-    root, _ = work
-    # --from with --no-labels: same cells, no margins; also checks --from elsewhere (cwd)
-    proc = vslerp("grid", "--from", grid.with_suffix(".json"), "--no-labels", "--out",
-                  root / "bare.png", cwd=root.parent)
-    assert proc.returncode == 0, proc.stderr
-    bare = np.asarray(Image.open(root / "bare.png").convert("RGB"))
-    assert bare.shape == (len(THETAS) * SIZE, len(ALPHAS) * SIZE, 3)
-    labelled = np.asarray(Image.open(grid).convert("RGB"))
-    h, w = labelled.shape[:2]
-    np.testing.assert_array_equal(labelled[h - bare.shape[0]:, w - bare.shape[1]:], bare)
-
-
 @pytest.mark.parametrize("suffix, pingpong, frames", [(".gif", True, 4), (".mp4", False, 3)])
 def test_animate_frame_counts(work, suffix, pingpong, frames):
     import imageio.v3 as iio
@@ -113,18 +100,21 @@ def test_batch_resume(work):
                     "alphas": "-1,1", "seed": 2}),
     ]) + "\n", encoding="utf-8")
     out = root / "batch"
-    first = vslerp("batch", jobs, "--out-dir", out, "--no-progress", *model)
+    first = vslerp("batch", jobs, "--out-dir", out, "--no-progress", "--no-labels", *model)
     assert first.returncode == 0, first.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == ["a.json", "a.png", "job0002.json", "job0002.png"]
+    # --no-labels: exactly the tiling of the cells (a: 2 θ × 1 α; job0002: 1 θ × 2 α)
+    assert Image.open(out / "a.png").size == (SIZE, 2 * SIZE)
+    assert Image.open(out / "job0002.png").size == (2 * SIZE, SIZE)
     assert read_png_metadata(out / "job0002.png")["target"] == {"kind": "prompt",
                                                                 "prompt": "a red cat"}
     before = {n: (out / n).stat().st_mtime_ns for n in names}
-    again = vslerp("batch", jobs, "--out-dir", out, "--no-progress", *model)
+    again = vslerp("batch", jobs, "--out-dir", out, "--no-progress", "--no-labels", *model)
     assert again.returncode == 0 and "already rendered" in again.stdout
     assert {n: (out / n).stat().st_mtime_ns for n in names} == before
     (out / "a.png").unlink()
-    resumed = vslerp("batch", jobs, "--out-dir", out, "--no-progress", *model)
+    resumed = vslerp("batch", jobs, "--out-dir", out, "--no-progress", "--no-labels", *model)
     assert resumed.returncode == 0, resumed.stderr
     assert "rendered 1 jobs" in resumed.stdout and "skipped 1" in resumed.stdout
     assert (out / "a.png").is_file()
@@ -134,7 +124,8 @@ def test_batch_resume(work):
 def test_from_renders_the_same_pixels(work, grid):
     root, _ = work
     again = root / "again.png"
-    proc = vslerp("grid", "--from", grid, "--out", again)  # from the PNG's own chunk
+    # from the PNG's own text chunk, in another working directory
+    proc = vslerp("grid", "--from", grid, "--out", again, cwd=root.parent)
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(grid)))
 
