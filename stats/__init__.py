@@ -16,8 +16,8 @@ from .data import (
     read_coco,
 )
 from .embeddings import Embeddings, read_embeddings
-from .encode import ClipEncoders, default_device, encoder_fingerprint, load_encoders
-from .files import ModalityStats, Statistics, check_compatible, load
+from .encode import ClipEncoders, default_device, encoder_fingerprint, load_encoders, parse_device
+from .files import ModalityStats, Statistics, atomic_write, check_compatible, load
 
 __all__ = [
     "Caption",
@@ -27,6 +27,7 @@ __all__ = [
     "ModalityStats",
     "Statistics",
     "UnreadableImage",
+    "atomic_write",
     "check_compatible",
     "default_device",
     "encoder_fingerprint",
@@ -35,6 +36,7 @@ __all__ = [
     "load",
     "load_encoders",
     "open_image",
+    "parse_device",
     "read_captions",
     "read_coco",
     "read_embeddings",

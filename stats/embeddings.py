@@ -11,14 +11,12 @@ progress record: a killed run resumes by summing the shards present and encoding
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .files import atomic_save_safetensors
+from .files import atomic_save_safetensors, atomic_write
 
 __all__ = ["EmbeddingStore", "Embeddings", "read_embeddings"]
 
@@ -28,14 +26,8 @@ MODALITIES = ("image", "text")
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps(data, indent=1, sort_keys=True, default=str)
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 @dataclass

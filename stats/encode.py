@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ClipEncoders", "default_device", "encoder_fingerprint", "load_encoders"]
+__all__ = ["ClipEncoders", "default_device", "encoder_fingerprint", "load_encoders", "parse_device"]
 
 # Config fields that define the function an image encoder computes (not bookkeeping fields
 # such as dtype or transformers version, which differ between loads of the same weights).
@@ -31,13 +31,44 @@ def _dtype_kwarg() -> str:
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def default_device() -> torch.device:
     """cuda if available, else mps, else cpu."""
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if _mps_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def parse_device(device) -> torch.device:
+    """A device string or ``torch.device`` → ``torch.device`` that exists on this machine.
+
+    Raises ``ValueError`` naming the device for a malformed name (``"banana"``), CUDA on a
+    build or machine without it, a CUDA index past the device count, or MPS where it is absent.
+    """
+    if isinstance(device, torch.device):
+        parsed = device
+    elif isinstance(device, str):
+        try:
+            parsed = torch.device(device.strip())
+        except RuntimeError:
+            raise ValueError(f"device {device!r} is not a device name: use cuda, cuda:N, mps or cpu") from None
+    else:
+        raise TypeError(f"device must be a string or torch.device, got {type(device).__name__}")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} is not available: this PyTorch build or machine has no CUDA")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} is not available: {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type == "mps" and not _mps_available():
+        raise ValueError(f"device {device!r} is not available on this machine (no MPS)")
+    elif parsed.type not in ("cuda", "mps", "cpu"):
+        raise ValueError(f"device {device!r} is not supported: use cuda, cuda:N, mps or cpu")
+    return parsed
 
 
 def _default_dtype(device: torch.device) -> torch.dtype:
@@ -176,7 +207,7 @@ def load_encoders(prior: str | Path, *, device=None, dtype: torch.dtype | None =
 
     if not isinstance(prior, (str, Path)) or not str(prior):
         raise TypeError(f"prior must be a hub id or a folder, got {prior!r}")
-    device = torch.device(device) if device is not None else default_device()
+    device = parse_device(device) if device is not None else default_device()
     dtype = dtype or _default_dtype(device)
     dtype_kwarg = _dtype_kwarg()
     source = str(prior)

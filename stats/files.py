@@ -31,6 +31,7 @@ __all__ = [
     "SOURCES",
     "Statistics",
     "atomic_save_safetensors",
+    "atomic_write",
     "check_compatible",
     "load",
 ]
@@ -41,23 +42,39 @@ MODALITIES = ("image", "text")
 _F64 = torch.float64
 
 
-def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
-                            metadata: dict[str, str] | None = None) -> Path:
-    """Write ``tensors`` to ``path`` through a temporary file in the same folder + os.replace."""
-    from safetensors.torch import save_file
+_UMASK = os.umask(0o022)  # read the process umask (os.umask can only be read by setting it)
+os.umask(_UMASK)
 
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
+
+    The one way every vslerp output is written: a reader never sees a half-written file, and
+    an error (or Ctrl-C) leaves nothing behind. ``tmp`` is a :class:`Path` with ``path``'s
+    suffix (so format-by-extension writers work); the result gets the usual mode
+    (0666 & ~umask), not mkstemp's 0600. Creates the parent folder.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
-                  metadata=metadata)
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
+                            metadata: dict[str, str] | None = None) -> Path:
+    """Write ``tensors`` to ``path`` as safetensors, atomically (:func:`atomic_write`)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 @dataclass

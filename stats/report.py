@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -30,6 +28,8 @@ from vslerp import (
     thin_shell,
     top_features,
 )
+
+from .files import atomic_write
 
 __all__ = [
     "DEFAULT_ALPHAS",
@@ -395,18 +395,6 @@ def geometry_report(emb, *, alphas=DEFAULT_ALPHAS, logit_scale: float = 100.0,
 
 
 # -- writing ----------------------------------------------------------------------------
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _json_safe(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
@@ -511,14 +499,14 @@ def write_report(report: dict, out_dir: str | Path, *, overwrite: bool = False) 
     written = []
     for name, figure in _plots.report_figures(report):
         path = out / name
-        _atomic_write(path, lambda tmp, fig=figure: _plots.save(fig, tmp))
+        atomic_write(path, lambda tmp, fig=figure: _plots.save(fig, tmp))
         written.append(path)
     path = out / "report.json"
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(
+    atomic_write(path, lambda tmp: Path(tmp).write_text(
         json.dumps(_json_safe(report), indent=1), encoding="utf-8"))
     written.append(path)
     path = out / "report.md"
     text = _markdown(report, [p.name for p in written if p.suffix == ".png"])
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     written.append(path)
     return written

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from vslerp import conformity, cosine_to_mean, exact_conformity_coefficients
 
+from .files import atomic_write
 from .report import kl_divergence
 
 __all__ = ["ESTIMATORS", "estimated_conformity", "reference_conformity", "score_kl",
@@ -68,13 +67,4 @@ def write_scores_csv(path: str | Path, names: list[str], scores: torch.Tensor, *
     writer.writerow(["name", "conformity"])
     for name, score in zip(names, scores.tolist(), strict=True):
         writer.writerow([name, f"{score:.6f}"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_text(buf.getvalue(), encoding="utf-8", newline=""))

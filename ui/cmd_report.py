@@ -170,8 +170,8 @@ def _read_items(args):
 def run_conformity(args: argparse.Namespace) -> int:
     import torch
     from vslerp.stats import check_compatible, load, load_encoders, read_embeddings
+    from vslerp.stats.files import atomic_write
     from vslerp.stats.plots import conformity_histogram, save
-    from vslerp.stats.report import _atomic_write
     from vslerp.stats.scoring import (
         ESTIMATORS,
         estimated_conformity,
@@ -228,7 +228,7 @@ def run_conformity(args: argparse.Namespace) -> int:
         args.hist.parent.mkdir(parents=True, exist_ok=True)
         fig = conformity_histogram(scores.numpy(), None if reference is None else reference.numpy(),
                                    title=f"{modality} conformity", kl=kl)
-        _atomic_write(args.hist, lambda tmp: save(fig, tmp))
+        atomic_write(args.hist, lambda tmp: save(fig, tmp))
     line = (f"scored {len(names)} {'images' if modality == 'image' else 'captions'}: mean "
             f"conformity {float(scores.mean()):.4f} (min {float(scores.min()):.4f}, max "
             f"{float(scores.max()):.4f}), ")

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+from vslerp.stats.files import atomic_write
 
 __all__ = ["PNG_KEY", "make_grid", "parse_values", "read_png_metadata", "save_animation",
            "save_json",
@@ -22,8 +21,6 @@ __all__ = ["PNG_KEY", "make_grid", "parse_values", "read_png_metadata", "save_an
 
 PNG_KEY = "vslerp"  # PNG text chunk holding the JSON metadata
 _MAX_VALUES = 1000  # more values than this on one axis is a typo, not a grid
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 def parse_values(text: str, name: str) -> list[float]:
@@ -138,21 +135,6 @@ def make_grid(images: Sequence[Image.Image], thetas: Sequence[float], alphas: Se
     return grid
 
 
-def _atomic_write(path: Path, write) -> Path:
-    """Call ``write(tmp_path)`` on a temporary name in ``path``'s folder, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _check_new(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists (pass --overwrite to replace it)")
@@ -173,7 +155,7 @@ def save_png(image: Image.Image, path, metadata: dict, overwrite: bool = False,
     info.add_itxt(PNG_KEY, text)
     if sidecar:
         save_json(metadata, path.with_suffix(".json"), overwrite=True)
-    _atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
     return path
 
 
@@ -182,7 +164,7 @@ def save_json(metadata: dict, path, overwrite: bool = False) -> Path:
     path = Path(path)
     _check_new(path, overwrite)
     text = json.dumps(metadata, indent=2, sort_keys=True, allow_nan=False)
-    return _atomic_write(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    return atomic_write(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
 
 
 def read_png_metadata(path) -> dict:
@@ -239,4 +221,4 @@ def save_animation(frames: Sequence[Image.Image], path, fps: float = 8, pingpong
                 for frame in arrays:
                     writer.append_data(frame)
 
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
