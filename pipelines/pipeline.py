@@ -20,11 +20,20 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
-from vslerp.stats import Statistics, check_compatible, encoder_fingerprint
+from vslerp.stats import (
+    Statistics,
+    UnreadableImage,
+    check_compatible,
+    encoder_fingerprint,
+    open_image,
+)
 from vslerp.stats import load as load_statistics
+from vslerp.stats.encode import default_device, parse_device
 
 import vslerp
 from vslerp._version import __version__
+
+from .tiling import tiled_decode
 
 __all__ = [
     "DEFAULT_DECODER",
@@ -62,12 +71,10 @@ class VSlerpPipelineOutput(BaseOutput):
 
 def auto_device() -> torch.device:
     """cuda, then mps, then cpu (with a warning: rendering on a CPU is slow)."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    warnings.warn("no CUDA or MPS device found: VSlerpPipeline runs on the CPU (slow)", stacklevel=3)
-    return torch.device("cpu")
+    device = default_device()
+    if device.type == "cpu":
+        warnings.warn("no CUDA or MPS device found: VSlerpPipeline runs on the CPU (slow)", stacklevel=3)
+    return device
 
 
 def _downscale(height: int, width: int, scale_factor: int) -> tuple[int, int]:
@@ -118,16 +125,26 @@ def _check_axis(name: str, values, allow_outside: bool) -> list[float]:
     return out
 
 
+def _distinct_rows(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct rows of ``flat`` (N, D) in first-seen order, and each row's index among them.
+
+    Returns ``(distinct (U, D), inverse (N,) int64)`` with ``distinct[inverse] == flat``.
+    """
+    index: dict[bytes, int] = {}
+    inverse = [index.setdefault(row.numpy().tobytes(), len(index)) for row in flat.cpu()]
+    first = {k: i for i, k in reversed(list(enumerate(inverse)))}  # distinct index → first row
+    return flat[[first[k] for k in range(len(index))]], torch.tensor(inverse, dtype=torch.int64)
+
+
 def _open_image(name: str, path) -> PIL.Image.Image:
+    """``vslerp.stats.open_image`` (RGB, EXIF-upright), its failures as ``ValueError`` naming ``name``."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ValueError(f"{name} image not found: {path}")
     try:
-        with PIL.Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
-    except (OSError, ValueError, PIL.Image.DecompressionBombError) as err:
-        raise ValueError(f"{name} image {path} cannot be read ({err})") from None
+        return open_image(path)
+    except UnreadableImage as err:
+        raise ValueError(f"{name} image {path} cannot be read: {err}") from None
 
 
 class VSlerpPipeline(DiffusionPipeline):
@@ -160,6 +177,7 @@ class VSlerpPipeline(DiffusionPipeline):
         self._statistics: Statistics | None = None
         self._zero_embed: torch.Tensor | None = None
         self._movq_slicing = False
+        self._movq_tiling: tuple[int, float] | None = None  # (tile latent px, overlap) when enabled
         self.model_ids = {"decoder": None, "prior": None}
 
     # -- loading and saving -------------------------------------------------------------
@@ -185,7 +203,7 @@ class VSlerpPipeline(DiffusionPipeline):
 
             return VSlerpUnCLIPPipeline.from_pretrained(decoder_id_or_dir, prior=prior, stats=stats,
                                                         torch_dtype=torch_dtype, device=device, **kwargs)
-        target = auto_device() if device == "auto" else (torch.device(device) if device else None)
+        target = auto_device() if device == "auto" else (parse_device(device) if device else None)
         if torch_dtype is None:
             torch_dtype = torch.float16 if target is not None and target.type == "cuda" else torch.float32
         decoder_src = str(decoder_id_or_dir or DEFAULT_DECODER)
@@ -308,15 +326,37 @@ class VSlerpPipeline(DiffusionPipeline):
     def disable_movq_slicing(self) -> None:
         self._movq_slicing = False
 
-    def enable_movq_tiling(self) -> None:
-        """Tiled movq decoding, where the installed diffusers' VQModel implements it."""
-        try:
-            self.movq.enable_tiling()
-        except (NotImplementedError, AttributeError):
-            raise NotImplementedError(
-                "this diffusers version's VQModel has no tiled decoding; use enable_movq_slicing() "
-                "to decode one image at a time instead"
-            ) from None
+    def enable_movq_tiling(self, tile_size: int = 64, overlap: float = 0.25) -> None:
+        """Decode with the movq in overlapping tiles of ``tile_size`` latent pixels (64 → 512 px),
+        blended over ``overlap`` of a tile: the decoder's peak memory is one tile's at any size.
+
+        diffusers' VQModel has no tiled decode; this is ``AutoencoderKL.tiled_decode``'s scheme
+        (:func:`vslerp.pipelines.tiling.tiled_decode`). Images no larger than one tile are
+        decoded exactly as without tiling; larger ones differ slightly near the seams.
+        """
+        if not isinstance(tile_size, int) or isinstance(tile_size, bool) or tile_size < 2:
+            raise ValueError(f"tile_size must be an int >= 2 (latent pixels), got {tile_size!r}")
+        if not isinstance(overlap, (int, float)) or not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
+        self._movq_tiling = (tile_size, float(overlap))
+
+    def disable_movq_tiling(self) -> None:
+        self._movq_tiling = None
+
+    def _decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """movq decode (B, C, h, w) → (B, 3, H, W) in [−1, 1], sliced and/or tiled as enabled."""
+        def plain(z):
+            return self.movq.decode(z, force_not_quantize=True)["sample"]
+
+        def decode(z):
+            if self._movq_tiling is None:
+                return plain(z)
+            tile, overlap = self._movq_tiling
+            return tiled_decode(plain, z, self.movq_scale_factor, tile=tile, overlap=overlap)
+
+        if self._movq_slicing:
+            return torch.cat([decode(lat[None]) for lat in latents])
+        return decode(latents)
 
     # -- encoders -----------------------------------------------------------------------
     def _to_images(self, name: str, images) -> list[PIL.Image.Image]:
@@ -546,17 +586,24 @@ class VSlerpPipeline(DiffusionPipeline):
             raise ValueError("some cells' embeddings are not finite (extreme alphas or thetas?)")
         conformity = self.estimated_conformity(cells.reshape(-1, cells.shape[-1])).reshape(cells.shape[:2])
 
-        flat = cells.reshape(-1, cells.shape[-1])  # (T·A, D)
-        outputs = self._render(flat, device, negative_raw, generator, initial_state, latents, num_inference_steps,
-                               height, width, max_batch_size, output_type, callback_on_step_end, cb_inputs,
+        # Equal embeddings render equal images (same noise, same generator copies): render each
+        # distinct cell once. A θ=0 row is the source for every α (Eq. 12), a θ=1 row the target.
+        distinct, inverse = _distinct_rows(cells.reshape(-1, cells.shape[-1]))  # (U, D), (T·A,)
+        outputs = self._render(distinct, device, negative_raw, generator, initial_state, latents,
+                               num_inference_steps, height, width, max_batch_size, output_type,
+                               callback_on_step_end, cb_inputs,
                                super_res_num_inference_steps=super_res_num_inference_steps)
         self.maybe_free_model_hooks()
         if output_type == "pil":
-            images = [im for part in outputs for im in part]
+            rendered = [im for part in outputs for im in part]
+            images, seen = [], set()
+            for k in inverse.tolist():  # a repeated cell gets its own copy of the image
+                images.append(rendered[k].copy() if k in seen else rendered[k])
+                seen.add(k)
         elif output_type == "np":
-            images = np.concatenate(outputs, axis=0)
+            images = np.concatenate(outputs, axis=0)[inverse.numpy()]
         else:
-            images = torch.cat(outputs, dim=0)
+            images = torch.cat(outputs, dim=0)[inverse.to(outputs[0].device)]
         result = VSlerpPipelineOutput(images=images, embeddings=cells.float(), thetas=thetas, alphas=alphas,
                                       conformity=conformity)
         return result if return_dict else result.to_tuple()
@@ -630,10 +677,7 @@ class VSlerpPipeline(DiffusionPipeline):
             bar.update()
         if output_type == "latent":
             return latents
-        if self._movq_slicing:
-            image = torch.cat([self.movq.decode(lat[None], force_not_quantize=True)["sample"] for lat in latents])
-        else:
-            image = self.movq.decode(latents, force_not_quantize=True)["sample"]  # (B, 3, H, W)
+        image = self._decode_latents(latents)  # (B, 3, H, W)
         if output_type == "pt":
             return image
         image = (image * 0.5 + 0.5).clamp(0, 1).cpu().permute(0, 2, 3, 1).float().numpy()  # (B, H, W, 3)

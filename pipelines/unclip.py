@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from vslerp.stats.encode import parse_device
 
 from .pipeline import STATISTICS_FILE, VSlerpPipeline, auto_device
 
@@ -84,6 +85,7 @@ class VSlerpUnCLIPPipeline(VSlerpPipeline):
         self._statistics = None
         self._zero_embed = None
         self._movq_slicing = False
+        self._movq_tiling = None
         self.model_ids = {"decoder": None, "prior": None}
 
     @property
@@ -102,7 +104,7 @@ class VSlerpUnCLIPPipeline(VSlerpPipeline):
             raise ValueError("the unCLIP backend takes no prior (Karlo image variations has none)")
         if decoder_id_or_dir is None:
             decoder_id_or_dir = "kakaobrain/karlo-v1-alpha-image-variations"
-        target = auto_device() if device == "auto" else (torch.device(device) if device else None)
+        target = auto_device() if device == "auto" else (parse_device(device) if device else None)
         if torch_dtype is None:
             torch_dtype = torch.float16 if target is not None and target.type == "cuda" else torch.float32
         source = str(decoder_id_or_dir)

@@ -107,13 +107,91 @@ def test_alpha_zero_equals_render_of_true_slerp(pipe, diffusers_pipes):
 def test_batching_gives_the_same_images_as_one_cell_at_a_time(pipe):
     source, target = _emb(3), _emb(4)
     calls = []
-    kw = dict(thetas=[0.0, 0.5, 1.0], alphas=[0.0, 1.0], **RENDER)
+    kw = dict(thetas=[0.25, 0.5, 0.75], alphas=[0.0, 1.0], **RENDER)  # six distinct cells
     batched = pipe(source, target, generator=_gen(5), max_batch_size=4,
                    callback_on_step_end=lambda p, i, t, kw_: calls.append(i) or {}, **kw)
     single = pipe(source, target, generator=_gen(5), max_batch_size=1, **kw)
     assert len(calls) == 2 * STEPS  # 6 cells in chunks of 4 → 2 chunks, decoded per chunk
     np.testing.assert_allclose(batched.images, single.images, atol=2e-4)
     assert np.abs(batched.images[0] - batched.images[-1]).max() > 1e-3
+
+
+def test_equal_cells_are_rendered_once_and_mapped_back(pipe):
+    """θ=0 and θ=1 rows hold one embedding each (Eq. 12): 9 cells, 5 distinct renders, and every
+    cell's image is the single render of its own embedding."""
+    source, target = _emb(5), _emb(6)
+    batches = []
+
+    def count(p, i, t, kwargs):
+        batches.append(kwargs["latents"].shape[0])
+        return {}
+
+    out = pipe(source, target, thetas=[0.0, 0.5, 1.0], alphas=[-1.0, 0.0, 1.0], generator=_gen(2),
+               max_batch_size=25, callback_on_step_end=count, **RENDER)
+    assert batches == [5] * STEPS  # 1 + 3 + 1 distinct cells
+    flat = out.embeddings.reshape(9, -1)
+    for k in range(9):
+        one = pipe(flat[k], flat[k], thetas=[0.0], alphas=[0.0], generator=_gen(2), **RENDER)
+        np.testing.assert_allclose(out.images[k], one.images[0], atol=2e-4)
+    assert np.abs(out.images[3] - out.images[5]).max() > 1e-3  # θ=0.5, α=−1 vs α=1 differ
+    pils = pipe(source, target, thetas=[0.0], alphas=[0.0, 2.0], generator=_gen(2), **{**RENDER, "output_type": "pil"})
+    assert pils.images[0] is not pils.images[1]  # a repeated cell is its own image object
+    assert np.array_equal(np.asarray(pils.images[0]), np.asarray(pils.images[1]))
+    pts = pipe(source, target, thetas=[1.0, 0.5], alphas=[0.0, 2.0], generator=_gen(2), **{**RENDER, "output_type": "pt"})
+    assert pts.images.shape == (4, 3, SIZE, SIZE)
+    torch.testing.assert_close(pts.images[0], pts.images[1])
+    assert (pts.images[2] - pts.images[3]).abs().max() > 1e-3
+
+
+def _pointwise_decode(z: torch.Tensor) -> torch.Tensor:
+    """A decoder with no spatial context: tiles decode exactly as the whole does."""
+    return (z[:, :3] * 2 + 1).repeat_interleave(4, dim=-1).repeat_interleave(4, dim=-2)
+
+
+@pytest.mark.parametrize(("tile", "overlap"), [(16, 0.25), (16, 0.0), (8, 0.5), (3, 0.9), (40, 0.25)])
+def test_tiled_decode_stitches_tiles_exactly(tile, overlap):
+    from vslerp.pipelines.tiling import tiled_decode
+
+    latents = torch.randn(2, 4, 37, 50, generator=_gen(0))  # not a multiple of any tile
+    out = tiled_decode(_pointwise_decode, latents, 4, tile=tile, overlap=overlap)
+    torch.testing.assert_close(out, _pointwise_decode(latents), rtol=1e-5, atol=1e-5)
+
+
+def test_movq_tiling_in_the_pipeline(pipe):
+    from vslerp.pipelines.tiling import tiled_decode
+
+    def movq(z):
+        return pipe.movq.decode(z, force_not_quantize=True)["sample"]
+
+    latents = torch.randn(1, 4, 48, 48, generator=_gen(1))
+    with torch.no_grad():
+        full = movq(latents)
+        assert torch.equal(tiled_decode(movq, latents, pipe.movq_scale_factor, tile=48), full)  # one tile
+        errors = [float((tiled_decode(movq, latents, pipe.movq_scale_factor, tile=t) - full).norm() / full.norm())
+                  for t in (16, 32)]
+    assert errors[1] < errors[0] < 0.3  # only near the seams: less with fewer seams
+    source, target = _emb(7), _emb(8)
+    kw = dict(thetas=[0.5], alphas=[1.0, 2.0], **{**RENDER, "height": 128, "width": 128})
+    plain = pipe(source, target, generator=_gen(4), **kw).images
+    latents = pipe(source, target, generator=_gen(4), **{**kw, "output_type": "latent"}).images  # (2, 4, 64, 64)
+    pipe.enable_movq_tiling(tile_size=32, overlap=0.25)
+    try:
+        tiled = pipe(source, target, generator=_gen(4), **kw).images
+        pipe.enable_movq_slicing()
+        sliced = pipe(source, target, generator=_gen(4), **kw).images
+    finally:
+        pipe.disable_movq_tiling()
+        pipe.disable_movq_slicing()
+    assert tiled.shape == plain.shape == (2, 128, 128, 3) and latents.shape[-1] == 64
+    with torch.no_grad():
+        expected = tiled_decode(movq, latents, pipe.movq_scale_factor, tile=32, overlap=0.25)
+    expected = (expected * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(tiled, expected, atol=1e-4)
+    np.testing.assert_allclose(sliced, tiled, atol=1e-4)
+    assert np.abs(tiled - plain).max() > 1e-3  # tiling was used
+    for bad in ({"tile_size": 1}, {"tile_size": 2.5}, {"overlap": 1.0}, {"overlap": -0.1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            pipe.enable_movq_tiling(**bad)
 
 
 def test_shared_noise_and_explicit_latents(pipe):
