@@ -3,13 +3,17 @@
 Prints ratios (machines are noisy; ratios are what count), on tiny random Kandinsky 2.2
 components on the CPU (no weights here; see benchmarks/GPU.md for what a GPU run shows):
   * one cell (θ=0) vs one KandinskyV22Pipeline call on the same embedding (target ≤ 1.05×);
-  * a 5×5 grid (one call, max_batch_size=25) vs 25 separate KandinskyV22Pipeline calls
-    (target ≤ 0.7×);
+  * a Fig.-12 grid, θ = 0, .25, .5, .75, 1 × α = −2..2 (one call, max_batch_size=25) vs 25
+    separate KandinskyV22Pipeline calls (target ≤ 0.7×); its θ=0 and θ=1 rows are one
+    embedding each (Eq. 12), so the pipeline renders 17 distinct cells;
+  * the same with 25 distinct cells (θ = .1 … .9): what batching alone gives;
   * peak RSS growth over a one-cell warm-up of a 5×5 grid at each max_batch_size (fresh
-    process each, --mem-size px, 1 step).
+    process each, --mem-size px, 1 step);
+  * movq decode of one --tile-size px image, tiled (enable_movq_tiling) vs whole: time and
+    peak RSS growth (fresh process each).
 
     python benchmarks/bench_pipeline.py [--size 64] [--steps 4] [--repeats 3] [--batch-sizes 1,5,25]
-                                        [--mem-size 128]
+                                        [--mem-size 128] [--tile-size 384]
 """
 
 from __future__ import annotations
@@ -72,6 +76,37 @@ def child(root: str, batch: int, size: int, steps: int) -> None:
     print(json.dumps({"batch": batch, "peak_rss_growth_mib": (after - before) / 1024, "peak_rss_mib": after / 1024}))
 
 
+def tile_child(root: str, size: int, tiled: bool) -> None:
+    """Decode one size×size image with the movq alone (small RSS baseline), whole or tiled as
+    ``enable_movq_tiling()`` does; prints time and peak RSS growth as JSON."""
+    from pathlib import Path
+
+    from diffusers import VQModel
+    from vslerp.pipelines.tiling import tiled_decode
+
+    movq = VQModel.from_pretrained(Path(root) / "decoder", subfolder="movq")
+    scale = 2 ** (len(movq.config.block_out_channels) - 1)
+
+    def decode(z):
+        return movq.decode(z, force_not_quantize=True)["sample"]
+
+    side = size // scale
+    latents = torch.randn(1, 4, side, side, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        decode(latents[..., :8, :8])  # warm-up (allocator, kernels)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        start = time.perf_counter()
+        tiled_decode(decode, latents, scale) if tiled else decode(latents)  # 64-latent tiles, 25 % overlap
+        seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"seconds": seconds, "peak_rss_growth_mib": (after - before) / 1024}))
+
+
+def run_child(*args: str) -> dict:
+    res = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=64)
@@ -79,12 +114,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-sizes", default="1,5,25")
     parser.add_argument("--mem-size", type=int, default=128)
+    parser.add_argument("--tile-size", type=int, default=384, help="px of the movq tiling rows (0: skip)")
+    parser.add_argument("--tile-child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (timings only; memory rows are RSS)")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--root", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
         child(args.root, args.child, args.size, args.steps)
+        return
+    if args.tile_child is not None:
+        tile_child(args.root, args.tile_size, bool(args.tile_child))
         return
 
     torch.manual_seed(0)
@@ -101,34 +141,44 @@ def main() -> None:
         def one_cell():
             return pipe(src, tgt, thetas=[0.0], alphas=[0.0], generator=torch.Generator().manual_seed(0), **render)
 
-        grid = [i / 4 for i in range(5)]
         alphas = [a - 2.0 for a in range(5)]
 
-        def vslerp_grid():
-            return pipe(src, tgt, thetas=grid, alphas=alphas, max_batch_size=25,
-                        generator=torch.Generator().manual_seed(0), **render)
+        def timed_grid(thetas):
+            """(seconds of one VSlerpPipeline grid call, seconds of 25 KandinskyV22Pipeline calls)."""
+            def vslerp_grid():
+                return pipe(src, tgt, thetas=thetas, alphas=alphas, max_batch_size=25,
+                            generator=torch.Generator().manual_seed(0), **render)
 
-        cells = vslerp_grid().embeddings.reshape(25, -1)
+            cells = vslerp_grid().embeddings.reshape(25, -1)
 
-        def diffusers_25():
-            for row in cells:
-                one_diffusers(row)
+            def diffusers_25():
+                for row in cells:
+                    one_diffusers(row)
+
+            t_25, t_grid = paired(diffusers_25, vslerp_grid, args.repeats)
+            return t_grid, t_25
 
         one_diffusers(), one_cell()  # warm-up
         t_ref, t_one = paired(one_diffusers, one_cell, args.repeats)
-        t_25, t_grid = paired(diffusers_25, vslerp_grid, args.repeats)
+        t_grid, t_25 = timed_grid([i / 4 for i in range(5)])
+        t_distinct, t_25d = timed_grid([0.1 + 0.2 * i for i in range(5)])
         print(f"tiny Kandinsky 2.2, {args.device} ({torch.get_num_threads()} CPU threads), {args.size}px, {args.steps} steps")
         print(f"one cell vs KandinskyV22Pipeline:   {t_one * 1e3:8.1f} ms vs {t_ref * 1e3:8.1f} ms  "
               f"ratio {t_one / t_ref:.3f} (target <= 1.05)")
-        print(f"5x5 grid vs 25 KandinskyV22 calls: {t_grid * 1e3:8.1f} ms vs {t_25 * 1e3:8.1f} ms  "
-              f"ratio {t_grid / t_25:.3f} (target <= 0.7)")
+        print(f"5x5 Fig.-12 grid vs 25 calls:       {t_grid * 1e3:8.1f} ms vs {t_25 * 1e3:8.1f} ms  "
+              f"ratio {t_grid / t_25:.3f} (target <= 0.7; 17 distinct cells rendered)")
+        print(f"5x5 distinct cells vs 25 calls:     {t_distinct * 1e3:8.1f} ms vs {t_25d * 1e3:8.1f} ms  "
+              f"ratio {t_distinct / t_25d:.3f} (batching alone, 25 cells rendered)")
         for batch in (int(b) for b in args.batch_sizes.split(",")):
-            res = subprocess.run([sys.executable, __file__, "--child", str(batch), "--root", root, "--size",
-                                  str(args.mem_size), "--steps", "1"], capture_output=True, text=True,
-                                 check=True)
-            info = json.loads(res.stdout.strip().splitlines()[-1])
+            info = run_child("--child", str(batch), "--root", root, "--size", str(args.mem_size), "--steps", "1")
             print(f"5x5 grid {args.mem_size}px, max_batch_size={batch:3d}: peak RSS {info['peak_rss_mib']:8.1f} MiB "
                   f"(+{info['peak_rss_growth_mib']:.1f} MiB over a one-cell warm-up)")
+        if args.tile_size:
+            whole, tiled = (run_child("--tile-child", str(k), "--root", root, "--tile-size", str(args.tile_size))
+                            for k in (0, 1))
+            print(f"movq decode {args.tile_size}px, tiled vs whole: peak RSS +{tiled['peak_rss_growth_mib']:.0f} MiB vs "
+                  f"+{whole['peak_rss_growth_mib']:.0f} MiB, time {tiled['seconds']:.2f} s vs {whole['seconds']:.2f} s "
+                  f"(ratio {tiled['seconds'] / whole['seconds']:.2f}; the whole image's attention is quadratic in its pixels)")
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def tiled_decode(decode: Callable[[torch.Tensor], torch.Tensor], latents: torch.
     out = weight = out_dtype = None
     for i, top in enumerate(rows):
         for j, left in enumerate(cols):
-            part = latents[..., top : top + tile, left : left + tile]
+            part = latents[..., top : top + tile, left : left + tile].contiguous()  # views take slow convs
             image = decode(part)  # (B, 3, th·scale, tw·scale)
             out_dtype, image = image.dtype, image.float()
             th, tw = image.shape[-2:]
