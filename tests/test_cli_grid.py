@@ -1,21 +1,28 @@
-"""`vslerp grid / animate / batch` end to end, as subprocesses, on the tiny random Kandinsky.
+"""`vslerp grid / animate / batch` end to end on the tiny random Kandinsky.
 
-Renders are shared (module-scoped fixtures) to keep CI time down; error paths are checked
-before any model is loaded, except the two that are about loading (unknown id, wrong stats).
+Most runs call ``vslerp.ui.cli.main([...])`` in-process (a subprocess costs seconds of
+imports); real processes where the process matters: the console script (progress on stderr,
+one summary line on stdout), ``python -m``, and a render killed with SIGKILL. Error paths
+that must not load models run with ``VSlerpPipeline.from_pretrained`` replaced by a tripwire.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
-from vslerp.ui.outputs import read_png_metadata
+from vslerp.pipelines import VSlerpPipeline
+from vslerp.ui.cli import main
+from vslerp.ui.outputs import read_png_metadata, save_png
 
 VSLERP = str(Path(sys.executable).with_name("vslerp"))  # the installed console script
 SIZE = 64
@@ -28,14 +35,37 @@ def vslerp(*args, cwd=None):
                           env=env, capture_output=True, text=True, timeout=300)
 
 
-def _stderr_lines(proc):
-    return [line for line in proc.stderr.splitlines() if line.strip()]
+def cli(capsys, *args):
+    """``main([...])`` in-process → (exit status, stdout, stderr)."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _lines(text):
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    """Fail the test if a model is loaded (the checks before loading must catch the error)."""
+    def tripwire(*args, **kwargs):
+        raise AssertionError("a model was loaded for an error a cheap check should catch")
+
+    monkeypatch.setattr(VSlerpPipeline, "from_pretrained", tripwire)
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, tiny_kandinsky):
-    """Folder with a source image (a θ=0 rendering would do; random pixels are enough for the
-    random encoder), a target image, and the model options."""
+    """Folder with a source image (random pixels are enough for the random encoder), a target
+    image, and the model options."""
     root = tmp_path_factory.mktemp("cli_grid")
     rng = np.random.default_rng(0)
     for name in ("src.png", "tgt.png"):
@@ -47,15 +77,23 @@ def work(tmp_path_factory, tiny_kandinsky):
 
 @pytest.fixture(scope="module")
 def grid(work):
+    """One render through the console script, progress bars on."""
     root, model = work
     proc = vslerp("grid", root / "src.png", root / "tgt.png", "--thetas", "0,1", "--alphas",
                   "-2:2:3", "--out", root / "grid.png", "--cells-dir", root / "cells", *model)
     assert proc.returncode == 0, proc.stderr
-    return root / "grid.png"
+    return root / "grid.png", proc
 
 
-def test_grid_size_cells_and_metadata(grid, work):
+def test_grid_size_cells_metadata_and_progress(grid, work):
     root, _ = work
+    grid, proc = grid
+    # stdout: the one summary line; stderr: the pipeline's progress bar, warnings as one line
+    assert len(_lines(proc.stdout)) == 1 and "wrote" in proc.stdout
+    assert "denoising" in proc.stderr and "100%" in proc.stderr
+    assert "UserWarning" not in proc.stderr
+    assert all(line.startswith("vslerp: warning: ") for line in _lines(proc.stderr)
+               if "warn" in line.lower())
     image = Image.open(grid)
     w, h = image.size
     assert w > len(ALPHAS) * SIZE and h > len(THETAS) * SIZE  # label margins
@@ -63,98 +101,257 @@ def test_grid_size_cells_and_metadata(grid, work):
     cells = sorted((root / "cells").glob("*.png"))
     assert len(cells) == len(THETAS) * len(ALPHAS)
     assert all(Image.open(c).size == (SIZE, SIZE) for c in cells)
+    assert read_png_metadata(cells[0])["grid"] == str(grid.resolve())
     # the bottom-right corner of the grid is the last cell
     last = np.asarray(Image.open(root / "cells" / "r01_c02.png").convert("RGB"))
     np.testing.assert_array_equal(np.asarray(image.convert("RGB"))[h - SIZE:, w - SIZE:], last)
     meta = read_png_metadata(grid)
     assert meta == json.loads(grid.with_suffix(".json").read_text(encoding="utf-8"))
     assert meta["thetas"] == THETAS and meta["alphas"] == ALPHAS
-    assert (meta["seed"], meta["steps"], meta["size"]) == (3, 2, SIZE)
+    assert (meta["seed"], meta["steps"], meta["size"], meta["prior_steps"]) == (3, 2, SIZE, 25)
     assert meta["source"]["kind"] == "image" and len(meta["source"]["sha256"]) == 64
     assert meta["stats"]["fingerprint"] and meta["vslerp_version"]
     assert meta["model"].endswith("decoder") and meta["prior"].endswith("prior")
 
 
-@pytest.mark.parametrize("suffix, pingpong, frames", [(".gif", True, 4), (".mp4", False, 3)])
-def test_animate_frame_counts(work, suffix, pingpong, frames):
+def test_animate_gif_and_mp4_of_one_stem(work, capsys):
     import imageio.v3 as iio
 
     root, model = work
-    out = root / f"path_{suffix[1:]}{suffix}"
-    proc = vslerp("animate", root / "src.png", root / "tgt.png", "--alpha", "-1", "--frames",
-                  frames, "--out", out, *(["--pingpong"] if pingpong else []), *model)
-    assert proc.returncode == 0, proc.stderr
-    expected = 2 * frames - 2 if pingpong else frames
-    assert sum(1 for _ in iio.imiter(out)) == expected
-    meta = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
-    assert meta["alphas"] == [-1.0] and len(meta["thetas"]) == frames
+    for suffix, extra, frames, expected in ((".gif", ["--pingpong"], 4, 6), (".mp4", [], 3, 3)):
+        out = root / f"path{suffix}"  # one stem: each gets its own sidecar
+        code, stdout, err = cli(capsys, "animate", root / "src.png", root / "tgt.png", "--alpha",
+                                "-1", "--frames", frames, "--out", out, "--no-progress", *extra,
+                                *model)
+        assert code == 0, err
+        assert sum(1 for _ in iio.imiter(out)) == expected
+        meta = json.loads(Path(f"{out}.json").read_text(encoding="utf-8"))
+        assert meta["alphas"] == [-1.0] and len(meta["thetas"]) == frames
+    assert not (root / "path.json").exists()
 
 
-def test_batch_resume(work):
+def _write_jobs(path, *jobs):
+    path.write_text("\n".join(json.dumps(job) for job in jobs) + "\n", encoding="utf-8")
+
+
+class _Bar:
+    """Stands in for tqdm: records the updates of each bar by its description."""
+
+    updates: dict = {}
+
+    def __init__(self, iterable=None, desc="", **kwargs):
+        self.iterable, self.desc = iterable, desc.split(" ")[0]
+        _Bar.updates.setdefault(self.desc, [])
+
+    def __iter__(self):
+        yield from self.iterable
+
+    def update(self, n=1):
+        _Bar.updates[self.desc].append(n)
+
+    def close(self):
+        pass
+
+
+def test_batch_progress_resume_and_changed_jobs(work, capsys, monkeypatch):
+    import tqdm.auto
+
     root, model = work
-    jobs = root / "jobs.jsonl"
-    jobs.write_text("\n".join([
-        json.dumps({"source": "src.png", "target": "tgt.png", "thetas": "0:1:2", "alphas": [0],
-                    "seed": 1, "name": "a"}),
-        json.dumps({"source": "src.png", "target": "a red cat", "thetas": [0.5],
-                    "alphas": "-1,1", "seed": 2}),
-    ]) + "\n", encoding="utf-8")
-    out = root / "batch"
-    first = vslerp("batch", jobs, "--out-dir", out, "--no-progress", "--no-labels", *model)
-    assert first.returncode == 0, first.stderr
+    jobs, out = root / "jobs.jsonl", root / "batch"
+    job_a = {"source": "src.png", "target": "tgt.png", "thetas": "0:1:2", "alphas": [0, 1],
+             "seed": 1, "name": "a"}
+    job_2 = {"source": "src.png", "target": "a red cat", "thetas": [0.5], "alphas": "-1,1",
+             "seed": 2}
+    _write_jobs(jobs, job_a, job_2)
+    batch = ["batch", jobs, "--out-dir", out, "--no-labels", "--batch-size", 1, *model]
+
+    # first run: the cells bar advances per denoised batch of cells (here 1 cell); a's θ=0 and
+    # θ=1 rows are one cell each, rendered once, counted when the job is done
+    _Bar.updates = {}
+    monkeypatch.setattr(tqdm.auto, "tqdm", _Bar)
+    code, stdout, err = cli(capsys, *batch)
+    assert code == 0, err
+    assert _Bar.updates["cells"] == [1, 1, 2, 1, 1]
     names = sorted(p.name for p in out.iterdir())
     assert names == ["a.json", "a.png", "job0002.json", "job0002.png"]
-    # --no-labels: exactly the tiling of the cells (a: 2 θ × 1 α; job0002: 1 θ × 2 α)
-    assert Image.open(out / "a.png").size == (SIZE, 2 * SIZE)
+    # --no-labels: exactly the tiling of the cells (a: 2 θ × 2 α; job0002: 1 θ × 2 α)
+    assert Image.open(out / "a.png").size == (2 * SIZE, 2 * SIZE)
     assert Image.open(out / "job0002.png").size == (2 * SIZE, SIZE)
-    assert read_png_metadata(out / "job0002.png")["target"] == {"kind": "prompt",
-                                                                "prompt": "a red cat"}
+    meta = read_png_metadata(out / "job0002.png")
+    assert meta["target"] == {"kind": "prompt", "prompt": "a red cat"}
+    assert meta["job"]["line"] == 2 and len(meta["job"]["fingerprint"]) == 64
     before = {n: (out / n).stat().st_mtime_ns for n in names}
-    again = vslerp("batch", jobs, "--out-dir", out, "--no-progress", "--no-labels", *model)
-    assert again.returncode == 0 and "already rendered" in again.stdout
+
+    batch.append("--no-progress")
+    code, stdout, _ = cli(capsys, *batch)
+    assert code == 0 and "already rendered" in stdout
     assert {n: (out / n).stat().st_mtime_ns for n in names} == before
+
+    # a job edited in place: refused, naming its line, name and what changed
+    _write_jobs(jobs, job_a, {**job_2, "seed": 5, "alphas": [0]})
+    code, _, err = cli(capsys, *batch)
+    assert code == 2 and len(_lines(err)) == 1
+    assert f"{jobs}:2 (job0002)" in err and "(alphas, seed changed)" in err
+    assert {n: (out / n).stat().st_mtime_ns for n in names} == before
+    # a line inserted before it: job0002 now names another job
+    _write_jobs(jobs, job_a, {"source": "tgt.png", "target": "src.png", "thetas": [1],
+                              "alphas": [0]}, job_2)
+    code, _, err = cli(capsys, *batch)
+    assert code == 2 and f"{jobs}:2 (job0002)" in err and "source, target" in err
+    # --overwrite renders the changed job again, the unchanged one is still skipped; the
+    # removed job's stale sidecar (a.png deleted) is replaced
+    _write_jobs(jobs, job_a, {**job_2, "seed": 5})
     (out / "a.png").unlink()
-    resumed = vslerp("batch", jobs, "--out-dir", out, "--no-progress", "--no-labels", *model)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "rendered 1 jobs" in resumed.stdout and "skipped 1" in resumed.stdout
-    assert (out / "a.png").is_file()
-    assert (out / "job0002.png").stat().st_mtime_ns == before["job0002.png"]
+    code, stdout, err = cli(capsys, *batch, "--overwrite")
+    assert code == 0, err
+    assert "rendered 2 jobs" in stdout
+    assert read_png_metadata(out / "job0002.png")["seed"] == 5
+    assert read_png_metadata(out / "a.png")["job"]["fingerprint"] == json.loads(
+        (out / "a.json").read_text(encoding="utf-8"))["job"]["fingerprint"]
 
 
-def test_from_renders_the_same_pixels(work, grid):
+def test_from_renders_the_same_pixels(work, grid, capsys, monkeypatch):
     root, _ = work
     again = root / "again.png"
-    # from the PNG's own text chunk, in another working directory
-    proc = vslerp("grid", "--from", grid, "--out", again, cwd=root.parent)
-    assert proc.returncode == 0, proc.stderr
-    np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(grid)))
+    monkeypatch.chdir(root.parent)  # from the PNG's own text chunk, in another directory
+    code, _, err = cli(capsys, "grid", "--from", grid[0], "--out", again, "--no-progress")
+    assert code == 0, err
+    np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(grid[0])))
 
 
-def _error_cases(root, model, stats_other):
+def test_from_editor_metadata(work, grid, capsys, monkeypatch):
+    """An editor download records uploads by file name (or, older ones, without a path)."""
+    root, _ = work
+    folder = root / "downloads"
+    meta = read_png_metadata(grid[0])
+    meta.update(command="ui", source={"kind": "image", "path": "cat.png",
+                                      "sha256": _sha256(root / "src.png")},
+                target={"kind": "image", "name": "dog.png", "sha256": _sha256(root / "tgt.png"),
+                        "pixels_sha256": "0" * 64})
+    both = save_png(Image.open(grid[0]), folder / "both.png", meta, sidecar=False)
+    code, _, err = cli(capsys, "grid", "--from", both, "--out", root / "e.png")
+    assert code == 2 and len(_lines(err)) == 1
+    assert "both.png's source was an upload (cat.png, sha256 " in err
+    assert "target was an upload (dog.png, sha256 " in err and "give SOURCE and TARGET" in err
+    code, _, err = cli(capsys, "grid", "--from", both, root / "tgt.png", root / "tgt.png",
+                       "--out", root / "e.png")
+    assert code == 2 and "is not the one both.png was rendered with" in err
+
+    meta.update(target={"kind": "prompt", "prompt": "a red cat"}, prior_steps=3)
+    prompt = save_png(Image.open(grid[0]), folder / "prompt.png", meta, sidecar=False)
+    steps = []
+    real = VSlerpPipeline.prompt_to_image_embedding
+
+    def spy(self, prompts, generator=None, num_inference_steps=25, **kwargs):
+        steps.append(num_inference_steps)
+        return real(self, prompts, generator=generator, num_inference_steps=num_inference_steps,
+                    **kwargs)
+
+    monkeypatch.setattr(VSlerpPipeline, "prompt_to_image_embedding", spy)
+    out = root / "from_editor.png"
+    code, _, err = cli(capsys, "grid", "--from", prompt, root / "src.png", "--out", out,
+                       "--batch-size", 1, "--no-progress")
+    assert code == 0, err
+    assert steps == [3]  # the editor's prior steps
+    again = read_png_metadata(out)
+    assert (again["prior_steps"], again["batch_size"]) == (3, 1)  # explicit --batch-size wins
+    assert again["source"]["sha256"] == meta["source"]["sha256"]
+
+
+_KILL_BEFORE = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    import vslerp.ui.outputs as outputs
+
+    real = outputs.atomic_write
+
+    def atomic_write(path, write):  # SIGKILL just before the grid PNG would be written
+        if Path(path).name == os.environ["VSLERP_TEST_KILL_BEFORE"]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(path, write)
+
+    outputs.atomic_write = atomic_write
+    from vslerp.ui.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_killed_grid_leaves_no_blocker(work, grid, tmp_path, capsys):
+    root, model = work
+    script = tmp_path / "kill_before.py"
+    script.write_text(_KILL_BEFORE, encoding="utf-8")
+    out, cells = tmp_path / "k.png", tmp_path / "cells"
+    args = ["grid", root / "src.png", root / "tgt.png", "--thetas", "0,1", "--alphas", "0,1",
+            "--out", out, "--cells-dir", cells, "--no-progress", *model]
+    proc = subprocess.run([sys.executable, script, *map(str, args)], capture_output=True,
+                          text=True, timeout=300,
+                          env={**os.environ, "VSLERP_TEST_KILL_BEFORE": "k.png"})
+    assert proc.returncode == -9, proc.stderr
+    assert not out.exists() and out.with_suffix(".json").is_file()
+    assert len(list(cells.glob("*.png"))) == 4  # written before the commit point
+    code, _, err = cli(capsys, *args)  # no --overwrite needed: those files were stale
+    assert code == 0, err
+    assert read_png_metadata(out) == json.loads(out.with_suffix(".json").read_text("utf-8"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells", "k.json", "k.png",
+                                                          "kill_before.py"]
+
+
+def _error_cases(root, model, stats_other, grid):
     src, tgt = root / "src.png", root / "tgt.png"
     broken = root / "broken.png"
     broken.write_bytes(b"not a png")
+    empty = root / "empty_dir"
+    empty.mkdir(exist_ok=True)
+    prior, decoder = model[3], model[1]
+    jobs = {}
+    for name, job in (("ok", {}), ("float_seed", {"seed": 1.7}), ("bool_seed", {"seed": True}),
+                      ("nan_alpha", {"alphas": [0, float("nan")]})):
+        jobs[name] = root / f"{name}.jsonl"
+        _write_jobs(jobs[name], {"source": "src.png", "target": "tgt.png", "thetas": [0]},
+                    {"source": "src.png", "target": "tgt.png", "thetas": [0], **job})
+    e = ["--out", root / "e.png"]
     return {
-        "missing source": (["grid", root / "nope.png", tgt, "--out", root / "e.png"], "nope.png"),
-        "missing target image": (["grid", src, "missing.jpg", "--out", root / "e.png"],
-                                 "missing.jpg"),
-        "unreadable": (["grid", broken, tgt, "--out", root / "e.png"], "broken.png"),
-        "bad range": (["grid", src, tgt, "--alphas", "-2:2", "--out", root / "e.png"],
-                      "start:stop:count"),
-        "bad list": (["grid", src, tgt, "--thetas", "0,x", "--out", root / "e.png"], "thetas"),
-        "theta outside": (["grid", src, tgt, "--thetas", "0,1.5", "--out", root / "e.png"],
-                          "outside [0, 1]"),
+        # cheap: caught before any model is loaded
+        "missing source": (["grid", root / "nope.png", tgt, *e], "nope.png"),
+        "missing target image": (["grid", src, "missing.jpg", *e], "missing.jpg"),
+        "unreadable": (["grid", broken, tgt, *e], "broken.png"),
+        "bad range": (["grid", src, tgt, "--alphas", "-2:2", *e], "start:stop:count"),
+        "bad list": (["grid", src, tgt, "--thetas", "0,x", *e], "thetas"),
+        "theta outside": (["grid", src, tgt, "--thetas", "0,1.5", *e], "outside [0, 1]"),
         "output exists": (["grid", src, tgt, "--out", src], "exists"),
+        "output in a file": (["grid", src, tgt, "--out", src / "x.png"], "not a folder"),
+        "output unwritable": (["grid", src, tgt, "--out", "/proc/x.png"], "not writable"),
+        "cells of another grid": (["grid", src, tgt, "--thetas", "0,1", "--alphas", "0", *e,
+                                   "--cells-dir", root / "cells"], "belongs to the grid"),
         "animate suffix": (["animate", src, tgt, "--out", root / "e.webm"], ".gif or .mp4"),
         "missing jobs": (["batch", root / "nojobs.jsonl", "--out-dir", root / "eb"],
                          "nojobs.jsonl"),
-        "missing sidecar": (["grid", "--from", root / "nope.json", "--out", root / "e.png"],
-                            "nope.json"),
-        "unknown model offline": (["grid", src, tgt, "--out", root / "e.png", "--prior",
-                                   "no-such-org/no-such-prior", "--steps", "2", "--size", "64"],
-                                  "HF_HUB_OFFLINE"),
-        "stats of another model": (["grid", src, tgt, "--out", root / "e.png", "--stats",
-                                    stats_other, *model], str(stats_other.name)),
+        "missing sidecar": (["grid", "--from", root / "nope.json", *e], "nope.json"),
+        "device absent": (["grid", src, tgt, *e, "--device", "cuda:99"], "'cuda:99'"),
+        "device unknown": (["animate", src, tgt, "--out", root / "e.gif", "--device", "foo"],
+                           "'foo' is not a device name"),
+        "device in batch": (["batch", jobs["ok"], "--out-dir", root / "eb", "--device",
+                             "cuda:99"], "'cuda:99'"),
+        "model is a prior": (["grid", src, tgt, *e, "--model", prior],
+                             "holds a Kandinsky 2.2 prior"),
+        "model folder empty": (["grid", src, tgt, *e, "--model", empty], "no model_index.json"),
+        "model folder missing": (["grid", src, tgt, *e, "--model", root / "no" / "such"],
+                                 "no such folder"),
+        "prior is a decoder": (["grid", src, tgt, *e, "--prior", decoder],
+                               "holds a Kandinsky 2.2 decoder"),
+        "float seed": (["batch", jobs["float_seed"], "--out-dir", root / "eb"],
+                       "float_seed.jsonl:2: seed must be an integer, got 1.7"),
+        "bool seed": (["batch", jobs["bool_seed"], "--out-dir", root / "eb"],
+                      "bool_seed.jsonl:2: seed must be an integer, got true"),
+        "non-finite alpha": (["batch", jobs["nan_alpha"], "--out-dir", root / "eb"],
+                             "nan_alpha.jsonl:2: alphas must be finite"),
+        "unknown option": (["grid", src, tgt, *e, "--bogus"], "unrecognized arguments: --bogus"),
+        "dtype": (["grid", src, tgt, *e, "--dtype", "fp64"], "fp16, bf16, fp32"),
+        # about loading
+        "unknown model offline": (["grid", src, tgt, *e, "--prior", "no-such-org/no-such-prior",
+                                   "--steps", "2", "--size", "64"], "HF_HUB_OFFLINE"),
+        "stats of another model": (["grid", src, tgt, *e, "--stats", stats_other, *model],
+                                   str(stats_other.name)),
     }
 
 
@@ -169,26 +366,84 @@ def stats_other(work):
     return path
 
 
+LOADING = ["unknown model offline", "stats of another model"]
 CASES = ["missing source", "missing target image", "unreadable", "bad range", "bad list",
-         "theta outside", "output exists", "animate suffix", "missing jobs", "missing sidecar",
-         "unknown model offline", "stats of another model"]
+         "theta outside", "output exists", "output in a file", "output unwritable",
+         "cells of another grid", "animate suffix", "missing jobs", "missing sidecar",
+         "device absent", "device unknown", "device in batch", "model is a prior",
+         "model folder empty", "model folder missing", "prior is a decoder", "float seed",
+         "bool seed", "non-finite alpha", "unknown option", "dtype", *LOADING]
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_errors_one_line_exit_2_no_output(work, stats_other, case):
+def test_errors_one_line_exit_2_no_output(work, grid, stats_other, case, capsys, request):
     root, model = work
-    args, needle = _error_cases(root, model, stats_other)[case]
-    proc = vslerp(*args)
-    assert proc.returncode == 2, proc.stderr
-    lines = _stderr_lines(proc)
-    assert len(lines) == 1, proc.stderr
-    assert needle in lines[0] and "Traceback" not in proc.stderr
+    if case == "output unwritable" and not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux /proc")
+    if case not in LOADING:
+        request.getfixturevalue("no_models")
+    args, needle = _error_cases(root, model, stats_other, grid)[case]
+    code, _, err = cli(capsys, *args)
+    assert code == 2, err
+    lines = _lines(err)
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"vslerp {args[0]}: error: "), lines[0]
+    assert needle in lines[0] and "Traceback" not in err
+    assert ".x-" not in lines[0]  # never a temporary file's name
     assert not (root / "e.png").exists() and not (root / "e.json").exists()
     assert not (root / "eb").exists()
 
 
-def test_verbose_shows_traceback(work):
+def test_verbose_shows_traceback(work, capsys):
     root, _ = work
-    proc = vslerp("--verbose", "grid", root / "src.png", root / "tgt.png", "--alphas", "1:2",
-                  "--out", root / "e.png")
-    assert proc.returncode == 2 and "Traceback" in proc.stderr
+    code, _, err = cli(capsys, "--verbose", "grid", root / "src.png", root / "tgt.png",
+                       "--alphas", "1:2", "--out", root / "e.png")
+    assert code == 2 and "Traceback" in err
+
+
+def test_warnings_are_one_line(monkeypatch, capsys):
+    import warnings
+
+    import vslerp.ui.cmd_info
+
+    def run(args):
+        warnings.warn("two\n  lines", UserWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setattr(vslerp.ui.cmd_info, "run", run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        before = warnings.showwarning
+        code, _, err = cli(capsys, "info")
+        assert warnings.showwarning is before  # restored
+    assert code == 0 and err == "vslerp: warning: two lines\n"
+
+
+@pytest.mark.parametrize("module", ["vslerp.ui.cli", "vslerp.ui"])
+def test_python_m_keeps_one_line_errors(work, module):
+    root, _ = work
+    proc = subprocess.run([sys.executable, "-m", module, "grid", root / "nope.png",
+                           root / "tgt.png", "--out", root / "e.png"], capture_output=True,
+                          text=True, timeout=120, cwd=root)
+    assert proc.returncode == 2, proc.stderr
+    assert _lines(proc.stderr) == [f"vslerp grid: error: SOURCE image not found: "
+                                   f"{root / 'nope.png'}"]
+
+
+def test_grid_on_unclip_uses_the_models_size_and_guidance(tmp_path, work, capsys):
+    """Without --size/--guidance the model's own are used: unCLIP/Karlo renders one size only."""
+    from vslerp.pipelines.testing import TINY_DIM, make_tiny_unclip
+    from vslerp.stats import Statistics
+
+    root, _ = work
+    unclip = make_tiny_unclip(tmp_path / "unclip")
+    Statistics.from_mean(torch.randn(TINY_DIM, generator=torch.Generator().manual_seed(0))).save(
+        tmp_path / "mean.safetensors")
+    code, out, err = cli(capsys, "grid", root / "src.png", root / "tgt.png", "--thetas", "0,1",
+                         "--alphas", "0", "--model", unclip, "--stats", tmp_path / "mean.safetensors",
+                         "--steps", 2, "--no-labels", "--no-progress", "--out", tmp_path / "g.png")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "g.json").read_text())
+    side = meta["pipeline"]["backend"] == "unclip" and meta["size"]
+    assert side and side != 512 and meta["guidance"] == 8.0
+    assert Image.open(tmp_path / "g.png").size == (side, 2 * side)

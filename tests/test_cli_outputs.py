@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from vslerp.ui.outputs import make_grid, parse_values, read_png_metadata, save_animation, save_png
+from vslerp.ui.outputs import (
+    _fmt,
+    make_grid,
+    parse_values,
+    read_png_metadata,
+    save_animation,
+    save_png,
+    sidecar_path,
+)
 
 
 def _cells(n, size=(40, 32), seed=0):
@@ -55,6 +64,29 @@ def test_grid_labels_add_margins_and_ink():
     assert (arr[top:, :left] < 128).any(), "no row labels drawn"
 
 
+@pytest.mark.parametrize("value, text", [(-4 / 3, "-1.33"), (2 / 3, "0.667"), (-0.0, "0"),
+                                         (2, "2"), (0.25, "0.25"), (1234.5, "1.23e3")])
+def test_label_values_are_compact(value, text):
+    assert _fmt(value) == text
+
+
+@pytest.mark.parametrize("size, thetas", [(16, "0:1:5"), (64, "0:1:5"), (512, "0,1")])
+def test_labels_stay_within_their_cells(size, thetas):
+    """7 columns of α = -2 … 2: no label crosses into its neighbour's column (or row)."""
+    thetas, alphas = parse_values(thetas, "thetas"), parse_values("-2:2:7", "alphas")
+    cells = [Image.new("RGB", (size, size), "gray")] * (len(thetas) * len(alphas))
+    grid = np.asarray(make_grid(cells, thetas, alphas).convert("L"))
+    top, left = grid.shape[0] - len(thetas) * size, grid.shape[1] - len(alphas) * size
+    assert top > 0 and left > 0
+    for c in range(len(alphas)):
+        span = grid[:top, left + c * size:left + (c + 1) * size]
+        assert (span < 128).any(), f"no label above column {c}"
+        if c:
+            assert (grid[:top, left + c * size] > 250).all(), f"labels {c - 1}, {c} touch"
+    for r in range(1, len(thetas)):
+        assert (grid[top + r * size, :left] > 250).all(), f"labels of rows {r - 1}, {r} touch"
+
+
 def test_grid_rejects_wrong_count():
     with pytest.raises(ValueError, match="5 images"):
         make_grid(_cells(5), [0, 1], [0, 1, 2])
@@ -73,6 +105,27 @@ def test_save_png_metadata_round_trip_and_overwrite(tmp_path):
     save_png(image, path, {"seed": 4}, overwrite=True)
     assert read_png_metadata(path) == {"seed": 4}
     assert sorted(p.name for p in path.parent.iterdir()) == ["g.json", "g.png"]  # no temp files
+
+
+def test_save_png_commit_point_is_the_png(tmp_path):
+    """A sidecar without its PNG (a killed run) is stale: replaced without overwrite."""
+    path = tmp_path / "g.png"
+    path.with_suffix(".json").write_text('{"seed": 1}', encoding="utf-8")
+    save_png(_cells(1)[0], path, {"seed": 2})
+    assert json.loads(path.with_suffix(".json").read_text(encoding="utf-8")) == {"seed": 2}
+    assert read_png_metadata(path) == {"seed": 2}
+
+
+def test_sidecar_paths_never_collide():
+    assert sidecar_path("a/grid.png").as_posix() == "a/grid.json"
+    assert sidecar_path("a.gif").name == "a.gif.json" and sidecar_path("a.mp4").name == "a.mp4.json"
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_write_error_names_the_output_not_the_temporary_file():
+    with pytest.raises(OSError) as err:
+        save_png(_cells(1)[0], "/proc/x.png", {"seed": 1}, sidecar=False)
+    assert "/proc/x.png" in str(err.value) and ".x-" not in str(err.value)
 
 
 def test_read_png_metadata_without_chunk(tmp_path):

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 import traceback
+import warnings
 
 from vslerp._version import __version__
 
@@ -37,6 +38,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _mark_parsers(parser: argparse.ArgumentParser) -> None:
+    """Record in each subcommand's defaults which parser it is, so that errors found after
+    parsing (unknown options) are reported as ``vslerp grid: error: ...``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.set_defaults(_cli_parser=sub)
+                _mark_parsers(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vslerp", description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,16 +66,30 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in subparsers.choices.values():  # `vslerp CMD ... --verbose` works too
         sub.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
                          help="show full tracebacks (for bug reports)")
+    _mark_parsers(parser)
     return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line, ``vslerp: warning: ...`` (not Python's two-line default)."""
+    text = " ".join(str(message).split())
+    try:
+        print(f"vslerp: warning: {text}", file=file or sys.stderr)
+    except OSError:  # stderr gone: as warnings.showwarning does
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vslerp`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        getattr(args, "_cli_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -76,7 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"vslerp {args.command}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as `python -m vslerp.ui.cli` this file is `__main__`, a second copy of the module:
+    # the subcommands raise `vslerp.ui.cli.CLIError`, so run that module's main().
+    from vslerp.ui.cli import main as _main
+
+    sys.exit(_main())

@@ -1,9 +1,10 @@
-"""`vslerp grid`, `vslerp animate`, `vslerp batch`: θ × α grids and interpolation paths.
+"""`vslerp grid`, `vslerp animate`, `vslerp batch`: render vSLERP (paper Eq. 12) from the shell.
 
-A grid has one row per θ (how far from SOURCE towards TARGET) and one column per α (how far
-the interpolation is pulled towards the image mean: vSLERP, paper Eq. 12), like paper Fig. 12.
-Every output carries what it takes to render it again (a ``.json`` sidecar and a PNG text
-chunk); ``vslerp grid --from grid.json`` renders the same image again.
+Every output carries what it takes to render it again (a ``.json`` sidecar, and for PNGs a
+text chunk). The main file (the grid PNG, the animation) is written last: it is the commit
+point, so an interrupted run leaves at most sidecars and cells without it, which are stale and
+replaced by the next run. Everything cheap (paths, values, devices, model folders, output
+folders) is checked before any model is loaded.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import re
+import tempfile
 from pathlib import Path
 
 from vslerp.ui.cli import CLIError
@@ -24,9 +27,64 @@ _DTYPES = {"float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf1
            "float32": "float32", "fp32": "float32"}
 _DEFAULT_MODEL = "kandinsky-community/kandinsky-2-2-decoder"
 _DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-2-prior"
+# size and guidance None: the model's own (Kandinsky 2.2: 512 px, 4.0; unCLIP/Karlo: 256 px, 8.0)
+_DEFAULTS = {"steps": 50, "size": None, "seed": 0, "guidance": None, "batch_size": 8,
+             "prior_steps": 25}
+_SEED_LIMIT = 2**63  # seeds are in [0, 2**63), as in the editor
+# model_index.json classes each option accepts, and how to name the others
+_DECODER_CLASSES = ("KandinskyV22Pipeline", "VSlerpPipeline", "UnCLIPImageVariationPipeline",
+                    "VSlerpUnCLIPPipeline")
+_PRIOR_CLASSES = ("KandinskyV22PriorPipeline",)
+_CLASS_NAMES = {"KandinskyV22Pipeline": "a Kandinsky 2.2 decoder",
+                "KandinskyV22PriorPipeline": "a Kandinsky 2.2 prior",
+                "VSlerpPipeline": "a saved VSlerpPipeline",
+                "UnCLIPImageVariationPipeline": "an unCLIP image-variation model",
+                "VSlerpUnCLIPPipeline": "a saved VSlerpUnCLIPPipeline"}
+
+GRID_DESCRIPTION = """\
+Render a θ × α grid of vSLERP(SOURCE, TARGET, θ, α) (paper Eq. 12, Fig. 12):
+one row per θ (0 = SOURCE, 1 = TARGET), one column per α (0 = plain SLERP;
+α > 0 pulls the path towards the image mean). All cells share one noise seed.
+The PNG and its .json sidecar hold every parameter: --from renders it again,
+options given with it override the sidecar's.
+
+examples:
+  vslerp grid cat.png "a watercolor painting" --thetas 0,0.25,0.5 \\
+      --alphas -2:2:5 --out grid.png
+  vslerp grid --from grid.png --out again.png
+  vslerp grid --from editor-download.png cat.png dog.png --out again.png
+"""
+
+ANIMATE_DESCRIPTION = """\
+Render the path θ = 0 → 1 at one α (vSLERP, paper Eq. 12) as a looping GIF or
+an H.264 MP4 (imageio-ffmpeg's bundled ffmpeg); the parameters go to
+FILE.gif.json / FILE.mp4.json.
+
+example:
+  vslerp animate cat.png dog.png --alpha 1 --frames 24 --pingpong --out path.gif
+"""
+
+BATCH_DESCRIPTION = """\
+Render many grids with the models loaded once. JOBS.jsonl holds one JSON object
+a line, e.g.
+  {"source": "a.png", "target": "b.png", "thetas": "0:1:3", "alphas": [-1, 0, 1],
+   "seed": 0, "name": "a-b"}
+TARGET may be a prompt; optional "name" (default jobNNNN, the line number),
+"steps", "size", "guidance" (default: the options below); relative paths are
+relative to JOBS.jsonl. Each job writes OUT_DIR/NAME.png + NAME.json. A job
+already rendered with the same parameters is skipped, so a stopped batch
+resumes; one rendered with other parameters is refused, naming its line
+(--overwrite renders it again). Under `accelerate launch --num_processes N`
+the pending jobs are split between the processes.
+
+examples:
+  vslerp batch jobs.jsonl --out-dir grids/
+  accelerate launch --num_processes 4 $(which vslerp) batch jobs.jsonl \\
+      --out-dir grids/
+"""
 
 
-# -- argument helpers ---------------------------------------------------------------------
+# -- argument types -----------------------------------------------------------------------
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -44,36 +102,74 @@ def _size(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 0 <= value < _SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {value}")
+    return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    return value
+
+
+def _dtype(text: str) -> str:
+    key = str(text).strip().lower()
+    if key not in _DTYPES:
+        raise argparse.ArgumentTypeError(
+            f"must be float16, bfloat16 or float32 (or fp16, bf16, fp32), got {text!r}")
+    return _DTYPES[key]
+
+
+# -- parsers --------------------------------------------------------------------------------
 def _add_model_options(p) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, metavar="DIR|ID",
-                   help=f"Kandinsky 2.2 decoder repo or folder (default {_DEFAULT_MODEL}) or a "
-                   "folder saved by VSlerpPipeline.save_pretrained")
+                   help="Kandinsky 2.2 decoder repo or folder, or a folder saved by "
+                   f"VSlerpPipeline.save_pretrained (default: {_DEFAULT_MODEL})")
     g.add_argument("--prior", default=None, metavar="DIR|ID",
-                   help=f"Kandinsky 2.2 prior repo or folder (default {_DEFAULT_PRIOR})")
+                   help=f"Kandinsky 2.2 prior repo or folder (default: {_DEFAULT_PRIOR})")
     g.add_argument("--stats", type=Path, default=None, metavar="FILE.safetensors",
-                   help="statistics file from `vslerp stats compute` for the image mean "
+                   help="statistics file from `vslerp stats compute` giving the image mean "
                    "(default: the prior's own clip_mean)")
-    g.add_argument("--dtype", choices=sorted(_DTYPES), default=None,
-                   help="model dtype (default: float16 on CUDA, else float32)")
+    g.add_argument("--dtype", type=_dtype, default=None, metavar="DTYPE",
+                   help="float16, bfloat16 or float32; fp16, bf16, fp32 also accepted "
+                   "(default: float16 on CUDA, else float32)")
     g.add_argument("--device", default=None,
-                   help="cuda, cuda:1, mps or cpu (default: automatic; per process under "
-                   "accelerate launch)")
-    g.add_argument("--batch-size", type=_positive, default=8,
-                   help="cells denoised together (8); lower it if memory runs out")
+                   help="cuda, cuda:1, mps or cpu (default: cuda, then mps, then cpu; one per "
+                   "process under accelerate launch)")
+    g.add_argument("--batch-size", type=_positive, default=None, metavar="N",
+                   help="cells denoised together; lower it if memory runs out "
+                   f"(default: {_DEFAULTS['batch_size']})")
 
 
-def _add_render_options(p, steps_default=50, size_default=512) -> None:
+def _add_render_options(p) -> None:
     g = p.add_argument_group("rendering")
-    g.add_argument("--steps", type=_positive, default=None,
-                   help=f"denoising steps ({steps_default})")
-    g.add_argument("--size", type=_size, default=None,
-                   help=f"image side in pixels, a multiple of 8 ({size_default})")
-    g.add_argument("--seed", type=int, default=None,
-                   help="noise seed shared by every cell (0)")
-    g.add_argument("--guidance", type=float, default=None, help="guidance scale (4.0)")
+    g.add_argument("--steps", type=_positive, default=None, metavar="N",
+                   help=f"denoising steps (default: {_DEFAULTS['steps']})")
+    g.add_argument("--size", type=_size, default=None, metavar="PX",
+                   help="image side in pixels, a multiple of 8 (default: the model's, 512 for Kandinsky "
+                   "2.2; unCLIP/Karlo renders 256 only)")
+    g.add_argument("--seed", type=_seed, default=None, metavar="N",
+                   help=f"noise seed shared by every cell (default: {_DEFAULTS['seed']})")
+    g.add_argument("--guidance", type=_finite, default=None, metavar="G",
+                   help="guidance scale (default: the model's, 4.0 for Kandinsky 2.2, 8.0 for unCLIP)")
+    g.add_argument("--prior-steps", type=_positive, default=None, metavar="N",
+                   help="prior steps turning a prompt TARGET into an image embedding "
+                   f"(default: {_DEFAULTS['prior_steps']})")
     g.add_argument("--allow-extrapolation", action="store_true",
-                   help="allow θ outside [0, 1]")
+                   help="allow θ outside [0, 1] (default: refused)")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bars on stderr (default: shown)")
 
 
 # Value lists and ranges that start with a minus ("-2:2:5", "-1,0,1") are values, not options.
@@ -82,68 +178,67 @@ _NEGATIVE_VALUES = re.compile(r"^-\.?\d[\d.,:eE+-]*$")
 
 def register(subparsers) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
-    p = subparsers.add_parser(
-        "grid", help="render a labelled θ × α grid (paper Fig. 12)", formatter_class=fmt,
-        description=__doc__ + "\nexample:\n  vslerp grid cat.png 'a watercolor painting' "
-        "--thetas 0,0.25,0.5 --alphas -2:2:5 --out grid.png\n  vslerp grid --from grid.json "
-        "--out again.png")
-    p.add_argument("source", nargs="?", metavar="SOURCE", help="source image path")
+    p = subparsers.add_parser("grid", help="render a labelled θ × α grid (paper Fig. 12)",
+                              formatter_class=fmt, description=GRID_DESCRIPTION)
+    p.add_argument("source", nargs="?", metavar="SOURCE",
+                   help="source image (with --from: the image the sidecar names, when it was "
+                   "an upload or has moved)")
     p.add_argument("target", nargs="?", metavar="TARGET",
-                   help="target image path (if the file exists or the text looks like an image "
-                   "path) or a prompt")
-    p.add_argument("--thetas", default=None,
-                   help="θ values: '0,0.25,0.5' or start:stop:count (default 0:1:5)")
-    p.add_argument("--alphas", default=None,
-                   help="α values: '-2,0,2' or start:stop:count (default -2:2:5)")
+                   help="target image (if the file exists or the text looks like an image path) "
+                   "or a prompt (with --from: as SOURCE)")
+    p.add_argument("--thetas", default=None, metavar="VALUES",
+                   help="θ values, a comma list 0,0.25,0.5 or start:stop:count, inclusive "
+                   "(default: 0:1:5)")
+    p.add_argument("--alphas", default=None, metavar="VALUES",
+                   help="α values, as --thetas (default: -2:2:5)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.png",
-                   help="grid PNG to write (its .json sidecar goes beside it)")
+                   help="grid PNG to write; its sidecar FILE.json goes beside it")
     p.add_argument("--cells-dir", type=Path, default=None, metavar="DIR",
-                   help="also write each cell as DIR/rRR_cCC.png")
-    p.add_argument("--no-labels", action="store_true", help="no θ/α labels on the axes")
+                   help="also write each cell as DIR/rRR_cCC.png (default: not written)")
+    p.add_argument("--no-labels", action="store_true",
+                   help="no θ/α labels: exactly the tiling of the cells (default: labelled)")
     p.add_argument("--from", dest="from_", type=Path, default=None, metavar="SIDECAR",
-                   help="re-render from a sidecar .json (or a grid PNG): every parameter comes "
-                   "from it (options given here override it); needs --out")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+                   help="render again from a sidecar .json or a PNG with vslerp metadata (the "
+                   "editor's downloads too): its parameters, overridden by options given here")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out and its cells (default: refused)")
     _add_render_options(p)
     _add_model_options(p)
     p._negative_number_matcher = _NEGATIVE_VALUES
     p.set_defaults(func=run_grid)
 
-    p = subparsers.add_parser(
-        "animate", help="render an interpolation path θ = 0 → 1 as GIF or MP4",
-        formatter_class=fmt,
-        description="Frames along θ from 0 to 1 at a fixed α (vSLERP, paper Eq. 12), written "
-        "as a looping GIF or an H.264 MP4 (imageio-ffmpeg's bundled ffmpeg), plus a .json "
-        "sidecar.\n\nexample:\n  vslerp animate cat.png dog.png --alpha 1 --frames 24 --out "
-        "path.gif --pingpong")
-    p.add_argument("source", metavar="SOURCE", help="source image path")
-    p.add_argument("target", metavar="TARGET", help="target image path or a prompt")
-    p.add_argument("--alpha", type=float, default=0.0, help="α of every frame (0: plain SLERP)")
-    p.add_argument("--frames", type=_positive, default=24, help="frames from θ=0 to θ=1 (24)")
-    p.add_argument("--fps", type=float, default=8.0, help="frames per second (8)")
-    p.add_argument("--pingpong", action="store_true", help="loop back and forth")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE.gif|FILE.mp4")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p = subparsers.add_parser("animate", help="render the path θ = 0 → 1 as a GIF or an MP4",
+                              formatter_class=fmt, description=ANIMATE_DESCRIPTION)
+    p.add_argument("source", metavar="SOURCE", help="source image")
+    p.add_argument("target", metavar="TARGET", help="target image or a prompt")
+    p.add_argument("--alpha", type=_finite, default=0.0, metavar="A",
+                   help="α of every frame; 0 is plain SLERP (default: 0)")
+    p.add_argument("--frames", type=_positive, default=24, metavar="N",
+                   help="frames from θ=0 to θ=1, both included (default: 24)")
+    p.add_argument("--fps", type=_finite, default=8.0, metavar="FPS", help="frames per second (default: 8)")
+    p.add_argument("--pingpong", action="store_true",
+                   help="append the way back, without repeating the ends (default: one way)")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.gif|FILE.mp4",
+                   help="animation to write: .gif (loops) or .mp4 (needs vslerp[video]); its "
+                   "sidecar FILE.gif.json / FILE.mp4.json goes beside it")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out (default: refused)")
     _add_render_options(p)
     _add_model_options(p)
     p._negative_number_matcher = _NEGATIVE_VALUES
     p.set_defaults(func=run_animate)
 
-    p = subparsers.add_parser(
-        "batch", help="render many grids from a JSONL file, models loaded once",
-        formatter_class=fmt,
-        description="One job a line of JOBS.jsonl: {\"source\": \"a.png\", \"target\": \"a "
-        "prompt or b.png\", \"thetas\": \"0:1:3\", \"alphas\": [-1, 0, 1], \"seed\": 0} with "
-        "optional \"name\", \"steps\", \"size\", \"guidance\". Relative paths are relative to the "
-        "JSONL file. Each job writes OUT_DIR/NAME.png + NAME.json (NAME defaults to jobNNNN); "
-        "jobs whose outputs exist are skipped, so a stopped batch resumes. Under `accelerate "
-        "launch --num_processes N` the jobs are split across the processes.\n\nexample:\n"
-        "  vslerp batch jobs.jsonl --out-dir grids/\n"
-        "  accelerate launch --num_processes 4 $(which vslerp) batch jobs.jsonl --out-dir grids/")
-    p.add_argument("jobs", type=Path, metavar="JOBS.jsonl")
-    p.add_argument("--out-dir", type=Path, required=True, metavar="DIR")
-    p.add_argument("--no-labels", action="store_true", help="no θ/α labels on the axes")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p = subparsers.add_parser("batch", help="render many grids from a JSONL file, models loaded "
+                              "once", formatter_class=fmt, description=BATCH_DESCRIPTION)
+    p.add_argument("jobs", type=Path, metavar="JOBS.jsonl",
+                   help="one job (a JSON object) a line; blank lines and # comments skipped")
+    p.add_argument("--out-dir", type=Path, required=True, metavar="DIR",
+                   help="folder for NAME.png + NAME.json of each job (created if missing)")
+    p.add_argument("--no-labels", action="store_true",
+                   help="no θ/α labels on the grids (default: labelled)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="render again the jobs whose outputs were rendered with other "
+                   "parameters (default: refused)")
     _add_render_options(p)
     _add_model_options(p)
     p.set_defaults(func=run_batch)
@@ -182,11 +277,70 @@ def _image_ref(name: str, text: str, allow_prompt: bool, base: Path | None = Non
     return {"kind": "prompt", "prompt": str(text)}
 
 
-def _check_new(path: Path, overwrite: bool) -> None:
+def _check_place(path: Path, what: str, folder: bool = False) -> None:
+    """The file (or folder) ``path`` can be written: not a folder (not a file), and its nearest
+    existing ancestor is a folder this process can create files in (probed, then removed)."""
+    path = Path(path).expanduser()
+    if folder and path.exists() and not path.is_dir():
+        raise CLIError(f"{what} {path} is a file, not a folder")
+    if not folder and path.is_dir():
+        raise CLIError(f"{what} {path} is a folder")
+    ancestor = Path(os.path.abspath(path if folder else path.parent))
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CLIError(f"{what} {path}: {ancestor} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".vslerp-probe-", dir=ancestor)
+    except OSError as err:
+        raise CLIError(f"{what} {path}: the folder {ancestor} is not writable "
+                       f"({err.strerror or err})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _check_main_output(path: Path, overwrite: bool, what: str = "--out") -> None:
+    """The commit point of a render: refused if it exists (unless ``overwrite``)."""
+    _check_place(path, what)
     if path.exists() and not overwrite:
         raise CLIError(f"output {path} exists (pass --overwrite to replace it)")
+
+
+def _check_stale_sidecar(path: Path) -> None:
+    """A sidecar whose main output does not exist is left by an interrupted render: it is
+    replaced. Refused only if it is not a JSON object (not a sidecar at all)."""
     if path.is_dir():
-        raise CLIError(f"output {path} is a folder")
+        raise CLIError(f"sidecar {path} is a folder")
+    if not path.exists():
+        return
+    try:
+        ok = isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        raise CLIError(f"{path} exists and is not a vslerp sidecar (pass --overwrite to replace "
+                       "it)")
+
+
+def _check_cells(cells: list[Path], out: Path) -> None:
+    """Existing cells are replaced when they are stale: written by an interrupted render
+    whose grid PNG does not exist. Cells of another grid that exists are refused."""
+    from vslerp.ui.outputs import read_png_metadata
+
+    for path in cells:
+        if path.is_dir():
+            raise CLIError(f"cell {path} is a folder")
+        if not path.exists():
+            continue
+        try:
+            owner = read_png_metadata(path).get("grid")
+        except (OSError, ValueError, AttributeError):
+            owner = None
+        if not owner:
+            raise CLIError(f"cell {path} exists (pass --overwrite to replace it)")
+        if Path(owner) != out.resolve() and Path(owner).exists():
+            raise CLIError(f"cell {path} belongs to the grid {owner} (pass --overwrite to "
+                           "replace it, or use another --cells-dir)")
 
 
 def _values(text, name: str, default: str) -> list[float]:
@@ -195,13 +349,15 @@ def _values(text, name: str, default: str) -> list[float]:
     if text is None:
         text = default
     if isinstance(text, (list, tuple)):
-        try:
-            values = [float(v) for v in text]
-        except (TypeError, ValueError):
-            raise CLIError(f"{name} must be numbers, got {text!r}") from None
-        if not values:
+        if not text:
             raise CLIError(f"{name}: empty list of values")
-        return values
+        bad = [v for v in text if isinstance(v, bool) or not isinstance(v, (int, float))
+               or not math.isfinite(v)]
+        if bad:
+            raise CLIError(f"{name} must be finite numbers, got {json.dumps(bad[0])}")
+        return [float(v) for v in text]
+    if isinstance(text, bool):
+        raise CLIError(f"{name} must be numbers, got {json.dumps(text)}")
     try:
         return parse_values(str(text), name)
     except ValueError as err:
@@ -215,29 +371,90 @@ def _check_thetas(thetas, allow_extrapolation: bool, where: str = "--thetas") ->
                        "(pass --allow-extrapolation to extrapolate)")
 
 
-def _load_stats(path: Path | None):
+def _check_device(device):
+    """``--device`` → torch.device (or None: automatic); a one-line error for a bad or absent one."""
+    if device is None:
+        return None
+    from vslerp.stats.encode import parse_device
+
+    try:
+        return parse_device(device)
+    except (ValueError, TypeError) as err:
+        raise CLIError(f"--{err}") from None
+
+
+def _effective_dtype(dtype: str | None, device) -> str:
+    """The dtype a pipeline loaded with these options gets (the pipeline's default rule)."""
+    if dtype:
+        return dtype
+    from vslerp.stats.encode import default_device
+
+    return "float16" if (device or default_device()).type == "cuda" else "float32"
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _looks_like_folder(ident: str) -> bool:
+    """A path rather than a hub id (``org/name``)."""
+    return (ident.startswith(("/", "./", "../", "~", ".\\")) or ident.count("/") > 1
+            or "\\" in ident or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", ident))
+
+
+def _check_model_source(ident, option: str, origin: str = "") -> None:
+    """A local --model/--prior folder must exist and hold the right kind of pipeline."""
+    if ident is None:
+        return
+    accepted, what = ((_PRIOR_CLASSES, "Kandinsky 2.2 prior") if option == "--prior" else
+                      (_DECODER_CLASSES, "Kandinsky 2.2 decoder (or unCLIP)"))
+    path = Path(str(ident)).expanduser()
+    if path.is_file():
+        raise CLIError(f"{option} {ident} is a file, not a model folder{origin}")
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise CLIError(f"{option} {ident}: the folder exists but is not a {what} folder "
+                           f"(no model_index.json){origin}")
+        try:
+            name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+        except (OSError, ValueError, AttributeError):
+            raise CLIError(f"{option} {ident}: {index} cannot be read{origin}") from None
+        if name not in accepted:
+            raise CLIError(f"{option} {ident}: the folder holds {_CLASS_NAMES.get(name, name)} "
+                           f"({name}), not a {what}{origin}")
+        return
+    if _looks_like_folder(str(ident)):
+        raise CLIError(f"{option} {ident}: no such folder{origin}")
+    # else a hub id: found (or not) when loading
+
+
+def _load_failure(ident: str, detail: str) -> str:
+    """Why loading ``ident`` failed, in words (it passed :func:`_check_model_source`)."""
+    if Path(ident).expanduser().is_dir():
+        return detail  # a folder of the right kind that the loader refused: its own reason
+    if _offline():
+        return ("not a local folder, and not in the Hugging Face cache (HF_HUB_OFFLINE is set: "
+                "no downloads)")
+    return f"not a local folder, and the Hugging Face hub could not provide it ({detail})"
+
+
+def _load_stats(path: Path | None, origin: str = ""):
     if path is None:
         return None
     import vslerp.stats
 
     if not path.is_file():
-        raise CLIError(f"--stats file not found: {path}")
+        raise CLIError(f"--stats file not found: {path}{origin}")
     try:
         return vslerp.stats.load(path)
     except (OSError, ValueError) as err:
         raise CLIError(f"--stats {path} cannot be read ({err})") from None
 
 
-def _offline_hint() -> str:
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return ("no such local folder, and HF_HUB_OFFLINE is set (no downloads): not in the "
-                "Hugging Face cache either")
-    return "not a local folder, not in the Hugging Face cache, and the hub could not be reached"
-
-
 # -- the pipeline ---------------------------------------------------------------------------
-def _load_pipeline(model, prior, stats, stats_path, dtype, device):
-    """VSlerpPipeline with one-line errors naming what could not be loaded."""
+def _load_pipeline(settings: dict, stats, device, progress: bool):
+    """VSlerpPipeline with one-line errors naming what could not be loaded, and why."""
     import warnings
 
     import torch
@@ -250,52 +467,53 @@ def _load_pipeline(model, prior, stats, stats_path, dtype, device):
             lib.disable_progress_bar()
     from vslerp.pipelines import VSlerpPipeline
 
-    torch_dtype = getattr(torch, _DTYPES[dtype]) if dtype else None
-    for name, ident in (("--model", model), ("--prior", prior)):
-        if ident and Path(ident).expanduser().is_file():
-            raise CLIError(f"{name} {ident} is a file, not a model folder")
+    model, prior, dtype = settings["model"], settings["prior"], settings["dtype"]
     try:
         with warnings.catch_warnings(record=True) as caught:  # shown only if loading works
             warnings.simplefilter("always")
-            pipe = VSlerpPipeline.from_pretrained(model, prior=prior, stats=stats,
-                                                  torch_dtype=torch_dtype,
-                                                  device=device if device else "auto")
+            pipe = VSlerpPipeline.from_pretrained(
+                model, prior=prior, stats=stats, torch_dtype=getattr(torch, dtype) if dtype else None,
+                device=device if device is not None else "auto")
     except (OSError, ValueError) as err:
         text = " ".join(str(err).split())
-        if text.startswith("cannot load the Kandinsky 2.2 prior"):
-            raise CLIError(f"cannot load --prior {prior or _DEFAULT_PRIOR!r}: {_offline_hint()}"
-                           ) from err
-        if text.startswith("cannot load the Kandinsky 2.2 decoder"):
-            raise CLIError(f"cannot load --model {model or _DEFAULT_MODEL!r}: {_offline_hint()}"
-                           ) from err
-        if stats_path is not None:
-            raise CLIError(f"--stats {stats_path}: {text}") from err
+        for option, ident, kind in (("--prior", prior or _DEFAULT_PRIOR, "prior"),
+                                    ("--model", model or _DEFAULT_MODEL, "decoder")):
+            prefix = f"cannot load the Kandinsky 2.2 {kind} "
+            if text.startswith(prefix):
+                detail = text[len(prefix):].split(": ", 1)[-1]
+                raise CLIError(f"cannot load {option} {ident!r}: {_load_failure(ident, detail)}"
+                               ) from err
+        if settings["stats"] is not None:
+            raise CLIError(f"--stats {settings['stats']}: {text}") from err
         raise
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename,
                                warning.lineno)
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(disable=not progress, desc="denoising")
     return pipe
 
 
-def _render(pipe, source: dict, target: dict, thetas, alphas, *, seed, steps, size, guidance,
-            batch_size, allow_extrapolation, callback=None):
+def _render(pipe, source: dict, target: dict, thetas, alphas, settings: dict, callback=None):
     import torch
 
     def arg(ref):
         return Path(ref["path"]) if ref["kind"] == "image" else ref["prompt"]
 
-    for ref, name in ((source, "SOURCE"), (target, "TARGET")):
-        if ref["kind"] == "image" and _sha256(Path(ref["path"])) != ref["sha256"]:
-            raise CLIError(f"{name} image {ref['path']} changed since the sidecar was written "
-                           "(sha256 differs)")
-    generator = torch.Generator().manual_seed(int(seed))
-    out = pipe(arg(source), arg(target), thetas=list(thetas), alphas=list(alphas),
-               num_inference_steps=int(steps), guidance_scale=float(guidance),
-               height=int(size), width=int(size), generator=generator,
-               max_batch_size=int(batch_size), allow_extrapolation=bool(allow_extrapolation),
-               callback_on_step_end=callback)
-    return out
+    extra = {"callback_on_step_end": callback} if callback is not None else {}
+    return pipe(arg(source), arg(target), thetas=list(thetas), alphas=list(alphas),
+                num_inference_steps=int(settings["steps"]),
+                guidance_scale=_or(settings["guidance"], pipe.default_guidance_scale, float),
+                height=_or(settings["size"], pipe.default_size, int),
+                width=_or(settings["size"], pipe.default_size, int),
+                generator=torch.Generator().manual_seed(int(settings["seed"])),
+                max_batch_size=int(settings["batch_size"]),
+                allow_extrapolation=bool(settings["allow_extrapolation"]),
+                prior_num_inference_steps=int(settings["prior_steps"]), **extra)
+
+
+def _or(value, default, kind):
+    """``value`` as ``kind``, or the model's ``default`` when not given (None)."""
+    return kind(default if value is None else value)
 
 
 def _model_ref(ident):
@@ -305,51 +523,66 @@ def _model_ref(ident):
     return ident
 
 
-def _metadata(command, pipe, args_like: dict, source, target, thetas, alphas, out) -> dict:
+def _metadata(command, pipe, settings: dict, source, target, out) -> dict:
     from vslerp._version import __version__
 
     describe = pipe.describe()
-    stats_path = args_like.get("stats")
+    stats_path = settings.get("stats")
     return {
         "command": command,
         "vslerp_version": __version__,
-        "model": _model_ref(args_like.get("model") or describe.get("decoder")),
-        "prior": _model_ref(args_like.get("prior") or describe.get("prior")),
+        "model": _model_ref(settings.get("model") or describe.get("decoder")),
+        "prior": _model_ref(settings.get("prior") or describe.get("prior")),
         "stats": {"path": str(Path(stats_path).resolve()) if stats_path else None,
                   "fingerprint": describe.get("stats_fingerprint"),
                   "mean_source": describe.get("mean_source")},
-        "dtype": args_like.get("dtype"),
+        "dtype": settings.get("dtype"),
         "source": source, "target": target,
         "thetas": [float(t) for t in out.thetas], "alphas": [float(a) for a in out.alphas],
-        "seed": int(args_like["seed"]), "steps": int(args_like["steps"]),
-        "size": int(args_like["size"]), "guidance": float(args_like["guidance"]),
-        "batch_size": int(args_like["batch_size"]),
-        "allow_extrapolation": bool(args_like.get("allow_extrapolation")),
-        "labels": bool(args_like.get("labels", True)),
+        "seed": int(settings["seed"]), "steps": int(settings["steps"]),
+        "size": _or(settings["size"], pipe.default_size, int),
+        "guidance": _or(settings["guidance"], pipe.default_guidance_scale, float),
+        "prior_steps": int(settings["prior_steps"]),
+        "batch_size": int(settings["batch_size"]),
+        "allow_extrapolation": bool(settings.get("allow_extrapolation")),
+        "labels": bool(settings.get("labels", True)),
         "conformity": [[float(c) for c in row] for row in out.conformity.tolist()],
         "pipeline": describe,
     }
 
 
 def _render_settings(args, from_meta: dict | None = None) -> dict:
-    """The rendering parameters: explicit options, else the sidecar's, else the defaults."""
+    """The rendering parameters: options given, else the sidecar's, else the defaults."""
     meta = from_meta or {}
-    pick = {
+
+    def pick(key):
+        given = getattr(args, key, None)
+        if given is not None:
+            return given
+        value = meta.get(key)
+        return _DEFAULTS[key] if value is None else value
+
+    dtype = args.dtype or meta.get("dtype")
+    if dtype is not None:
+        if str(dtype).lower() not in _DTYPES:
+            raise CLIError(f"dtype {dtype!r} is not one of float16, bfloat16, float32")
+        dtype = _DTYPES[str(dtype).lower()]
+    stats = args.stats or (meta.get("stats") or {}).get("path")
+    settings = {
         "model": args.model or meta.get("model"), "prior": args.prior or meta.get("prior"),
-        "stats": args.stats or ((meta.get("stats") or {}).get("path")),
-        "dtype": args.dtype or meta.get("dtype"),
-        "steps": args.steps or meta.get("steps") or 50,
-        "size": args.size or meta.get("size") or 512,
-        "seed": args.seed if args.seed is not None else meta.get("seed", 0),
-        "guidance": args.guidance if args.guidance is not None else meta.get("guidance", 4.0),
-        "batch_size": meta.get("batch_size", args.batch_size) if from_meta else args.batch_size,
-        "allow_extrapolation": args.allow_extrapolation or meta.get("allow_extrapolation", False),
+        "stats": Path(stats) if stats else None, "dtype": dtype,
+        "allow_extrapolation": args.allow_extrapolation or bool(meta.get("allow_extrapolation")),
+        **{key: pick(key) for key in ("steps", "size", "seed", "guidance", "batch_size",
+                                      "prior_steps")},
     }
-    if pick["dtype"] is not None and pick["dtype"] not in _DTYPES:
-        raise CLIError(f"dtype {pick['dtype']!r} is not one of {sorted(_DTYPES)}")
-    if pick["stats"] is not None:
-        pick["stats"] = Path(pick["stats"])
-    return pick
+    for key in ("steps", "size", "seed", "batch_size", "prior_steps"):
+        value = settings[key]
+        if value is None and key == "size":  # the model's own size
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < (key != "seed"):
+            raise CLIError(f"--from {getattr(args, 'from_', None)}: {key} {value!r} is not a "
+                           "valid integer")
+    return settings
 
 
 def _read_sidecar(path: Path) -> dict:
@@ -364,32 +597,76 @@ def _read_sidecar(path: Path) -> dict:
             meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise CLIError(f"--from {path} cannot be read ({' '.join(str(err).split())})") from None
-    missing = [k for k in ("source", "target", "thetas", "alphas", "seed", "steps", "size")
+    if not isinstance(meta, dict):
+        raise CLIError(f"--from {path} is not a vslerp sidecar (not a JSON object)")
+    missing = [k for k in ("source", "target", "thetas", "alphas", "seed", "steps")
                if k not in meta]
-    if not isinstance(meta, dict) or missing:
+    if missing:
         raise CLIError(f"--from {path} is not a vslerp grid sidecar (missing {missing})")
     return meta
 
 
+def _from_inputs(meta: dict, from_path: Path, args) -> tuple[dict, dict]:
+    """SOURCE/TARGET of a sidecar (or the files given instead), checked against its sha256."""
+    refs, missing = {}, []
+    for name, key, given in (("SOURCE", "source", args.source), ("TARGET", "target", args.target)):
+        ref = meta[key]
+        kind = ref.get("kind") if isinstance(ref, dict) else None
+        if kind == "prompt":
+            prompt = ref.get("prompt")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise CLIError(f"--from {from_path}: {key} prompt is missing or empty")
+            if given is not None and given != prompt:
+                raise CLIError(f"--from {from_path}: the {key} was the prompt {prompt!r}: drop "
+                               f"{name} (for another {key}, render without --from)")
+            refs[key] = {"kind": "prompt", "prompt": prompt}
+            continue
+        if kind != "image":
+            raise CLIError(f"--from {from_path}: {key} has no kind image/prompt")
+        recorded = ref.get("sha256")
+        if given is None:
+            recorded_path = ref.get("path")
+            found = None
+            if isinstance(recorded_path, str) and recorded_path:
+                found = Path(recorded_path).expanduser()
+                if not found.is_absolute():  # the editor records the upload's own file name
+                    found = from_path.parent / found
+            if found is None or not found.is_file():
+                missing.append((key, ref))
+                continue
+            given = str(found)
+        new = _image_ref(name, given, allow_prompt=False)
+        if recorded and new["sha256"] != recorded:
+            raise CLIError(f"{name} image {new['path']} is not the one {from_path.name} was "
+                           f"rendered with (sha256 {new['sha256'][:12]}…, recorded "
+                           f"{recorded[:12]}…)")
+        refs[key] = new
+    if missing:
+        give = "SOURCE and TARGET" if any(key == "target" for key, _ in missing) else "SOURCE"
+        parts = []
+        for key, ref in missing:
+            path = ref.get("path")
+            label = path or ref.get("name") or "no file name"
+            digest = f", sha256 {ref['sha256'][:12]}…" if ref.get("sha256") else ""
+            if path and Path(path).is_absolute():
+                parts.append(f"{key} image not found: {path}{digest}")
+            else:
+                parts.append(f"{key} was an upload ({label}{digest})")
+        raise CLIError(f"{from_path.name}'s {'; '.join(parts)}: give {give}")
+    return refs["source"], refs["target"]
+
+
 # -- grid -----------------------------------------------------------------------------------
 def run_grid(args) -> int:
-    from vslerp.ui.outputs import make_grid, save_png
+    from vslerp.ui.outputs import make_grid, save_png, sidecar_path
 
-    meta = None
+    meta, origin = None, ""
     if args.from_ is not None:
         meta = _read_sidecar(args.from_)
-        if args.source or args.target or args.thetas or args.alphas:
-            raise CLIError("--from takes every parameter from the sidecar: drop SOURCE, TARGET, "
-                           "--thetas and --alphas")
-        source, target = meta["source"], meta["target"]
-        for ref, name in ((source, "SOURCE"), (target, "TARGET")):
-            if ref.get("kind") == "image":
-                if not Path(ref["path"]).is_file():
-                    raise CLIError(f"{name} image not found: {ref['path']} (from {args.from_})")
-            elif ref.get("kind") != "prompt":
-                raise CLIError(f"--from {args.from_}: {name} has no kind image/prompt")
-        thetas = _values(meta["thetas"], "thetas", "")
-        alphas = _values(meta["alphas"], "alphas", "")
+        origin = f" (recorded in {args.from_.name})"
+        source, target = _from_inputs(meta, args.from_, args)
+        thetas = _values(args.thetas if args.thetas is not None else meta["thetas"], "thetas", "")
+        alphas = _values(args.alphas if args.alphas is not None else meta["alphas"], "alphas", "")
         labels = bool(meta.get("labels", True)) and not args.no_labels
     else:
         if args.source is None or args.target is None:
@@ -403,43 +680,46 @@ def run_grid(args) -> int:
     _check_thetas(thetas, settings["allow_extrapolation"])
     if args.out.suffix.lower() != ".png":
         raise CLIError(f"--out must be a .png file, got {args.out}")
-    _check_new(args.out, args.overwrite)
-    _check_new(args.out.with_suffix(".json"), args.overwrite)
+    _check_main_output(args.out, args.overwrite)
+    sidecar = sidecar_path(args.out)
+    if not args.overwrite:
+        _check_stale_sidecar(sidecar)
     cells = []
     if args.cells_dir is not None:
+        _check_place(args.cells_dir, "--cells-dir", folder=True)
         cells = [args.cells_dir / f"r{r:02d}_c{c:02d}.png"
                  for r in range(len(thetas)) for c in range(len(alphas))]
-        for path in cells:
-            _check_new(path, args.overwrite)
-    stats = _load_stats(settings["stats"])
-    pipe = _load_pipeline(settings["model"], settings["prior"], stats, settings["stats"],
-                          settings["dtype"], args.device)
+        if not args.overwrite:
+            _check_cells(cells, args.out)
+    device = _check_device(args.device)
+    model_origin = origin if args.model is None else ""
+    _check_model_source(settings["model"], "--model", model_origin)
+    _check_model_source(settings["prior"], "--prior", origin if args.prior is None else "")
+    stats = _load_stats(settings["stats"], origin if args.stats is None else "")
+
+    pipe = _load_pipeline(settings, stats, device, progress=not args.no_progress)
     expected = ((meta or {}).get("stats") or {}).get("fingerprint")
     if expected and pipe.describe().get("stats_fingerprint") != expected:
         raise CLIError(f"--from {args.from_}: the image-mean statistics differ from the ones it "
                        f"was rendered with (fingerprint {expected[:12]}…)")
-    out = _render(pipe, source, target, thetas, alphas, seed=settings["seed"],
-                  steps=settings["steps"], size=settings["size"], guidance=settings["guidance"],
-                  batch_size=settings["batch_size"],
-                  allow_extrapolation=settings["allow_extrapolation"])
-    metadata = _metadata("grid", pipe, {**settings, "labels": labels}, source, target,
-                         thetas, alphas, out)
-    for i, path in enumerate(cells):
-        r, c = divmod(i, len(alphas))
-        save_png(out.images[i], path, {**metadata, "cell": {"row": r, "col": c,
-                                                           "theta": out.thetas[r],
-                                                           "alpha": out.alphas[c]}},
-                 overwrite=args.overwrite, sidecar=False)
+    out = _render(pipe, source, target, thetas, alphas, settings)
+    metadata = _metadata("grid", pipe, {**settings, "labels": labels}, source, target, out)
     grid = make_grid(out.images, out.thetas, out.alphas, labels=labels)
+    owner = str(args.out.resolve())
+    for i, path in enumerate(cells):  # cells first, the sidecar, then the grid: the commit point
+        r, c = divmod(i, len(alphas))
+        cell = {"row": r, "col": c, "theta": out.thetas[r], "alpha": out.alphas[c]}
+        save_png(out.images[i], path, {**metadata, "grid": owner, "cell": cell}, overwrite=True,
+                 sidecar=False)
     save_png(grid, args.out, metadata, overwrite=args.overwrite)
     print(f"wrote {args.out} ({len(thetas)}×{len(alphas)} cells, {grid.size[0]}×{grid.size[1]} px)"
-          f" and {args.out.with_suffix('.json')}")
+          f" and {sidecar}" + (f", cells in {args.cells_dir}" if cells else ""))
     return 0
 
 
 # -- animate --------------------------------------------------------------------------------
 def run_animate(args) -> int:
-    from vslerp.ui.outputs import save_animation, save_json
+    from vslerp.ui.outputs import save_animation, save_json, sidecar_path
 
     if args.out.suffix.lower() not in (".gif", ".mp4"):
         raise CLIError(f"--out must end in .gif or .mp4, got {args.out}")
@@ -450,9 +730,10 @@ def run_animate(args) -> int:
     settings = _render_settings(args)
     n = args.frames
     thetas = [i / (n - 1) for i in range(n)] if n > 1 else [0.0]
-    sidecar = args.out.with_suffix(".json")
-    _check_new(args.out, args.overwrite)
-    _check_new(sidecar, args.overwrite)
+    sidecar = sidecar_path(args.out)
+    _check_main_output(args.out, args.overwrite)
+    if not args.overwrite:
+        _check_stale_sidecar(sidecar)
     if args.out.suffix.lower() == ".mp4":
         try:
             import imageio_ffmpeg
@@ -461,24 +742,50 @@ def run_animate(args) -> int:
         except (ImportError, RuntimeError) as err:
             raise CLIError(f"MP4 needs imageio-ffmpeg (pip install 'vslerp[video]'): {err}"
                            ) from None
+    device = _check_device(args.device)
+    _check_model_source(settings["model"], "--model")
+    _check_model_source(settings["prior"], "--prior")
     stats = _load_stats(settings["stats"])
-    pipe = _load_pipeline(settings["model"], settings["prior"], stats, settings["stats"],
-                          settings["dtype"], args.device)
-    out = _render(pipe, source, target, thetas, [args.alpha], seed=settings["seed"],
-                  steps=settings["steps"], size=settings["size"], guidance=settings["guidance"],
-                  batch_size=settings["batch_size"],
-                  allow_extrapolation=settings["allow_extrapolation"])
-    metadata = _metadata("animate", pipe, settings, source, target, thetas, [args.alpha], out)
+
+    pipe = _load_pipeline(settings, stats, device, progress=not args.no_progress)
+    out = _render(pipe, source, target, thetas, [args.alpha], settings)
+    metadata = _metadata("animate", pipe, settings, source, target, out)
     metadata.update(frames=n, fps=args.fps, pingpong=bool(args.pingpong))
-    save_animation(out.images, args.out, fps=args.fps, pingpong=args.pingpong, overwrite=True)
-    save_json(metadata, sidecar, overwrite=True)
+    save_json(metadata, sidecar, overwrite=True)  # the sidecar first, the animation last
+    save_animation(out.images, args.out, fps=args.fps, pingpong=args.pingpong,
+                   overwrite=args.overwrite)
     print(f"wrote {args.out} ({n} frames{' ping-pong' if args.pingpong else ''}) and {sidecar}")
     return 0
 
 
 # -- batch ----------------------------------------------------------------------------------
+_JOB_KEYS = ("source", "target", "thetas", "alphas", "seed", "name", "steps", "size", "guidance")
+
+
+def _job_number(job: dict, key: str, default, where: str):
+    """A job's seed/steps/size (JSON integers, not bools) or guidance (a finite number)."""
+    value = job.get(key, default)
+    shown = json.dumps(value)
+    if value is None and key in ("size", "guidance"):
+        return None  # the model's own
+    if key == "guidance":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            raise CLIError(f"{where}: guidance must be a finite number, got {shown}")
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CLIError(f"{where}: {key} must be an integer, got {shown}")
+    if key == "seed" and not 0 <= value < _SEED_LIMIT:
+        raise CLIError(f"{where}: seed must be in [0, 2**63), got {value}")
+    if key in ("steps", "size") and value < 1:
+        raise CLIError(f"{where}: {key} must be ≥ 1, got {value}")
+    if key == "size" and value % 8:
+        raise CLIError(f"{where}: size must be a multiple of 8, got {value}")
+    return value
+
+
 def _read_jobs(path: Path, args) -> list[dict]:
-    """Parse and check every job (paths, ranges, names) before any model is loaded."""
+    """Parse and check every job (paths, values, names) before any model is loaded."""
     if not path.is_file():
         raise CLIError(f"jobs file not found: {path}")
     try:
@@ -486,7 +793,6 @@ def _read_jobs(path: Path, args) -> list[dict]:
     except (OSError, UnicodeDecodeError) as err:
         raise CLIError(f"jobs file {path} cannot be read ({err})") from None
     jobs, names = [], {}
-    known = {"source", "target", "thetas", "alphas", "seed", "name", "steps", "size", "guidance"}
     for number, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -497,45 +803,89 @@ def _read_jobs(path: Path, args) -> list[dict]:
             raise CLIError(f"{where}: not valid JSON ({err})") from None
         if not isinstance(job, dict):
             raise CLIError(f"{where}: a job must be a JSON object")
-        unknown = sorted(set(job) - known)
+        unknown = sorted(set(job) - set(_JOB_KEYS))
         if unknown:
-            raise CLIError(f"{where}: unknown keys {unknown} (known: {sorted(known)})")
+            raise CLIError(f"{where}: unknown keys {unknown} (known: {sorted(_JOB_KEYS)})")
         for key in ("source", "target"):
-            if key not in job:
-                raise CLIError(f"{where}: missing {key!r}")
+            if not isinstance(job.get(key), str):
+                raise CLIError(f"{where}: {key!r} must be a string (an image path"
+                               f"{' or a prompt' if key == 'target' else ''})")
         try:
             thetas = _values(job.get("thetas"), "thetas", "0:1:5")
             alphas = _values(job.get("alphas"), "alphas", "-2:2:5")
-            source = _image_ref("source", str(job["source"]), False, base=path.parent)
-            target = _image_ref("target", str(job["target"]), True, base=path.parent)
+            source = _image_ref("source", job["source"], False, base=path.parent)
+            target = _image_ref("target", job["target"], True, base=path.parent)
             _check_thetas(thetas, args.allow_extrapolation, "thetas")
         except CLIError as err:
             raise CLIError(f"{where}: {str(err).lstrip('-')}") from None
-        name = str(job.get("name") or f"job{number:04d}")
-        if not name or "/" in name or "\\" in name or name.startswith("."):
-            raise CLIError(f"{where}: name {name!r} must be a plain file name")
+        name = job.get("name", f"job{number:04d}")
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name \
+                or name.startswith("."):
+            raise CLIError(f"{where}: name {json.dumps(name)} must be a plain file name")
         if name in names:
             raise CLIError(f"{where}: name {name!r} already used on line {names[name]}")
         names[name] = number
-        settings = {}
-        for key, default, kind in (("seed", args.seed if args.seed is not None else 0, int),
-                                   ("steps", args.steps or 50, int),
-                                   ("size", args.size or 512, int),
-                                   ("guidance", 4.0 if args.guidance is None else args.guidance,
-                                    float)):
-            value = job.get(key, default)
-            try:
-                value = kind(value)
-            except (TypeError, ValueError):
-                raise CLIError(f"{where}: {key} must be a number, got {value!r}") from None
-            if key in ("steps", "size") and value < 1 or key == "size" and value % 8:
-                raise CLIError(f"{where}: {key} must be a positive{' multiple of 8' if key == 'size' else ''}, got {value}")
-            settings[key] = value
+        numbers = {key: _job_number(job, key, default, where) for key, default in (
+            ("seed", _DEFAULTS["seed"] if args.seed is None else args.seed),
+            ("steps", args.steps or _DEFAULTS["steps"]), ("size", args.size),
+            ("guidance", args.guidance))}
         jobs.append({"line": number, "name": name, "source": source, "target": target,
-                     "thetas": thetas, "alphas": alphas, **settings})
+                     "thetas": thetas, "alphas": alphas, **numbers})
     if not jobs:
         raise CLIError(f"jobs file {path} has no jobs")
     return jobs
+
+
+def _input_id(ref: dict) -> dict:
+    """What identifies a job's input for its fingerprint: an image's bytes, a prompt's text."""
+    if ref["kind"] == "image":
+        return {"kind": "image", "sha256": ref["sha256"]}
+    return {"kind": "prompt", "prompt": ref["prompt"]}
+
+
+def _fingerprint(params: dict) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _rendered_differently(png: Path, job: dict) -> str | None:
+    """None if ``png``'s sidecar records ``job``'s fingerprint, else what differs, in words."""
+    from vslerp.ui.outputs import sidecar_path
+
+    sidecar = sidecar_path(png)
+    try:
+        recorded = json.loads(sidecar.read_text(encoding="utf-8")).get("job") or {}
+    except FileNotFoundError:
+        return f"exists, but {sidecar.name} beside it is missing (its parameters are unknown)"
+    except (OSError, ValueError, AttributeError):
+        return f"exists, but {sidecar.name} beside it cannot be read"
+    if recorded.get("fingerprint") == job["fingerprint"]:
+        return None
+    old = recorded.get("params")
+    if not isinstance(old, dict):
+        return "exists, but was not rendered by vslerp batch (no job fingerprint in its sidecar)"
+    changed = sorted(k for k in set(old) | set(job["params"]) if old.get(k) != job["params"].get(k))
+    return f"was rendered with other parameters ({', '.join(changed) or 'fingerprint'} changed)"
+
+
+class _CellProgress:
+    """``callback_on_step_end`` advancing a tqdm bar by a batch's cells after its last step."""
+
+    def __init__(self, bar) -> None:
+        self.bar = bar
+        self.done = 0  # cells of this job counted so far
+
+    def __call__(self, pipe, step, timestep, tensors):
+        if step == pipe.num_timesteps - 1:
+            cells = int(tensors["latents"].shape[0])
+            self.done += cells
+            self.bar.update(cells)
+        return {}
+
+    def finish(self, total: int) -> None:
+        """Count the cells rendered for free (equal to another cell: θ=0 and θ=1 rows)."""
+        if total > self.done:
+            self.bar.update(total - self.done)
+        self.done = total
 
 
 def run_batch(args) -> int:
@@ -543,12 +893,39 @@ def run_batch(args) -> int:
     from vslerp.ui.outputs import make_grid, save_png
 
     jobs = _read_jobs(args.jobs, args)
-    if args.out_dir.exists() and not args.out_dir.is_dir():
-        raise CLIError(f"--out-dir {args.out_dir} is not a folder")
-    pending = [job for job in jobs if not ((args.out_dir / f"{job['name']}.png").is_file()
-                                           and (args.out_dir / f"{job['name']}.json").is_file())]
-    skipped = len(jobs) - len(pending)
-    stats = _load_stats(args.stats)
+    _check_place(args.out_dir, "--out-dir", folder=True)
+    device = _check_device(args.device)
+    settings = _render_settings(args)
+    _check_model_source(settings["model"], "--model")
+    _check_model_source(settings["prior"], "--prior")
+    stats = _load_stats(settings["stats"])
+
+    # What each job's output depends on; a rendered job whose sidecar differs is not skipped.
+    common = {"model": _model_ref(args.model or _DEFAULT_MODEL),
+              "prior": _model_ref(args.prior or _DEFAULT_PRIOR),
+              "stats": stats.fingerprint if stats is not None else "the prior's clip_mean",
+              "dtype": _effective_dtype(settings["dtype"], device),
+              "prior_steps": settings["prior_steps"], "labels": not args.no_labels}
+    pending, changed, skipped = [], [], 0
+    for job in jobs:
+        params = {**common, "source": _input_id(job["source"]),
+                  "target": _input_id(job["target"]),
+                  **{k: job[k] for k in ("thetas", "alphas", "seed", "steps", "size", "guidance")}}
+        job["params"] = json.loads(json.dumps(params))  # as read back from a sidecar
+        job["fingerprint"] = _fingerprint(job["params"])
+        png = args.out_dir / f"{job['name']}.png"
+        why = _rendered_differently(png, job) if png.exists() else "missing"
+        if why is None:
+            skipped += 1
+        elif why == "missing" or args.overwrite:
+            pending.append(job)
+        else:
+            changed.append((job, png, why))
+    if changed:
+        job, png, why = changed[0]
+        more = f"; {len(changed) - 1} more jobs differ" if len(changed) > 1 else ""
+        raise CLIError(f"{args.jobs}:{job['line']} ({job['name']}): {png} {why}{more}: pass "
+                       "--overwrite to render it again")
     if not pending:
         print(f"all {len(jobs)} jobs already rendered in {args.out_dir}")
         return 0
@@ -556,33 +933,31 @@ def run_batch(args) -> int:
     from accelerate import PartialState
 
     # CPU processes (gloo) when asked for, or when there is no GPU to give each process
-    cpu = (args.device or "").startswith("cpu") or not torch.cuda.is_available()
+    cpu = (device is not None and device.type == "cpu") or not torch.cuda.is_available()
     state = PartialState(cpu=cpu)
-    device = args.device
     if device is None and state.num_processes > 1:
-        device = str(state.device)
+        device = state.device
     show = not args.no_progress and state.is_local_main_process
     with state.split_between_processes(pending) as mine:
         mine = list(mine)
-        pipe = _load_pipeline(args.model, args.prior, stats, args.stats, args.dtype, device)
-        base = {"model": args.model, "prior": args.prior, "stats": args.stats,
-                "dtype": args.dtype, "batch_size": args.batch_size,
-                "allow_extrapolation": args.allow_extrapolation, "labels": not args.no_labels}
+        pipe = _load_pipeline(settings, stats, device, progress=False)
         cells_bar = tqdm(total=sum(len(j["thetas"]) * len(j["alphas"]) for j in mine),
                          desc="cells", unit="cell", disable=not show, position=1, leave=False)
         for job in tqdm(mine, desc=f"jobs ({skipped} done before)" if skipped else "jobs",
                         unit="job", disable=not show, position=0):
+            progress = _CellProgress(cells_bar)
+            job_settings = {**settings, **{k: job[k] for k in ("seed", "steps", "size",
+                                                                "guidance")}}
             out = _render(pipe, job["source"], job["target"], job["thetas"], job["alphas"],
-                          seed=job["seed"], steps=job["steps"], size=job["size"],
-                          guidance=job["guidance"], batch_size=args.batch_size,
-                          allow_extrapolation=args.allow_extrapolation)
-            settings = {**base, **{k: job[k] for k in ("seed", "steps", "size", "guidance")}}
-            metadata = _metadata("batch", pipe, settings, job["source"], job["target"],
-                                 job["thetas"], job["alphas"], out)
-            metadata["name"] = job["name"]
+                          job_settings, callback=progress if pipe.backend != "unclip" else None)
+            progress.finish(len(out.images))
+            metadata = _metadata("batch", pipe, {**job_settings, "labels": not args.no_labels},
+                                 job["source"], job["target"], out)
+            metadata.update(name=job["name"], job={
+                "file": str(args.jobs.resolve()), "line": job["line"], "name": job["name"],
+                "fingerprint": job["fingerprint"], "params": job["params"]})
             grid = make_grid(out.images, out.thetas, out.alphas, labels=not args.no_labels)
             save_png(grid, args.out_dir / f"{job['name']}.png", metadata, overwrite=True)
-            cells_bar.update(len(out.images))
         cells_bar.close()
     print(f"rendered {len(mine)} jobs into {args.out_dir}"
           + (f" (skipped {skipped} already there)" if skipped else "")

@@ -2,7 +2,8 @@
 
 Every file goes to a temporary name in the same folder and is ``os.replace``'d into place, so
 a killed run never leaves a half-written output. A PNG carries its parameters twice: as JSON in
-the PNG text chunk ``"vslerp"`` and in a ``.json`` sidecar beside it.
+the PNG text chunk ``"vslerp"`` and in a ``.json`` sidecar beside it (:func:`sidecar_path`).
+The main output is written last: it is the commit point of a render.
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from vslerp.stats.files import atomic_write
 
 __all__ = ["PNG_KEY", "make_grid", "parse_values", "read_png_metadata", "save_animation",
-           "save_json",
-           "save_png"]
+           "save_json", "save_png", "sidecar_path"]
 
 PNG_KEY = "vslerp"  # PNG text chunk holding the JSON metadata
 _MAX_VALUES = 1000  # more values than this on one axis is a typo, not a grid
@@ -86,15 +87,95 @@ def _font(size: int):
         return ImageFont.load_default(), False
 
 
-def _fmt(value: float) -> str:
-    return f"{value:g}"
+def _fmt(value: float, digits: int = 3) -> str:
+    """A compact axis label: at most ``digits`` significant digits (-1.33333 → "-1.33")."""
+    value = float(value)
+    if value == 0:
+        return "0"  # also -0.0
+    text = f"{value:.{digits}g}"
+    if "e" in text:  # 1e+03 → 1e3
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}e{int(exponent)}"
+    return text
+
+
+def _fmt_all(values: Sequence[float]) -> list[str]:
+    """Labels for one axis: 3 significant digits, more only where two values would look equal."""
+    for digits in range(3, 8):
+        texts = [_fmt(v, digits) for v in values]
+        if len(set(texts)) == len(set(float(v) for v in values)):
+            return texts
+    return texts
+
+
+_MIN_FONT = 8  # px: labels never get smaller than this
+_MAX_FONT = 32  # px
+
+
+@dataclass
+class _Labels:
+    """How the axis labels of a grid are drawn (found by :func:`_label_layout`)."""
+
+    font: object  # PIL font
+    row_text: list[str]  # left of each row
+    col_text: list[str]  # above each column
+    corner: str  # left of the column labels ("α =" when the columns show bare values)
+    rotated: bool  # column labels drawn vertically (cells too narrow for them)
+    left: int  # px, left margin
+    top: int  # px, top margin
+    pad: int  # px around the labels
+
+
+def _label_layout(w: int, h: int, thetas, alphas) -> _Labels:
+    """Largest font (≤ 16 % of the cell, 32 px) at which no two labels overlap.
+
+    Column labels must fit the cell width: ``α = -1.33`` at the largest size that fits, else
+    the bare values with one ``α =`` in the corner, else (tiny cells) rotated 90°.
+    Row labels must fit the cell height; the left margin grows to hold them.
+    """
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    preferred = max(12, min(_MAX_FONT, round(min(w, h) * 0.16)))
+    gap = max(4, w // 8)  # px at least between neighbouring column labels
+    theta_values, alpha_values = _fmt_all(thetas), _fmt_all(alphas)
+
+    def box(text, font):
+        left, top, right, bottom = probe.textbbox((0, 0), text, font=font)
+        return right - left, bottom - top
+
+    def layout(size, prefix, rotated):
+        font, greek = _font(size)
+        theta, alpha = ("θ", "α") if greek else ("theta", "alpha")
+        row_text = [f"{theta} = {v}" for v in theta_values]
+        col_text = [f"{alpha} = {v}" for v in alpha_values] if prefix else list(alpha_values)
+        corner = "" if prefix else f"{alpha} ="
+        line = box("θα = -0.123456789" if greek else "thetaalpha = -0.123456789", font)[1]
+        if line > h - 2:  # a row label taller than its row
+            return None
+        widths = [box(t, font)[0] for t in col_text]
+        if not rotated and max(widths) > w - gap:
+            return None
+        if rotated and line > w - gap:
+            return None
+        pad = max(2, size // 3)
+        left = max([box(t, font)[0] for t in row_text] + [box(corner, font)[0] if corner else 0])
+        top = max(widths) if rotated else line
+        return _Labels(font, row_text, col_text, corner, rotated, left + 2 * pad, top + 2 * pad,
+                       pad)
+
+    for prefix, rotated in ((True, False), (False, False), (True, True)):
+        for size in range(preferred, _MIN_FONT - 1, -1):
+            found = layout(size, prefix, rotated)
+            if found is not None:
+                return found
+    return _Labels(_font(_MIN_FONT)[0], [], [], "", False, 0, 0, 0)  # cells too small for labels
 
 
 def make_grid(images: Sequence[Image.Image], thetas: Sequence[float], alphas: Sequence[float],
               labels: bool = True) -> Image.Image:
     """θ rows × α columns of equal-size cells (row-major ``images``), with axis labels.
 
-    Labels: ``α = …`` above each column, ``θ = …`` left of each row. Without labels the grid
+    Labels: ``α = …`` above each column, ``θ = …`` left of each row, values with 3 significant
+    digits, the font fitted to the cells (see :func:`_label_layout`). Without labels the grid
     is exactly ``(len(alphas)·w, len(thetas)·h)``; with them a top and a left margin are added.
     """
     rows, cols = len(thetas), len(alphas)
@@ -105,33 +186,29 @@ def make_grid(images: Sequence[Image.Image], thetas: Sequence[float], alphas: Se
     w, h = images[0].size
     if any(im.size != (w, h) for im in images):
         raise ValueError("make_grid: all cells must have the same size")
-    if labels:
-        size = max(12, min(32, round(min(w, h) * 0.16)))
-        font, greek = _font(size)
-        probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-        theta, alpha = ("θ", "α") if greek else ("theta", "alpha")
-        row_text = [f"{theta} = {_fmt(t)}" for t in thetas]
-        col_text = [f"{alpha} = {_fmt(a)}" for a in alphas]
-
-        def _box(text):
-            left, top, right, bottom = probe.textbbox((0, 0), text, font=font)
-            return right - left, bottom - top
-
-        pad = max(4, size // 3)
-        left = max(_box(t)[0] for t in row_text) + 2 * pad
-        top = max(_box(t)[1] for t in col_text + row_text) + 2 * pad
-    else:
-        left = top = 0
+    spec = _label_layout(w, h, thetas, alphas) if labels else None
+    left, top = (spec.left, spec.top) if spec else (0, 0)
     grid = Image.new("RGB", (left + cols * w, top + rows * h), "white")
     for i, image in enumerate(images):
         r, c = divmod(i, cols)
         grid.paste(image.convert("RGB"), (left + c * w, top + r * h))
-    if labels:
+    if spec and spec.row_text:
         draw = ImageDraw.Draw(grid)
-        for c, text in enumerate(col_text):
-            draw.text((left + c * w + w / 2, top / 2), text, fill="black", font=font, anchor="mm")
-        for r, text in enumerate(row_text):
+        font = spec.font
+        for r, text in enumerate(spec.row_text):
             draw.text((left / 2, top + r * h + h / 2), text, fill="black", font=font, anchor="mm")
+        for c, text in enumerate(spec.col_text):
+            x = left + c * w + w / 2
+            if not spec.rotated:
+                draw.text((x, top / 2), text, fill="black", font=font, anchor="mm")
+                continue
+            x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+            mask = Image.new("L", (x1 - x0 + 2, y1 - y0 + 2), 0)
+            ImageDraw.Draw(mask).text((1 - x0, 1 - y0), text, fill=255, font=font)
+            mask = mask.rotate(90, expand=True)  # reads bottom to top
+            grid.paste((0, 0, 0), (round(x - mask.width / 2), top - spec.pad - mask.height), mask)
+        if spec.corner:  # bare column values: one "α =" before them
+            draw.text((left - spec.pad, top / 2), spec.corner, fill="black", font=font, anchor="rm")
     return grid
 
 
@@ -140,22 +217,42 @@ def _check_new(path: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{path} exists (pass --overwrite to replace it)")
 
 
+def sidecar_path(path) -> Path:
+    """The JSON sidecar of an output: ``grid.png`` → ``grid.json``; an animation keeps its
+    suffix (``a.gif`` → ``a.gif.json``), so a GIF and an MP4 of one stem never share one."""
+    path = Path(path)
+    return path.with_suffix(".json") if path.suffix.lower() == ".png" else \
+        path.with_name(path.name + ".json")
+
+
+def _write(path: Path, write) -> Path:
+    """:func:`atomic_write`, its OSError naming ``path`` (not the temporary file)."""
+    try:
+        return atomic_write(path, write)
+    except OSError as err:
+        detail = err.strerror or str(err)
+        if err.filename and not Path(str(err.filename)).name.startswith(f".{path.stem}-"):
+            detail += f": {err.filename}"
+        raise OSError(f"cannot write {path}: {detail}") from err
+
+
 def save_png(image: Image.Image, path, metadata: dict, overwrite: bool = False,
              sidecar: bool = True) -> Path:
     """Write ``image`` as PNG with ``metadata`` as JSON in text chunk ``"vslerp"`` and (unless
-    ``sidecar=False``) in ``path.with_suffix(".json")``. Both atomic; refuses existing files
-    unless ``overwrite``.
+    ``sidecar=False``) in ``path.with_suffix(".json")``.
+
+    The PNG is the commit point: the sidecar is written first, the PNG last, both atomically,
+    so a killed run leaves at most a sidecar without its PNG — stale, and replaced by the next
+    run. Refuses an existing PNG unless ``overwrite``.
     """
     path = Path(path)
     _check_new(path, overwrite)
-    if sidecar:
-        _check_new(path.with_suffix(".json"), overwrite)
     text = json.dumps(metadata, indent=2, sort_keys=True, allow_nan=False)
     info = PngImagePlugin.PngInfo()
     info.add_itxt(PNG_KEY, text)
     if sidecar:
-        save_json(metadata, path.with_suffix(".json"), overwrite=True)
-    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+        save_json(metadata, sidecar_path(path), overwrite=True)
+    _write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
     return path
 
 
@@ -164,7 +261,7 @@ def save_json(metadata: dict, path, overwrite: bool = False) -> Path:
     path = Path(path)
     _check_new(path, overwrite)
     text = json.dumps(metadata, indent=2, sort_keys=True, allow_nan=False)
-    return atomic_write(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    return _write(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
 
 
 def read_png_metadata(path) -> dict:
@@ -221,4 +318,4 @@ def save_animation(frames: Sequence[Image.Image], path, fps: float = 8, pingpong
                 for frame in arrays:
                     writer.append_data(frame)
 
-    return atomic_write(path, write)
+    return _write(path, write)
