@@ -19,7 +19,8 @@ __all__ = ["CLIError", "build_parser", "main"]
 # Subcommand modules, in the order `vslerp --help` lists them. A module that is not there
 # (an optional extra missing) is skipped, so the help lists exactly what works.
 _COMMAND_MODULES = (
-    "vslerp.ui.cmd_grid",  # grid, animate, batch
+    "vslerp.ui.cmd_grid",  # grid, animate
+    "vslerp.ui.cmd_batch",  # batch
     "vslerp.ui.cmd_stats",  # stats compute (+ stats report from cmd_report)
     "vslerp.ui.cmd_report",  # conformity
     "vslerp.ui.cmd_ui",  # the Gradio editor

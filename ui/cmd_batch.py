@@ -1,0 +1,284 @@
+"""`vslerp batch`: many grids from a JSONL file, with the models loaded once (paper Fig. 12).
+
+Each job's sidecar records a fingerprint of what its output depends on, so a stopped batch
+resumes (same fingerprint: skipped) and an edited job is never mistaken for a rendered one.
+Under ``accelerate launch --num_processes N`` the pending jobs are split between processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+from pathlib import Path
+
+from vslerp.ui.cli import CLIError
+from vslerp.ui.cmd_grid import (
+    _DEFAULT_MODEL,
+    _DEFAULT_PRIOR,
+    _DEFAULTS,
+    _SEED_LIMIT,
+    _add_model_options,
+    _add_render_options,
+    _check_device,
+    _check_model_source,
+    _check_place,
+    _check_thetas,
+    _effective_dtype,
+    _image_ref,
+    _load_pipeline,
+    _load_stats,
+    _metadata,
+    _model_ref,
+    _render,
+    _render_settings,
+    _values,
+)
+
+__all__ = ["register", "run_batch"]
+
+BATCH_DESCRIPTION = """\
+Render many grids with the models loaded once. JOBS.jsonl holds one JSON object
+a line, e.g.
+  {"source": "a.png", "target": "b.png", "thetas": "0:1:3", "alphas": [-1, 0, 1],
+   "seed": 0, "name": "a-b"}
+TARGET may be a prompt; optional "name" (default jobNNNN, the line number),
+"steps", "size", "guidance" (default: the options below); relative paths are
+relative to JOBS.jsonl. Each job writes OUT_DIR/NAME.png + NAME.json. A job
+already rendered with the same parameters is skipped, so a stopped batch
+resumes; one rendered with other parameters is refused, naming its line
+(--overwrite renders it again). Under `accelerate launch --num_processes N`
+the pending jobs are split between the processes.
+
+examples:
+  vslerp batch jobs.jsonl --out-dir grids/
+  accelerate launch --num_processes 4 $(which vslerp) batch jobs.jsonl \\
+      --out-dir grids/
+"""
+
+
+def register(subparsers) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser("batch", help="render many grids from a JSONL file, models loaded "
+                              "once", formatter_class=fmt, description=BATCH_DESCRIPTION)
+    p.add_argument("jobs", type=Path, metavar="JOBS.jsonl",
+                   help="one job (a JSON object) a line; blank lines and # comments skipped")
+    p.add_argument("--out-dir", type=Path, required=True, metavar="DIR",
+                   help="folder for NAME.png + NAME.json of each job (created if missing)")
+    p.add_argument("--no-labels", action="store_true",
+                   help="no θ/α labels on the grids (default: labelled)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="render again the jobs whose outputs were rendered with other "
+                   "parameters (default: refused)")
+    _add_render_options(p)
+    _add_model_options(p)
+    p.set_defaults(func=run_batch)
+
+
+# -- jobs -----------------------------------------------------------------------------------
+_JOB_KEYS = ("source", "target", "thetas", "alphas", "seed", "name", "steps", "size", "guidance")
+
+
+def _job_number(job: dict, key: str, default, where: str):
+    """A job's seed/steps/size (JSON integers, not bools) or guidance (a finite number)."""
+    value = job.get(key, default)
+    shown = json.dumps(value)
+    if value is None and key in ("size", "guidance"):
+        return None  # the model's own
+    if key == "guidance":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            raise CLIError(f"{where}: guidance must be a finite number, got {shown}")
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CLIError(f"{where}: {key} must be an integer, got {shown}")
+    if key == "seed" and not 0 <= value < _SEED_LIMIT:
+        raise CLIError(f"{where}: seed must be in [0, 2**63), got {value}")
+    if key in ("steps", "size") and value < 1:
+        raise CLIError(f"{where}: {key} must be ≥ 1, got {value}")
+    if key == "size" and value % 8:
+        raise CLIError(f"{where}: size must be a multiple of 8, got {value}")
+    return value
+
+
+def _read_jobs(path: Path, args) -> list[dict]:
+    """Parse and check every job (paths, values, names) before any model is loaded."""
+    if not path.is_file():
+        raise CLIError(f"jobs file not found: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise CLIError(f"jobs file {path} cannot be read ({err})") from None
+    jobs, names = [], {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{path}:{number}"
+        try:
+            job = json.loads(line)
+        except ValueError as err:
+            raise CLIError(f"{where}: not valid JSON ({err})") from None
+        if not isinstance(job, dict):
+            raise CLIError(f"{where}: a job must be a JSON object")
+        unknown = sorted(set(job) - set(_JOB_KEYS))
+        if unknown:
+            raise CLIError(f"{where}: unknown keys {unknown} (known: {sorted(_JOB_KEYS)})")
+        for key in ("source", "target"):
+            if not isinstance(job.get(key), str):
+                raise CLIError(f"{where}: {key!r} must be a string (an image path"
+                               f"{' or a prompt' if key == 'target' else ''})")
+        try:
+            thetas = _values(job.get("thetas"), "thetas", "0:1:5")
+            alphas = _values(job.get("alphas"), "alphas", "-2:2:5")
+            source = _image_ref("source", job["source"], False, base=path.parent)
+            target = _image_ref("target", job["target"], True, base=path.parent)
+            _check_thetas(thetas, args.allow_extrapolation, "thetas")
+        except CLIError as err:
+            raise CLIError(f"{where}: {str(err).lstrip('-')}") from None
+        name = job.get("name", f"job{number:04d}")
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name \
+                or name.startswith("."):
+            raise CLIError(f"{where}: name {json.dumps(name)} must be a plain file name")
+        if name in names:
+            raise CLIError(f"{where}: name {name!r} already used on line {names[name]}")
+        names[name] = number
+        numbers = {key: _job_number(job, key, default, where) for key, default in (
+            ("seed", _DEFAULTS["seed"] if args.seed is None else args.seed),
+            ("steps", args.steps or _DEFAULTS["steps"]), ("size", args.size),
+            ("guidance", args.guidance))}
+        jobs.append({"line": number, "name": name, "source": source, "target": target,
+                     "thetas": thetas, "alphas": alphas, **numbers})
+    if not jobs:
+        raise CLIError(f"jobs file {path} has no jobs")
+    return jobs
+
+
+def _input_id(ref: dict) -> dict:
+    """What identifies a job's input for its fingerprint: an image's bytes, a prompt's text."""
+    if ref["kind"] == "image":
+        return {"kind": "image", "sha256": ref["sha256"]}
+    return {"kind": "prompt", "prompt": ref["prompt"]}
+
+
+def _fingerprint(params: dict) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _rendered_differently(png: Path, job: dict) -> str | None:
+    """None if ``png``'s sidecar records ``job``'s fingerprint, else what differs, in words."""
+    from vslerp.ui.outputs import sidecar_path
+
+    sidecar = sidecar_path(png)
+    try:
+        recorded = json.loads(sidecar.read_text(encoding="utf-8")).get("job") or {}
+    except FileNotFoundError:
+        return f"exists, but {sidecar.name} beside it is missing (its parameters are unknown)"
+    except (OSError, ValueError, AttributeError):
+        return f"exists, but {sidecar.name} beside it cannot be read"
+    if recorded.get("fingerprint") == job["fingerprint"]:
+        return None
+    old = recorded.get("params")
+    if not isinstance(old, dict):
+        return "exists, but was not rendered by vslerp batch (no job fingerprint in its sidecar)"
+    changed = sorted(k for k in set(old) | set(job["params"]) if old.get(k) != job["params"].get(k))
+    return f"was rendered with other parameters ({', '.join(changed) or 'fingerprint'} changed)"
+
+
+class _CellProgress:
+    """``callback_on_step_end`` advancing a tqdm bar by a batch's cells after its last step."""
+
+    def __init__(self, bar) -> None:
+        self.bar = bar
+        self.done = 0  # cells of this job counted so far
+
+    def __call__(self, pipe, step, timestep, tensors):
+        if step == pipe.num_timesteps - 1:
+            cells = int(tensors["latents"].shape[0])
+            self.done += cells
+            self.bar.update(cells)
+        return {}
+
+    def finish(self, total: int) -> None:
+        """Count the cells rendered for free (equal to another cell: θ=0 and θ=1 rows)."""
+        if total > self.done:
+            self.bar.update(total - self.done)
+        self.done = total
+
+
+def run_batch(args) -> int:
+    from tqdm.auto import tqdm
+    from vslerp.ui.outputs import make_grid, save_png
+
+    jobs = _read_jobs(args.jobs, args)
+    _check_place(args.out_dir, "--out-dir", folder=True)
+    device = _check_device(args.device)
+    settings = _render_settings(args)
+    _check_model_source(settings["model"], "--model")
+    _check_model_source(settings["prior"], "--prior")
+    stats = _load_stats(settings["stats"])
+
+    # What each job's output depends on; a rendered job whose sidecar differs is not skipped.
+    common = {"model": _model_ref(args.model or _DEFAULT_MODEL),
+              "prior": _model_ref(args.prior or _DEFAULT_PRIOR),
+              "stats": stats.fingerprint if stats is not None else "the prior's clip_mean",
+              "dtype": _effective_dtype(settings["dtype"], device),
+              "prior_steps": settings["prior_steps"], "labels": not args.no_labels}
+    pending, changed, skipped = [], [], 0
+    for job in jobs:
+        params = {**common, "source": _input_id(job["source"]),
+                  "target": _input_id(job["target"]),
+                  **{k: job[k] for k in ("thetas", "alphas", "seed", "steps", "size", "guidance")}}
+        job["params"] = json.loads(json.dumps(params))  # as read back from a sidecar
+        job["fingerprint"] = _fingerprint(job["params"])
+        png = args.out_dir / f"{job['name']}.png"
+        why = _rendered_differently(png, job) if png.exists() else "missing"
+        if why is None:
+            skipped += 1
+        elif why == "missing" or args.overwrite:
+            pending.append(job)
+        else:
+            changed.append((job, png, why))
+    if changed:
+        job, png, why = changed[0]
+        more = f"; {len(changed) - 1} more jobs differ" if len(changed) > 1 else ""
+        raise CLIError(f"{args.jobs}:{job['line']} ({job['name']}): {png} {why}{more}: pass "
+                       "--overwrite to render it again")
+    if not pending:
+        print(f"all {len(jobs)} jobs already rendered in {args.out_dir}")
+        return 0
+    import torch
+    from accelerate import PartialState
+
+    # CPU processes (gloo) when asked for, or when there is no GPU to give each process
+    cpu = (device is not None and device.type == "cpu") or not torch.cuda.is_available()
+    state = PartialState(cpu=cpu)
+    if device is None and state.num_processes > 1:
+        device = state.device
+    show = not args.no_progress and state.is_local_main_process
+    with state.split_between_processes(pending) as mine:
+        mine = list(mine)
+        pipe = _load_pipeline(settings, stats, device, progress=False)
+        cells_bar = tqdm(total=sum(len(j["thetas"]) * len(j["alphas"]) for j in mine),
+                         desc="cells", unit="cell", disable=not show, position=1, leave=False)
+        for job in tqdm(mine, desc=f"jobs ({skipped} done before)" if skipped else "jobs",
+                        unit="job", disable=not show, position=0):
+            progress = _CellProgress(cells_bar)
+            job_settings = {**settings, **{k: job[k] for k in ("seed", "steps", "size",
+                                                                "guidance")}}
+            out = _render(pipe, job["source"], job["target"], job["thetas"], job["alphas"],
+                          job_settings, callback=progress if pipe.backend != "unclip" else None)
+            progress.finish(len(out.images))
+            metadata = _metadata("batch", pipe, {**job_settings, "labels": not args.no_labels},
+                                 job["source"], job["target"], out)
+            metadata.update(name=job["name"], job={
+                "file": str(args.jobs.resolve()), "line": job["line"], "name": job["name"],
+                "fingerprint": job["fingerprint"], "params": job["params"]})
+            grid = make_grid(out.images, out.thetas, out.alphas, labels=not args.no_labels)
+            save_png(grid, args.out_dir / f"{job['name']}.png", metadata, overwrite=True)
+        cells_bar.close()
+    print(f"rendered {len(mine)} jobs into {args.out_dir}"
+          + (f" (skipped {skipped} already there)" if skipped else "")
+          + (f" [process {state.process_index}/{state.num_processes}]"
+             if state.num_processes > 1 else ""))
+    return 0
