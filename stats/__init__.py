@@ -1,8 +1,9 @@
 """Modality statistics, the geometry report and conformity scoring (paper §4–7).
 
 Reading datasets (COCO captions json, image folders, caption text files), encoding them with
-a generator's own CLIP encoders, and the statistics files (moment sums per modality) that
-the pipeline shifts by. Never imports ``vslerp.pipelines`` or ``vslerp.ui``.
+a generator's own CLIP encoders (a Kandinsky 2.2 prior or an unCLIP/Karlo repo), and the
+statistics files (moment sums per modality) that the pipeline shifts by. Never imports
+``vslerp.pipelines`` or ``vslerp.ui``.
 """
 
 from .data import (
@@ -17,7 +18,14 @@ from .data import (
 )
 from .embeddings import Embeddings, read_embeddings
 from .encode import ClipEncoders, default_device, encoder_fingerprint, load_encoders, parse_device
-from .files import ModalityStats, Statistics, atomic_write, check_compatible, load
+from .files import (
+    ModalityStats,
+    Statistics,
+    atomic_write,
+    check_compatible,
+    check_writable,
+    load,
+)
 
 __all__ = [
     "Caption",
@@ -29,6 +37,7 @@ __all__ = [
     "UnreadableImage",
     "atomic_write",
     "check_compatible",
+    "check_writable",
     "default_device",
     "encoder_fingerprint",
     "iter_images",

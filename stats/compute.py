@@ -18,7 +18,7 @@ import hashlib
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -33,7 +33,8 @@ from .embeddings import EmbeddingStore, Shard
 from .encode import ClipEncoders
 from .files import Statistics
 
-__all__ = ["ComputeResult", "compute_statistics", "dataset_digest", "plan_chunks"]
+__all__ = ["ComputeResult", "EncodedChunk", "compute_statistics", "dataset_digest",
+           "encode_stream", "plan_chunks"]
 
 MAX_SKIPPED_IN_METADATA = 1000  # names of skipped items kept in the file (all are counted)
 
@@ -177,40 +178,34 @@ class _ChunkBatches:
 
 
 # -- the loop ---------------------------------------------------------------------------------
-def _run_modality(modality: str, n_items: int, dataset: Dataset, collate, encode: Callable,
-                  name_of: Callable[[int], str], image_id_of: Callable[[int], int],
-                  acc: MomentAccumulator,
-                  *, store: EmbeddingStore | None, shard_size: int, batch_size: int,
-                  num_workers: int, rank: int, world: int, pin_memory: bool,
-                  progress: bool, on_shard: Callable[[str, int], None] | None):
-    mine = plan_chunks(n_items, shard_size, rank, world)
-    done = store.completed(modality) & set(mine) if store is not None else set()
-    pending = [k for k in mine if k not in done]
-    skipped: list[tuple[str, str]] = []
-    counts = {"encoded": 0, "resumed": 0}
+@dataclass
+class EncodedChunk:
+    """One chunk of items encoded by the streaming loop (:func:`encode_stream`)."""
 
-    def add_from_disk(k: int) -> None:
-        shard = store.read_shard(modality, k)
-        if shard.embeddings.ndim != 2 or shard.embeddings.shape[1] != acc.dim:
-            raise ValueError(f"embedding shard {store.shard_path(modality, k)} has shape "
-                             f"{tuple(shard.embeddings.shape)}, expected (n, {acc.dim})")
-        if shard.embeddings.shape[0]:
-            acc.update(shard.embeddings.to(acc.sum.device))
-        skipped.extend(shard.skipped)
-        counts["resumed"] += int(shard.embeddings.shape[0])
+    modality: str  # "image" or "text"
+    index: int  # chunk k: items k·chunk_size … (k+1)·chunk_size − 1 of the item list
+    embeddings: torch.Tensor  # (n, D) float32 raw, one row per readable item
+    rows: list[int]  # the n items' positions in the item list, ascending
+    skipped: list[tuple[str, str]]  # (name, reason) of this chunk's unreadable items
 
-    trimmer = _HeapTrimmer() if acc.sum.device.type == "cpu" else None
-    batches = _ChunkBatches(pending, n_items, shard_size, batch_size)  # lazy: O(1) memory
-    done_queue = sorted(done)
 
+def _encoded_chunks(modality: str, n_items: int, dataset: Dataset, collate, encode: Callable,
+                    name_of: Callable[[int], str], dim: int, *, chunks: Sequence[int],
+                    shard_size: int, batch_size: int, num_workers: int, pin_memory: bool,
+                    trim: bool, progress: bool, desc: str):
+    """Yield an :class:`EncodedChunk` per chunk of ``chunks``, in order (embeddings on the
+    encoder's device). A DataLoader decodes and preprocesses in ``num_workers`` processes;
+    batches never straddle two chunks; a tqdm bar counts items/s. Memory: one chunk of
+    embeddings plus the DataLoader's prefetched batches, independent of ``n_items``."""
     from tqdm.auto import tqdm
 
+    trimmer = _HeapTrimmer() if trim else None
+    batches = _ChunkBatches(chunks, n_items, shard_size, batch_size)  # lazy: O(1) memory
     unit = "img" if modality == "image" else "caption"
-    bar = tqdm(total=batches.items(), unit=unit, unit_scale=False,
-               desc=f"encoding {modality}s" + (f" (process 0 of {world})" if world > 1 else ""), disable=not progress or not pending,
-               dynamic_ncols=True)
+    bar = tqdm(total=batches.items(), unit=unit, unit_scale=False, desc=desc,
+               disable=not progress or not chunks, dynamic_ncols=True)
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
-                        num_workers=num_workers if pending else 0, pin_memory=pin_memory)
+                        num_workers=num_workers if chunks else 0, pin_memory=pin_memory)
     parts: list[torch.Tensor] = []
     rows_ok: list[int] = []
     chunk_skipped: list[tuple[str, str]] = []
@@ -228,25 +223,107 @@ def _run_modality(modality: str, n_items: int, dataset: Dataset, collate, encode
                 trimmer.maybe_trim()
             if not last:
                 continue
-            while done_queue and done_queue[0] < k:  # keep the chunk order of a full run
-                add_from_disk(done_queue.pop(0))
-            emb = torch.cat(parts) if parts else torch.zeros(0, acc.dim)  # (n, D) raw
-            if emb.shape[0]:
-                acc.update(emb.to(acc.sum.device))
-            if store is not None:
-                index = torch.tensor(rows_ok, dtype=torch.int64)
-                ids = torch.tensor([image_id_of(i) for i in rows_ok], dtype=torch.int64)
-                store.write_shard(modality, k, Shard(emb.cpu(), index, ids, chunk_skipped))
-            skipped.extend(chunk_skipped)
-            counts["encoded"] += int(emb.shape[0])
+            emb = torch.cat(parts) if parts else torch.zeros(0, dim)  # (n, D) raw
+            yield EncodedChunk(modality, k, emb, rows_ok, chunk_skipped)
             parts, rows_ok, chunk_skipped = [], [], []
-            if on_shard is not None:
-                on_shard(modality, k)
     finally:
         bar.close()
+
+
+def _modality_inputs(encoders: ClipEncoders, modality: str, items: Sequence, num_workers: int):
+    """(dataset, collate, encode, name_of, image_id_of, workers) of one modality's items."""
+    if modality == "image":
+        return (_ImageDataset(items, encoders.image_processor), _collate_images,
+                encoders.encode_pixels, lambda i: items[i].name, lambda i: items[i].image_id,
+                num_workers)
+    # captions: tokenizing in the main process is cheap, and the tokenizer need not pickle
+    return (_TextDataset(items), _TextCollate(encoders.tokenizer),
+            lambda tokens: encoders.encode_tokens(*tokens),
+            lambda i: f"caption {items[i].caption_id}", lambda i: items[i].image_id, 0)
+
+
+def _run_modality(modality: str, items: Sequence, encoders: ClipEncoders,
+                  acc: MomentAccumulator, *, store: EmbeddingStore | None, shard_size: int,
+                  batch_size: int, num_workers: int, rank: int, world: int, progress: bool,
+                  on_shard: Callable[[str, int], None] | None):
+    n_items = len(items)
+    mine = plan_chunks(n_items, shard_size, rank, world)
+    done = store.completed(modality) & set(mine) if store is not None else set()
+    pending = [k for k in mine if k not in done]
+    skipped: list[tuple[str, str]] = []
+    counts = {"encoded": 0, "resumed": 0}
+
+    def add_from_disk(k: int) -> None:
+        shard = store.read_shard(modality, k)
+        if shard.embeddings.ndim != 2 or shard.embeddings.shape[1] != acc.dim:
+            raise ValueError(f"embedding shard {store.shard_path(modality, k)} has shape "
+                             f"{tuple(shard.embeddings.shape)}, expected (n, {acc.dim})")
+        if shard.embeddings.shape[0]:
+            acc.update(shard.embeddings.to(acc.sum.device))
+        skipped.extend(shard.skipped)
+        counts["resumed"] += int(shard.embeddings.shape[0])
+
+    dataset, collate, encode, name_of, image_id_of, workers = _modality_inputs(
+        encoders, modality, items, num_workers)
+    done_queue = sorted(done)
+    desc = f"encoding {modality}s" + (f" (process 0 of {world})" if world > 1 else "")
+    for chunk in _encoded_chunks(modality, n_items, dataset, collate, encode, name_of, acc.dim,
+                                 chunks=pending, shard_size=shard_size, batch_size=batch_size,
+                                 num_workers=workers, pin_memory=encoders.device.type == "cuda",
+                                 trim=acc.sum.device.type == "cpu", progress=progress,
+                                 desc=desc):
+        k, emb = chunk.index, chunk.embeddings
+        while done_queue and done_queue[0] < k:  # keep the chunk order of a full run
+            add_from_disk(done_queue.pop(0))
+        if emb.shape[0]:
+            acc.update(emb.to(acc.sum.device))
+        if store is not None:
+            index = torch.tensor(chunk.rows, dtype=torch.int64)
+            ids = torch.tensor([image_id_of(i) for i in chunk.rows], dtype=torch.int64)
+            store.write_shard(modality, k, Shard(emb.cpu(), index, ids, chunk.skipped))
+        skipped.extend(chunk.skipped)
+        counts["encoded"] += int(emb.shape[0])
+        if on_shard is not None:
+            on_shard(modality, k)
     for k in done_queue:
         add_from_disk(k)
     return skipped, counts
+
+
+def encode_stream(encoders: ClipEncoders, images: Sequence[ImageItem] = (),
+                  captions: Sequence[Caption] = (), *, batch_size: int = 32,
+                  num_workers: int = 2, chunk_size: int = 1024,
+                  progress: bool = True) -> Iterator[EncodedChunk]:
+    """Encode the items of one modality, yielding :class:`EncodedChunk` s (embeddings on the
+    CPU) — the loop of ``stats compute`` (DataLoader workers, batches, progress bar) without
+    the sums, for consumers such as ``vslerp conformity`` that need every item's embedding
+    but not all of them at once. Give ``images`` or ``captions``, not both. Unreadable
+    images are skipped and named in each chunk's ``skipped``. Memory is independent of the
+    number of items: one chunk of embeddings and the batches in flight."""
+    if bool(images) == bool(captions):
+        raise ValueError("encode_stream encodes one modality: give images or captions")
+    _check_sizes(batch_size=batch_size, num_workers=num_workers, chunk_size=chunk_size)
+    if captions and encoders.text_encoder is None:
+        raise ValueError("captions given but the encoders were loaded without a text encoder")
+    modality, items = ("image", images) if images else ("text", captions)
+    dataset, collate, encode, name_of, _, workers = _modality_inputs(
+        encoders, modality, items, num_workers)
+    chunks = plan_chunks(len(items), chunk_size)
+    for chunk in _encoded_chunks(modality, len(items), dataset, collate, encode, name_of,
+                                 encoders.dim, chunks=chunks, shard_size=chunk_size,
+                                 batch_size=batch_size, num_workers=workers,
+                                 pin_memory=encoders.device.type == "cuda",
+                                 trim=encoders.device.type != "cuda", progress=progress,
+                                 desc=f"encoding {modality}s"):
+        chunk.embeddings = chunk.embeddings.cpu()
+        yield chunk
+
+
+def _check_sizes(**values) -> None:
+    for name, value in values.items():
+        low = 0 if name == "num_workers" else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an int ≥ {low}, got {value!r}")
 
 
 def _reduce(acc: MomentAccumulator, state) -> None:
@@ -285,37 +362,27 @@ def compute_statistics(encoders: ClipEncoders, images: Sequence[ImageItem] = (),
     """
     if not images and not captions:
         raise ValueError("nothing to encode: no images and no captions")
-    for name, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
-                             ("shard_size", shard_size, 1)):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int ≥ {low}, got {value!r}")
+    _check_sizes(batch_size=batch_size, num_workers=num_workers, shard_size=shard_size)
     if captions and encoders.text_encoder is None:
         raise ValueError("captions given but the encoders were loaded without a text encoder")
     rank = state.process_index if state is not None else 0
     world = state.num_processes if state is not None else 1
     main = rank == 0
     acc_device = encoders.device if encoders.device.type == "cuda" else torch.device("cpu")
-    common = dict(store=store, shard_size=shard_size, batch_size=batch_size, rank=rank,
-                  world=world, pin_memory=encoders.device.type == "cuda",
-                  progress=progress and main, on_shard=on_shard)
+    common = dict(store=store, shard_size=shard_size, batch_size=batch_size,
+                  num_workers=num_workers, rank=rank, world=world, progress=progress and main,
+                  on_shard=on_shard)
     accs: dict[str, MomentAccumulator] = {}
     skipped: list[tuple[str, str]] = []
     encoded, resumed = {}, {}
     if images:
         acc = accs["image"] = MomentAccumulator(encoders.dim, device=acc_device)
-        skip, counts = _run_modality(
-            "image", len(images), _ImageDataset(images, encoders.image_processor),
-            _collate_images, encoders.encode_pixels, lambda i: images[i].name,
-            lambda i: images[i].image_id, acc, num_workers=num_workers, **common)
+        skip, counts = _run_modality("image", images, encoders, acc, **common)
         skipped += skip
         encoded["image"], resumed["image"] = counts["encoded"], counts["resumed"]
     if captions:
         acc = accs["text"] = MomentAccumulator(encoders.dim, device=acc_device)
-        skip, counts = _run_modality(
-            "text", len(captions), _TextDataset(captions), _TextCollate(encoders.tokenizer),
-            lambda tokens: encoders.encode_tokens(*tokens),
-            lambda i: f"caption {captions[i].caption_id}", lambda i: captions[i].image_id,
-            acc, num_workers=0, **common)
+        skip, counts = _run_modality("text", captions, encoders, acc, **common)
         skipped += skip
         encoded["text"], resumed["text"] = counts["encoded"], counts["resumed"]
     for acc in accs.values():

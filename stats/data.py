@@ -1,8 +1,8 @@
 """Dataset readers: MS-COCO caption files, plain image folders, text files of captions.
 
 Images are opened defensively (:func:`open_image`): EXIF orientation applied, CMYK /
-16-bit / grayscale / palette / RGBA converted to RGB (alpha composited on white), and
-truncated files, non-images and decompression bombs refused with a short reason.
+16-bit / 32-bit / float / grayscale / palette / RGBA converted to RGB (alpha composited on
+white), and truncated files, non-images and decompression bombs refused with a short reason.
 """
 
 from __future__ import annotations
@@ -120,16 +120,41 @@ def list_images(path: str | Path, coco: str | Path | None = None) -> list[ImageI
     return [ImageItem(p.relative_to(root).as_posix(), p, -1) for p in files]
 
 
+def _to_8bit(image):
+    """A single-channel 16/32-bit integer or float image → 8-bit grayscale ("L").
+
+    ``convert("L")`` would clip everything above 255 to white and float values in [0, 1] to
+    black. Integers: 16-bit modes /65535; values within 0..255 as they are, within
+    0..65535 /65535. Floats within [0, 1] ×255. Anything else is stretched min–max to
+    0..255 (non-finite pixels count as the minimum).
+    """
+    import numpy as np
+    from PIL import Image
+
+    arr = np.asarray(image, dtype=np.float64)
+    finite = np.isfinite(arr)
+    if not finite.any():
+        return Image.new("L", image.size, 0)
+    lo, hi = float(arr[finite].min()), float(arr[finite].max())
+    arr = np.where(finite, arr, lo)
+    if image.mode.startswith("I;16"):
+        scaled = arr / 65535.0 * 255.0
+    elif image.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        scaled = arr * 255.0
+    elif image.mode != "F" and lo >= 0.0 and hi <= 255.0:
+        scaled = arr
+    elif image.mode != "F" and lo >= 0.0 and hi <= 65535.0:
+        scaled = arr / 65535.0 * 255.0
+    else:
+        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+    return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8), "L")
+
+
 def _to_rgb(image):
     from PIL import Image
 
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # 16/32-bit grayscale: scale to 8 bits (convert("L") would clip everything to white).
-        import numpy as np
-
-        arr = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        image = _to_8bit(image)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -142,7 +167,8 @@ def _to_rgb(image):
 def open_image(path: str | Path):
     """Open an image as an RGB ``PIL.Image``, upright per its EXIF orientation.
 
-    Converts CMYK, 16-bit, grayscale, palette and RGBA (composited on white). Raises
+    Converts CMYK, 16-bit, 32-bit integer and float (mode F, e.g. float TIFF), grayscale,
+    palette and RGBA (composited on white). Raises
     :class:`UnreadableImage` with a short reason for truncated files, files that are not
     images, and decompression bombs (more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels).
     """

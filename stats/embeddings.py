@@ -11,6 +11,8 @@ progress record: a killed run resumes by summing the shards present and encoding
 from __future__ import annotations
 
 import json
+import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,17 @@ __all__ = ["EmbeddingStore", "Embeddings", "read_embeddings"]
 MANIFEST = "manifest.json"
 FORMAT = "vslerp-embeddings/1"
 MODALITIES = ("image", "text")
+# Temporary names of atomic_write (".{stem}-XXXXXXXX{suffix}") and of older versions (".tmp").
+_TEMP_PATTERNS = tuple(f".{m}-??????-*.safetensors" for m in MODALITIES) + (
+    f".{Path(MANIFEST).stem}-*.json", ".*.tmp")
+# Tests only: with this environment variable set to k, the process SIGKILLs itself right
+# after writing its k-th shard — a real, deterministic kill for the resume test.
+TEST_KILL_ENV = "VSLERP_TEST_KILL_AFTER_SHARDS"
+
+
+def _test_kill_after_shards(written: int) -> None:
+    if os.environ.get(TEST_KILL_ENV) == str(written):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -52,6 +65,7 @@ class EmbeddingStore:
     def __init__(self, directory: str | Path, plan: dict) -> None:
         self.dir = Path(directory)
         self.plan = plan
+        self.shards_written = 0  # by this process, this run
 
     # -- setup (rank 0 only) ------------------------------------------------------------
     def _key(self, plan: dict) -> dict:
@@ -92,8 +106,9 @@ class EmbeddingStore:
         elif overwrite:
             for path in self.dir.glob("*-??????.safetensors"):
                 path.unlink()
-        for tmp in self.dir.glob(".*.tmp"):  # leftovers of a run killed mid-write
-            tmp.unlink(missing_ok=True)
+        for pattern in _TEMP_PATTERNS:  # leftovers of a run killed mid-write
+            for tmp in self.dir.glob(pattern):
+                tmp.unlink(missing_ok=True)
         self.write_manifest(complete=False)
 
     def write_manifest(self, complete: bool) -> None:
@@ -116,6 +131,8 @@ class EmbeddingStore:
                                  "item_index": shard.item_index.long(),
                                  "image_id": shard.image_id.long()},
                                 self.shard_path(modality, index), metadata=meta)
+        self.shards_written += 1
+        _test_kill_after_shards(self.shards_written)
 
     def read_shard(self, modality: str, index: int) -> Shard:
         return _read_shard(self.shard_path(modality, index))

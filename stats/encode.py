@@ -1,4 +1,5 @@
-"""The generator's own CLIP encoders, used exactly as diffusers' Kandinsky prior pipeline does.
+"""The generator's own CLIP encoders, used exactly as diffusers' Kandinsky prior and unCLIP
+pipelines do.
 
 Images: ``image_processor(images, return_tensors="pt").pixel_values`` →
 ``image_encoder(pixel_values).image_embeds``. Captions: ``tokenizer(padding="max_length",
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ClipEncoders", "default_device", "encoder_fingerprint", "load_encoders", "parse_device"]
+__all__ = ["PROCESSOR_SUBFOLDERS", "ClipEncoders", "default_device", "encoder_fingerprint",
+           "load_encoders", "parse_device"]
 
 # Config fields that define the function an image encoder computes (not bookkeeping fields
 # such as dtype or transformers version, which differ between loads of the same weights).
@@ -189,14 +191,44 @@ class ClipEncoders:
         return self.encode_tokens(**self.tokenize(texts)).cpu()
 
 
+# The image processor's subfolder: Kandinsky 2.2 priors name it ``image_processor``, unCLIP
+# image-variation repos (kakaobrain/karlo-v1-alpha-image-variations) ``feature_extractor``.
+PROCESSOR_SUBFOLDERS = ("image_processor", "feature_extractor")
+# A tokenizer loaded without its config gets transformers' "very large" model_max_length
+# (~1e30) and a vocab of its special tokens only; a real CLIP BPE has ≥ 256 byte symbols.
+_MAX_TOKENIZER_LENGTH = 100_000
+_MIN_TOKENIZER_VOCAB = 256
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _check_tokenizer(tokenizer, text_encoder, source: str) -> None:
+    """Refuse an empty or incomplete tokenizer before it fails deep inside encoding."""
+    length, vocab = tokenizer.model_max_length, len(tokenizer)
+    if length is None or length > _MAX_TOKENIZER_LENGTH or vocab < _MIN_TOKENIZER_VOCAB:
+        raise ValueError(f"cannot load the tokenizer of prior {source!r}: it is empty or "
+                         f"incomplete (vocab {vocab}, model_max_length {length}); the "
+                         "tokenizer/ folder needs its vocab and tokenizer_config.json")
+    positions = getattr(text_encoder.config, "max_position_embeddings", None)
+    if positions is not None and length > positions:
+        raise ValueError(f"the tokenizer of prior {source!r} pads to {length} tokens but its "
+                         f"text_encoder takes at most {positions}")
+
+
 def load_encoders(prior: str | Path, *, device=None, dtype: torch.dtype | None = None,
                   text: bool = True) -> ClipEncoders:
-    """Load the CLIP encoders of a Kandinsky-2.2-layout prior (hub id or local folder).
+    """Load the CLIP encoders of a generator repo (hub id or local folder).
 
-    Reads the ``image_encoder`` (CLIPVisionModelWithProjection), ``image_processor``, and
-    with ``text=True`` the ``text_encoder`` (CLIPTextModelWithProjection) and ``tokenizer``
-    subfolders. ``device`` defaults to cuda/mps/cpu, ``dtype`` to float16 on CUDA else
-    float32. A prior that cannot be loaded raises ``ValueError`` naming it.
+    Two layouts: a Kandinsky 2.2 prior (``image_processor/``) and an unCLIP/Karlo
+    image-variations repo (``feature_extractor/``). Reads the ``image_encoder``
+    (CLIPVisionModelWithProjection) and the image processor, and with ``text=True`` the
+    ``text_encoder`` (CLIPTextModelWithProjection) and ``tokenizer`` (CLIPTokenizer).
+    ``device`` defaults to cuda/mps/cpu, ``dtype`` to float16 on CUDA else float32. Any
+    failure — a bad device, a missing part, truncated weights, an empty tokenizer — raises
+    one ``ValueError`` naming the prior and the part.
     """
     from transformers import (
         CLIPImageProcessor,
@@ -216,19 +248,47 @@ def load_encoders(prior: str | Path, *, device=None, dtype: torch.dtype | None =
         raise ValueError(f"prior {source!r} is a file, not a folder or hub id")
     if not local.exists() and (source.startswith(("/", ".", "~")) or source.count("/") > 1):
         raise ValueError(f"prior folder not found: {source}")
+    processors = PROCESSOR_SUBFOLDERS
     if local.is_dir():
         source = str(local)
-    parts = [("image_encoder", CLIPVisionModelWithProjection), ("image_processor", CLIPImageProcessor)]
-    if text:
-        parts += [("text_encoder", CLIPTextModelWithProjection), ("tokenizer", CLIPTokenizer)]
-    loaded = {}
-    for sub, cls in parts:
-        kwargs = {dtype_kwarg: dtype} if sub.endswith("_encoder") else {}
+        needed = ["image_encoder"] + (["text_encoder", "tokenizer"] if text else [])
+        for sub in needed:
+            if not (local / sub).is_dir():
+                raise ValueError(f"cannot load the {sub} of prior {source!r}: it has no {sub}/ "
+                                 "folder (expected a Kandinsky 2.2 prior or an unCLIP/Karlo "
+                                 "image-variations repo)")
+        processors = tuple(p for p in PROCESSOR_SUBFOLDERS if (local / p).is_dir())
+        if not processors:
+            raise ValueError(f"cannot load the image processor of prior {source!r}: it has "
+                             f"neither {PROCESSOR_SUBFOLDERS[0]}/ nor {PROCESSOR_SUBFOLDERS[1]}/")
+
+    def part(sub: str, cls, **kwargs):
         try:
-            loaded[sub] = cls.from_pretrained(source, subfolder=sub, **kwargs)
-        except (OSError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"cannot load the {sub} of prior {source!r}: {first}") from None
-    return ClipEncoders(loaded["image_encoder"], loaded["image_processor"],
-                        loaded.get("text_encoder"), loaded.get("tokenizer"),
-                        model_id=source, device=device, dtype=dtype)
+            return cls.from_pretrained(source, subfolder=sub, **kwargs)
+        except Exception as err:  # noqa: BLE001 - OSError, SafetensorError, ...: one message
+            raise ValueError(f"cannot load the {sub} of prior {source!r}: {_first_line(err)}") \
+                from None
+
+    image_encoder = part("image_encoder", CLIPVisionModelWithProjection, **{dtype_kwarg: dtype})
+    image_processor, errors = None, []
+    for sub in processors:  # a hub id: try both layouts
+        try:
+            image_processor = part(sub, CLIPImageProcessor)
+            break
+        except ValueError as err:
+            errors.append(str(err))
+    if image_processor is None:
+        raise ValueError(errors[0] if len(errors) == 1 else
+                         f"cannot load the image processor of prior {source!r} from "
+                         f"{' or '.join(f'{p}/' for p in processors)}")
+    text_encoder = tokenizer = None
+    if text:
+        text_encoder = part("text_encoder", CLIPTextModelWithProjection, **{dtype_kwarg: dtype})
+        tokenizer = part("tokenizer", CLIPTokenizer)
+        _check_tokenizer(tokenizer, text_encoder, source)
+    try:
+        return ClipEncoders(image_encoder, image_processor, text_encoder, tokenizer,
+                            model_id=source, device=device, dtype=dtype)
+    except (AttributeError, StopIteration) as err:  # a config without projection_dim, no weights
+        raise ValueError(f"the encoders of prior {source!r} are not CLIP encoders with a "
+                         f"projection ({_first_line(err)})") from None

@@ -22,7 +22,13 @@ from pathlib import Path
 
 import torch
 
-from vslerp import MomentAccumulator
+from vslerp import (
+    MomentAccumulator,
+    off_diagonal_dominance,
+    offset_ratio,
+    separability,
+    top_features,
+)
 from vslerp._version import __version__
 
 __all__ = [
@@ -33,6 +39,7 @@ __all__ = [
     "atomic_save_safetensors",
     "atomic_write",
     "check_compatible",
+    "check_writable",
     "load",
 ]
 
@@ -55,8 +62,11 @@ def atomic_write(path: str | Path, write) -> Path:
     (0666 & ~umask), not mkstemp's 0600. Creates the parent folder.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
+    except OSError as err:  # name the output, not the temporary file
+        raise OSError(f"cannot write {path}: {err.strerror or err}") from None
     os.close(fd)
     try:
         write(Path(tmp))
@@ -65,6 +75,34 @@ def atomic_write(path: str | Path, write) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def check_writable(path: str | Path, *, folder: bool = False) -> Path:
+    """Raise ``ValueError`` naming ``path`` unless an output can be written there.
+
+    Checked before any expensive work: ``path`` must not be a folder (or, with
+    ``folder=True``, must be a folder or not exist); the nearest existing ancestor must be a
+    folder in which a file can be created (probed with a temporary file, so read-only mounts
+    and root-squashed shares are caught too). Creates nothing that stays.
+    """
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise ValueError(f"{path} exists and is not a folder")
+    if not folder and path.is_dir():
+        raise ValueError(f"{path} is a folder, not a file")
+    parent = path if folder else path.parent
+    ancestor = parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"cannot write {path}: {ancestor} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot write {path}: folder {ancestor} is not writable "
+                         f"({err.strerror or err})") from None
     return path
 
 
@@ -82,7 +120,11 @@ class ModalityStats:
     """Statistics of one modality (``image`` or ``text``) in raw embedding space.
 
     Either built from a :class:`vslerp.MomentAccumulator` (``source="dataset"``), or holding
-    only a mean (and possibly a per-feature std) for the zero-data sources.
+    only a mean (and possibly a per-feature std) for the zero-data sources. ``count``,
+    ``mean`` (raw), ``mean_unit``, ``covariance()``, ``std()``, ``variance()`` and the derived
+    §4 measures ``mean_norm``, ``rms_centered`` (thin-shell radius), ``offset()``,
+    ``off_diagonal_dominance()`` and ``conformity_coefficients()``, each computed by the
+    core (:mod:`vslerp`) from the sums; a mean-only source raises ``ValueError`` for those.
     """
 
     dim: int  # embedding dimension D
@@ -140,6 +182,46 @@ class ModalityStats:
         if self._std is None:
             raise ValueError("this statistics source holds only a mean: no standard deviation")
         return self._std
+
+    # -- the derived §4 measures (the core computes them; mean-only sources have no sums) --
+    def _sums(self, what: str) -> MomentAccumulator:
+        if self.accumulator is None:
+            raise ValueError(f"this statistics source holds only a mean (no moment sums): no {what}; "
+                             "compute statistics from data with `vslerp stats compute`")
+        return self.accumulator
+
+    def variance(self, correction: int = 1) -> torch.Tensor:
+        """Per-feature variance (D,) float64 (the square of the prior's ``clip_std`` if mean-only)."""
+        if self.accumulator is None and self._std is not None:
+            return self._std * self._std
+        return self._sums("variance").variance(correction)
+
+    @property
+    def mean_norm(self) -> float:
+        """E‖v‖ of the raw vectors."""
+        return self._sums("mean norm").mean_norm
+
+    @property
+    def rms_centered(self) -> float:
+        """√E‖v − m‖²: the thin-shell radius of §4 (paper, COCO images: 7.6007)."""
+        return self._sums("thin-shell radius").rms_centered
+
+    def offset(self) -> float:
+        """‖m‖/‖σ‖, how far the modality sits from the origin (§4; paper 0.94 image, 1.03 text).
+
+        For a mean-only source with a known std (the prior's ``clip_std``) that std is used.
+        """
+        if self.accumulator is None and self._std is not None:
+            return offset_ratio(self._mean, self._std)
+        return self._sums("offset").offset()
+
+    def off_diagonal_dominance(self) -> torch.Tensor:
+        """ODD(ℓ) = Σ_{k≠ℓ}|C_ℓk| / C_ℓℓ per feature (D,) float64 (Eq. 6; > 1: tilted ellipsoid)."""
+        return off_diagonal_dominance(self._sums("covariance").covariance())
+
+    def conformity_coefficients(self):
+        """Exact (a, b) of C = a·cos(v, μ̂) + b over this set (Eq. 10 identity), a ``LinearFit``."""
+        return self._sums("mean of unit vectors").conformity_coefficients()
 
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         if self.accumulator is not None:
@@ -204,6 +286,23 @@ class Statistics:
         counts = ", ".join(f"{m}={s.count}" for m, s in self._modalities())
         return (f"Statistics(dim={self.dim}, source={self.metadata['source']!r}, {counts}, "
                 f"model_id={self.metadata.get('model_id')!r})")
+
+    # -- two-modality measures (§4) -----------------------------------------------------
+    def _both(self, what: str) -> tuple[ModalityStats, ModalityStats]:
+        if self.image is None or self.text is None:
+            have = ", ".join(m for m, _ in self._modalities())
+            raise ValueError(f"{what} needs image and text statistics; these have only {have}")
+        return self.image, self.text
+
+    def separability(self) -> torch.Tensor:
+        """Sep(ℓ) = |m_i(ℓ) − m_t(ℓ)| / √(var_i(ℓ) + var_t(ℓ)) per feature (D,) float64 (Eq. 5)."""
+        image, text = self._both("separability")
+        return separability(image.mean, image._sums("variance").variance(),
+                            text.mean, text._sums("variance").variance())
+
+    def top_features(self, k: int = 10) -> list[int]:
+        """The ``k`` most separable features (the modality "tags" of Fig. 2–3), best first."""
+        return top_features(self.separability(), k)
 
     # -- constructors -------------------------------------------------------------------
     @classmethod

@@ -2,7 +2,8 @@
 
 Each function takes the plain data (lists / dicts from :mod:`vslerp.stats.report`) and
 returns a ``matplotlib.figure.Figure``; :func:`save` writes one as PNG and closes it.
-Layouts follow the paper's Figs. 2–6, 9 and 11.
+Layouts follow the paper's Figs. 2–6, 9, 10 and 11; each title names the figure (and the
+panel) it corresponds to. Undefined values (None) are never drawn as numbers.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _feature_histograms(report):
         ax.set_xlabel("raw feature value")
         ax.set_ylabel("density")
         ax.legend()
-    fig.suptitle("Modality tags: most separable features (paper Fig. 2)")
+    fig.suptitle("Modality tags: most separable features (paper Fig. 2, left)")
     return fig
 
 
@@ -66,7 +67,7 @@ def _separability(report):
     ax.set_xscale("log")
     ax.set_xlabel("feature rank")
     ax.set_ylabel("separability |m_i − m_t| / √(var_i + var_t)")
-    ax.set_title("Per-feature separability, sorted (Eq. 5, Fig. 3)")
+    ax.set_title("Per-feature separability, sorted (Eq. 5, Fig. 3 left)")
     ax.grid(alpha=0.3)
     return fig
 
@@ -93,7 +94,7 @@ def _svm(report):
         ax.axvline(-b / w[0], color="k", linewidth=1.5, label="SVM boundary")
     ax.set_xlabel(f"feature {f1}")
     ax.set_ylabel(f"feature {f2}")
-    ax.set_title(f"Linear SVM on 2 features: {100 * svm['accuracy']:.2f} % (Fig. 4)")
+    ax.set_title(f"Linear SVM on 2 features: {100 * svm['accuracy']:.2f} % (Fig. 2, right)")
     ax.legend(markerscale=3)
     return fig
 
@@ -111,7 +112,7 @@ def _thin_shell(report):
         ax.set_ylabel("density")
         ax.set_title(f"{name}: rel. error {100 * ts['rel_error']:.2f} %")
         ax.legend()
-    fig.suptitle("Thin shell: no mass near the mean (§4, Eq. 3)")
+    fig.suptitle("Thin shell: no mass near the mean (§4, Eq. 3; Fig. 4, bottom)")
     return fig
 
 
@@ -152,52 +153,91 @@ def _conformity(report):
     fig, axes = _figure(2, 1, size=(4.8, 4.2))
     for ax, name in zip(axes[0], ("image", "text"), strict=False):
         d = report["plots"]["conformity"][name]
-        fit = report["conformity"][name]["raw_mean"]["conformity_from_cos"]
+        fits = report["conformity"][name]["raw_mean"]
         conf = np.asarray(d["conformity"])
-        est = fit["a"] * np.asarray(d["cos_raw"]) + fit["b"]
-        ax.scatter(conf, est, s=4, alpha=0.5, color=_COLORS[name])
-        lo, hi = min(conf.min(), est.min()), max(conf.max(), est.max())
-        ax.plot([lo, hi], [lo, hi], color="k", linewidth=1, label="y = x")
+        if fits is None:  # degenerate (e.g. N = 2): show the raw cosines, no line
+            est = np.asarray(d["cos_raw"])
+            ax.scatter(conf, est, s=12, color=_COLORS[name], label="cos(m, v), no fit")
+            ax.set_ylabel("cos(m, v)")
+            ax.set_title(f"{name}: no fit (all conformities equal)")
+            ax.ticklabel_format(useOffset=False)
+        else:
+            fit = fits["conformity_from_cos"]
+            est = fit["a"] * np.asarray(d["cos_raw"]) + fit["b"]
+            ax.scatter(conf, est, s=4, alpha=0.5, color=_COLORS[name])
+            lo, hi = min(conf.min(), est.min()), max(conf.max(), est.max())
+            ax.plot([lo, hi], [lo, hi], color="k", linewidth=1, label="y = x")
+            ax.set_ylabel("estimate Ĉ = a·cos(m, v) + b (Eq. 11)")
+            ax.set_title(f"{name}: r = {fit['r']:.5f}")
         ax.set_xlabel("conformity C (Eq. 10, exact)")
-        ax.set_ylabel("estimate Ĉ = a·cos(m, v) + b (Eq. 11)")
-        ax.set_title(f"{name}: r = {fit['r']:.5f}")
         ax.legend()
     fig.suptitle("Conformity vs its estimate from the raw mean (Fig. 9)")
     return fig
 
 
+def _series(rows, key):
+    """Values of ``key`` with None (undefined) as NaN, so matplotlib leaves a gap."""
+    return [float("nan") if r[key] is None else r[key] for r in rows]
+
+
 def _loss(report):
     rows = report["loss_vs_alpha"]
     alphas = [r["alpha"] for r in rows]
-    fig, axes = _figure(1, 2, size=(6.4, 3.4))
+    fig, axes = _figure(1, 2, size=(7.2, 3.6))
     ax = axes[0, 0]
     for key in ("total", "alignment", "uniformity"):
         ax.plot(alphas, [r[key] for r in rows], marker=".", label=key)
     ax.set_ylabel("loss")
-    ax.set_title(f"CLIP loss vs image-mean shift v' = v − αm "
-                 f"(Eq. 7–9, logit scale {report['settings']['logit_scale']:g})")
+    ax.set_title(f"CLIP loss vs image-mean shift v' = v − αm (Eq. 7–9, logit scale "
+                 f"{report['settings']['logit_scale']:g}; Fig. 6, top)")
     ax.legend()
     ax.grid(alpha=0.3)
     ax = axes[1, 0]
-    for key in ("total", "correct", "misclassified"):
-        ax.plot(alphas, [r[key] for r in rows], marker=".", label=key)
+    handles = []
+    for key, color in (("total", "tab:blue"), ("correct", "tab:green"),
+                       ("misclassified", "tab:red")):
+        values = _series(rows, key)
+        if all(v != v for v in values):  # NaN everywhere: no such pairs at any α
+            handles.append(ax.plot([], [], color=color, linestyle="none", marker="x",
+                                   label=f"{key}: no pairs at any α")[0])
+            continue
+        gaps = any(v != v for v in values)
+        handles.append(ax.plot(alphas, values, marker=".", color=color,
+                               label=key + (" (gaps: no pairs)" if gaps else ""))[0])
     ax.set_xlabel("α")
     ax.set_ylabel("loss")
-    ax.set_title("correctly vs misclassified pairs (Fig. 6, bottom)")
-    ax.legend()
     ax.grid(alpha=0.3)
+    acc_ax = ax.twinx()
+    handles += acc_ax.plot(alphas, [100 * r["accuracy"] for r in rows], color="k",
+                           linestyle="--", marker=".", label="accuracy (right axis)")
+    acc_ax.set_ylabel("accuracy (%)")
+    acc_ax.set_ylim(-3, 103)
+    ax.set_title("Correctly vs misclassified pairs, and accuracy (Fig. 6, bottom)")
+    ax.legend(handles=handles, fontsize=8, loc="best")
     return fig
 
 
 def _kl(report):
+    import numpy as np
+
     rows = report["kl_vs_alpha"]
-    fig, axes = _figure()
+    fig, axes = _figure(2, 1, size=(5.2, 4.0))
     ax = axes[0, 0]
     ax.plot([r["alpha"] for r in rows], [r["kl"] for r in rows], marker="o")
     ax.set_xlabel("α (image mean shift v' = v − αm)")
     ax.set_ylabel("KL(image conformity ‖ text conformity)")
-    ax.set_title("Conformity distributions of image vs text (Fig. 11)")
+    ax.set_title("KL of the conformity distributions vs α (Fig. 11)")
     ax.grid(alpha=0.3)
+    ax = axes[0, 1]
+    h = report["plots"].get("conformity_hist")
+    if h is not None:
+        for name in ("image", "text"):
+            _bars(ax, h["edges"], h[name], f"{name} ({int(np.sum(h[name]))})", _COLORS[name])
+        ax.set_xlabel("conformity C (Eq. 10)")
+        ax.set_ylabel("density")
+        ax.set_title(f"Conformity distributions at α = 0 (Fig. 10–11)\n"
+                     f"KL(image ‖ text) = {h['kl']:.3f}")
+        ax.legend()
     return fig
 
 

@@ -140,7 +140,7 @@ def clip_loss(image: torch.Tensor, text: torch.Tensor, *, logit_scale: float = 1
     total = alignment + uniformity (the paper writes −alignment with alignment = E[l_jj]).
     A pair is *correct* when its caption is the arg-max in the image's row and its image
     the arg-max in the caption's column; ``correct`` / ``misclassified`` are mean ℓ_j over
-    those pairs (NaN when there are none), ``accuracy`` their share.
+    those pairs (None when a group is empty: accuracy 0 % or 100 %), ``accuracy`` their share.
 
     Streams over ``chunk_size`` image rows: memory O(chunk·P), never the P×P matrix;
     column log-sum-exp and arg-max are merged chunk by chunk. Reductions in float64.
@@ -180,8 +180,8 @@ def clip_loss(image: torch.Tensor, text: torch.Tensor, *, logit_scale: float = 1
     per_pair = 0.5 * (row_lse - diag) + 0.5 * (col_lse - diag)  # (P,)
     correct = row_ok & (col_arg == torch.arange(n))
 
-    def _mean(mask):
-        return float(per_pair[mask].mean()) if bool(mask.any()) else float("nan")
+    def _mean(mask):  # None, not NaN, for an empty group
+        return float(per_pair[mask].mean()) if bool(mask.any()) else None
 
     return {"total": float(per_pair.mean()), "alignment": float(-diag.mean()),
             "uniformity": float((0.5 * row_lse + 0.5 * col_lse).mean()),
@@ -229,21 +229,29 @@ def conformity_estimates(x: torch.Tensor, acc: MomentAccumulator) -> dict:
     x (N, D) raw, ``acc`` its moments. Fits both regression directions against cos to the
     raw mean m and to the mean of unit vectors μ̂; ``exact_identity`` is a = N‖μ̂‖/(N−1),
     b = −1/(N−1) (r = 1 by construction); ``max_abs_error_identity`` checks it numerically.
+    When no line can be fitted (e.g. N = 2: both conformities are equal) ``raw_mean`` and
+    ``unit_mean`` are None and ``degenerate`` says why; everything else is still given.
     Also returns (under ``_samples``) the tensors for plots: conformity, cos_raw, cos_unit.
     """
     conf = conformity(x)
     cos_raw = cosine_to_mean(x, acc.mean)
     cos_unit = cosine_to_mean(x, acc.mean_unit)
-    fit_raw = conformity_fit(cos_raw, conf)
-    fit_unit = conformity_fit(cos_unit, conf)
     ident = exact_conformity_coefficients(acc.count, acc.mean_unit)
     err = (ident.a * cos_unit.to(_F64) + ident.b - conf.to(_F64)).abs().max()
 
-    def _fit(fit):
+    def _fit(cos):
+        fit = conformity_fit(cos, conf)
         return {"conformity_from_cos": vars(fit.conformity_from_cos),
                 "cos_from_conformity": vars(fit.cos_from_conformity)}
 
-    return {"raw_mean": _fit(fit_raw), "unit_mean": _fit(fit_unit),
+    try:
+        fits, degenerate = {"raw_mean": _fit(cos_raw), "unit_mean": _fit(cos_unit)}, None
+    except ValueError as fit_error:  # constant conformity or cosine: no line through it
+        fits = {"raw_mean": None, "unit_mean": None}
+        why = ("both conformities are equal" if x.shape[0] == 2
+               else f"the values are constant ({fit_error})")
+        degenerate = f"no regression line with N = {x.shape[0]}: {why}"
+    return {**fits, "degenerate": degenerate,
             "exact_identity": vars(ident), "max_abs_error_identity": float(err),
             "mean_conformity": float(conf.mean()), "std_conformity": float(conf.std()),
             "_samples": {"conformity": conf, "cos_raw": cos_raw, "cos_unit": cos_unit}}
@@ -319,7 +327,9 @@ def geometry_report(emb, *, alphas=DEFAULT_ALPHAS, logit_scale: float = 100.0,
     ships none); ``max_pairs``: subsample the loss batch (one caption per image);
     ``chunk_size``: image rows per logits chunk. Keys: ``separability``, ``svm``,
     ``modalities`` (thin shell, variance tail, ODD, offset per modality), ``conformity``,
-    ``loss_vs_alpha``, ``kl_vs_alpha`` and, for the figures, ``plots``.
+    ``loss_vs_alpha``, ``kl_vs_alpha``, ``notes`` (what was left out and why: no pairs,
+    an empty loss group, a degenerate fit) and, for the figures, ``plots``. Never NaN:
+    undefined values are None.
     """
     image = _matrix("emb.image", getattr(emb, "image", None))
     text = _matrix("emb.text", getattr(emb, "text", None))
@@ -344,16 +354,28 @@ def geometry_report(emb, *, alphas=DEFAULT_ALPHAS, logit_scale: float = 100.0,
     svm = svm_two_features(image, text, tags[:2], seed=seed)
 
     modalities, plots = {}, {"norm_hist": {}, "conformity": {}, "features": {}}
-    conf = {}
+    conf, exact, notes = {}, {}, []
     for name in ("image", "text"):
         geo = _modality_geometry(data[name], acc[name], bins)
         plots["norm_hist"][name] = geo.pop("_norm_hist")
         modalities[name] = geo
         est = conformity_estimates(data[name], acc[name])
         samples = est.pop("_samples")
+        exact[name] = samples["conformity"]  # (N,) exact conformity at α = 0
         keep = _subsample(data[name].shape[0], _SCATTER_POINTS, seed)
         plots["conformity"][name] = {k: v[keep].tolist() for k, v in samples.items()}
         conf[name] = est
+        if est["degenerate"]:
+            notes.append(f"{name} conformity: {est['degenerate']}; the fits are left out")
+    # image vs text conformity distributions at α = 0 (paper Fig. 10–11), for the KL figure
+    lo = float(min(exact["image"].min(), exact["text"].min()))
+    hi = float(max(exact["image"].max(), exact["text"].max()))
+    shown = min(bins, max(10, min(image.shape[0], text.shape[0]) // 10))
+    edges = torch.linspace(lo, hi if hi > lo else lo + 1e-6, shown + 1, dtype=_F64)
+    plots["conformity_hist"] = {"edges": edges.tolist(),
+                                "image": histogram(exact["image"], edges).tolist(),
+                                "text": histogram(exact["text"], edges).tolist(),
+                                "kl": kl_divergence(exact["image"], exact["text"], bins=bins)}
     for f in tags[:3]:
         lo = float(min(image[:, f].min(), text[:, f].min()))
         hi = float(max(image[:, f].max(), text[:, f].max())) + 1e-12
@@ -371,8 +393,14 @@ def geometry_report(emb, *, alphas=DEFAULT_ALPHAS, logit_scale: float = 100.0,
         img_p, txt_p = image[pairs[:, 0]], text[pairs[:, 1]]
         loss = loss_vs_alpha(img_p, txt_p, acc["image"].mean, alphas,
                              logit_scale=logit_scale, chunk_size=chunk_size)
+        for group, empty_when in (("correct", "0 %"), ("misclassified", "100 %")):
+            missing = [r["alpha"] for r in loss if r[group] is None]
+            if missing:
+                notes.append(f"no {group} pairs at α = {', '.join(f'{a:g}' for a in missing)} "
+                             f"(accuracy {empty_when}): that loss is undefined there (null / —)")
     else:
         loss = []
+        notes.append(_no_loss_reason(int(pairs.shape[0])))
     kl = conformity_kl_vs_alpha(image, text, acc["image"].mean, alphas, bins=bins)
     meta = dict(getattr(emb, "metadata", None) or {})
     return {
@@ -390,8 +418,19 @@ def geometry_report(emb, *, alphas=DEFAULT_ALPHAS, logit_scale: float = 100.0,
         "conformity": conf,
         "loss_vs_alpha": loss,
         "kl_vs_alpha": kl,
+        "notes": notes,
         "plots": plots,
     }
+
+
+def _no_loss_reason(pairs: int) -> str:
+    if pairs == 0:
+        return ("no CLIP loss vs α (Eq. 7–9): the embeddings hold no image–caption pairs — "
+                "captions are paired with images only through the image ids of a COCO captions "
+                "json (`stats compute --images DIR --captions captions.json`), not for a plain "
+                "image folder or a caption text file")
+    return (f"no CLIP loss vs α (Eq. 7–9): only {pairs} image–caption pair, and a contrastive "
+            "batch needs at least 2")
 
 
 # -- writing ----------------------------------------------------------------------------
@@ -405,11 +444,14 @@ def _json_safe(value):
     return value
 
 
+_UNDEFINED = "—"  # what report.md shows for a value that does not exist (JSON null)
+
+
 def _fmt(value, digits: int = 4) -> str:
-    if value is None:
-        return "–"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return _UNDEFINED
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+        return f"{value:.{digits}f}"
     return str(value)
 
 
@@ -439,7 +481,7 @@ def _markdown(report: dict, figures: list[str]) -> str:
                      f"{100 * ts['rel_error']:.3f} % | {_fmt(g['offset'], 3)} | "
                      f"{_fmt(var['max_over_median'], 1)} | {var['features_for_half_variance']} | "
                      f"{_fmt(odd.get('median'), 2)} | "
-                     f"{_fmt(100 * odd['share_above_1'], 1) + ' %' if odd else '–'} |")
+                     f"{_fmt(100 * odd['share_above_1'], 1) + ' %' if odd else _UNDEFINED} |")
     lines += ["", "Paper (COCO images, ViT-B/32): 7.5873, 0.1914, 7.6007, 0.18 %; offsets 0.94 "
               "image, 1.03 text.", "",
               "## Conformity: exact (Eq. 10) vs estimated (Eq. 11)", "",
@@ -448,25 +490,41 @@ def _markdown(report: dict, figures: list[str]) -> str:
     for name in ("image", "text"):
         e = report["conformity"][name]
         for key, label in (("raw_mean", "raw m"), ("unit_mean", "μ̂")):
-            f1, f2 = e[key]["conformity_from_cos"], e[key]["cos_from_conformity"]
-            lines.append(f"| {name} | {_fmt(e['mean_conformity'])} | {label} | {_fmt(f1['a'])} | "
-                         f"{_fmt(f1['b'])} | {_fmt(f1['r'], 6)} | {_fmt(f2['a'])} | {_fmt(f2['b'])} |")
+            fits = e[key] or {}
+            f1 = fits.get("conformity_from_cos") or {}
+            f2 = fits.get("cos_from_conformity") or {}
+            lines.append(f"| {name} | {_fmt(e['mean_conformity'])} | {label} | "
+                         f"{_fmt(f1.get('a'))} | {_fmt(f1.get('b'))} | {_fmt(f1.get('r'), 6)} | "
+                         f"{_fmt(f2.get('a'))} | {_fmt(f2.get('b'))} |")
         ident = e["exact_identity"]
         lines.append(f"| {name} | | exact identity | {_fmt(ident['a'])} | {_fmt(ident['b'], 6)} | "
                      f"1 (max error {e['max_abs_error_identity']:.1e}) | | |")
-    lines += ["", "Paper: r = 0.9998; images a = 1.461, b = −0.002 (cos regressed on C).", ""]
+    lines += ["", "Paper: r = 0.9998; images a = 1.461, b = −0.002 (cos regressed on C)."]
+    for name in ("image", "text"):
+        if report["conformity"][name].get("degenerate"):
+            lines += ["", f"{_UNDEFINED} for {name}: {report['conformity'][name]['degenerate']}, "
+                      "so the fits are undefined; the exact identity still holds."]
+    lines += [""]
     loss = report["loss_vs_alpha"]
     s = report["settings"]
+    lines += [f"## CLIP loss vs mean shift (Eq. 7–9), logit scale {s['logit_scale']:g}", ""]
     if loss:
-        lines += [f"## CLIP loss vs mean shift (Eq. 7–9), logit scale {s['logit_scale']:g}", "",
-                  "| α | total | alignment | uniformity | correct | misclassified | accuracy |",
+        lines += ["| α | total | alignment | uniformity | correct | misclassified | accuracy |",
                   "|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['alpha']:+.2f} | {_fmt(r['total'])} | {_fmt(r['alignment'])} | "
                   f"{_fmt(r['uniformity'])} | {_fmt(r['correct'])} | {_fmt(r['misclassified'])} | "
                   f"{100 * r['accuracy']:.1f} % |" for r in loss]
         best = min(loss, key=lambda r: r["total"])
         lines += ["", f"Lowest total loss at α = {best['alpha']:+.2f} (paper: near 0). "
-                  "alignment = −E[s·cos(t_j, i_j)], so total = alignment + uniformity.", ""]
+                  "alignment = −E[s·cos(t_j, i_j)], so total = alignment + uniformity."]
+        if any(r["correct"] is None or r["misclassified"] is None for r in loss):
+            lines += ["", f"{_UNDEFINED}: no pairs in that group at that α (accuracy 0 % leaves "
+                      "no correctly classified pair, 100 % no misclassified one), so its mean "
+                      "loss is undefined (null in report.json)."]
+        lines += [""]
+    else:
+        reason = _no_loss_reason(report["counts"]["loss_pairs"])
+        lines += [reason[0].upper() + reason[1:] + ".", ""]
     kl = report["kl_vs_alpha"]
     best = min(kl, key=lambda r: r["kl"])
     at0 = min(kl, key=lambda r: abs(r["alpha"]))

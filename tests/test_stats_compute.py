@@ -158,6 +158,22 @@ def test_open_image_converts_odd_files(dataset):
             vs.open_image(images / name)
 
 
+def test_open_image_scales_float_and_32bit_images(tmp_path):
+    """Float TIFFs (mode F) in [0, 1] are ×255, other ranges min–max; mode I likewise."""
+    import numpy as np
+
+    ramp = np.tile(np.linspace(0.0, 1.0, 64, dtype=np.float32), (8, 1))  # (8, 64)
+    cases = {"unit.tif": (Image.fromarray(ramp, "F"), ramp * 255),
+             "wide.tif": (Image.fromarray(ramp * 105 - 5, "F"), ramp * 255),
+             "int32.tif": (Image.fromarray((ramp * 1e6).astype(np.int32), "I"), ramp * 255)}
+    for name, (image, expected) in cases.items():
+        image.save(tmp_path / name)
+        got = np.asarray(vs.open_image(tmp_path / name), dtype=np.float64)  # (8, 64, 3)
+        assert got.shape == (8, 64, 3), name
+        np.testing.assert_allclose(got[..., 0], expected, atol=1.0, err_msg=name)
+    flat = Image.fromarray(np.full((4, 4), 7.5, dtype=np.float32), "F")
+    flat.save(tmp_path / "flat.tif")
+    assert np.asarray(vs.open_image(tmp_path / "flat.tif")).max() == 0  # no division by zero
 def test_readers(dataset, tmp_path):
     images, captions = dataset
     listed = vs.list_images(images, captions)
@@ -202,9 +218,42 @@ def test_encoders_match_the_kandinsky_prior_pipeline(prior, encoders, dataset):
     assert vs.encoder_fingerprint(pipe.image_encoder) != encoders.fingerprint
 
 
-def test_load_encoders_bad_prior(tmp_path):
-    with pytest.raises(ValueError, match="cannot load the image_encoder"):
-        vs.load_encoders(tmp_path, device="cpu")
+def _broken_prior(prior: Path, tmp: Path, case: str) -> Path:
+    import shutil
+
+    bad = tmp / case
+    shutil.copytree(prior, bad)
+    if case == "truncated weights":
+        weights = bad / "image_encoder" / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif case == "no tokenizer":
+        shutil.rmtree(bad / "tokenizer")
+    elif case == "empty tokenizer":
+        for path in (bad / "tokenizer").iterdir():
+            path.unlink()
+    elif case == "no image processor":
+        shutil.rmtree(bad / "image_processor")
+    elif case == "empty folder":
+        shutil.rmtree(bad)
+        bad.mkdir()
+    return bad
+
+
+BAD_PRIORS = {"truncated weights": "cannot load the image_encoder",
+              "no tokenizer": "cannot load the tokenizer",
+              "empty tokenizer": "cannot load the tokenizer",
+              "no image processor": "neither image_processor/ nor feature_extractor/",
+              "empty folder": "cannot load the image_encoder"}
+
+
+@pytest.mark.parametrize("case", list(BAD_PRIORS))
+def test_load_encoders_bad_prior(case, prior, tmp_path):
+    """Every broken part is one ValueError naming the prior and the part, found at load time."""
+    bad = _broken_prior(prior, tmp_path, case)
+    with pytest.raises(ValueError, match=BAD_PRIORS[case]) as info:
+        vs.load_encoders(bad, device="cpu")
+    assert str(bad) in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 # -- stats compute ----------------------------------------------------------------------------
@@ -373,6 +422,20 @@ def test_from_prior_mean(prior, tmp_path):
     assert torch.allclose(stats.image.std(), transformer.clip_std.double().flatten())
     with pytest.raises(ValueError, match="only a mean"):
         stats.image.covariance()
+    # the prior's image-encoder fingerprint is recorded: another model of the same dim is refused
+    encoders = vs.load_encoders(prior, device="cpu", text=False)
+    assert stats.metadata["encoder_fingerprint"] == encoders.fingerprint
+    vs.check_compatible(stats, dim=encoders.dim, fingerprint=encoders.fingerprint)
+    with pytest.raises(ValueError, match="recompute"):
+        vs.check_compatible(stats, dim=encoders.dim, fingerprint="0" * 64)
+    assert stats.image.offset() == pytest.approx(
+        float(transformer.clip_mean.detach().double().norm()
+              / transformer.clip_std.detach().double().norm()))
+    for measure in ("rms_centered", "mean_norm"):
+        with pytest.raises(ValueError, match="only a mean"):
+            getattr(stats.image, measure)
+    with pytest.raises(ValueError, match="only a mean"):
+        stats.image.off_diagonal_dominance()
     direct = vs.Statistics.from_prior(transformer, model_id="x")
     assert direct.metadata["model_id"] == "x" and direct.image.accumulator is None
     from_tensor = vs.Statistics.from_mean(torch.ones(4))
@@ -497,3 +560,162 @@ def test_load_and_read_embeddings_errors(tmp_path):
     stats = vs.Statistics.from_mean(torch.arange(1.0, 5.0), model_id="m")
     for key in ("dataset", "dataset_size", "skipped", "counts", "version", "source"):
         assert key in stats.metadata
+
+
+# -- unCLIP / Karlo layout (feature_extractor/) ------------------------------------------------
+@pytest.fixture(scope="module")
+def unclip_dir(tmp_path_factory):
+    from vslerp.pipelines.testing import make_tiny_unclip
+
+    return make_tiny_unclip(tmp_path_factory.mktemp("tiny_unclip"))
+
+
+def test_unclip_stats_compute_feeds_the_unclip_pipeline(unclip_dir, dataset, tmp_path, capsys):
+    from vslerp.pipelines import VSlerpPipeline
+
+    images, captions = dataset
+    out = tmp_path / "karlo.safetensors"
+    assert _compute(out, unclip_dir, images / "good", None, "--limit", "6") == 0
+    stats = vs.load(out)
+    encoders = vs.load_encoders(unclip_dir, device="cpu")  # feature_extractor/ + tokenizer/
+    assert stats.image.count == 6 and stats.dim == encoders.dim
+    assert stats.metadata["encoder_fingerprint"] == encoders.fingerprint
+    pipe = VSlerpPipeline.from_pretrained(unclip_dir, stats=out, device=None)
+    assert torch.equal(pipe.statistics.image.mean, stats.image.mean)
+    raw = encoders.encode_images([vs.open_image(images / "good/000.png")])
+    assert torch.allclose(raw, pipe.encode_image([vs.open_image(images / "good/000.png")]).cpu(),
+                          atol=1e-5)
+    assert encoders.encode_texts(["a cat"]).shape == (1, encoders.dim)
+    # --from-prior-mean: Karlo has no prior clip_mean, said in one line
+    capsys.readouterr()
+    rc = main(["stats", "compute", "--prior", str(unclip_dir), "--from-prior-mean",
+               "--out", str(tmp_path / "m.safetensors")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "unCLIP/Karlo has no clip_mean" in err[0]
+
+
+@pytest.mark.parametrize("argv", [["stats", "compute"], ["conformity"]])
+def test_prior_help_names_both_layouts(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert info.value.code == 0
+    assert "unCLIP/Karlo" in text and "Kandinsky 2.2 prior" in text
+    assert "example" in text and "(default: " in text
+
+
+# -- one line, exit 2, before any work ------------------------------------------------------------
+def _run_error(argv, capsys) -> str:
+    capsys.readouterr()
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    return err[0]
+
+
+@pytest.mark.parametrize("device", ["cuda", "banana"] if not torch.cuda.is_available()
+                         else ["banana", "cuda:99"])
+def test_bad_device_is_one_line(device, prior, tmp_path, capsys):
+    (tmp_path / "c.txt").write_text("a caption\n")
+    line = _run_error(["stats", "compute", "--prior", str(tmp_path / "no-prior"),
+                       "--captions", str(tmp_path / "c.txt"), "--device", device,
+                       "--out", str(tmp_path / "o.safetensors"), "--no-progress"], capsys)
+    assert line.startswith("vslerp stats compute: error: --device") and repr(device) in line
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def _out_under_file(tmp: Path) -> list[str]:
+    (tmp / "afile").write_text("x")
+    return ["--out", str(tmp / "afile" / "sub" / "o.safetensors")]
+
+
+def _out_is_folder(tmp: Path) -> list[str]:
+    (tmp / "dir.safetensors").mkdir()
+    return ["--out", str(tmp / "dir.safetensors")]
+
+
+def _embeddings_under_file(tmp: Path) -> list[str]:
+    (tmp / "afile").write_text("x")
+    return ["--out", str(tmp / "o.safetensors"), "--save-embeddings", str(tmp / "afile" / "emb")]
+
+
+UNWRITABLE = {"out under a file": (_out_under_file, "afile is not a folder"),
+              "out is a folder": (_out_is_folder, "is a folder"),
+              "embeddings under a file": (_embeddings_under_file, "afile is not a folder")}
+
+
+@pytest.mark.parametrize("case", list(UNWRITABLE))
+def test_unwritable_output_found_before_loading(case, tmp_path, capsys):
+    """The output check runs first: a prior that does not exist is never reached."""
+    (tmp_path / "c.txt").write_text("a caption\n")
+    make, message = UNWRITABLE[case]
+    line = _run_error(["stats", "compute", "--prior", str(tmp_path / "no-prior"),
+                       "--captions", str(tmp_path / "c.txt"), "--no-progress",
+                       *make(tmp_path)], capsys)
+    assert message in line and "no-prior" not in line, line
+    assert ".o-" not in line  # no temporary name leaks
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_check_writable_probes_the_folder(tmp_path):
+    assert vs.check_writable(tmp_path / "new" / "deeper" / "x.safetensors")
+    assert not (tmp_path / "new").exists()  # nothing created
+    with pytest.raises(ValueError, match="not writable"):
+        vs.check_writable(Path("/proc/vslerp-test/out.safetensors"))  # even root cannot
+
+
+# -- the derived §4 measures of vslerp.stats.load(...) ---------------------------------------------
+def test_loaded_statistics_give_the_section_4_measures(full_run):
+    import numpy as np
+
+    out, emb_dir = full_run
+    stats, emb = vs.load(out), vs.read_embeddings(emb_dir)
+    for name in ("image", "text"):
+        mod, x = getattr(stats, name), getattr(emb, name).double()  # (N, D)
+        m = x.mean(0)
+        assert mod.rms_centered == pytest.approx(vslerp.thin_shell(x, m)["rms"], rel=1e-6)
+        assert mod.mean_norm == pytest.approx(float(x.norm(dim=1).mean()), rel=1e-9)
+        std = x.std(0)
+        assert mod.offset() == pytest.approx(float(m.norm() / std.norm()), rel=1e-6)
+        cov = np.cov(x.numpy(), rowvar=False)
+        odd = (np.abs(cov).sum(1) - np.diag(cov)) / np.diag(cov)
+        np.testing.assert_allclose(mod.off_diagonal_dominance().numpy(), odd, rtol=1e-5)
+        np.testing.assert_allclose(mod.variance().numpy(), np.diag(cov), rtol=1e-6)
+        fit = mod.conformity_coefficients()
+        exact = vslerp.conformity(x)
+        est = fit.a * vslerp.cosine_to_mean(x, mod.mean_unit) + fit.b
+        assert torch.allclose(est, exact, atol=1e-9)
+    i, t = emb.image.double(), emb.text.double()
+    sep = (i.mean(0) - t.mean(0)).abs() / (i.var(0) + t.var(0)).sqrt()
+    assert torch.allclose(stats.separability(), sep, rtol=1e-6)
+    assert stats.top_features(3) == sep.topk(3).indices.tolist()
+    with pytest.raises(ValueError, match="image and text"):
+        vs.Statistics(stats.image, None).separability()
+
+
+# -- resume after a real kill ---------------------------------------------------------------------
+def test_resume_after_sigkill(full_run, dataset, prior, tmp_path):
+    """SIGKILL right after the 3rd shard (test hook), then the same command finishes the run."""
+    from vslerp.stats.embeddings import TEST_KILL_ENV
+
+    images, captions = dataset
+    out, emb = tmp_path / "s.safetensors", tmp_path / "emb"
+    argv = ["stats", "compute", "--prior", str(prior), "--out", str(out), "--no-progress",
+            "--images", str(images), "--captions", str(captions), "--batch-size", "5",
+            "--shard-size", "7", "--num-workers", "0", "--save-embeddings", str(emb),
+            "--dataset-name", "tiny-coco"]
+    code = "import sys; from vslerp.ui.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", TEST_KILL_ENV: "3"}
+    proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # killed, not exited
+    assert sorted(p.name for p in emb.glob("*-??????.safetensors")) == [
+        "image-000000.safetensors", "image-000001.safetensors", "image-000002.safetensors"]
+    assert not out.exists()
+    assert json.loads((emb / "manifest.json").read_text())["complete"] is False
+    (emb / ".image-000003-k1ll3d.safetensors").write_bytes(b"half a shard")  # killed mid-write
+    assert main(argv) == 0
+    _sums_equal(vs.load(out), vs.load(full_run[0]), exact=True)
+    resumed, full = vs.read_embeddings(emb), vs.read_embeddings(full_run[1])
+    assert torch.equal(resumed.image, full.image) and torch.equal(resumed.text, full.text)
+    assert [p.name for p in emb.iterdir() if p.name.startswith(".")] == []  # no temporaries

@@ -173,9 +173,86 @@ def test_files_written(report, tmp_path):
             assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     back = json.loads((tmp_path / "out" / "report.json").read_text())
     assert back["svm"]["accuracy"] == 1.0
-    assert "| 5 |" in (tmp_path / "out" / "report.md").read_text() or \
-        "| 17 |" in (tmp_path / "out" / "report.md").read_text()
+    md = (tmp_path / "out" / "report.md").read_text()
+    table = md.split("## Modality tags (Eq. 5)")[1].splitlines()
+    rows = [line for line in table if line.startswith("| ") and line[2].isdigit()]
+    # feature 5 (image std ≈ 0.48) separates better than feature 17 (≈ 0.95), both shifted by 9
+    assert rows[0].startswith("| 5 |") and rows[1].startswith("| 17 |")
     assert not list((tmp_path / "out").glob("*.tmp"))
     with pytest.raises(FileExistsError, match="--overwrite"):
         write_report(rep, tmp_path / "out")
     write_report(rep, tmp_path / "out", overwrite=True)
+
+
+def _strict_json(path):
+    """report.json parsed with NaN/Infinity refused: the files never hold them."""
+    def refuse(token):
+        raise AssertionError(f"{path} holds {token}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_empty_loss_group_is_null_not_nan(tmp_path):
+    """At accuracy 100 % there is no misclassified pair: None / null / "—", never NaN."""
+    gen = torch.Generator().manual_seed(4)
+    image = torch.randn(30, 16, generator=gen) + 0.5
+    got = clip_loss(image, image.clone(), logit_scale=100.0)
+    assert got["accuracy"] == 1.0 and got["misclassified"] is None
+    assert got["correct"] == pytest.approx(got["total"])
+    emb = SimpleNamespace(image=image, text=2.0 * image,  # cos = 1 for every pair
+                          pairs=torch.stack([torch.arange(30)] * 2, dim=1))
+    rep = geometry_report(emb, alphas=[0.0])
+    write_report(rep, tmp_path)
+    back = _strict_json(tmp_path / "report.json")
+    assert all(r["misclassified"] is None for r in back["loss_vs_alpha"])
+    assert any("no misclassified pairs" in n for n in back["notes"])
+    md = (tmp_path / "report.md").read_text()
+    assert "nan" not in md.lower() and "| — |" in md and "no pairs in that group" in md
+
+
+def test_two_images_and_no_pairs_still_report(tmp_path):
+    """N = 2 (equal conformities: no fit) and no image–caption pairs: the rest is reported."""
+    from vslerp.stats.plots import report_figures
+
+    gen = torch.Generator().manual_seed(5)
+    image, text = torch.randn(2, 12, generator=gen) + 1, torch.randn(2, 12, generator=gen) - 1
+    rep = geometry_report(SimpleNamespace(image=image, text=text,
+                                          pairs=torch.zeros(0, 2, dtype=torch.int64)),
+                          alphas=[-1.0, 0.0, 1.0])
+    assert rep["conformity"]["image"]["raw_mean"] is None
+    assert "both conformities are equal" in rep["conformity"]["image"]["degenerate"]
+    assert rep["conformity"]["image"]["max_abs_error_identity"] < 1e-5
+    assert rep["loss_vs_alpha"] == [] and len(rep["kl_vs_alpha"]) == 3
+    written = {p.name for p in write_report(rep, tmp_path)}
+    assert "conformity_estimate.png" in written and "loss_vs_alpha.png" not in written
+    back = _strict_json(tmp_path / "report.json")
+    assert back["modalities"]["image"]["count"] == 2
+    md = (tmp_path / "report.md").read_text()
+    assert "no regression line with N = 2" in md
+    assert "no image–caption pairs" in md and "COCO captions json" in md
+    assert dict(report_figures(rep)).keys() == {n for n in written if n.endswith(".png")}
+
+
+def test_figure_titles_and_panels(report):
+    """Titles name the paper's figure; Fig. 6 shows accuracy; the KL figure shows the
+    image and text conformity distributions at α = 0 (Fig. 10–11)."""
+    from vslerp.stats.plots import report_figures
+
+    rep, _ = report
+    figs = dict(report_figures(rep))
+    titles = {name: " ".join([fig.get_suptitle()] + [ax.get_title() for ax in fig.axes])
+              for name, fig in figs.items()}
+    assert "Fig. 2, right" in titles["svm_two_features.png"]
+    assert "Fig. 4" not in titles["svm_two_features.png"]
+    assert "Fig. 2, left" in titles["feature_histograms.png"]
+    assert "Fig. 3" in titles["separability.png"] and "Fig. 5" in titles["variance_odd.png"]
+    assert "Fig. 4, bottom" in titles["thin_shell.png"] and "Fig. 9" in titles["conformity_estimate.png"]
+    loss = figs["loss_vs_alpha.png"]
+    assert any(ax.get_ylabel() == "accuracy (%)" for ax in loss.axes)
+    acc_line = next(ax for ax in loss.axes if ax.get_ylabel() == "accuracy (%)").lines[0]
+    assert list(acc_line.get_ydata()) == [100 * r["accuracy"] for r in rep["loss_vs_alpha"]]
+    kl = figs["kl_vs_alpha.png"]
+    assert len(kl.axes) == 2 and "α = 0" in kl.axes[1].get_title()
+    hist = rep["plots"]["conformity_hist"]
+    assert sum(hist["image"]) == rep["counts"]["image"] and sum(hist["text"]) == rep["counts"]["text"]
+    assert hist["kl"] == pytest.approx(next(r["kl"] for r in rep["kl_vs_alpha"] if r["alpha"] == 0))

@@ -1,11 +1,12 @@
-"""`vslerp stats compute`: modality statistics of a dataset through a prior's own CLIP.
+"""`vslerp stats compute`: modality statistics of a dataset through a generator's own CLIP.
 
-Reads an MS-COCO set (``--images val2017 --captions annotations/captions_val2017.json``),
-a plain image folder and/or a text file of captions (one a line), encodes them with the
-prior's image processor + image encoder and tokenizer + text encoder, and writes the
-per-modality moment sums (mean, unit mean, covariance follow from them) to one safetensors
-file. Works under ``accelerate launch --num_processes N`` (rank 0 writes). With
-``--from-prior-mean`` it writes the prior's own ``clip_mean`` instead (zero data).
+Reads an MS-COCO set (--images val2017 --captions annotations/captions_val2017.json), a
+plain image folder and/or a text file of captions (one a line), encodes them with the
+image and text encoders of a Kandinsky 2.2 prior or an unCLIP/Karlo repo (--prior), and
+writes the per-modality moment sums (mean, mean of unit vectors, covariance and the §4
+measures follow from them) to one safetensors file. Works under `accelerate launch
+--num_processes N` (rank 0 writes). --from-prior-mean writes a Kandinsky prior's own
+clip_mean instead (zero data).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from vslerp.ui.cli import CLIError
 
-__all__ = ["register", "run_compute"]
+__all__ = ["check_device", "check_output", "print_skipped", "register", "run_compute"]
 
 _DTYPES = {"float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float32": "float32", "fp32": "float32"}
@@ -37,54 +38,77 @@ def _non_negative(text: str) -> int:
     return value
 
 
+_PRIOR_HELP = ("generator repo (hub id) or local folder whose CLIP encoders to use: a Kandinsky 2.2 "
+               "prior (image_encoder/, image_processor/, text_encoder/, tokenizer/; e.g. "
+               "kandinsky-community/kandinsky-2-2-prior) or an unCLIP/Karlo image-variations "
+               "repo (feature_extractor/ instead of image_processor/; e.g. "
+               "kakaobrain/karlo-v1-alpha-image-variations)")
+
+_EXAMPLES = """
+examples:
+  vslerp stats compute --images val2017 --captions annotations/captions_val2017.json \\
+      --prior kandinsky-community/kandinsky-2-2-prior --out coco.safetensors
+  vslerp stats compute --images val2017 --captions annotations/captions_val2017.json \\
+      --prior kakaobrain/karlo-v1-alpha-image-variations --out coco_karlo.safetensors
+  vslerp stats compute --prior kandinsky-community/kandinsky-2-2-prior --from-prior-mean \\
+      --out prior_mean.safetensors
+"""
+
+
 def register(subparsers) -> None:
     stats = subparsers.add_parser("stats", help="compute and report modality statistics",
                                   description="Modality statistics of CLIP embeddings "
-                                  "(paper §4–6).")
+                                  "(paper §4–6): `vslerp stats compute` and `vslerp stats "
+                                  "report`.")
     stats_sub = stats.add_subparsers(dest="stats_command", metavar="SUBCOMMAND",
                                      parser_class=subparsers._parser_class)
     stats.set_defaults(func=lambda args: _no_subcommand(stats))
 
     p = stats_sub.add_parser("compute", help="encode a dataset and write its statistics file",
-                             description=__doc__,
+                             description=__doc__ + _EXAMPLES,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=Path, metavar="DIR",
-                   help="image folder (for COCO: val2017/); the captions json selects its files")
+                   help="image folder (for COCO: val2017/; the captions json then selects its "
+                   "files) (default: none, captions only)")
     p.add_argument("--captions", type=Path, metavar="FILE",
                    help="COCO captions .json (annotations/captions_val2017.json) or a .txt, "
-                   "one caption a line")
-    p.add_argument("--prior", required=True, metavar="DIR|ID",
-                   help="prior repo or folder holding image_encoder/, text_encoder/, "
-                   "tokenizer/, image_processor/ (e.g. kandinsky-community/kandinsky-2-2-prior)")
+                   "one caption a line (default: none, images only)")
+    p.add_argument("--prior", required=True, metavar="DIR|ID", help=_PRIOR_HELP + " (required)")
     p.add_argument("--out", required=True, type=Path, metavar="FILE.safetensors",
-                   help="statistics file to write")
-    p.add_argument("--batch-size", type=_positive, default=32, help="items per encoder batch (32)")
-    p.add_argument("--num-workers", type=_non_negative, default=2,
-                   help="DataLoader worker processes decoding images (2; 0 = in-process)")
+                   help="statistics file to write (required)")
+    p.add_argument("--batch-size", type=_positive, default=32, metavar="N",
+                   help="items per encoder batch (default: 32)")
+    p.add_argument("--num-workers", type=_non_negative, default=2, metavar="N",
+                   help="DataLoader worker processes decoding images; 0 = in this process "
+                   "(default: 2)")
     p.add_argument("--device", default=None,
-                   help="cuda, cuda:1, mps or cpu (default: automatic; per-process under "
-                   "accelerate launch)")
+                   help="cuda, cuda:1, mps or cpu (default: cuda, else mps, else cpu; one "
+                   "device per process under accelerate launch)")
     p.add_argument("--dtype", choices=sorted(_DTYPES), default=None,
                    help="encoder dtype (default: float16 on CUDA, else float32)")
-    p.add_argument("--limit", type=_positive, default=None,
-                   help="use only the first N images (and their captions) / N captions")
-    p.add_argument("--dataset-name", default=None,
+    p.add_argument("--limit", type=_positive, default=None, metavar="N",
+                   help="use only the first N images (and their captions) / N captions "
+                   "(default: all)")
+    p.add_argument("--dataset-name", default=None, metavar="NAME",
                    help="name stored in the metadata (default: the folder or file name)")
     p.add_argument("--save-embeddings", type=Path, default=None, metavar="DIR",
                    help="also keep the raw embeddings as safetensors shards + manifest.json "
-                   "(for `stats report`); a killed run started again resumes from them")
-    p.add_argument("--shard-size", type=_positive, default=1024,
-                   help="items per chunk / shard (1024); fixed for a resumable run")
+                   "(for `stats report`); a killed run started again resumes from them "
+                   "(default: off)")
+    p.add_argument("--shard-size", type=_positive, default=1024, metavar="N",
+                   help="items per chunk / shard; fixed for a resumable run (default: 1024)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out file and a --save-embeddings folder of "
-                   "another run")
+                   "another run (default: refuse)")
     p.add_argument("--from-prior-mean", action="store_true",
-                   help="no data: write the prior transformer's clip_mean/clip_std buffers "
-                   "as the image statistics (source=prior_clip_mean)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+                   help="no data: write a Kandinsky prior transformer's clip_mean/clip_std "
+                   "buffers as the image statistics, with the prior's image-encoder "
+                   "fingerprint (source=prior_clip_mean; unCLIP/Karlo has none) (default: off)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (default: a bar with items/s)")
     p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
-                   help="show full tracebacks (for bug reports)")
-    p.set_defaults(func=run_compute)
+                   help="show full tracebacks (for bug reports) (default: one-line errors)")
+    p.set_defaults(func=run_compute, command="stats compute")
     try:
         from vslerp.ui.cmd_report import register_stats_subcommands
     except ModuleNotFoundError as err:
@@ -119,13 +143,44 @@ def _quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.suffix != ".safetensors":
-        raise CLIError(f"--out must name a .safetensors file, got {out}")
-    if out.exists() and not overwrite:
-        raise CLIError(f"--out {out} exists; pass --overwrite to replace it")
-    if out.exists() and out.is_dir():
-        raise CLIError(f"--out {out} is a folder")
+def check_output(option: str, path: Path, overwrite: bool, *, suffix: str | None = None,
+                 folder: bool = False) -> None:
+    """Before any work: ``path`` has the right suffix, is not refused by an existing file,
+    and its folder exists or can be created and is writable (one line naming it if not)."""
+    from vslerp.stats import check_writable
+
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise CLIError(f"{option} must name a {suffix} file, got {path}")
+    if not folder and path.is_dir():
+        raise CLIError(f"{option} {path} is a folder, not a file")
+    if not folder and path.exists() and not overwrite:
+        raise CLIError(f"{option} {path} exists; pass --overwrite to replace it")
+    try:
+        check_writable(path, folder=folder)
+    except ValueError as err:
+        raise CLIError(f"{option}: {err}") from None
+
+
+def check_device(device: str | None) -> None:
+    """A bad ``--device`` (``banana``, ``cuda`` without CUDA) is one line, before any work."""
+    from vslerp.stats import parse_device
+
+    if device is not None:
+        try:
+            parse_device(device)
+        except ValueError as err:
+            raise CLIError(f"--device: {err}") from None
+
+
+def print_skipped(skipped, where: str) -> None:
+    """Name the unreadable images at the end of a run (the first 20, then a count)."""
+    if not skipped:
+        return
+    print(f"skipped {len(skipped)} unreadable image(s):")
+    for name, reason in skipped[:20]:
+        print(f"  {name}: {reason}")
+    if len(skipped) > 20:
+        print(f"  ... and {len(skipped) - 20} more ({where})")
 
 
 def _read_dataset(args) -> tuple[list, list, str]:
@@ -159,20 +214,32 @@ def _read_dataset(args) -> tuple[list, list, str]:
 def _write_prior_mean(args) -> int:
     if args.images is not None or args.captions is not None:
         raise CLIError("--from-prior-mean uses no data: drop --images/--captions")
+    import torch
     from diffusers import PriorTransformer
-    from vslerp.stats import Statistics
+    from vslerp.stats import Statistics, load_encoders
 
+    local = Path(str(args.prior)).expanduser()
+    if local.is_dir() and not (local / "prior").is_dir():
+        raise CLIError(f"--from-prior-mean needs a Kandinsky 2.2 prior with a prior/ transformer "
+                       f"(its clip_mean); {args.prior} has none (unCLIP/Karlo has no clip_mean): "
+                       "compute statistics from data instead")
     with _quiet_transformers():
         try:
             prior = PriorTransformer.from_pretrained(args.prior, subfolder="prior")
-        except (OSError, ValueError) as err:
+        except Exception as err:  # noqa: BLE001 - OSError, SafetensorError, ...: one line
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise CLIError(f"cannot load the prior transformer of {args.prior!r}: {first}") from None
-    stats = Statistics.from_prior(prior, model_id=str(args.prior))
+        # the image encoder these statistics belong to: float16 is enough for the fingerprint
+        encoders = load_encoders(args.prior, device="cpu", dtype=torch.float16, text=False)
+    stats = Statistics.from_prior(prior, model_id=str(args.prior),
+                                  encoder_fingerprint=encoders.fingerprint)
+    if stats.dim != encoders.dim:
+        raise CLIError(f"the prior's clip_mean has dim {stats.dim} but its image_encoder "
+                       f"projects to {encoders.dim}")
     stats.metadata["dataset"] = None
     stats.save(args.out)
     print(f"wrote {args.out}: image mean from the prior's clip_mean (source=prior_clip_mean, "
-          f"dim {stats.dim}, no data)")
+          f"dim {stats.dim}, image encoder {encoders.fingerprint[:12]}, no data)")
     return 0
 
 
@@ -192,7 +259,10 @@ def run_compute(args: argparse.Namespace, *, on_shard=None) -> int:
     """Run ``stats compute``; ``on_shard(modality, chunk)`` is a hook for tests."""
     import torch
 
-    _check_out(args.out, args.overwrite)
+    check_output("--out", args.out, args.overwrite, suffix=".safetensors")
+    check_device(args.device)
+    if args.save_embeddings is not None:
+        check_output("--save-embeddings", args.save_embeddings, True, folder=True)
     if args.from_prior_mean:
         return _write_prior_mean(args)
     images, captions, dataset_name = _read_dataset(args)
@@ -244,13 +314,7 @@ def run_compute(args: argparse.Namespace, *, on_shard=None) -> int:
         print(f"wrote {args.out}: " + ", ".join(f"{v} {k}" for k, v in counts.items())
               + f" (dim {encoders.dim}" + (f", {resumed} resumed from shards" if resumed else "")
               + ")")
-        if result.skipped:
-            print(f"skipped {len(result.skipped)} unreadable image(s):")
-            for name, reason in result.skipped[:20]:
-                print(f"  {name}: {reason}")
-            if len(result.skipped) > 20:
-                print(f"  ... and {len(result.skipped) - 20} more (all named in the file's "
-                      "metadata, up to 1000)")
+        print_skipped(result.skipped, "all named in the file's metadata, up to 1000")
         if store is not None:
             print(f"embeddings in {args.save_embeddings} (manifest.json)")
     state.wait_for_everyone()
