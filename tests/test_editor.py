@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import os
 import socket
+import struct
+import urllib.request
+import warnings
+import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
+import PIL.ImageFile
 import pytest
 import torch
 
@@ -16,6 +25,10 @@ gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
 STEPS, SIZE = 2, 64
+# The keys of `vslerp grid`'s sidecar (vslerp.ui.cmd_grid), which `vslerp grid --from` reads.
+CLI_SIDECAR_KEYS = {"command", "vslerp_version", "model", "prior", "stats", "dtype", "source", "target", "thetas",
+                    "alphas", "seed", "steps", "size", "guidance", "prior_steps", "batch_size",
+                    "allow_extrapolation", "labels", "conformity", "pipeline"}
 
 
 def _free_port() -> int:
@@ -28,6 +41,23 @@ def _image(path, seed, size=40):
     rng = np.random.default_rng(seed)
     PIL.Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
     return path
+
+
+def _huge_png(path, width, height):
+    """A valid black 1-bit PNG of width×height pixels, written row by row: a few kB on disk."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte + packed bits
+    packer = zlib.compressobj(6)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit, grayscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +82,27 @@ def app(pipe):
 
 
 @pytest.fixture(scope="module")
+def editor(pipe, tmp_path_factory):
+    """Editor callbacks without a server (a fresh cache, its own output folder)."""
+    from vslerp.ui.editor import Editor
+
+    return Editor(pipe, tiny_random=True, prior_steps=2, out_dir=tmp_path_factory.mktemp("editor_out"))
+
+
+@pytest.fixture(scope="module")
 def images(tmp_path_factory):
     root = tmp_path_factory.mktemp("editor_images")
     return {"source": _image(root / "source.png", 1), "target": _image(root / "target.png", 2),
             "other": _image(root / "other.png", 3)}
+
+
+@pytest.fixture(scope="module")
+def stats_file(pipe, tmp_path_factory):
+    """A statistics file whose image mean is far from the prior's clip_mean."""
+    from vslerp.stats import Statistics
+
+    mean = torch.randn(pipe.image_mean.shape[0], generator=torch.Generator().manual_seed(9)) * 3  # (D,)
+    return Statistics.from_mean(mean).save(tmp_path_factory.mktemp("stats") / "mine.safetensors")
 
 
 @pytest.fixture()
@@ -77,8 +124,10 @@ def test_api_lists_edit_and_sweep(client):
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/edit", "/sweep"} <= set(api)
     names = [p["parameter_name"] for p in api["/edit"]["parameters"]]
-    assert names[:6] == ["source", "target_image", "target_prompt", "theta", "alpha", "seed"]
+    assert names == ["source", "target_image", "target_prompt", "theta", "alpha", "seed", "steps", "guidance",
+                     "size", "mean_source", "stats_file"]
     assert len(api["/edit"]["returns"]) == 1  # the image only (state outputs are not API values)
+    assert not any("ui_" in name for name in api)  # the page's own events are not endpoints
 
 
 def test_edit_matches_the_pipeline_and_the_cache_skips_the_encoders(app, client, pipe, images):
@@ -87,9 +136,11 @@ def test_edit_matches_the_pipeline_and_the_cache_skips_the_encoders(app, client,
     first = _edit(client, images["source"], prompt="a red cube", theta=0.3, alpha=0.0, seed=5)
     assert first.shape == (SIZE, SIZE, 3)
     assert (state.encode_calls, state.prompt_calls) == (calls[0] + 1, calls[1] + 1)
+    decodes = state.decode_calls
     moved = _edit(client, images["source"], prompt="a red cube", theta=0.8, alpha=1.5, seed=5)
     # moving θ and α only decodes: no encoder and no prior run
     assert (state.encode_calls, state.prompt_calls) == (calls[0] + 1, calls[1] + 1)
+    assert state.decode_calls == decodes  # nor is the known upload decoded again
     # the cached raw embeddings give exactly the pipeline's own render from the image and prompt
     with PIL.Image.open(images["source"]) as src:
         ref = pipe(src.convert("RGB"), "a red cube", thetas=[0.8], alphas=[1.5], num_inference_steps=STEPS,
@@ -113,7 +164,6 @@ def test_target_image_is_cached_by_pixels(app, client, images, tmp_path):
 
 
 def test_sweep_is_one_labelled_grid(app, client, images):
-    pytest.importorskip("vslerp.ui.outputs")
     from gradio_client import handle_file
 
     path = client.predict(handle_file(str(images["source"])), None, "a cat", "0,0.5,1", "-1,1", 3, STEPS, 4.0,
@@ -126,32 +176,39 @@ def test_sweep_is_one_labelled_grid(app, client, images):
 @pytest.mark.parametrize(("kind", "message"), [
     ("no_source", "No source image"),
     ("no_target", "No target"),
+    ("both_targets", "not both"),
     ("unreadable", "cannot be read"),
     ("bomb", "too large"),
-    ("bad_sweep", "thetas"),
+    ("many_pixels", "too large: 8000×8000 pixels"),
+    ("bad_sweep", "θ values: 'zero' is not a number"),
+    ("theta_outside", "between 0 \\(the source\\) and 1"),
 ])
 def test_user_mistakes_are_messages_and_the_server_survives(client, images, tmp_path, kind, message):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
     source = images["source"]
-    with pytest.raises(AppError, match=message):
+    with pytest.raises(AppError, match=message) as caught:
         if kind == "no_source":
             _edit(client, None, prompt="a cat")
         elif kind == "no_target":
             _edit(client, source, prompt="   ")
+        elif kind == "both_targets":
+            _edit(client, source, target=images["target"], prompt="a cat")
         elif kind == "unreadable":
             bad = tmp_path / "bad.png"
             bad.write_bytes(b"this is not a png" * 8)
             _edit(client, bad, prompt="a cat")
-        elif kind == "bomb":
-            bomb = tmp_path / "bomb.png"
-            PIL.Image.new("1", (20_000, 20_000)).save(bomb)  # 400 Mpx in a few kB
-            _edit(client, bomb, prompt="a cat")
+        elif kind == "bomb":  # 400 Mpx in a few kB: PIL's own limit, at the header
+            _edit(client, _huge_png(tmp_path / "bomb.png", 20_000, 20_000), prompt="a cat")
+        elif kind == "many_pixels":  # 64 Mpx: under PIL's limit, over the editor's 40 Mpx
+            _edit(client, _huge_png(tmp_path / "huge.png", 8000, 8000), prompt="a cat")
         else:
-            pytest.importorskip("vslerp.ui.outputs")
-            client.predict(handle_file(str(source)), None, "a cat", "zero", "0", 0, STEPS, 4.0, SIZE,
+            thetas = "zero" if kind == "bad_sweep" else "0,1.5"
+            client.predict(handle_file(str(source)), None, "a cat", thetas, "0", 0, STEPS, 4.0, SIZE,
                            api_name="/sweep")
+    text = str(caught.value)
+    assert "/tmp" not in text and "allow_extrapolation=True" not in text  # nothing a page user can't act on
     assert _edit(client, source, prompt="a cat").shape == (SIZE, SIZE, 3)
 
 
@@ -168,32 +225,157 @@ def test_two_clients_at_once_both_get_results(app, images):
             assert im.size == (SIZE, SIZE)
 
 
-def test_details_write_png_metadata_and_gif(app, images):
-    outputs = pytest.importorskip("vslerp.ui.outputs")
-    editor = app.vslerp_editor
-    _, result = editor.edit(str(images["source"]), None, "a cat", 0.25, -0.5, 7, STEPS, 4.0, SIZE)
-    readout, _, gallery, _, png, gif = editor.details(result, [])
-    assert "source" in readout and "No reference distribution" in readout
-    assert len(gallery) == 1
-    meta = outputs.read_png_metadata(png)
-    assert meta["thetas"] == [0.25] and meta["alphas"] == [-0.5] and meta["seed"] == 7
+def test_uploads_reach_the_callback_undecoded_and_huge_ones_are_refused_from_the_header(tmp_path, monkeypatch):
+    from gradio.data_classes import ImageData
+    from vslerp.ui.editor import Upload, checked_image, open_upload
+
+    huge = _huge_png(tmp_path / "upload.png", 8000, 8000)
+    assert huge.stat().st_size < 50_000
+    decodes = []
+
+    def no_decode(self, *args, **kwargs):
+        decodes.append(self.size)
+        raise AssertionError("pixels decoded")
+
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", no_decode)
+    component = checked_image(label="Source image")
+    upload = component.preprocess(ImageData(path=str(huge), orig_name="my 1-bit scan.png"))
+    assert isinstance(upload, Upload) and str(upload) == str(huge) and upload.orig_name == "my 1-bit scan.png"
+    with pytest.raises(gr.Error, match="too large: 8000×8000 pixels"):
+        open_upload(upload, "source")
+    # a raw HTTP client's base64 data URL becomes the same bytes in a file, undecoded too
+    data_url = "data:image/png;base64," + base64.b64encode(huge.read_bytes()).decode()
+    from_url = component.preprocess(ImageData(url=data_url))
+    assert Path(from_url).read_bytes() == huge.read_bytes()
+    assert decodes == []  # neither gradio's preprocessing nor the callback decoded a pixel
+
+
+def test_exif_rotated_jpeg_is_upright_and_its_file_is_hashed(editor, tmp_path):
+    from PIL import ImageOps
+    from vslerp.ui.editor import EditorState, Upload, open_upload
+
+    stored = np.zeros((20, 40, 3), dtype=np.uint8)  # 40 wide × 20 high as stored
+    stored[:, :20] = (255, 0, 0)
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    path = tmp_path / "phone.jpg"
+    PIL.Image.fromarray(stored).save(path, exif=exif.tobytes(), quality=95)
+    image = open_upload(Upload(path, "IMG_0001.jpg"))
+    assert image.size == (20, 40)  # upright: 20 wide × 40 high
+    with PIL.Image.open(path) as raw:
+        upright = ImageOps.exif_transpose(raw).convert("RGB")
+    _, result = editor.edit(Upload(path, "IMG_0001.jpg"), None, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE)
+    assert result["metadata"]["source"] == {"kind": "image", "path": "IMG_0001.jpg", "sha256": _sha256(path),
+                                            "pixels_sha256": EditorState.image_key(upright)}
+
+
+def test_png_and_json_downloads_carry_the_cli_sidecar_schema(editor, images):
+    from vslerp.ui.editor import Upload
+    from vslerp.ui.outputs import read_png_metadata
+
+    source = Upload(images["source"], "cat.png")
+    _, result = editor.edit(source, None, "a cat", 0.25, -0.5, 7, STEPS, 4.0, SIZE)
+    readout, _, gallery, _, downloads = editor.details(result, [])
+    files = downloads["value"]
+    assert downloads["visible"] and [f.rsplit(".", 1)[1] for f in files] == ["png", "json", "gif"]
+    meta = read_png_metadata(files[0])
+    assert json.loads(Path(files[1]).read_text(encoding="utf-8")) == meta  # the sidecar beside the PNG
+    assert meta["source"] == {"kind": "image", "path": "cat.png", "sha256": _sha256(images["source"]),
+                              "pixels_sha256": meta["source"]["pixels_sha256"]}
     assert meta["target"] == {"kind": "prompt", "prompt": "a cat"}
+    assert meta["thetas"] == [0.25] and meta["alphas"] == [-0.5] and meta["seed"] == 7
+    assert meta["prior_steps"] == 2 and meta["labels"] is False  # a bare cell, as `grid --from` renders it
     assert meta["pipeline"]["backend"] == "kandinsky2.2"
-    with PIL.Image.open(gif) as im:
+    assert CLI_SIDECAR_KEYS <= set(meta) and set(meta["stats"]) == {"path", "fingerprint", "mean_source"}
+    assert "source" in readout and "No reference distribution" in readout
+    assert len(gallery) == 1 and "mean: startup" in gallery[0][1]
+    with PIL.Image.open(files[2]) as im:
         assert im.format == "GIF"
 
 
-def test_readout_uses_the_pipelines_conformity_and_a_reference(pipe, images):
+def test_size_change_between_edits_keeps_readout_downloads_and_gallery(editor, images):
+    gallery = []
+    for size, theta in ((64, 0.2), (128, 0.4), (128, 0.6)):
+        _, result = editor.edit(str(images["source"]), None, "a cat", theta, 0.0, 1, STEPS, 4.0, size)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            readout, _, gallery, _, downloads = editor.details(result, gallery)
+        assert not [str(w.message) for w in caught if "could not" in str(w.message)]
+        assert "source" in readout and f"θ={theta:g}" in gallery[-1][1]
+        assert [f.rsplit(".", 1)[1] for f in downloads["value"]] == ["png", "json", "gif"]
+    with PIL.Image.open(downloads["value"][2]) as gif:
+        assert gif.n_frames == 2 and gif.size == (128, 128)  # the session GIF: this size's results only
+    assert len(gallery) == 3
+
+
+def test_reference_is_scored_with_the_edits_own_statistics(pipe, images, stats_file):
     from vslerp.ui.editor import Editor
 
-    reference = torch.randn(50, pipe.image_mean.shape[0])  # (N, D) raw
+    reference = torch.randn(50, pipe.image_mean.shape[0], generator=torch.Generator().manual_seed(3))  # (N, D)
     editor = Editor(pipe, reference=reference, tiny_random=True, prior_steps=2)
-    _, result = editor.edit(str(images["source"]), str(images["target"]), "", 0.5, 1.0, 0, STEPS, 4.0, SIZE)
+    _, startup = editor.edit(str(images["source"]), str(images["target"]), "", 0.5, 1.0, 0, STEPS, 4.0, SIZE)
     src = pipe.encode_image([PIL.Image.open(images["source"]).convert("RGB")])  # (1, D)
-    assert result["source_conformity"] == pytest.approx(float(pipe.estimated_conformity(src)[0]), abs=1e-6)
-    np.testing.assert_allclose(editor.reference_conformity, pipe.estimated_conformity(reference).numpy())
-    assert "Percentile in the reference (50 images)" in editor.readout(result)
-    assert editor.histogram(result) is not None
+    assert startup["source_conformity"] == pytest.approx(float(pipe.estimated_conformity(src)[0]), abs=1e-6)
+    np.testing.assert_allclose(startup["reference_conformity"], pipe.estimated_conformity(reference).numpy())
+    _, mine = editor.edit(str(images["source"]), str(images["target"]), "", 0.5, 1.0, 0, STEPS, 4.0, SIZE,
+                          "statistics file", str(stats_file))
+    default = pipe.statistics
+    try:
+        pipe.set_statistics(stats_file)
+        expected = pipe.estimated_conformity(reference).numpy()  # (N,) under the file's mean
+    finally:
+        pipe.set_statistics(default)
+    np.testing.assert_allclose(mine["reference_conformity"], expected)
+    assert not np.allclose(expected, startup["reference_conformity"])
+    pct = [round(float((expected <= v).mean() * 100)) for v in (mine["source_conformity"],
+                                                                  mine["target_conformity"])]
+    assert f"source {pct[0]}, target {pct[1]}," in editor.readout(mine)
+    assert "Percentile in the reference (50 images" in editor.readout(mine)
+    assert editor.histogram(mine) is not None
+
+
+def test_sweep_histogram_and_readout_mark_every_cell(pipe, images):
+    from vslerp.ui.editor import Editor
+
+    reference = torch.randn(40, pipe.image_mean.shape[0], generator=torch.Generator().manual_seed(4))  # (N, D)
+    editor = Editor(pipe, reference=reference, tiny_random=True, prior_steps=2)
+    _, result = editor.sweep(str(images["source"]), None, "a cat", "0,0.5,1", "-5,0,5", 0, STEPS, 4.0, SIZE)
+    cells = result["conformity"].reshape(-1).tolist()
+    ax = editor.histogram(result).axes[0]
+    handles, labels = ax.get_legend_handles_labels()
+    assert "result" not in labels and "sweep cells (9)" in labels
+    rug = handles[labels.index("sweep cells (9)")]
+    np.testing.assert_allclose(rug.get_xdata(), cells)  # one tick per cell, not the θ=0 cell alone
+    ref = result["reference_conformity"]
+    pct = sorted(round(float((ref <= c).mean() * 100)) for c in cells)
+    text = editor.readout(result)
+    assert f"sweep cells {pct[0]}–{pct[-1]}." in text
+    assert "α = -5, 5 lies outside −2..2" in text  # extrapolation is allowed, and said
+
+
+def test_the_target_choice_is_explicit(editor, images):
+    src, tgt = str(images["source"]), str(images["target"])
+    _, by_prompt = editor.edit(src, tgt, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE, target_kind="prompt")
+    assert by_prompt["metadata"]["target"] == {"kind": "prompt", "prompt": "a cat"}
+    assert "**Target:** prompt “a cat”" in editor.readout(by_prompt)
+    _, by_image = editor.edit(src, tgt, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE, target_kind="image")
+    assert by_image["metadata"]["target"]["kind"] == "image"
+    assert "**Target:** image `target.png`" in editor.readout(by_image)
+    with pytest.raises(gr.Error, match="upload a target image"):
+        editor.edit(src, None, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE, target_kind="image")
+    with pytest.raises(gr.Error, match="not both"):
+        editor.edit(src, tgt, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE)  # the API's rule
+
+
+def test_a_render_stops_between_steps_when_its_page_is_gone(editor, images):
+    polls = []
+    before = (editor.steps_run, editor.cancelled)
+    with pytest.raises(gr.Error, match="page that asked for it was closed"):
+        editor.edit(str(images["source"]), None, "a cat", 0.5, 0.0, 0, 10, 4.0, SIZE,
+                    should_stop=lambda: polls.append(1) or True)
+    assert polls == [1] and editor.steps_run == before[0] + 1 and editor.cancelled == before[1] + 1
+    _, result = editor.edit(str(images["source"]), None, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE)
+    assert result["images"][0].size == (SIZE, SIZE)  # the pipeline is usable afterwards
 
 
 def test_cli_ui_options_and_load_errors(capsys, tmp_path):
@@ -201,8 +383,41 @@ def test_cli_ui_options_and_load_errors(capsys, tmp_path):
 
     args = build_parser().parse_args(["ui"])
     assert (args.host, args.port, args.share, args.concurrency) == ("127.0.0.1", 7860, False, 1)
-    assert main(["ui", "--model", str(tmp_path / "missing"), "--prior", str(tmp_path / "nope")]) == 2
+    assert main(["ui", "--model", str(tmp_path / "missing"), "--prior", str(tmp_path / "nope"),
+                 "--port", str(_free_port())]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("vslerp ui: error: cannot load the models")
     assert main(["ui", "--tiny-random", "--stats", str(tmp_path / "none.safetensors")]) == 2
     assert "--stats" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["ui", "--tiny-random", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"vslerp ui: error: cannot serve on 127.0.0.1:{port}: the port is in use "
+                   "(choose another with --port)"]  # one line, before any model is loaded
+
+
+def test_cli_ui_says_serving_only_once_the_server_answers(capsys, monkeypatch):
+    from vslerp.ui.cli import main
+
+    port, seen = _free_port(), {}
+
+    def block_thread(self):  # instead of waiting for Ctrl-C: look at what was said, and ask the server
+        seen["err"] = capsys.readouterr().err
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
+            seen["status"] = response.status
+
+    monkeypatch.setattr(gr.Blocks, "block_thread", block_thread)
+    assert main(["ui", "--tiny-random", "--port", str(port)]) == 0
+    assert seen["status"] == 200 and f"serving on http://127.0.0.1:{port}" in seen["err"]
+
+    def failing_launch(self, *args, **kwargs):
+        raise OSError("no server for you")
+
+    monkeypatch.setattr(gr.Blocks, "launch", failing_launch)
+    assert main(["ui", "--tiny-random", "--port", str(_free_port())]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("no server for you") and err[-1].startswith("vslerp ui: error: cannot serve on")
+    assert not any("serving on" in line for line in err)

@@ -1,7 +1,9 @@
 """The editor in a real browser: headless Chromium (Debian package) driven by Playwright.
 
-Uploads a source image, types a prompt, renders, moves the α slider, waits for a new result and
-saves a screenshot (to the test's tmp dir, and to $VSLERP_SCREENSHOT_DIR when set).
+Uploads a source image, types a prompt, renders, moves the α slider, changes the size, switches
+the target to an image, and saves a screenshot (to the test's tmp dir, and to
+$VSLERP_SCREENSHOT_DIR when set). A second test closes the page during a long render and checks
+that the render stops between denoising steps.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +28,22 @@ if not CHROMIUM.is_file():
     pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)", allow_module_level=True)
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.browser
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _wait_until(condition, timeout_s: float = 60.0, what: str = "condition") -> None:
+    """Poll ``condition()`` until it is true; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")
@@ -47,58 +60,118 @@ def app(tiny_kandinsky):
     demo.close()
 
 
+@pytest.fixture()
+def browser():
+    with sync_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
 def _result_src(page) -> str | None:
     img = page.locator("#vslerp-result img")
     return img.first.get_attribute("src") if img.count() else None
 
 
-def test_upload_move_alpha_new_result_screenshot(app, tmp_path):
-    source = tmp_path / "source.png"
+def _wait_new_result(page, previous) -> str:
+    page.wait_for_function(
+        "prev => { const i = document.querySelector('#vslerp-result img');"
+        " return i && i.getAttribute('src') !== prev; }", arg=previous)
+    return _result_src(page)
+
+
+def _set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def _toasts(page) -> list[str]:
+    return [t.inner_text() for t in page.locator(".toast-body").all()]
+
+
+def test_upload_move_alpha_resize_target_image_screenshot(app, browser, tmp_path):
+    source, target = tmp_path / "source.png", tmp_path / "target.png"
     yy, xx = np.mgrid[0:96, 0:96]
     rgb = np.stack([xx * 2.6, yy * 2.6, 255 - xx * 2.6], axis=-1).astype(np.uint8)  # a gradient
     PIL.Image.fromarray(rgb).save(source)
+    PIL.Image.fromarray(rgb[::-1]).save(target)
     state = app.vslerp_editor.state
 
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1360, "height": 1000})
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(app.local_url)
-            page.get_by_text("noise-only smoke test").first.wait_for()
-            page.locator("#vslerp-source input[type=file]").set_input_files(str(source))
-            page.locator("#vslerp-source img").first.wait_for()
-            page.locator("#vslerp-prompt textarea").fill("a photo of a cat")
-            page.locator("#vslerp-run").click()
-            page.locator("#vslerp-result img").first.wait_for()
-            first = _result_src(page)
-            encodes = (state.encode_calls, state.prompt_calls)
+    page = browser.new_page(viewport={"width": 1360, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(app.local_url)
+    page.get_by_text("noise-only smoke test").first.wait_for()
+    assert not page.locator("#vslerp-downloads").is_visible()  # no empty download boxes
+    page.locator("#vslerp-source input[type=file]").set_input_files(str(source))
+    page.locator("#vslerp-source img").first.wait_for()
+    page.locator("#vslerp-prompt textarea").fill("a photo of a cat")
+    page.locator("#vslerp-run").click()
+    page.locator("#vslerp-result img").first.wait_for()
+    first = _result_src(page)
+    encodes = (state.encode_calls, state.prompt_calls)
 
-            # drag the α slider from its middle (α = 0) to about three quarters (α ≈ 1)
-            box = page.locator("#vslerp-alpha input[type=range]").bounding_box()
-            y = box["y"] + box["height"] / 2
-            page.mouse.move(box["x"] + box["width"] * 0.5, y)
-            page.mouse.down()
-            page.mouse.move(box["x"] + box["width"] * 0.75, y, steps=5)
-            page.mouse.up()
-            page.wait_for_function(
-                "prev => { const i = document.querySelector('#vslerp-result img');"
-                " return i && i.getAttribute('src') !== prev; }", arg=first)
-            alpha = float(page.locator("#vslerp-alpha input[type=number]").input_value())
-            # the follow-up (read-out, gallery, downloads) has run for both results
-            page.wait_for_function("() => document.querySelectorAll('#vslerp-gallery img').length >= 2")
-            page.wait_for_function("() => ['#vslerp-png', '#vslerp-gif'].every(id =>"
-                                   " /vslerp-result\\s*\\.(png|gif)/.test(document.querySelector(id).innerText))")
-            shot = tmp_path / "editor.png"
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+    # drag the α slider from its middle (α = 0) to about three quarters (α ≈ 1)
+    box = page.locator("#vslerp-alpha input[type=range]").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.5, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.75, y, steps=5)
+    page.mouse.up()
+    latest = _wait_new_result(page, first)
+    alpha = float(page.locator("#vslerp-alpha input[type=number]").input_value())
+    # the follow-up (read-out, gallery, downloads) has run for both results
+    page.wait_for_function("() => document.querySelectorAll('#vslerp-gallery img').length >= 2")
+    page.wait_for_function("() => ['png', 'json', 'gif'].every(ext => new RegExp('vslerp-result\\\\s*\\\\.'"
+                           " + ext).test(document.querySelector('#vslerp-downloads').innerText))")
+    assert (state.encode_calls, state.prompt_calls) == encodes  # the α move only decoded
+
+    # a new size: the read-out, downloads and gallery keep working
+    _set_number(page, "vslerp-size", 128)
+    page.locator("#vslerp-run").click()
+    latest = _wait_new_result(page, latest)
+    page.wait_for_function("() => document.querySelectorAll('#vslerp-gallery img').length >= 3")
+    page.wait_for_function("() => /128px/.test(document.querySelector('#vslerp-gallery').innerText)")
+
+    # the target is what the visible choice says: an image now, though the prompt is still typed
+    page.locator("#vslerp-target-kind").get_by_text("image", exact=True).click()
+    page.locator("#vslerp-target input[type=file]").set_input_files(str(target))
+    page.locator("#vslerp-target img").first.wait_for()
+    page.locator("#vslerp-run").click()
+    _wait_new_result(page, latest)
+    page.wait_for_function("() => /Target: image target\\.png/.test("
+                           "document.querySelector('#vslerp-readout').innerText)")
+    page.wait_for_function("() => document.querySelectorAll('#vslerp-gallery img').length >= 4")
+    assert _toasts(page) == []  # no error anywhere along the way
+    shot = tmp_path / "editor.png"
+    page.screenshot(path=str(shot), full_page=True)
 
     assert alpha > 0.5  # the drag moved α
-    assert (state.encode_calls, state.prompt_calls) == encodes  # the α move only decoded
     with PIL.Image.open(shot) as im:
         assert im.size[0] >= 1000
     if os.environ.get("VSLERP_SCREENSHOT_DIR"):
         out = Path(os.environ["VSLERP_SCREENSHOT_DIR"])
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, out / "editor.png")
+
+
+def test_closing_the_page_stops_a_long_render(app, browser, tmp_path):
+    editor = app.vslerp_editor
+    source = tmp_path / "source.png"
+    PIL.Image.fromarray(np.full((32, 32, 3), 90, dtype=np.uint8)).save(source)
+    page = browser.new_page(viewport={"width": 1360, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(app.local_url)
+    page.locator("#vslerp-source input[type=file]").set_input_files(str(source))
+    page.locator("#vslerp-source img").first.wait_for()
+    page.locator("#vslerp-prompt textarea").fill("a long render")
+    _set_number(page, "vslerp-steps", 100)
+    _set_number(page, "vslerp-size", 128)  # ~0.5 s a step here: 100 steps would take ~50 s
+    start, cancelled = editor.steps_run, editor.cancelled
+    page.locator("#vslerp-run").click()
+    _wait_until(lambda: editor.steps_run > start, what="the render to start")
+    page.close()
+    _wait_until(lambda: editor.cancelled > cancelled, what="the render to stop")
+    assert editor.steps_run - start < 50  # it stopped between steps, long before the end

@@ -71,11 +71,31 @@ def load_pipeline(args, tmp_root: str | Path | None = None):
                                           device=device)
 
 
+def _check_port(host: str, port: int, CLIError) -> None:  # noqa: N803 - the CLI's exception class
+    """Fail in a second, before the minute-long model load, when the port is taken."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as err:
+        raise CLIError(f"cannot serve on {host}:{port}: {err}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+        try:
+            probe.bind(address)
+        except OSError as err:
+            reason = "the port is in use" if err.errno == errno.EADDRINUSE else err.strerror or str(err)
+            raise CLIError(f"cannot serve on {host}:{port}: {reason} (choose another with --port)") from None
+
+
 def run(args) -> int:
     from vslerp.ui.cli import CLIError
 
     if args.stats is not None and not args.stats.is_file():
         raise CLIError(f"--stats: no such file {args.stats}")
+    _check_port(args.host, args.port, CLIError)
     what = ("a tiny random model (noise-only smoke test)" if args.tiny_random else
             f"decoder {args.model or 'kandinsky-community/kandinsky-2-2-decoder'}, prior "
             f"{args.prior or 'kandinsky-community/kandinsky-2-2-prior'}")
@@ -101,8 +121,20 @@ def _serve(args, tmp: str, CLIError) -> int:  # noqa: N803 - the CLI's exception
         raise CLIError(f"cannot load the models: {' '.join(str(err).split())}") from None
     pipe.set_progress_bar_config(disable=False, leave=False)
     demo = build_editor(pipe, tiny_random=args.tiny_random, concurrency=args.concurrency,
-                        reference=reference)
-    print(f"vslerp ui: models loaded; serving on http://{args.host}:{args.port}"
-          + (" (and a public share link)" if args.share else ""), file=sys.stderr, flush=True)
-    demo.launch(**launch_kwargs(args.host, args.port, args.share))
+                        reference=reference, stats_path=args.stats)
+    try:
+        # prevent_thread_lock: launch returns once the server answers; then we say so and block.
+        demo.launch(prevent_thread_lock=True, **launch_kwargs(args.host, args.port, args.share))
+    except Exception as err:  # a busy port, a bad host, ...: one line, exit 2
+        demo.close()
+        raise CLIError(f"cannot serve on {args.host}:{args.port}: {' '.join(str(err).split())}") from None
+    try:
+        print(f"vslerp ui: models loaded; serving on {demo.local_url}"
+              + (f" and {demo.share_url}" if demo.share_url else ""), file=sys.stderr, flush=True)
+        if args.share and not demo.share_url:
+            print("vslerp ui: warning: no public share link could be made; serving locally only",
+                  file=sys.stderr, flush=True)
+        demo.block_thread()  # until Ctrl-C
+    finally:
+        demo.close()
     return 0
