@@ -219,6 +219,26 @@ def test_from_renders_the_same_pixels(work, grid, capsys, monkeypatch):
     np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(grid[0])))
 
 
+def test_from_finds_a_relative_stats_file_beside_the_sidecar(work, grid, tmp_path, capsys, monkeypatch):
+    """A sidecar's relative stats path (the editor records an upload's name) is looked for
+    beside the sidecar, as its images are."""
+    from vslerp.stats import Statistics
+
+    root, _ = work
+    meta = json.loads(grid[0].with_suffix(".json").read_text())
+    prior = VSlerpPipeline.from_pretrained(meta["model"], prior=meta["prior"], device=None)
+    Statistics.from_mean(prior.image_mean * 1.5).save(tmp_path / "mean.safetensors")
+    meta["stats"] = {"path": "mean.safetensors", "fingerprint": None, "mean_source": "tensor"}
+    meta["thetas"], meta["alphas"] = [0.5], [1.0]
+    (tmp_path / "side.json").write_text(json.dumps(meta))
+    monkeypatch.chdir(root)  # not the sidecar's folder
+    code, _, err = cli(capsys, "grid", "--from", tmp_path / "side.json", "--out", tmp_path / "x.png",
+                       "--no-progress")
+    assert code == 0, err
+    again = json.loads((tmp_path / "x.json").read_text())
+    assert again["stats"]["path"] == str((tmp_path / "mean.safetensors").resolve())
+
+
 def test_from_editor_metadata(work, grid, capsys, monkeypatch):
     """An editor download records uploads by file name (or, older ones, without a path)."""
     root, _ = work

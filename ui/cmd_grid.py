@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from vslerp.ui.cli import CLIError
+from vslerp.ui.outputs import NEGATIVE_VALUES
 
 __all__ = ["register", "run_animate", "run_grid"]
 
@@ -156,8 +157,6 @@ def _add_render_options(p) -> None:
                    help="no progress bars on stderr (default: shown)")
 
 
-# Value lists and ranges that start with a minus ("-2:2:5", "-1,0,1") are values, not options.
-_NEGATIVE_VALUES = re.compile(r"^-\.?\d[\d.,:eE+-]*$")
 
 
 def register(subparsers) -> None:
@@ -188,7 +187,7 @@ def register(subparsers) -> None:
                    help="replace an existing --out and its cells (default: refused)")
     _add_render_options(p)
     _add_model_options(p)
-    p._negative_number_matcher = _NEGATIVE_VALUES
+    p._negative_number_matcher = NEGATIVE_VALUES
     p.set_defaults(func=run_grid)
 
     p = subparsers.add_parser("animate", help="render the path θ = 0 → 1 as a GIF or an MP4",
@@ -209,7 +208,7 @@ def register(subparsers) -> None:
                    help="replace an existing --out (default: refused)")
     _add_render_options(p)
     _add_model_options(p)
-    p._negative_number_matcher = _NEGATIVE_VALUES
+    p._negative_number_matcher = NEGATIVE_VALUES
     p.set_defaults(func=run_animate)
 
 
@@ -536,7 +535,13 @@ def _render_settings(args, from_meta: dict | None = None) -> dict:
         if str(dtype).lower() not in _DTYPES:
             raise CLIError(f"dtype {dtype!r} is not one of float16, bfloat16, float32")
         dtype = _DTYPES[str(dtype).lower()]
-    stats = args.stats or (meta.get("stats") or {}).get("path")
+    stats = args.stats
+    recorded = (meta.get("stats") or {}).get("path")
+    if stats is None and recorded:
+        stats = Path(recorded).expanduser()
+        beside = Path(getattr(args, "from_", None) or ".").parent / stats
+        if not stats.is_absolute() and beside.is_file():  # as the sidecar's images: beside it
+            stats = beside
     settings = {
         "model": args.model or meta.get("model"), "prior": args.prior or meta.get("prior"),
         "stats": Path(stats) if stats else None, "dtype": dtype,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,14 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from vslerp.stats.files import atomic_write
 
-__all__ = ["PNG_KEY", "make_grid", "parse_values", "read_png_metadata", "save_animation",
+__all__ = ["NEGATIVE_VALUES", "PNG_KEY", "make_grid", "parse_values", "read_png_metadata", "save_animation",
            "save_json", "save_png", "sidecar_path"]
 
 PNG_KEY = "vslerp"  # PNG text chunk holding the JSON metadata
 _MAX_VALUES = 1000  # more values than this on one axis is a typo, not a grid
+# Value lists and ranges that start with a minus ("-2:2:5", "-1,0,1") are values, not options:
+# set as a parser's ``_negative_number_matcher`` wherever such values are taken.
+NEGATIVE_VALUES = re.compile(r"^-\.?\d[\d.,:eE+-]*$")
 
 
 def parse_values(text: str, name: str) -> list[float]:
