@@ -329,16 +329,21 @@ def test_read_embeddings_pairs_and_sums(full_run, dataset):
     assert torch.allclose(acc.sum_outer, stats.image.accumulator.sum_outer, rtol=1e-12)
 
 
+def _resume_argv(prior, images, captions, out, emb) -> list[str]:
+    """`vslerp stats compute` with embeddings saved in shards of 7 (several shards to kill between)."""
+    return ["stats", "compute", "--prior", str(prior), "--out", str(out), "--no-progress",
+            "--images", str(images), "--captions", str(captions), "--batch-size", "5",
+            "--shard-size", "7", "--num-workers", "0", "--save-embeddings", str(emb),
+            "--dataset-name", "tiny-coco"]
+
+
 def test_resume_after_kill_equals_uninterrupted(full_run, dataset, prior, tmp_path, capsys):
     from vslerp.ui import cmd_stats
     from vslerp.ui.cli import build_parser
 
     images, captions = dataset
     out, emb = tmp_path / "s.safetensors", tmp_path / "emb"
-    argv = ["stats", "compute", "--prior", str(prior), "--out", str(out), "--no-progress",
-            "--images", str(images), "--captions", str(captions), "--batch-size", "5",
-            "--shard-size", "7", "--num-workers", "0", "--save-embeddings", str(emb),
-            "--dataset-name", "tiny-coco"]
+    argv = _resume_argv(prior, images, captions, out, emb)
 
     class Killed(Exception):
         pass
@@ -700,10 +705,7 @@ def test_resume_after_sigkill(full_run, dataset, prior, tmp_path):
 
     images, captions = dataset
     out, emb = tmp_path / "s.safetensors", tmp_path / "emb"
-    argv = ["stats", "compute", "--prior", str(prior), "--out", str(out), "--no-progress",
-            "--images", str(images), "--captions", str(captions), "--batch-size", "5",
-            "--shard-size", "7", "--num-workers", "0", "--save-embeddings", str(emb),
-            "--dataset-name", "tiny-coco"]
+    argv = _resume_argv(prior, images, captions, out, emb)
     code = "import sys; from vslerp.ui.cli import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", TEST_KILL_ENV: "3"}
     proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True,
