@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,20 +30,22 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from _rss import peak_mib, start_peak  # noqa: E402
 
 __all__ = ["main"]
 
 
 def paired(fn_a, fn_b, repeats: int) -> tuple[float, float]:
-    """Best-of-``repeats`` seconds of two functions timed alternately (a shared, busy machine
-    slows both sides of a pair alike)."""
-    best = [float("inf"), float("inf")]
+    """Median seconds of two functions timed alternately, ``repeats`` times each (a shared,
+    busy machine slows both sides of a pair alike; the median, unlike the best run, is not
+    one lucky run)."""
+    times: tuple[list, list] = ([], [])
     for _ in range(repeats):
         for k, fn in enumerate((fn_a, fn_b)):
             start = time.perf_counter()
             fn()
-            best[k] = min(best[k], time.perf_counter() - start)
-    return best[0], best[1]
+            times[k].append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def load(root: str, build: bool = True, device: str = "cpu"):
@@ -68,12 +70,12 @@ def child(root: str, batch: int, size: int, steps: int) -> None:
     src, tgt = torch.randn(32), torch.randn(32)
     pipe(src, tgt, thetas=[0.0], alphas=[0.0], num_inference_steps=1, height=size, width=size,
          output_type="np")  # warm-up: one cell
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = start_peak()
     grid = [i / 4 for i in range(5)]
     pipe(src, tgt, thetas=grid, alphas=[a - 2 for a in range(5)], num_inference_steps=steps, height=size,
          width=size, max_batch_size=batch, output_type="np")
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"batch": batch, "peak_rss_growth_mib": (after - before) / 1024, "peak_rss_mib": after / 1024}))
+    after = peak_mib()
+    print(json.dumps({"batch": batch, "peak_rss_growth_mib": after - before, "peak_rss_mib": after}))
 
 
 def tile_child(root: str, size: int, tiled: bool) -> None:
@@ -94,12 +96,11 @@ def tile_child(root: str, size: int, tiled: bool) -> None:
     latents = torch.randn(1, 4, side, side, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         decode(latents[..., :8, :8])  # warm-up (allocator, kernels)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        before = start_peak()
         start = time.perf_counter()
         tiled_decode(decode, latents, scale) if tiled else decode(latents)  # 64-latent tiles, 25 % overlap
         seconds = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": seconds, "peak_rss_growth_mib": (after - before) / 1024}))
+    print(json.dumps({"seconds": seconds, "peak_rss_growth_mib": peak_mib() - before}))
 
 
 def run_child(*args: str) -> dict:
@@ -159,7 +160,7 @@ def main() -> None:
             return t_grid, t_25
 
         one_diffusers(), one_cell()  # warm-up
-        t_ref, t_one = paired(one_diffusers, one_cell, args.repeats)
+        t_ref, t_one = paired(one_diffusers, one_cell, 10 * args.repeats)  # ~0.15 s each: more runs
         t_grid, t_25 = timed_grid([i / 4 for i in range(5)])
         t_distinct, t_25d = timed_grid([0.1 + 0.2 * i for i in range(5)])
         print(f"tiny Kandinsky 2.2, {args.device} ({torch.get_num_threads()} CPU threads), {args.size}px, {args.steps} steps")
@@ -172,7 +173,7 @@ def main() -> None:
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             info = run_child("--child", str(batch), "--root", root, "--size", str(args.mem_size), "--steps", "1")
             print(f"5x5 grid {args.mem_size}px, max_batch_size={batch:3d}: peak RSS {info['peak_rss_mib']:8.1f} MiB "
-                  f"(+{info['peak_rss_growth_mib']:.1f} MiB over a one-cell warm-up)")
+                  f"(+{info['peak_rss_growth_mib']:.1f} MiB during the grid)")
         if args.tile_size:
             whole, tiled = (run_child("--tile-child", str(k), "--root", root, "--tile-size", str(args.tile_size))
                             for k in (0, 1))

@@ -17,17 +17,9 @@ import subprocess
 import sys
 import time
 
+from _rss import peak_mib
+
 __all__ = ["main"]
-
-
-def _peak_rss_mib() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _dense_loss(image, text, scale: float) -> float:
@@ -52,14 +44,14 @@ def _child(variant: str, n: int, dim: int, chunk: int) -> None:
     gen = torch.Generator().manual_seed(0)
     image = torch.randn(n, dim, generator=gen) + 0.3
     text = 0.05 * image + torch.randn(n, dim, generator=gen)  # weakly matched: loss > 0
-    before = _peak_rss_mib()
+    before = peak_mib()
     start = time.perf_counter()
     if variant == "dense":
         total = _dense_loss(image, text, 100.0)
     else:
         total = clip_loss(image, text, logit_scale=100.0, chunk_size=chunk)["total"]
     seconds = time.perf_counter() - start
-    peak = _peak_rss_mib()
+    peak = peak_mib()
     print(json.dumps({"variant": variant, "n": n, "seconds": seconds, "total": total,
                       "peak_mib": peak, "loss_mib": peak - before}))
 

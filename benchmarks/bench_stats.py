@@ -11,7 +11,8 @@
    measures the loop's overhead rather than JPEG decoding on a small CPU box. Bare and
    compute runs alternate, best of ``--repeats``.
 2. Memory. Peak resident memory of whole streaming runs over 5,000 and 50,000 image files
-   (cycling over 256 small files on disk), each in a fresh subprocess (ru_maxrss), with the
+   (cycling over 256 small files on disk), each in a fresh subprocess (its own VmHWM, reset
+   when the run starts: ``_rss.py``), with the
    tests' tiny 32-d encoder so that 50,000 items take a minute or two: it should not grow
    with N.
 
@@ -35,6 +36,7 @@ import tracemalloc
 from pathlib import Path
 
 import torch
+from _rss import peak_mib, start_peak
 
 ARCHS = {  # CLIPVisionConfig fields
     "tiny": dict(hidden_size=32, projection_dim=32, intermediate_size=37, num_hidden_layers=2,
@@ -140,7 +142,7 @@ def run_stream(arch: str, device: str, n_items: int, batch_size: int, workers: i
     encoders = build_encoders(arch, device, torch.float16 if device.startswith("cuda") else torch.float32)
     files = sorted(folder.glob("*.jpg"))
     items = [ImageItem(f"{i}", files[i % len(files)], -1) for i in range(n_items)]
-    rss_before = _rss_mib()
+    rss_before = start_peak()
     tracemalloc.start()
     start = time.perf_counter()
     result = compute_statistics(encoders, items, batch_size=batch_size, num_workers=workers,
@@ -150,20 +152,11 @@ def run_stream(arch: str, device: str, n_items: int, batch_size: int, workers: i
     py_peak = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
     assert result.statistics.image.count == n_items
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    child_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"items": n_items, "items_per_s": n_items / seconds, "peak_rss_mib": peak_kib / 1024,
-            "worker_peak_rss_mib": child_kib / 1024, "rss_growth_mib": _rss_mib() - rss_before,
+    peak = peak_mib()
+    child_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # workers (forked: as a bound)
+    return {"items": n_items, "items_per_s": n_items / seconds, "peak_rss_mib": peak,
+            "worker_peak_rss_mib": child_kib / 1024, "rss_growth_mib": peak - rss_before,
             "python_alloc_peak_mib": py_peak}
-
-
-def _rss_mib() -> float:
-    """Current resident memory of this process (Linux /proc; 0 elsewhere)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except OSError:
-        return 0.0
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def main() -> None:
@@ -231,7 +224,7 @@ def main() -> None:
             print(f"[memory] {r['items']:6d} image files (tiny encoder, {args.workers} workers, "
                   f"batch {args.memory_batch_size}): {r['items_per_s']:7.1f} items/s, peak RSS "
                   f"{r['peak_rss_mib']:7.1f} MiB (workers {r['worker_peak_rss_mib']:.1f}), RSS "
-                  f"growth during the run {r['rss_growth_mib']:+.1f} MiB, Python allocations "
+                  f"peak over its start {r['rss_growth_mib']:+.1f} MiB, Python allocations "
                   f"peak {r['python_alloc_peak_mib']:.1f} MiB")
         if len(results) >= 2:
             first, last = results[0], results[-1]
