@@ -12,7 +12,6 @@ folders) is checked before any model is loaded.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -21,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from vslerp.ui.cli import CLIError
-from vslerp.ui.outputs import NEGATIVE_VALUES
+from vslerp.ui.outputs import NEGATIVE_VALUES, file_sha256
 
 __all__ = ["register", "run_animate", "run_grid"]
 
@@ -213,14 +212,6 @@ def register(subparsers) -> None:
 
 
 # -- checks (cheap, before any model is loaded) ---------------------------------------------
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _image_ref(name: str, text: str, allow_prompt: bool, base: Path | None = None) -> dict:
     """SOURCE/TARGET → {"kind": "image", "path", "sha256"} or {"kind": "prompt", "prompt"}."""
     from PIL import Image
@@ -237,7 +228,7 @@ def _image_ref(name: str, text: str, allow_prompt: bool, base: Path | None = Non
                 im.verify()
         except Exception as err:  # PIL raises many kinds on broken files
             raise CLIError(f"{name} image {path} cannot be read ({err})") from None
-        return {"kind": "image", "path": str(path.resolve()), "sha256": _sha256(path)}
+        return {"kind": "image", "path": str(path.resolve()), "sha256": file_sha256(path)}
     if path.exists():
         raise CLIError(f"{name} {path} is not a file")
     if looks_like_path or not allow_prompt:

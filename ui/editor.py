@@ -28,6 +28,7 @@ from pathlib import Path
 
 import PIL.Image
 import torch
+from vslerp.ui.outputs import file_sha256
 
 __all__ = ["MAX_PIXELS", "MAX_UPLOAD_BYTES", "USEFUL_ALPHA", "Editor", "EditorState", "RenderCancelled",
            "Upload", "build_editor", "checked_image", "launch_kwargs", "open_upload"]
@@ -73,14 +74,6 @@ def _display_name(upload) -> str | None:
     if upload is None or isinstance(upload, PIL.Image.Image):
         return None
     return getattr(upload, "orig_name", None) or Path(str(upload)).name
-
-
-def _sha256_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _mentioning(text: str, path, name: str | None) -> str:
@@ -189,7 +182,7 @@ class EditorState:
             raw, key = self.image_embedding(open_upload(upload, name))
             return raw, {"kind": "image", "path": None, "sha256": None, "pixels_sha256": key}
         try:
-            file_sha = _sha256_file(str(upload))
+            file_sha = file_sha256(upload)
         except OSError:
             raise _error(f"The {name} image is no longer on the server: upload it again.") from None
         raw = None

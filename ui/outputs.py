@@ -8,6 +8,7 @@ The main output is written last: it is the commit point of a render.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -18,7 +19,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from vslerp.stats.files import atomic_write
 
-__all__ = ["NEGATIVE_VALUES", "PNG_KEY", "make_grid", "parse_values", "read_png_metadata", "save_animation",
+__all__ = ["NEGATIVE_VALUES", "PNG_KEY", "file_sha256", "make_grid", "parse_values", "read_png_metadata", "save_animation",
            "save_json", "save_png", "sidecar_path"]
 
 PNG_KEY = "vslerp"  # PNG text chunk holding the JSON metadata
@@ -219,6 +220,15 @@ def make_grid(images: Sequence[Image.Image], thetas: Sequence[float], alphas: Se
 def _check_new(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists (pass --overwrite to replace it)")
+
+
+def file_sha256(path) -> str:
+    """sha256 of a file's bytes: how metadata names an input image (``--from`` checks it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def sidecar_path(path) -> Path:
