@@ -16,7 +16,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from vslerp.ui.cli import CLIError
@@ -237,25 +236,13 @@ def _image_ref(name: str, text: str, allow_prompt: bool, base: Path | None = Non
 
 
 def _check_place(path: Path, what: str, folder: bool = False) -> None:
-    """The file (or folder) ``path`` can be written: not a folder (not a file), and its nearest
-    existing ancestor is a folder this process can create files in (probed, then removed)."""
-    path = Path(path).expanduser()
-    if folder and path.exists() and not path.is_dir():
-        raise CLIError(f"{what} {path} is a file, not a folder")
-    if not folder and path.is_dir():
-        raise CLIError(f"{what} {path} is a folder")
-    ancestor = Path(os.path.abspath(path if folder else path.parent))
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise CLIError(f"{what} {path}: {ancestor} is a file, not a folder")
+    """``vslerp.stats.check_writable`` (probed before any model loads), as one CLI line."""
+    from vslerp.stats import check_writable
+
     try:
-        fd, probe = tempfile.mkstemp(prefix=".vslerp-probe-", dir=ancestor)
-    except OSError as err:
-        raise CLIError(f"{what} {path}: the folder {ancestor} is not writable "
-                       f"({err.strerror or err})") from None
-    os.close(fd)
-    os.unlink(probe)
+        check_writable(Path(path).expanduser(), folder=folder)
+    except ValueError as err:
+        raise CLIError(f"{what}: {err}") from None
 
 
 def _check_main_output(path: Path, overwrite: bool, what: str = "--out") -> None:
