@@ -14,7 +14,7 @@ import warnings
 
 from vslerp._version import __version__
 
-__all__ = ["CLIError", "build_parser", "main"]
+__all__ = ["DTYPES", "DTYPE_HELP", "CLIError", "build_parser", "dtype_arg", "main"]
 
 # Subcommand modules, in the order `vslerp --help` lists them. A module that is not there
 # (an optional extra missing) is skipped, so the help lists exactly what works.
@@ -30,6 +30,21 @@ _COMMAND_MODULES = (
 
 class CLIError(Exception):
     """A user's mistake: printed as one line on stderr, exit status 2, no traceback."""
+
+
+# --dtype of every command: the canonical torch name for each accepted spelling
+DTYPES = {"float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float32": "float32", "fp32": "float32"}
+DTYPE_HELP = "float16, bfloat16 or float32; fp16, bf16, fp32 also accepted"
+
+
+def dtype_arg(text: str) -> str:
+    """argparse type of ``--dtype``: any spelling in :data:`DTYPES` → its torch name."""
+    key = str(text).strip().lower()
+    if key not in DTYPES:
+        raise argparse.ArgumentTypeError(
+            f"must be float16, bfloat16 or float32 (or fp16, bf16, fp32), got {text!r}")
+    return DTYPES[key]
 
 
 class _Parser(argparse.ArgumentParser):

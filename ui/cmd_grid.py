@@ -18,14 +18,12 @@ import os
 import re
 from pathlib import Path
 
-from vslerp.ui.cli import CLIError
+from vslerp.ui.cli import DTYPE_HELP, DTYPES, CLIError, dtype_arg
 from vslerp.ui.outputs import NEGATIVE_VALUES, file_sha256
 
 __all__ = ["register", "run_animate", "run_grid"]
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-_DTYPES = {"float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float32": "float32", "fp32": "float32"}
 _DEFAULT_MODEL = "kandinsky-community/kandinsky-2-2-decoder"
 _DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-2-prior"
 # size and guidance None: the model's own (Kandinsky 2.2: 512 px, 4.0; unCLIP/Karlo: 256 px, 8.0)
@@ -105,14 +103,6 @@ def _finite(text: str) -> float:
     return value
 
 
-def _dtype(text: str) -> str:
-    key = str(text).strip().lower()
-    if key not in _DTYPES:
-        raise argparse.ArgumentTypeError(
-            f"must be float16, bfloat16 or float32 (or fp16, bf16, fp32), got {text!r}")
-    return _DTYPES[key]
-
-
 # -- parsers --------------------------------------------------------------------------------
 def _add_model_options(p) -> None:
     g = p.add_argument_group("model")
@@ -124,8 +114,8 @@ def _add_model_options(p) -> None:
     g.add_argument("--stats", type=Path, default=None, metavar="FILE.safetensors",
                    help="statistics file from `vslerp stats compute` giving the image mean "
                    "(default: the prior's own clip_mean)")
-    g.add_argument("--dtype", type=_dtype, default=None, metavar="DTYPE",
-                   help="float16, bfloat16 or float32; fp16, bf16, fp32 also accepted "
+    g.add_argument("--dtype", type=dtype_arg, default=None, metavar="DTYPE",
+                   help=f"{DTYPE_HELP} "
                    "(default: float16 on CUDA, else float32)")
     g.add_argument("--device", default=None,
                    help="cuda, cuda:1, mps or cpu (default: cuda, then mps, then cpu; one per "
@@ -510,9 +500,9 @@ def _render_settings(args, from_meta: dict | None = None) -> dict:
 
     dtype = args.dtype or meta.get("dtype")
     if dtype is not None:
-        if str(dtype).lower() not in _DTYPES:
+        if str(dtype).lower() not in DTYPES:
             raise CLIError(f"dtype {dtype!r} is not one of float16, bfloat16, float32")
-        dtype = _DTYPES[str(dtype).lower()]
+        dtype = DTYPES[str(dtype).lower()]
     stats = args.stats
     recorded = (meta.get("stats") or {}).get("path")
     if stats is None and recorded:

@@ -16,12 +16,10 @@ import contextlib
 import sys
 from pathlib import Path
 
-from vslerp.ui.cli import CLIError
+from vslerp.ui.cli import DTYPE_HELP, CLIError, dtype_arg
 
 __all__ = ["check_device", "check_output", "print_skipped", "register", "run_compute"]
 
-_DTYPES = {"float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16",
-           "float32": "float32", "fp32": "float32"}
 
 
 def _positive(text: str) -> int:
@@ -84,8 +82,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None,
                    help="cuda, cuda:1, mps or cpu (default: cuda, else mps, else cpu; one "
                    "device per process under accelerate launch)")
-    p.add_argument("--dtype", choices=sorted(_DTYPES), default=None,
-                   help="encoder dtype (default: float16 on CUDA, else float32)")
+    p.add_argument("--dtype", type=dtype_arg, default=None, metavar="DTYPE",
+                   help=f"encoder dtype: {DTYPE_HELP} (default: float16 on CUDA, else float32)")
     p.add_argument("--limit", type=_positive, default=None, metavar="N",
                    help="use only the first N images (and their captions) / N captions "
                    "(default: all)")
@@ -275,7 +273,7 @@ def run_compute(args: argparse.Namespace, *, on_shard=None) -> int:
     state = PartialState(cpu=_wants_cpu(args.device))
     main = state.is_main_process
     device = args.device or (str(state.device) if state.num_processes > 1 else None)
-    dtype = getattr(torch, _DTYPES[args.dtype]) if args.dtype else None
+    dtype = getattr(torch, args.dtype) if args.dtype else None
     with _quiet_transformers():
         encoders = load_encoders(args.prior, device=device, dtype=dtype, text=bool(captions))
     metadata = {"dataset": dataset_name, "prior": str(args.prior),

@@ -7,9 +7,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["load_pipeline", "register", "run"]
+from vslerp.ui.cli import DTYPE_HELP, dtype_arg
 
-_DTYPES = ("float32", "float16", "bfloat16")
+__all__ = ["load_pipeline", "register", "run"]
 
 
 def _port(text: str) -> int:
@@ -45,8 +45,8 @@ def register(subparsers) -> None:
                    help="embeddings folder (stats compute --save-embeddings): reference distribution "
                         "of the conformity histogram")
     p.add_argument("--device", default=None, help="torch device (default: cuda, mps, then cpu)")
-    p.add_argument("--dtype", choices=_DTYPES, default=None,
-                   help="weights dtype (default float16 on CUDA, float32 elsewhere)")
+    p.add_argument("--dtype", type=dtype_arg, default=None, metavar="DTYPE",
+                   help=f"weights dtype: {DTYPE_HELP} (default: float16 on CUDA, else float32)")
     p.add_argument("--concurrency", type=_positive, default=1,
                    help="pipeline jobs the queue runs at once (1 per device)")
     p.add_argument("--tiny-random", action="store_true",
