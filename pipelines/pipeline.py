@@ -24,11 +24,12 @@ from vslerp.stats import (
     Statistics,
     UnreadableImage,
     check_compatible,
+    default_device,
     encoder_fingerprint,
     open_image,
+    parse_device,
 )
 from vslerp.stats import load as load_statistics
-from vslerp.stats.encode import default_device, parse_device
 
 import vslerp
 from vslerp._version import __version__
