@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     import numpy as np
     import PIL.Image
     import torch
+
     from vslerp.pipelines import VSlerpPipeline
     from vslerp.pipelines.testing import make_tiny_kandinsky
     from vslerp.ui.editor import Editor, EditorState, build_editor

@@ -52,6 +52,7 @@ def load(root: str, build: bool = True, device: str = "cpu"):
     from pathlib import Path
 
     from diffusers import KandinskyV22Pipeline
+
     from vslerp.pipelines import VSlerpPipeline
     from vslerp.pipelines.testing import make_tiny_kandinsky
 
@@ -84,6 +85,7 @@ def tile_child(root: str, size: int, tiled: bool) -> None:
     from pathlib import Path
 
     from diffusers import VQModel
+
     from vslerp.pipelines.tiling import tiled_decode
 
     movq = VQModel.from_pretrained(Path(root) / "decoder", subfolder="movq")

@@ -38,6 +38,7 @@ def _dense_loss(image, text, scale: float) -> float:
 
 def _child(variant: str, n: int, dim: int, chunk: int) -> None:
     import torch
+
     from vslerp.stats.report import clip_loss
 
     torch.set_num_threads(2)

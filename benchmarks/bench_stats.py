@@ -54,6 +54,7 @@ def build_encoders(arch: str, device: str, dtype: torch.dtype):
     """A randomly initialised CLIP vision tower + processor, as ``ClipEncoders``."""
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
     from transformers.utils import logging as hf_logging
+
     from vslerp.stats import ClipEncoders
 
     hf_logging.set_verbosity_error()

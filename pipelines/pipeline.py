@@ -20,19 +20,20 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
+
+import vslerp
+from vslerp._version import __version__
 from vslerp.stats import (
     Statistics,
     UnreadableImage,
     check_compatible,
     default_device,
     encoder_fingerprint,
+    note_input,
     open_image,
     parse_device,
 )
 from vslerp.stats import load as load_statistics
-
-import vslerp
-from vslerp._version import __version__
 
 from .tiling import tiled_decode
 
@@ -142,6 +143,7 @@ def _open_image(name: str, path) -> PIL.Image.Image:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ValueError(f"{name} image not found: {path}")
+    note_input(path, f"{name} image")
     try:
         return open_image(path)
     except UnreadableImage as err:

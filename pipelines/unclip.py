@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from vslerp.stats import parse_device
 
 from .pipeline import STATISTICS_FILE, VSlerpPipeline, auto_device

@@ -18,13 +18,15 @@ from .data import (
 )
 from .embeddings import Embeddings, read_embeddings
 from .encode import ClipEncoders, default_device, encoder_fingerprint, load_encoders, parse_device
-from .files import (
-    ModalityStats,
-    Statistics,
+from .files import ModalityStats, Statistics, check_compatible, load
+from .outputs import (
+    OutputBusy,
     atomic_write,
-    check_compatible,
     check_writable,
-    load,
+    forget_inputs,
+    note_input,
+    output_lock,
+    refuse_overwriting_inputs,
 )
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "Embeddings",
     "ImageItem",
     "ModalityStats",
+    "OutputBusy",
     "Statistics",
     "UnreadableImage",
     "atomic_write",
@@ -40,13 +43,17 @@ __all__ = [
     "check_writable",
     "default_device",
     "encoder_fingerprint",
+    "forget_inputs",
     "iter_images",
     "list_images",
     "load",
     "load_encoders",
+    "note_input",
     "open_image",
+    "output_lock",
     "parse_device",
     "read_captions",
     "read_coco",
     "read_embeddings",
+    "refuse_overwriting_inputs",
 ]

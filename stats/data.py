@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .outputs import note_input
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "Caption",
@@ -68,6 +70,7 @@ def read_coco(path: str | Path) -> tuple[list[tuple[int, str]], list[Caption]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"captions file not found: {path}")
+    note_input(path, "captions file")
     data = _load_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise ValueError(f"captions file {path} is not in COCO format: it needs an "
@@ -96,6 +99,7 @@ def read_captions(path: str | Path) -> list[Caption]:
         raise FileNotFoundError(f"captions file not found: {path}")
     if path.suffix.lower() == ".json":
         return read_coco(path)[1]
+    note_input(path, "captions file")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +28,8 @@ from vslerp import (
     top_features,
 )
 from vslerp._version import __version__
+
+from .outputs import atomic_write, check_writable, note_input
 
 __all__ = [
     "FORMAT",
@@ -47,63 +47,6 @@ FORMAT = "vslerp-statistics/1"  # bumped when the layout above changes
 SOURCES = ("dataset", "prior_clip_mean", "tensor")
 MODALITIES = ("image", "text")
 _F64 = torch.float64
-
-
-_UMASK = os.umask(0o022)  # read the process umask (os.umask can only be read by setting it)
-os.umask(_UMASK)
-
-
-def atomic_write(path: str | Path, write) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
-
-    The one way every vslerp output is written: a reader never sees a half-written file, and
-    an error (or Ctrl-C) leaves nothing behind. ``tmp`` is a :class:`Path` with ``path``'s
-    suffix (so format-by-extension writers work); the result gets the usual mode
-    (0666 & ~umask), not mkstemp's 0600. Creates the parent folder.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
-    except OSError as err:  # name the output, not the temporary file
-        raise OSError(f"cannot write {path}: {err.strerror or err}") from None
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def check_writable(path: str | Path, *, folder: bool = False) -> Path:
-    """Raise ``ValueError`` naming ``path`` unless an output can be written there.
-
-    Checked before any expensive work: ``path`` must not be a folder (or, with
-    ``folder=True``, must be a folder or not exist); the nearest existing ancestor must be a
-    folder in which a file can be created (probed with a temporary file, so read-only mounts
-    and root-squashed shares are caught too). Creates nothing that stays.
-    """
-    path = Path(path)
-    if folder and path.exists() and not path.is_dir():
-        raise ValueError(f"{path} exists and is not a folder")
-    if not folder and path.is_dir():
-        raise ValueError(f"{path} is a folder, not a file")
-    parent = path if folder else path.parent
-    ancestor = parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ValueError(f"cannot write {path}: {ancestor} is not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=ancestor):
-            pass
-    except OSError as err:
-        raise ValueError(f"cannot write {path}: folder {ancestor} is not writable "
-                         f"({err.strerror or err})") from None
-    return path
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
@@ -367,6 +310,7 @@ def load(path: str | Path) -> Statistics:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"statistics file not found: {path}")
+    note_input(path, "statistics file")
     try:
         with safe_open(str(path), framework="pt") as handle:
             raw_meta = handle.metadata() or {}

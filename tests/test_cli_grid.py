@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from vslerp.pipelines import VSlerpPipeline
 from vslerp.ui.cli import main
 from vslerp.ui.outputs import read_png_metadata, save_png
@@ -378,6 +379,7 @@ def _error_cases(root, model, stats_other, grid):
 @pytest.fixture(scope="module")
 def stats_other(work):
     import torch
+
     from vslerp.stats import Statistics
 
     root, _ = work

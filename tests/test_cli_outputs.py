@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
 from vslerp.ui.outputs import (
     _fmt,
     make_grid,

@@ -61,9 +61,8 @@ def computed(dataset, tiny_kandinsky, tmp_path_factory):
 
 def test_conformity_images_csv_hist_kl(computed, dataset, tiny_kandinsky, tmp_path):
     """Scoring the reference images themselves reproduces their exact conformity (Eq. 10)."""
-    import vslerp.stats as vs
-
     import vslerp
+    import vslerp.stats as vs
 
     stats, emb, _ = computed
     out, hist = tmp_path / "scores.csv", tmp_path / "hist.png"
@@ -95,6 +94,7 @@ def test_conformity_streams_names_skipped_and_kl_of_another_set(computed, tiny_k
     import weakref
 
     from PIL import Image
+
     from vslerp.stats import compute, data
     from vslerp.ui.cli import main
 

@@ -227,6 +227,7 @@ def test_two_clients_at_once_both_get_results(app, images):
 
 def test_uploads_reach_the_callback_undecoded_and_huge_ones_are_refused_from_the_header(tmp_path, monkeypatch):
     from gradio.data_classes import ImageData
+
     from vslerp.ui.editor import Upload, checked_image, open_upload
 
     huge = _huge_png(tmp_path / "upload.png", 8000, 8000)
@@ -252,6 +253,7 @@ def test_uploads_reach_the_callback_undecoded_and_huge_ones_are_refused_from_the
 
 def test_exif_rotated_jpeg_is_upright_and_its_file_is_hashed(editor, tmp_path):
     from PIL import ImageOps
+
     from vslerp.ui.editor import EditorState, Upload, open_upload
 
     stored = np.zeros((20, 40, 3), dtype=np.uint8)  # 40 wide × 20 high as stored

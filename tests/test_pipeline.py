@@ -8,11 +8,11 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+
+import vslerp
 from vslerp.pipelines import STATISTICS_FILE, VSlerpPipeline, VSlerpPipelineOutput
 from vslerp.pipelines.testing import TINY_DIM
 from vslerp.stats import Statistics
-
-import vslerp
 
 STEPS, SIZE = 2, 64
 RENDER = {"num_inference_steps": STEPS, "height": SIZE, "width": SIZE, "output_type": "np"}

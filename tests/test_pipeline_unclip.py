@@ -6,11 +6,11 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+
+import vslerp
 from vslerp.pipelines import STATISTICS_FILE, VSlerpPipeline
 from vslerp.pipelines.testing import TINY_DIM, make_tiny_unclip
 from vslerp.pipelines.unclip import VSlerpUnCLIPPipeline
-
-import vslerp
 
 RENDER = {"num_inference_steps": 2, "super_res_num_inference_steps": 2, "output_type": "np"}
 ATOL = 5e-3  # batch-size-dependent CPU kernels; the tiny super-resolution amplifies them

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import vslerp.stats as vs
 from PIL import Image
-from vslerp.ui.cli import main
 
 import vslerp
+import vslerp.stats as vs
+from vslerp.ui.cli import main
 
 N_GOOD = 24
 SKIPPED = {"broken/truncated.jpg": "truncated", "broken/text.jpg": "not an image",

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+import vslerp
 from vslerp.stats.report import (
     clip_loss,
     conformity_kl_vs_alpha,
@@ -19,8 +21,6 @@ from vslerp.stats.report import (
     one_pair_per_image,
     write_report,
 )
-
-import vslerp
 
 D = 48
 TAGS = (5, 17)  # the features that separate image from text

@@ -208,6 +208,7 @@ class _CellProgress:
 
 def run_batch(args) -> int:
     from tqdm.auto import tqdm
+
     from vslerp.ui.outputs import make_grid, save_png
 
     jobs = _read_jobs(args.jobs, args)

@@ -197,6 +197,7 @@ def _list_items(args) -> tuple[str, list, list]:
 
 def run_conformity(args: argparse.Namespace) -> int:
     import torch
+
     from vslerp.stats import check_compatible, load, load_encoders, read_embeddings
     from vslerp.stats.compute import encode_stream
     from vslerp.stats.files import atomic_write

@@ -214,6 +214,7 @@ def _write_prior_mean(args) -> int:
         raise CLIError("--from-prior-mean uses no data: drop --images/--captions")
     import torch
     from diffusers import PriorTransformer
+
     from vslerp.stats import Statistics, load_encoders
 
     local = Path(str(args.prior)).expanduser()
@@ -266,6 +267,7 @@ def run_compute(args: argparse.Namespace, *, on_shard=None) -> int:
     images, captions, dataset_name = _read_dataset(args)
 
     from accelerate import PartialState
+
     from vslerp.stats import load_encoders
     from vslerp.stats.compute import compute_statistics, dataset_digest
     from vslerp.stats.embeddings import EmbeddingStore

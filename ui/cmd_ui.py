@@ -57,6 +57,7 @@ def register(subparsers) -> None:
 def load_pipeline(args, tmp_root: str | Path | None = None):
     """Load the VSlerpPipeline the options name (or build the tiny random one)."""
     import torch
+
     from vslerp.pipelines import VSlerpPipeline
 
     model, prior = args.model, args.prior
@@ -107,6 +108,7 @@ def run(args) -> int:
 def _serve(args, tmp: str, CLIError) -> int:  # noqa: N803 - the CLI's exception class
     try:
         import gradio  # noqa: F401
+
         from vslerp.ui.editor import build_editor, launch_kwargs
 
         pipe = load_pipeline(args, tmp)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import PIL.Image
 import torch
+
 from vslerp.ui.outputs import file_sha256
 
 __all__ = ["MAX_PIXELS", "MAX_UPLOAD_BYTES", "USEFUL_ALPHA", "Editor", "EditorState", "RenderCancelled",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+
 from vslerp.stats.files import atomic_write
 
 __all__ = ["NEGATIVE_VALUES", "PNG_KEY", "file_sha256", "make_grid", "parse_values", "read_png_metadata", "save_animation",

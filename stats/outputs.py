@@ -1,0 +1,200 @@
+"""Writing outputs safely: the one home of every rule about files vslerp writes.
+
+- :func:`atomic_write`: a temporary name beside the output, then a rename (never a
+  half-written file); the temporary name is recognisable (``.NAME.vslerp-tmp-XXXXXXXX.SUFFIX``)
+  so that the next run owning that output removes what a killed run left.
+- :func:`output_lock`: one run at a time owns an output (an exclusive ``filelock`` lock held
+  for the whole run); a second run fails at once with :class:`OutputBusy` naming the output.
+- :func:`refuse_overwriting_inputs` and :func:`note_input`: an output never replaces an input
+  of the same run. Readers (``open_image``, ``stats.load``, the caption readers, …) note every
+  file they read; :func:`atomic_write` refuses to replace one of them, whoever calls it (CLI,
+  editor or the Python API), and the CLI checks its options up front, before models load.
+- :func:`check_writable`: can an output be written at all (checked before expensive work).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+__all__ = [
+    "OutputBusy",
+    "TEMP_MARK",
+    "atomic_write",
+    "check_writable",
+    "forget_inputs",
+    "note_input",
+    "output_lock",
+    "refuse_overwriting_inputs",
+    "remove_stale_temporaries",
+]
+
+TEMP_MARK = ".vslerp-tmp-"  # in every temporary name atomic_write makes
+_LOCK_NAME = ".vslerp.lock"  # the lock file of a folder output
+_INPUTS: dict[Path, str] = {}  # resolved path -> what it was read as, for this process
+
+
+class OutputBusy(OSError):
+    """Another run holds the lock of an output (one run at a time owns an output)."""
+
+
+def _resolved(path: str | Path) -> Path:
+    return Path(os.path.abspath(Path(path).expanduser())).resolve(strict=False)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` name one file (after symlinks; hard links too)."""
+    if _resolved(a) == _resolved(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def note_input(path: str | Path, what: str = "input") -> None:
+    """Record that this process read ``path`` (as ``what``): :func:`atomic_write` will refuse
+    to replace it. Called by vslerp's readers; cheap (one path per file read)."""
+    _INPUTS.setdefault(_resolved(path), what)
+
+
+def forget_inputs() -> None:
+    """Forget every input noted so far (for a long-lived session that wants to write over a
+    file it read earlier, deliberately)."""
+    _INPUTS.clear()
+
+
+def _input_named(path: Path) -> str | None:
+    target = _resolved(path)
+    if target in _INPUTS:
+        return _INPUTS[target]
+    if path.exists():
+        for seen, what in _INPUTS.items():
+            if seen.exists() and _same_file(seen, path):
+                return what
+    return None
+
+
+def refuse_overwriting_inputs(outputs: Mapping[str, str | Path | None],
+                              inputs: Mapping[str, str | Path | None]) -> None:
+    """Raise ``ValueError`` when an output is one of the inputs (after symlinks, hard links).
+
+    ``outputs`` and ``inputs`` map a name for the message (an option such as ``"--out"``) to a
+    path, or None (absent, skipped). The CLI calls it with its options before any model loads;
+    :func:`atomic_write` backs it up for files read later (images inside a folder input)."""
+    given = {name: Path(p).expanduser() for name, p in inputs.items() if p not in (None, "")}
+    for out_name, out in outputs.items():
+        if out in (None, ""):
+            continue
+        out = Path(out).expanduser()
+        for in_name, src in given.items():
+            if _same_file(out, src):
+                raise ValueError(f"{out_name} {out} is the {in_name} this run reads: an output "
+                                 "never replaces an input; choose another output path")
+
+
+def check_writable(path: str | Path, *, folder: bool = False) -> Path:
+    """Raise ``ValueError`` naming ``path`` unless an output can be written there.
+
+    Checked before any expensive work: ``path`` must not be a folder (or, with
+    ``folder=True``, must be a folder or not exist); the nearest existing ancestor must be a
+    folder in which a file can be created (probed with a temporary file, so read-only mounts
+    and root-squashed shares are caught too). Creates nothing that stays.
+    """
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise ValueError(f"{path} exists and is not a folder")
+    if not folder and path.is_dir():
+        raise ValueError(f"{path} is a folder, not a file")
+    parent = path if folder else path.parent
+    ancestor = parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"cannot write {path}: {ancestor} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot write {path}: folder {ancestor} is not writable "
+                         f"({err.strerror or err})") from None
+    return path
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
+
+    The one way every vslerp output is written: a reader never sees a half-written file, and
+    an error (or Ctrl-C) leaves nothing behind (a SIGKILL leaves the temporary file, which the
+    next run owning the output removes: :func:`output_lock`). ``tmp`` is a :class:`Path` with
+    ``path``'s suffix (so format-by-extension writers work); the file is created with mode
+    0666 & ~umask (the usual mode). Creates the parent folder. Refuses (``ValueError``) to
+    replace a file this process read as an input (:func:`note_input`).
+    """
+    path = Path(path)
+    what = _input_named(path)
+    if what is not None:
+        raise ValueError(f"refusing to write {path}: it is the {what} this run reads "
+                         "(an output never replaces an input)")
+    tmp = path.parent / f".{path.name}{TEMP_MARK}{secrets.token_hex(4)}{path.suffix}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # umask applies
+    except OSError as err:  # name the output, not the temporary file
+        raise OSError(f"cannot write {path}: {err.strerror or err}") from None
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def remove_stale_temporaries(path: str | Path, *, folder: bool = False) -> list[Path]:
+    """Remove what killed runs left of ``path``'s temporary files (every temporary file
+    directly in ``path`` with ``folder=True``). Call only while owning the output
+    (:func:`output_lock` does). Returns the files removed."""
+    path = Path(path)
+    where, pattern = (path, f".*{TEMP_MARK}*") if folder else (path.parent, f".{path.name}{TEMP_MARK}*")
+    removed = []
+    if where.is_dir():
+        for stale in where.glob(pattern):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+                removed.append(stale)
+    return removed
+
+
+@contextlib.contextmanager
+def output_lock(*paths: str | Path | None, folders: tuple[str | Path, ...] = (),
+                what: str = "output") -> Iterator[None]:
+    """Own the outputs ``paths`` (files) and ``folders`` for the duration of the block.
+
+    An exclusive lock per output (``filelock``: ``.NAME.lock`` beside a file, ``.vslerp.lock``
+    inside a folder; the OS releases it when a process dies, so a killed run blocks nobody),
+    taken without waiting: when another run holds one, :class:`OutputBusy` names that output.
+    Once owned, the temporary files a killed run left for these outputs are removed.
+    """
+    from filelock import FileLock, Timeout
+
+    targets = [(Path(p).expanduser(), False) for p in paths if p not in (None, "")]
+    targets += [(Path(p).expanduser(), True) for p in folders if p not in (None, "")]
+    with contextlib.ExitStack() as stack:
+        for target, is_folder in sorted(targets, key=lambda t: str(_resolved(t[0]))):
+            where = target if is_folder else target.parent
+            where.mkdir(parents=True, exist_ok=True)
+            lock_file = where / (_LOCK_NAME if is_folder else f".{target.name}.lock")
+            lock = FileLock(lock_file, timeout=0)
+            try:
+                stack.enter_context(lock)
+            except Timeout:
+                raise OutputBusy(f"{what} {target} is being written by another vslerp run "
+                                 f"(it holds {lock_file}); wait for it to finish or choose "
+                                 "another output") from None
+            remove_stale_temporaries(target, folder=is_folder)
+        yield
