@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["as_tensor", "check_finite", "check_nonzero_rows", "compute_dtype"]
+__all__ = [
+    "MAX_MAGNITUDE",
+    "as_tensor",
+    "check_finite",
+    "check_magnitude",
+    "check_nonzero_rows",
+    "compute_dtype",
+]
+
+# The largest |t| / |alpha| the core accepts: far past any useful edit (the paper uses
+# -2 <= alpha <= 2), small enough that sin/cos of t·Omega and alpha·m stay exact in float32.
+MAX_MAGNITUDE = 1e6
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -47,3 +58,20 @@ def check_nonzero_rows(name: str, norms: torch.Tensor) -> None:
             f"{name} contains {int(zero.sum())} zero vector(s) (flat indices {idx}); "
             "angles and cosines are undefined for them"
         )
+
+
+def check_magnitude(name: str, value, limit: float = MAX_MAGNITUDE) -> None:
+    """Raise ``ValueError`` naming ``name`` when ``value`` (a number, a sequence of numbers or a
+    tensor) holds NaN/Inf or a value with ``|value| > limit``: "alpha 1e+308 is too large:
+    |alpha| <= 1e+06". The one check of θ/α magnitudes (core, pipeline and CLI)."""
+    if isinstance(value, torch.Tensor):
+        flat = value.detach().reshape(-1).to(torch.float64).cpu().tolist()
+    elif isinstance(value, (int, float)):
+        flat = [float(value)]
+    else:
+        flat = [float(v) for v in value]
+    for v in flat:
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ValueError(f"{name} must be finite, got {v}")
+        if abs(v) > limit:
+            raise ValueError(f"{name} {v:g} is too large: |{name}| <= {limit:g}")
