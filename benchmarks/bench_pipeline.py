@@ -1,7 +1,7 @@
 """VSlerpPipeline against diffusers' KandinskyV22Pipeline, side by side in one run.
 
 Prints ratios (machines are noisy; ratios are what count), on tiny random Kandinsky 2.2
-components on the CPU (no weights here; see benchmarks/GPU.md for what a GPU run shows):
+components on the CPU (no weights here; see docs/performance.md for what a GPU run shows):
   * one cell (θ=0) vs one KandinskyV22Pipeline call on the same embedding (target ≤ 1.05×);
   * a Fig.-12 grid, θ = 0, .25, .5, .75, 1 × α = −2..2 (one call, max_batch_size=25) vs 25
     separate KandinskyV22Pipeline calls (target ≤ 0.7×); its θ=0 and θ=1 rows are one
