@@ -190,4 +190,4 @@ def test_page_blocks_run(page, workspace, tmp_path):
         assert proc.returncode == 0, (f"{page.name}:{line} ({lang}) failed, exit {proc.returncode}\n"
                                       f"--- block ---\n{body}\n--- stderr ---\n{proc.stderr[-3000:]}")
         ran += 1
-    assert ran or page.name in ("design.md",), f"{page.name}: no block ran"
+    assert ran or all(why for _l, _b, why, _n in blocks(page)), f"{page.name}: no block ran"
