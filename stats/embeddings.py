@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .files import atomic_save_safetensors
-from .outputs import atomic_write, note_input, remove_stale_temporaries
+from .outputs import atomic_write, remove_stale_temporaries
 
 __all__ = ["EmbeddingStore", "Embeddings", "read_embeddings"]
 
@@ -269,7 +269,6 @@ def read_embeddings(directory: str | Path) -> Embeddings:
     if not manifest_path.is_file():
         raise FileNotFoundError(f"no embeddings manifest in {directory} (expected {MANIFEST} "
                                 "written by `vslerp stats compute --save-embeddings`)")
-    note_input(manifest_path, "embeddings manifest")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -296,7 +295,6 @@ def read_embeddings(directory: str | Path) -> Embeddings:
         for k, name in enumerate(expected):
             if name not in present:
                 continue
-            note_input(directory / name, "embeddings shard")
             shard = _read_shard(directory / name)
             problem = _shard_problem(shard, k, shard_size, items[modality], dim)
             if problem:

@@ -290,7 +290,7 @@ def test_stats_compute_outputs_may_not_be_inside_the_prior_or_the_image_folder(t
     weights.write_bytes(b"weights")
     code = main(["stats", "compute", "--prior", str(prior), "--from-prior-mean", "--out",
                  str(weights), "--overwrite"])
-    assert code == 2 and "inside the --prior folder" in _one_line(capsys)
+    assert code == 2 and "is a file of the --prior folder" in _one_line(capsys)
     assert weights.read_bytes() == b"weights"
     images = tmp_path / "images"
     images.mkdir()

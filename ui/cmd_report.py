@@ -201,9 +201,10 @@ def refuse_inputs(outputs: dict, inputs: dict) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from vslerp.stats import output_lock
+    from vslerp.stats import forget_inputs, output_lock
     from vslerp.ui.cmd_stats import check_output
 
+    forget_inputs()  # a new run: what earlier runs in this process read is not its input
     input_folder("--embeddings", args.embeddings)
     refuse_inputs({"--out-dir": args.out_dir},
                   {"--embeddings": args.embeddings,
@@ -257,9 +258,10 @@ def _list_items(args) -> tuple[str, list, list]:
 
 
 def run_conformity(args: argparse.Namespace) -> int:
-    from vslerp.stats import output_lock
+    from vslerp.stats import forget_inputs, output_lock
     from vslerp.ui.cmd_stats import check_device, check_output
 
+    forget_inputs()  # a new run: what earlier runs in this process read is not its input
     input_file("--stats", args.stats)
     input_file("--captions", args.captions)
     input_folder("--reference-embeddings", args.reference_embeddings)

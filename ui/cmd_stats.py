@@ -250,7 +250,7 @@ def _wants_cpu(device: str | None) -> bool:
 
 def _check_paths(args) -> None:
     """Before any work: inputs exist and are of the right kind, and no output is an input
-    (the captions file, the image folder, a local --prior folder: not even inside it)."""
+    (the captions file, the image folder, a local --prior folder or a file in it)."""
     from vslerp.ui.cmd_report import input_file, input_folder, refuse_inputs
 
     input_file("--captions", args.captions)
@@ -263,11 +263,10 @@ def _check_paths(args) -> None:
     if args.save_embeddings is not None and (
             args.out.expanduser().resolve() == args.save_embeddings.expanduser().resolve()):
         raise CLIError(f"--out and --save-embeddings name one path ({args.out}): give two")
-    for option, out in outputs.items():
-        if out is not None and prior is not None and prior.resolve() in (
-                out.expanduser().resolve(), *out.expanduser().resolve().parents):
-            raise CLIError(f"{option} {out} is inside the --prior folder {args.prior} this run "
-                           "reads: an output never replaces an input; choose another path")
+    out = args.out.expanduser()
+    if prior is not None and out.is_file() and prior.resolve() in out.resolve().parents:
+        raise CLIError(f"--out {args.out} is a file of the --prior folder {args.prior} this run "
+                       "reads: an output never replaces an input; choose another path")
 
 
 @contextlib.contextmanager
@@ -297,6 +296,9 @@ def _own_outputs(args, state):
 
 def run_compute(args: argparse.Namespace, *, on_shard=None) -> int:
     """Run ``stats compute``; ``on_shard(modality, chunk)`` is a hook for tests."""
+    from vslerp.stats import forget_inputs
+
+    forget_inputs()  # a new run: what earlier runs in this process read is not its input
     check_output("--out", args.out, args.overwrite, suffix=".safetensors")
     check_device(args.device)
     if args.save_embeddings is not None:
