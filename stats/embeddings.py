@@ -174,9 +174,10 @@ def _shard_problem(shard: Shard, index: int, shard_size: int, n_items: int,
     if n + len(shard.skipped) != len(expected):
         return (f"holds {n} embeddings + {len(shard.skipped)} skipped items, but chunk {index} "
                 f"has {len(expected)} items (short or damaged)")
-    if n and (int(rows.min()) < expected.start or int(rows.max()) >= expected.stop
-              or int(torch.unique(rows).numel()) != n):
+    if n and (int(rows.min()) < expected.start or int(rows.max()) >= expected.stop):
         return f"has item indices outside chunk {index} ({expected.start}…{expected.stop - 1})"
+    if n and int(torch.unique(rows).numel()) != n:
+        return f"repeats item indices ({n - int(torch.unique(rows).numel())} duplicates)"
     if not bool(torch.isfinite(emb).all()):
         return f"holds {int((~torch.isfinite(emb)).sum())} non-finite values (NaN or Inf)"
     return None
@@ -309,8 +310,8 @@ def read_embeddings(directory: str | Path) -> Embeddings:
     if problems:
         raise ValueError(f"embeddings in {directory} do not match their manifest: "
                          + "; ".join(problems)
-                         + " — rerun the `vslerp stats compute` command that wrote them "
-                         "(it re-encodes what is missing)")
+                         + " — rerun the `vslerp stats compute` command that wrote them, "
+                         "with --overwrite if its --out exists (it re-encodes what is missing)")
     (image, image_ids), (text, text_ids) = out["image"], out["text"]
     return Embeddings(image, text, _pairs(image_ids, text_ids), image_ids, text_ids,
                       dict(manifest["metadata"]))

@@ -32,9 +32,9 @@ def as_tensor(name: str, value, *, min_rank: int = 0, rank: int | None = None) -
     part); empty tensors a ``ValueError`` — for every core function, which all come here.
     """
     if isinstance(value, complex) or (isinstance(value, torch.Tensor) and value.is_complex()):
-        dtype = value.dtype if isinstance(value, torch.Tensor) else "complex"
-        raise TypeError(f"{name} must be real, got a complex {dtype} value: embeddings, t and "
-                        "alpha are real (pass .real or .abs() explicitly if that is meant)")
+        got = f"a {value.dtype} tensor" if isinstance(value, torch.Tensor) else f"{value!r}"
+        raise TypeError(f"{name} must be real, got {got} (complex): embeddings, t and alpha "
+                        "are real (pass .real or .abs() explicitly if that is meant)")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = torch.tensor(float(value), dtype=torch.float64)  # cast to the compute dtype later
     elif not isinstance(value, torch.Tensor):
