@@ -18,15 +18,17 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_save_safetensors, atomic_write
+from .files import atomic_save_safetensors
+from .outputs import atomic_write, remove_stale_temporaries
 
 __all__ = ["EmbeddingStore", "Embeddings", "read_embeddings"]
 
 MANIFEST = "manifest.json"
 FORMAT = "vslerp-embeddings/1"
 MODALITIES = ("image", "text")
-# Temporary names of atomic_write (".{stem}-XXXXXXXX{suffix}") and of older versions (".tmp").
-_TEMP_PATTERNS = tuple(f".{m}-??????-*.safetensors" for m in MODALITIES) + (
+# Temporary names of older versions (".{stem}-XXXXXXXX{suffix}", ".tmp"); today's are
+# atomic_write's (".NAME.vslerp-tmp-XXXXXXXX.SUFFIX"), removed by remove_stale_temporaries.
+_LEGACY_TEMP_PATTERNS = tuple(f".{m}-??????-*.safetensors" for m in MODALITIES) + (
     f".{Path(MANIFEST).stem}-*.json", ".*.tmp")
 # Tests only: with this environment variable set to k, the process SIGKILLs itself right
 # after writing its k-th shard — a real, deterministic kill for the resume test.
@@ -84,10 +86,7 @@ class EmbeddingStore:
                 raise ValueError(f"--save-embeddings {self.dir} holds shards but no manifest; "
                                  "pass --overwrite to start again")
             return
-        try:
-            old = json.loads(manifest.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            old = {}
+        old = _manifest_or_empty(manifest)
         if self._key(old) != self._key(self.plan) and not overwrite:
             raise ValueError(f"--save-embeddings {self.dir} holds embeddings of another run "
                              "(different dataset, model or shard size); pass --overwrite to "
@@ -99,14 +98,15 @@ class EmbeddingStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         manifest = self.dir / MANIFEST
         if overwrite and manifest.exists():
-            old = json.loads(manifest.read_text(encoding="utf-8"))
+            old = _manifest_or_empty(manifest)
             if self._key(old) != self._key(self.plan):
                 for path in self.dir.glob("*-??????.safetensors"):
                     path.unlink()
         elif overwrite:
             for path in self.dir.glob("*-??????.safetensors"):
                 path.unlink()
-        for pattern in _TEMP_PATTERNS:  # leftovers of a run killed mid-write
+        remove_stale_temporaries(self.dir, folder=True)  # leftovers of a run killed mid-write
+        for pattern in _LEGACY_TEMP_PATTERNS:
             for tmp in self.dir.glob(pattern):
                 tmp.unlink(missing_ok=True)
         self.write_manifest(complete=False)
@@ -135,7 +135,52 @@ class EmbeddingStore:
         _test_kill_after_shards(self.shards_written)
 
     def read_shard(self, modality: str, index: int) -> Shard:
-        return _read_shard(self.shard_path(modality, index))
+        """Read chunk ``index`` back (to resume), checked against the plan's item count."""
+        path = self.shard_path(modality, index)
+        shard = _read_shard(path)
+        n_items = int(self.plan["modalities"][modality]["items"])
+        problem = _shard_problem(shard, index, int(self.plan["shard_size"]), n_items,
+                                 self.plan.get("metadata", {}).get("dim"))
+        if problem:
+            raise ValueError(f"embedding shard {path} {problem}; delete it and rerun "
+                             "`vslerp stats compute` to re-encode it")
+        return shard
+
+
+def _manifest_or_empty(path: Path) -> dict:
+    """The manifest as a dict, or {} when it is unreadable or not a JSON object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _chunk_range(index: int, shard_size: int, n_items: int) -> range:
+    return range(index * shard_size, min((index + 1) * shard_size, n_items))
+
+
+def _shard_problem(shard: Shard, index: int, shard_size: int, n_items: int,
+                   dim: int | None) -> str | None:
+    """What is wrong with chunk ``index`` read back (None: it matches the plan)."""
+    emb, rows = shard.embeddings, shard.item_index
+    if emb.ndim != 2 or (dim is not None and emb.shape[1] != dim) or not emb.is_floating_point():
+        return f"has embeddings of shape {tuple(emb.shape)} {emb.dtype}, expected (n, {dim}) float"
+    n = emb.shape[0]
+    if rows.shape != (n,) or shard.image_id.shape != (n,):
+        return (f"has {n} embeddings but item_index {tuple(rows.shape)} and image_id "
+                f"{tuple(shard.image_id.shape)}")
+    expected = _chunk_range(index, shard_size, n_items)
+    if n + len(shard.skipped) != len(expected):
+        return (f"holds {n} embeddings + {len(shard.skipped)} skipped items, but chunk {index} "
+                f"has {len(expected)} items (short or damaged)")
+    if n and (int(rows.min()) < expected.start or int(rows.max()) >= expected.stop):
+        return f"has item indices outside chunk {index} ({expected.start}…{expected.stop - 1})"
+    if n and int(torch.unique(rows).numel()) != n:
+        return f"repeats item indices ({n - int(torch.unique(rows).numel())} duplicates)"
+    if not bool(torch.isfinite(emb).all()):
+        return f"holds {int((~torch.isfinite(emb)).sum())} non-finite values (NaN or Inf)"
+    return None
 
 
 def _read_shard(path: Path) -> Shard:
@@ -181,10 +226,47 @@ def _pairs(image_ids: torch.Tensor, text_image_ids: torch.Tensor) -> torch.Tenso
     return torch.stack([order[pos[text_rows]], text_rows], dim=1)
 
 
+def _plan_of(manifest, path: Path) -> tuple[int, int, dict[str, int]]:
+    """(dim, shard_size, items per modality) of a manifest, or ``ValueError`` naming ``path``."""
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path} is not an embeddings manifest (not a JSON object)")
+
+    def whole(value, what: str, low: int) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{path}: {what} must be an integer ≥ {low}, got {value!r}")
+        return value
+
+    meta = manifest.get("metadata")
+    dim = whole(meta.get("dim") if isinstance(meta, dict) else None, "metadata.dim", 1)
+    shard_size = whole(manifest.get("shard_size"), "shard_size", 1)
+    mods = manifest.get("modalities")
+    if not isinstance(mods, dict):
+        raise ValueError(f"{path} has no per-modality item counts ('modalities')")
+    items = {}
+    for modality in MODALITIES:
+        entry = mods.get(modality, {"items": 0})
+        items[modality] = whole(entry.get("items") if isinstance(entry, dict) else None,
+                                f"modalities.{modality}.items", 0)
+    return dim, shard_size, items
+
+
 def read_embeddings(directory: str | Path) -> Embeddings:
-    """Read every shard of a finished ``--save-embeddings`` folder, in item order."""
-    directory = Path(directory)
+    """Read every shard of a finished ``--save-embeddings`` folder, in item order.
+
+    Strict: the manifest must mark the run complete, and the shards on disk must be exactly
+    the chunks its item counts call for, each holding its chunk's items (embedded or
+    skipped); a missing, short, extra or damaged shard raises ``ValueError`` naming it. (A
+    run in progress resumes through :class:`EmbeddingStore`, not through this reader.)
+    """
+    directory = Path(directory).expanduser()
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"embeddings folder {directory} is a file, not a folder "
+                                 "(give the folder written by `stats compute --save-embeddings`)")
+    if not directory.exists():
+        raise FileNotFoundError(f"embeddings folder not found: {directory}")
     manifest_path = directory / MANIFEST
+    if manifest_path.is_dir():
+        raise IsADirectoryError(f"embeddings manifest {manifest_path} is a directory, not a file")
     if not manifest_path.is_file():
         raise FileNotFoundError(f"no embeddings manifest in {directory} (expected {MANIFEST} "
                                 "written by `vslerp stats compute --save-embeddings`)")
@@ -192,18 +274,44 @@ def read_embeddings(directory: str | Path) -> Embeddings:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{manifest_path} is not valid JSON ({err})") from None
-    if not manifest.get("complete"):
+    dim, shard_size, items = _plan_of(manifest, manifest_path)
+    if manifest.get("complete") is not True:
         raise ValueError(f"embeddings in {directory} are incomplete (the run was interrupted): "
                          "rerun the same `vslerp stats compute` command to finish them")
-    dim = int(manifest["metadata"]["dim"])
+    problems: list[str] = []
     out = {}
     for modality in MODALITIES:
-        names = sorted(p.name for p in directory.glob(f"{modality}-??????.safetensors"))
-        shards = [_read_shard(directory / n) for n in names]
-        emb = [s.embeddings for s in shards if s.embeddings.shape[0]]
+        n_chunks = -(-items[modality] // shard_size)
+        expected = [f"{modality}-{k:06d}.safetensors" for k in range(n_chunks)]
+        present = {p.name for p in directory.glob(f"{modality}-??????.safetensors")}
+        missing = [n for n in expected if n not in present]
+        extra = sorted(present - set(expected))
+        if missing:
+            problems.append(f"{len(missing)} of {n_chunks} {modality} shard(s) missing: "
+                            + ", ".join(missing[:10]) + (" …" if len(missing) > 10 else ""))
+        if extra:
+            problems.append(f"{modality} shard(s) beyond the manifest's {items[modality]} "
+                            f"items: " + ", ".join(extra[:10]))
+        shards = []
+        for k, name in enumerate(expected):
+            if name not in present:
+                continue
+            shard = _read_shard(directory / name)
+            problem = _shard_problem(shard, k, shard_size, items[modality], dim)
+            if problem:
+                problems.append(f"{name} {problem}")
+            shards.append(shard)
+        if problems:
+            continue
+        emb = [s.embeddings.float() for s in shards if s.embeddings.shape[0]]
         ids = [s.image_id for s in shards if s.image_id.shape[0]]
         out[modality] = (torch.cat(emb) if emb else torch.zeros(0, dim),
                          torch.cat(ids) if ids else torch.zeros(0, dtype=torch.int64))
+    if problems:
+        raise ValueError(f"embeddings in {directory} do not match their manifest: "
+                         + "; ".join(problems)
+                         + " — rerun the `vslerp stats compute` command that wrote them, "
+                         "with --overwrite if its --out exists (it re-encodes what is missing)")
     (image, image_ids), (text, text_ids) = out["image"], out["text"]
     return Embeddings(image, text, _pairs(image_ids, text_ids), image_ids, text_ids,
                       dict(manifest["metadata"]))

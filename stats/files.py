@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ __all__ = [
     "atomic_save_safetensors",
     "atomic_write",
     "check_compatible",
+    "check_input_file",
     "check_writable",
     "load",
 ]
@@ -47,6 +49,22 @@ FORMAT = "vslerp-statistics/1"  # bumped when the layout above changes
 SOURCES = ("dataset", "prior_clip_mean", "tensor")
 MODALITIES = ("image", "text")
 _F64 = torch.float64
+
+
+def check_input_file(path: str | Path, what: str) -> Path:
+    """``path`` as a :class:`Path` if it is a file that can be opened; else one line naming
+    ``what`` and ``path``: ``FileNotFoundError`` ("not found"), ``IsADirectoryError``
+    ("is a directory, not a file") or ``PermissionError`` — the check of every input file."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a directory, not a file")
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"{what} {path} is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"{what} {path} is not readable (permission denied)")
+    return path
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
@@ -178,6 +196,8 @@ class ModalityStats:
 def _as_vector(name: str, value) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.is_complex():
+        raise TypeError(f"{name} must be real, got a complex {value.dtype} tensor")
     value = value.detach().reshape(-1) if value.ndim == 2 and value.shape[0] == 1 else value.detach()
     if value.ndim != 1 or value.shape[0] == 0:
         raise ValueError(f"{name} must have shape (D,), got {tuple(value.shape)}")
@@ -307,9 +327,7 @@ def load(path: str | Path) -> Statistics:
     """Read a statistics file written by ``vslerp stats compute`` (or :meth:`Statistics.save`)."""
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"statistics file not found: {path}")
+    path = check_input_file(path, "statistics file")
     note_input(path, "statistics file")
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -324,6 +342,8 @@ def load(path: str | Path) -> Statistics:
         metadata = json.loads(raw_meta["vslerp"])
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: the 'vslerp' metadata is not valid JSON ({err})") from None
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path}: the 'vslerp' metadata is not a JSON object")
     mods: dict[str, ModalityStats | None] = {}
     for name in MODALITIES:
         sub = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{name}.")}
@@ -335,7 +355,10 @@ def load(path: str | Path) -> Statistics:
             except ValueError as err:
                 raise ValueError(f"{path}: bad {name} statistics ({err})") from None
         elif "mean" in sub:
-            mods[name] = ModalityStats.from_mean(sub["mean"], sub.get("std"))
+            try:
+                mods[name] = ModalityStats.from_mean(sub["mean"], sub.get("std"))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{path}: bad {name} statistics ({err})") from None
         else:
             raise ValueError(f"{path}: {name} statistics have neither sums nor a mean")
     try:

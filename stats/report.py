@@ -29,7 +29,7 @@ from vslerp import (
     top_features,
 )
 
-from .files import atomic_write
+from .outputs import atomic_write
 
 __all__ = [
     "DEFAULT_ALPHAS",

@@ -19,7 +19,7 @@ import torch
 
 from vslerp import conformity, cosine_to_mean, exact_conformity_coefficients
 
-from .files import atomic_write
+from .outputs import atomic_write
 from .report import kl_divergence
 
 __all__ = ["ESTIMATORS", "estimated_conformity", "reference_conformity", "score_kl",

@@ -146,14 +146,78 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_conformity, command="conformity")
 
 
+def input_file(option: str, path: Path | None) -> Path | None:
+    """An input file option: one line when it is missing, a directory or unreadable."""
+    from vslerp.stats.files import check_input_file
+
+    if path is None:
+        return None
+    try:
+        return check_input_file(path, option)
+    except (OSError, ValueError) as err:
+        raise CLIError(str(err)) from None
+
+
+def input_folder(option: str, path: Path | None) -> Path | None:
+    """An input folder option: one line when it is missing or a file."""
+    if path is not None and not path.is_dir():
+        raise CLIError(f"{option} {path} is not a folder ("
+                       + ("it is a file" if path.exists() else "not found") + ")")
+    return path
+
+
+def refuse_listed_inputs(outputs: dict, files, what: str) -> None:
+    """An existing output (``--overwrite``) that is one of ``files`` (an input folder's
+    listed files, e.g. the images of ``--images``; symlinks and hard links too) is one line.
+    One ``stat`` per listed file, and only when an output exists."""
+    import os
+
+    existing = {}
+    for name, path in outputs.items():
+        if path is not None and Path(path).is_file():
+            st = os.stat(path)
+            existing[(st.st_dev, st.st_ino)] = (name, path)
+    if not existing:
+        return
+    for item in files:
+        try:
+            st = os.stat(item)
+        except OSError:
+            continue
+        hit = existing.get((st.st_dev, st.st_ino))
+        if hit is not None:
+            raise CLIError(f"{hit[0]} {hit[1]} is {item}, one of the {what} this run reads: an "
+                           "output never replaces an input; choose another output path")
+
+
+def refuse_inputs(outputs: dict, inputs: dict) -> None:
+    """``refuse_overwriting_inputs`` as one CLI line (before any model loads)."""
+    from vslerp.stats import refuse_overwriting_inputs
+
+    try:
+        refuse_overwriting_inputs(outputs, inputs)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+
+
 def run_report(args: argparse.Namespace) -> int:
-    from vslerp.stats import read_embeddings
-    from vslerp.stats.report import DEFAULT_ALPHAS, geometry_report, write_report
+    from vslerp.stats import forget_inputs, output_lock
     from vslerp.ui.cmd_stats import check_output
 
-    if not args.embeddings.is_dir():
-        raise CLIError(f"--embeddings {args.embeddings} is not a folder")
+    forget_inputs()  # a new run: what earlier runs in this process read is not its input
+    input_folder("--embeddings", args.embeddings)
+    refuse_inputs({"--out-dir": args.out_dir},
+                  {"--embeddings": args.embeddings,
+                   "--embeddings manifest": args.embeddings / "manifest.json"})
     check_output("--out-dir", args.out_dir, True, folder=True)
+    with output_lock(folders=(args.out_dir,), what="report"):
+        return _report_locked(args)
+
+
+def _report_locked(args) -> int:
+    from vslerp.stats import read_embeddings
+    from vslerp.stats.report import DEFAULT_ALPHAS, geometry_report, write_report
+
     if not args.overwrite and any((args.out_dir / n).exists() for n in ("report.json", "report.md")):
         raise CLIError(f"--out-dir {args.out_dir} already holds a report; pass --overwrite")
     emb = read_embeddings(args.embeddings)
@@ -181,14 +245,12 @@ def _list_items(args) -> tuple[str, list, list]:
     from vslerp.stats import list_images, read_captions
 
     if args.images is not None:
-        if not args.images.is_dir():
-            raise CLIError(f"--images {args.images} is not a folder")
+        input_folder("--images", args.images)
         images = list_images(args.images)
         if not images:
             raise CLIError(f"no images found in {args.images}")
         return "image", images, []
-    if not args.captions.is_file():
-        raise CLIError(f"--captions file not found: {args.captions}")
+    input_file("--captions", args.captions)
     captions = read_captions(args.captions)
     if not captions:
         raise CLIError(f"no captions in {args.captions}")
@@ -196,11 +258,37 @@ def _list_items(args) -> tuple[str, list, list]:
 
 
 def run_conformity(args: argparse.Namespace) -> int:
+    from vslerp.stats import forget_inputs, output_lock
+    from vslerp.ui.cmd_stats import check_device, check_output
+
+    forget_inputs()  # a new run: what earlier runs in this process read is not its input
+    input_file("--stats", args.stats)
+    input_file("--captions", args.captions)
+    input_folder("--reference-embeddings", args.reference_embeddings)
+    refuse_inputs({"--out": args.out, "--hist": args.hist},
+                  {"--stats": args.stats, "--captions": args.captions,
+                   "--reference-embeddings manifest": None if args.reference_embeddings is None
+                   else args.reference_embeddings / "manifest.json"})
+    if args.hist is not None and _same_path(args.out, args.hist):
+        raise CLIError(f"--out and --hist name one file ({args.out}): give two paths")
+    check_output("--out", args.out, args.overwrite, suffix=".csv")
+    if args.hist is not None:
+        check_output("--hist", args.hist, args.overwrite, suffix=".png")
+    check_device(args.device)
+    with output_lock(args.out, args.hist, what="conformity output"):
+        return _conformity_locked(args)
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _conformity_locked(args) -> int:
     import torch
 
     from vslerp.stats import check_compatible, load, load_encoders, read_embeddings
     from vslerp.stats.compute import encode_stream
-    from vslerp.stats.files import atomic_write
+    from vslerp.stats.outputs import atomic_write
     from vslerp.stats.plots import conformity_histogram, save
     from vslerp.stats.scoring import (
         ESTIMATORS,
@@ -209,16 +297,12 @@ def run_conformity(args: argparse.Namespace) -> int:
         score_kl,
         write_scores_csv,
     )
-    from vslerp.ui.cmd_stats import _quiet_transformers, check_device, check_output, print_skipped
+    from vslerp.ui.cmd_stats import _quiet_transformers, print_skipped
 
-    check_output("--out", args.out, args.overwrite, suffix=".csv")
-    if args.hist is not None:
-        check_output("--hist", args.hist, args.overwrite, suffix=".png")
-    check_device(args.device)
-    if not args.stats.is_file():
-        raise CLIError(f"--stats file not found: {args.stats}")
     stats = load(args.stats)
     modality, images, captions = _list_items(args)
+    refuse_listed_inputs({"--out": args.out, "--hist": args.hist}, (i.path for i in images),
+                         "--images files")
     mod_stats = getattr(stats, modality)
     if mod_stats is None:
         raise CLIError(f"--stats {args.stats} has no {modality} statistics (it has "

@@ -186,10 +186,6 @@ def _read_dataset(args) -> tuple[list, list, str]:
 
     if args.images is None and args.captions is None:
         raise CLIError("give --images DIR and/or --captions FILE (or --from-prior-mean)")
-    if args.images is not None and not args.images.is_dir():
-        raise CLIError(f"--images {args.images} is not a folder")
-    if args.captions is not None and not args.captions.is_file():
-        raise CLIError(f"--captions file not found: {args.captions}")
     images = list_images(args.images, args.captions) if args.images is not None else []
     captions = read_captions(args.captions) if args.captions is not None else []
     if args.images is not None and not images:
@@ -210,8 +206,6 @@ def _read_dataset(args) -> tuple[list, list, str]:
 
 
 def _write_prior_mean(args) -> int:
-    if args.images is not None or args.captions is not None:
-        raise CLIError("--from-prior-mean uses no data: drop --images/--captions")
     import torch
     from diffusers import PriorTransformer
 
@@ -254,25 +248,84 @@ def _wants_cpu(device: str | None) -> bool:
     return flag or not torch.cuda.is_available()
 
 
+def _check_paths(args) -> None:
+    """Before any work: inputs exist and are of the right kind, and no output is an input
+    (the captions file, the image folder, a local --prior folder or a file in it)."""
+    from vslerp.ui.cmd_report import input_file, input_folder, refuse_inputs
+
+    input_file("--captions", args.captions)
+    input_folder("--images", args.images)
+    prior = Path(str(args.prior)).expanduser()
+    prior = prior if prior.is_dir() else None
+    outputs = {"--out": args.out, "--save-embeddings": args.save_embeddings}
+    refuse_inputs(outputs, {"--captions": args.captions, "--images": args.images,
+                            "--prior": prior})
+    if args.save_embeddings is not None and (
+            args.out.expanduser().resolve() == args.save_embeddings.expanduser().resolve()):
+        raise CLIError(f"--out and --save-embeddings name one path ({args.out}): give two")
+    out = args.out.expanduser()
+    if prior is not None and out.is_file() and prior.resolve() in out.resolve().parents:
+        raise CLIError(f"--out {args.out} is a file of the --prior folder {args.prior} this run "
+                       "reads: an output never replaces an input; choose another path")
+
+
+@contextlib.contextmanager
+def _own_outputs(args, state):
+    """Hold the outputs' locks for the whole run (rank 0 takes them; under accelerate every
+    process learns at once whether it could, so a busy output stops all of them)."""
+    from vslerp.stats import OutputBusy, output_lock
+
+    folders = () if args.save_embeddings is None else (args.save_embeddings,)
+    with contextlib.ExitStack() as stack:
+        busy = None
+        if state is None or state.is_main_process:
+            try:
+                stack.enter_context(output_lock(args.out, folders=folders,
+                                                what="statistics output"))
+            except OutputBusy as err:
+                busy = str(err)
+        if state is not None and state.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            box = broadcast_object_list([busy], from_process=0)
+            busy = box[0]
+        if busy is not None:
+            raise OutputBusy(busy)
+        yield
+
+
 def run_compute(args: argparse.Namespace, *, on_shard=None) -> int:
     """Run ``stats compute``; ``on_shard(modality, chunk)`` is a hook for tests."""
-    import torch
+    from vslerp.stats import forget_inputs
 
+    forget_inputs()  # a new run: what earlier runs in this process read is not its input
     check_output("--out", args.out, args.overwrite, suffix=".safetensors")
     check_device(args.device)
     if args.save_embeddings is not None:
         check_output("--save-embeddings", args.save_embeddings, True, folder=True)
+    _check_paths(args)
     if args.from_prior_mean:
-        return _write_prior_mean(args)
-    images, captions, dataset_name = _read_dataset(args)
-
+        if args.images is not None or args.captions is not None:
+            raise CLIError("--from-prior-mean uses no data: drop --images/--captions")
+        with _own_outputs(args, None):
+            return _write_prior_mean(args)
     from accelerate import PartialState
+
+    state = PartialState(cpu=_wants_cpu(args.device))
+    with _own_outputs(args, state):
+        return _compute_owned(args, state, on_shard)
+
+
+def _compute_owned(args, state, on_shard) -> int:
+    import torch
 
     from vslerp.stats import load_encoders
     from vslerp.stats.compute import compute_statistics, dataset_digest
     from vslerp.stats.embeddings import EmbeddingStore
+    from vslerp.ui.cmd_report import refuse_listed_inputs
 
-    state = PartialState(cpu=_wants_cpu(args.device))
+    images, captions, dataset_name = _read_dataset(args)
+    refuse_listed_inputs({"--out": args.out}, (i.path for i in images), "--images files")
     main = state.is_main_process
     device = args.device or (str(state.device) if state.num_processes > 1 else None)
     dtype = getattr(torch, args.dtype) if args.dtype else None

@@ -26,11 +26,21 @@ def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 
 def as_tensor(name: str, value, *, min_rank: int = 0, rank: int | None = None) -> torch.Tensor:
-    """Return ``value`` as a floating-point tensor, or raise naming ``name``."""
+    """Return ``value`` as a real floating-point tensor, or raise naming ``name``.
+
+    Complex tensors (and numbers) are a ``TypeError`` (casting would drop the imaginary
+    part); empty tensors a ``ValueError`` — for every core function, which all come here.
+    """
+    if isinstance(value, complex) or (isinstance(value, torch.Tensor) and value.is_complex()):
+        got = f"a {value.dtype} tensor" if isinstance(value, torch.Tensor) else f"{value!r}"
+        raise TypeError(f"{name} must be real, got {got} (complex): embeddings, t and alpha "
+                        "are real (pass .real or .abs() explicitly if that is meant)")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = torch.tensor(float(value), dtype=torch.float64)  # cast to the compute dtype later
     elif not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or a number, got {type(value).__name__}")
+    if value.numel() == 0:
+        raise ValueError(f"{name} is empty: got shape {tuple(value.shape)}")
     if not (value.is_floating_point()):
         value = value.to(torch.float32)
     if rank is not None and value.ndim != rank:

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ._checks import as_tensor, check_finite, check_nonzero_rows, compute_dtype
+from ._checks import as_tensor, check_finite, check_magnitude, check_nonzero_rows, compute_dtype
 
 __all__ = ["angle", "slerp", "vslerp"]
 
@@ -35,8 +35,17 @@ def _check_pair(a, b) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _as_batch_param(name: str, value, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     value = as_tensor(name, value)
-    check_finite(name, value)
+    check_magnitude(name, value)  # NaN/Inf, or |t|, |alpha| > 1e6: refused by name, up front
     return value.to(device=like.device, dtype=dtype)
+
+
+def _check_result(out: torch.Tensor, what: str) -> torch.Tensor:
+    """Finite input can still overflow the compute dtype (huge vectors times large t/alpha):
+    refuse that rather than return Inf/NaN."""
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"{what} overflows {out.dtype}: the inputs are too large in magnitude "
+                         "for this dtype (use float64 inputs or smaller t/alpha)")
+    return out
 
 
 def angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -79,8 +88,8 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t) -> torch.Tensor:
             f"t of shape {tuple(t.shape)} does not broadcast with the leading dimensions of "
             f"a {tuple(a.shape)} and b {tuple(b.shape)}"
         ) from None
-    out = _slerp_weights_apply(raw_a, raw_b, t)
-    return out.expand(*batch, out.shape[-1]).to(out_dtype)
+    out = _check_result(_slerp_weights_apply(raw_a, raw_b, t), "slerp(a, b, t)")
+    return _check_result(out.expand(*batch, out.shape[-1]).to(out_dtype), "slerp(a, b, t)")
 
 
 def _slerp_weights_apply(raw_a: torch.Tensor, raw_b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -135,4 +144,4 @@ def vslerp(a: torch.Tensor, b: torch.Tensor, t, alpha, mean: torch.Tensor) -> to
     # Endpoints exactly: (a − αm) + αm is not bit-equal to a in floating point.
     out = torch.where((t == 0).unsqueeze(-1), raw_a, centered)
     out = torch.where((t == 1).unsqueeze(-1), raw_b, out)
-    return out.to(out_dtype)
+    return _check_result(out.to(out_dtype), "vslerp(a, b, t, alpha, mean)")

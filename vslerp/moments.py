@@ -47,13 +47,27 @@ class MomentAccumulator:
         raw = batch.to(device=self.sum.device, dtype=_F64)  # (N, D)
         check_finite("batch", raw)
         norms = _row_norms("batch", raw, 0)  # (N,); zero rows raise
-        self.count += raw.shape[0]
-        self.sum += raw.sum(dim=0)
-        self.sum_unit += norms.reciprocal() @ raw  # Σ û, (D,)
-        self.sum_outer += raw.T @ raw
-        self.sum_norm += norms.sum()
-        self.sum_sq_norm += (norms * norms).sum()
+        new = {"sum": self.sum + raw.sum(dim=0),
+               "sum_unit": self.sum_unit + norms.reciprocal() @ raw,  # Σ û, (D,)
+               "sum_outer": self.sum_outer + raw.T @ raw,  # (D, D)
+               "sum_norm": self.sum_norm + norms.sum(),
+               "sum_sq_norm": self.sum_sq_norm + (norms * norms).sum()}
+        # checked before anything is committed: a refused batch leaves the sums unchanged
+        self._check_sums(new, f"batch (max |value| {float(raw.abs().max()):.3g})")
+        self._commit(self.count + raw.shape[0], new)
         return self
+
+    def _check_sums(self, new: dict[str, torch.Tensor], what: str) -> None:
+        bad = [name for name, value in new.items() if not bool(torch.isfinite(value).all())]
+        if bad:
+            raise ValueError(f"{what}: adding it would overflow float64 in {', '.join(bad)} "
+                             "(sums of squares and outer products exceed ~1.8e308); the "
+                             "accumulator is unchanged — rescale the embeddings first")
+
+    def _commit(self, count: int, new: dict[str, torch.Tensor]) -> None:
+        self.count = count
+        for name, value in new.items():
+            setattr(self, name, value)
 
     def merge(self, other: MomentAccumulator) -> MomentAccumulator:
         """Add another accumulator's sums (another shard) into this one; returns self."""
@@ -61,9 +75,10 @@ class MomentAccumulator:
             raise TypeError(f"other must be a MomentAccumulator, got {type(other).__name__}")
         if other.dim != self.dim:
             raise ValueError(f"cannot merge accumulators of dim {self.dim} and {other.dim}")
-        self.count += other.count
-        for name in self._SUMS:
-            getattr(self, name).add_(getattr(other, name).to(self.sum.device))
+        new = {name: getattr(self, name) + getattr(other, name).to(self.sum.device)
+               for name in self._SUMS}
+        self._check_sums(new, "merge")
+        self._commit(self.count + other.count, new)
         return self
 
     _SUMS = ("sum", "sum_unit", "sum_outer", "sum_norm", "sum_sq_norm")
@@ -80,6 +95,13 @@ class MomentAccumulator:
         missing = [k for k in (*cls._SUMS, "count") if k not in state]
         if missing:
             raise ValueError(f"moment state is missing {missing}")
+        for name in (*cls._SUMS, "count"):
+            value = state[name]
+            if not isinstance(value, torch.Tensor) or value.is_complex():
+                raise ValueError(f"moment state {name!r} must be a real tensor, got "
+                                 f"{getattr(value, 'dtype', type(value).__name__)}")
+        if state["sum"].ndim != 1 or state["sum"].shape[0] == 0:
+            raise ValueError(f"moment state 'sum' must have shape (D,), got {tuple(state['sum'].shape)}")
         dim = int(state["sum"].shape[0])
         acc = cls(dim)
         for name in cls._SUMS:
@@ -87,8 +109,16 @@ class MomentAccumulator:
             if value.shape != getattr(acc, name).shape:
                 raise ValueError(f"moment state {name!r} has shape {tuple(value.shape)}, expected "
                                  f"{tuple(getattr(acc, name).shape)}")
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"moment state {name!r} holds {int((~torch.isfinite(value)).sum())} "
+                                 "non-finite value(s) (NaN or Inf)")
             setattr(acc, name, value.clone())
-        acc.count = int(state["count"])
+        count = state["count"]
+        if count.numel() != 1 or count.is_floating_point() or int(count) < 0:
+            raise ValueError(f"moment state 'count' must be one integer >= 0, got {count.tolist()}")
+        acc.count = int(count)
+        if acc.count == 0 and any(bool((getattr(acc, n) != 0).any()) for n in cls._SUMS):
+            raise ValueError("moment state 'count' is 0 but its sums are not zero")
         return acc
 
     # -- derived values -----------------------------------------------------------------
