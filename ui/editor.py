@@ -3,8 +3,9 @@
 Pure callbacks first (:class:`EditorState`, :class:`Editor`), then :func:`build_editor`, the
 ``gr.Blocks`` layout with explicit inputs, outputs and ``api_name``. Nothing is launched here:
 ``vslerp ui`` (``vslerp.ui.cmd_ui``) launches it. No geometry or conformity code lives here:
-embeddings come from the pipeline's encoders, cells and conformity from ``pipe(...)`` and
-``pipe.estimated_conformity`` (the core's Eq. 11 / exact identity).
+embeddings come from the pipeline's encoders, cells and conformity from
+``pipe.render_batch(...)`` (concurrent requests batched, each rendered as ``pipe(...)`` renders
+it alone) and ``pipe.estimated_conformity`` (the core's Eq. 11 / exact identity).
 
 Modules: uploads and the embedding cache in ``vslerp.ui.editor_inputs``; the batching of
 concurrent requests in ``vslerp.ui.editor_batch``; the page in ``vslerp.ui.editor_app``. Their
