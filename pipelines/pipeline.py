@@ -611,50 +611,164 @@ class VSlerpPipeline(DiffusionPipeline):
                                       conformity=conformity)
         return result if return_dict else result.to_tuple()
 
+    @torch.no_grad()
+    def render_batch(self, requests, num_inference_steps: int = 50, guidance_scale: float | None = None,
+                     height: int | None = None, width: int | None = None, max_batch_size: int = 8,
+                     negative_image_embeds=None, callback_on_step_end=None,
+                     callback_on_step_end_tensor_inputs=("latents",), output_type: str = "pil",
+                     super_res_num_inference_steps: int = 7) -> list[VSlerpPipelineOutput]:
+        """Render independent requests that share steps, guidance and size in one batched call.
+
+        requests: dicts ``{"source": (D,) raw, "target": (D,) raw, "thetas": [...], "alphas": [...],
+        "generator": torch.Generator}``, θ in [0, 1]. Each request's cells start from the latents a
+        call ``pipe(source, target, thetas, alphas, generator=g)`` draws, and step with copies of
+        that generator (the request's generator itself is only read, not advanced): every request
+        gets what it would get alone, while the UNet sees all requests' cells in ``max_batch_size``
+        chunks. Returns one :class:`VSlerpPipelineOutput` per request, in order.
+        """
+        cb_inputs = list(callback_on_step_end_tensor_inputs or [])
+        guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
+        height = self.default_size if height is None else height
+        width = self.default_size if width is None else width
+        if not requests:
+            return []
+        grids, states = [], []
+        for k, req in enumerate(requests):
+            name = f"requests[{k}]"
+            generator = req.get("generator")
+            if not isinstance(req.get("source"), torch.Tensor) or not isinstance(req.get("target"), torch.Tensor):
+                raise TypeError(f"{name}: source and target must be raw (D,) embeddings")
+            thetas, alphas = self.check_inputs(req["source"], req["target"], req["thetas"], req["alphas"],
+                                               num_inference_steps, guidance_scale, height, width, max_batch_size,
+                                               output_type, generator, None, cb_inputs, False)
+            if generator is None:
+                raise TypeError(f"{name}: give each request its own torch.Generator")
+            source_raw = self._check_embedding(f"{name} source", req["source"])  # (D,)
+            target_raw = self._check_embedding(f"{name} target", req["target"])  # (D,)
+            mean = self.image_mean  # (D,)
+            theta_grid = torch.tensor(thetas, dtype=torch.float32)[:, None].expand(len(thetas), len(alphas))
+            alpha_grid = torch.tensor(alphas, dtype=torch.float32)[None, :].expand(len(thetas), len(alphas))
+            cells = vslerp.vslerp(source_raw, target_raw, theta_grid, alpha_grid, mean)  # (T, A, D)
+            if not bool(torch.isfinite(cells).all()):
+                raise ValueError(f"{name}: some cells' embeddings are not finite (extreme alphas or thetas?)")
+            distinct, inverse = _distinct_rows(cells.reshape(-1, cells.shape[-1]))  # (U, D), (T·A,)
+            grids.append((thetas, alphas, cells, distinct, inverse))
+            states.append(generator.get_state())
+        if negative_image_embeds is None:
+            negative_raw = self._default_negative()
+        else:
+            negative_raw = self._check_embedding("negative_image_embeds", torch.as_tensor(negative_image_embeds))
+        device = self._device()
+        self._guidance_scale = guidance_scale
+        render = dict(num_inference_steps=num_inference_steps, height=height, width=width,
+                      max_batch_size=max_batch_size, output_type=output_type,
+                      callback_on_step_end=callback_on_step_end, cb_inputs=cb_inputs,
+                      super_res_num_inference_steps=super_res_num_inference_steps)
+
+        def flatten(outputs):
+            if output_type == "pil":
+                return [im for part in outputs for im in part]
+            return np.concatenate(outputs, axis=0) if output_type == "np" else torch.cat(outputs, dim=0)
+
+        if type(self)._render is VSlerpPipeline._render and len(requests) > 1:  # all cells in one call
+            flat = torch.cat([distinct for *_, distinct, _ in grids])  # (ΣU, D)
+            cell_states = [state for (*_, distinct, _), state in zip(grids, states, strict=True)
+                           for _ in range(distinct.shape[0])]
+            generator = self._clone_generator(states[0], requests[0]["generator"].device)
+            rendered = flatten(self._render(flat, device, negative_raw, generator, cell_states, None, **render))
+            per_request, start = [], 0
+            for *_, distinct, _ in grids:
+                per_request.append(rendered[start : start + distinct.shape[0]])
+                start += distinct.shape[0]
+        else:  # one request, or a backend with its own _render: request by request
+            per_request = [flatten(self._render(distinct, device, negative_raw,
+                                                self._clone_generator(state, req["generator"].device), state,
+                                                None, **render))
+                           for req, state, (*_, distinct, _) in zip(requests, states, grids, strict=True)]
+        self.maybe_free_model_hooks()
+        results = []
+        for (thetas, alphas, cells, _, inverse), rendered in zip(grids, per_request, strict=True):
+            if output_type == "pil":
+                images, seen = [], set()
+                for k in inverse.tolist():  # a repeated cell gets its own copy of the image
+                    images.append(rendered[k].copy() if k in seen else rendered[k])
+                    seen.add(k)
+            elif output_type == "np":
+                images = rendered[inverse.numpy()]
+            else:
+                images = rendered[inverse.to(rendered.device)]
+            conformity = self.estimated_conformity(cells.reshape(-1, cells.shape[-1])).reshape(cells.shape[:2])
+            results.append(VSlerpPipelineOutput(images=images, embeddings=cells.float(), thetas=thetas,
+                                                alphas=alphas, conformity=conformity))
+        return results
+
     def _render(self, flat, device, negative_raw, generator, initial_state, latents, num_inference_steps, height,
                 width, max_batch_size, output_type, callback_on_step_end, cb_inputs,
                 super_res_num_inference_steps=7) -> list:
-        """Render cells (N, D) in chunks of ``max_batch_size``; returns one output per chunk."""
-        # Shared initial noise: one image's latents, as KandinskyV22Pipeline draws them.
+        """Render cells (N, D) in chunks of ``max_batch_size``; returns one output per chunk.
+
+        initial_state: one generator state (every cell starts from the latents it draws: a grid's
+        shared noise) or a list of N states, one per cell (independent requests: each cell starts
+        from the latents a single render from its own state draws, and steps with copies of it).
+        """
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
         lat_h, lat_w = _downscale(height, width, self.movq_scale_factor)
         shape = (1, self.unet.config.in_channels, lat_h, lat_w)
         dtype = self.unet.dtype
-        generator.set_state(initial_state)
+        per_cell = isinstance(initial_state, (list, tuple))
+        if per_cell and latents is not None:
+            raise ValueError("latents cannot be combined with per-cell generator states")
         if latents is not None:
             if latents.ndim == 3:
                 latents = latents[None]
             if tuple(latents.shape) != shape:
                 raise ValueError(f"latents must have shape {shape} (one image), got {tuple(latents.shape)}")
-            latents = latents.to(device=device, dtype=dtype)
+        drawn: dict[bytes, tuple] = {}  # generator state → (init latents (1, C, h, w), state after)
+        for state in (initial_state if per_cell else [initial_state]):
+            key = state.numpy().tobytes()
+            if key not in drawn:  # one image's latents, as KandinskyV22Pipeline draws them
+                generator.set_state(state)
+                lat = latents.to(device=device, dtype=dtype) if latents is not None else \
+                    randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+                drawn[key] = (lat * self.scheduler.init_noise_sigma, generator.get_state())
+        if per_cell:
+            cells = [drawn[state.numpy().tobytes()] for state in initial_state]
+            init_latents = torch.cat([lat for lat, _ in cells])  # (N, C, h, w), one per cell
+            after_states = [after for _, after in cells]
         else:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        init_latents = latents * self.scheduler.init_noise_sigma  # (1, C, h, w)
-        after_latents_state = generator.get_state()
+            init_latents, after_states = drawn[initial_state.numpy().tobytes()]  # (1, C, h, w): shared
 
-        chunks = [flat[i : i + max_batch_size] for i in range(0, flat.shape[0], max_batch_size)]
         outputs = []
-        with self.progress_bar(total=len(chunks) * len(timesteps)) as bar:
-            for chunk in chunks:
-                outputs.append(self._render_chunk(chunk, device, negative_raw, init_latents, timesteps,
-                                                  after_latents_state, generator.device, output_type,
-                                                  callback_on_step_end, cb_inputs, bar))
-        generator.set_state(after_latents_state)
+        starts = range(0, flat.shape[0], max_batch_size)
+        with self.progress_bar(total=len(starts) * len(timesteps)) as bar:
+            for i in starts:
+                part = slice(i, i + max_batch_size)
+                outputs.append(self._render_chunk(flat[part], device, negative_raw,
+                                                  init_latents[part] if per_cell else init_latents, timesteps,
+                                                  after_states[part] if per_cell else after_states,
+                                                  generator.device, output_type, callback_on_step_end,
+                                                  cb_inputs, bar))
+        generator.set_state(after_states[-1] if per_cell else after_states)
         return outputs
 
     def _render_chunk(self, chunk, device, negative_raw, init_latents, timesteps, gen_state, gen_device, output_type,
                       callback_on_step_end, cb_inputs, bar):
-        """Denoise and decode one batch of cells (B, D) exactly as KandinskyV22Pipeline.__call__."""
+        """Denoise and decode one batch of cells (B, D) exactly as KandinskyV22Pipeline.__call__.
+
+        init_latents: (1, C, h, w) shared by every cell, or (B, C, h, w) one per cell; gen_state: one
+        generator state copied for every cell, or a list of B states (one per cell).
+        """
         batch = chunk.shape[0]
         image_embeds = chunk.to(device=device, dtype=self.unet.dtype)  # (B, D)
         negative_image_embeds = negative_raw[None].expand(batch, -1).to(device=device, dtype=self.unet.dtype)
         if self.do_classifier_free_guidance:
             image_embeds = torch.cat([negative_image_embeds, image_embeds], dim=0)  # (2B, D)
-        latents = init_latents.expand(batch, -1, -1, -1).clone()  # (B, C, h, w), shared noise
+        latents = init_latents.expand(batch, -1, -1, -1).clone()  # (B, C, h, w)
         # One generator copy per cell: a stochastic step draws the single render's noise for each.
-        generators = [self._clone_generator(gen_state, gen_device) for _ in range(batch)]
+        states = gen_state if isinstance(gen_state, (list, tuple)) else [gen_state] * batch
+        generators = [self._clone_generator(state, gen_device) for state in states]
         step_generator = generators if batch > 1 else generators[0]
         for i, t in enumerate(timesteps):
             latent_model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents

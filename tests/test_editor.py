@@ -290,7 +290,7 @@ def test_png_and_json_downloads_carry_the_cli_sidecar_schema(editor, images):
     assert meta["pipeline"]["backend"] == "kandinsky2.2"
     assert CLI_SIDECAR_KEYS <= set(meta) and set(meta["stats"]) == {"path", "fingerprint", "mean_source"}
     assert "source" in readout and "No reference distribution" in readout
-    assert len(gallery) == 1 and "mean: startup" in gallery[0][1]
+    assert len(gallery) == 1 and gallery[0][1] == "θ=0.25 α=-0.5 · seed 7 · 64px"  # short: shown whole
     with PIL.Image.open(files[2]) as im:
         assert im.format == "GIF"
 
@@ -388,7 +388,7 @@ def test_cli_ui_options_and_load_errors(capsys, tmp_path):
     assert main(["ui", "--model", str(tmp_path / "missing"), "--prior", str(tmp_path / "nope"),
                  "--port", str(_free_port())]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("vslerp ui: error: cannot load the models")
+    assert err[-1].startswith("vslerp ui: error: cannot load the Kandinsky 2.2 prior")  # the loader's own line
     assert main(["ui", "--tiny-random", "--stats", str(tmp_path / "none.safetensors")]) == 2
     assert "--stats" in capsys.readouterr().err
     with socket.socket() as busy:
@@ -423,3 +423,210 @@ def test_cli_ui_says_serving_only_once_the_server_answers(capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith("no server for you") and err[-1].startswith("vslerp ui: error: cannot serve on")
     assert not any("serving on" in line for line in err)
+
+
+# -- many users at once: concurrent requests rendered in one batched call -----------------------
+
+def _pixels(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def test_render_batch_gives_each_request_its_own_pixels(pipe):
+    """Two requests (other sources, targets, seeds, grids) in one call == each rendered alone."""
+    from diffusers import DDPMScheduler
+
+    from vslerp.pipelines.testing import TINY_DIM
+
+    emb = [torch.randn(TINY_DIM, generator=torch.Generator().manual_seed(100 + i)) for i in range(4)]  # (D,)
+    requests = [dict(source=emb[0], target=emb[1], thetas=[0.3], alphas=[1.0], seed=5),
+                dict(source=emb[2], target=emb[3], thetas=[0.0, 0.7], alphas=[-1.0, 0.0], seed=9)]
+    old = pipe.scheduler
+    pipe.scheduler = DDPMScheduler.from_config(old.config)  # stochastic steps: per-cell generators matter
+    try:
+        render = dict(num_inference_steps=STEPS, height=SIZE, width=SIZE, output_type="np")
+        both = pipe.render_batch([{**r, "generator": torch.Generator().manual_seed(r.pop("seed"))}
+                                  for r in [dict(r) for r in requests]], **render)
+        for request, batched in zip(requests, both, strict=True):
+            alone = pipe(request["source"], request["target"], thetas=request["thetas"], alphas=request["alphas"],
+                         generator=torch.Generator().manual_seed(request["seed"]), **render)
+            np.testing.assert_allclose(batched.images, alone.images, atol=2e-4)  # batch numerics only
+            torch.testing.assert_close(batched.conformity, alone.conformity)
+        assert np.abs(both[0].images[0] - both[1].images[0]).max() > 1e-2  # their own noise, not shared
+    finally:
+        pipe.scheduler = old
+
+
+def test_concurrent_edits_share_one_batched_call_and_keep_their_pixels(pipe, images):
+    """While one render runs, two more requests wait; they are rendered together, each as if alone."""
+    import threading
+
+    from vslerp.ui.editor import Editor
+
+    editor = Editor(pipe, tiny_random=True, prior_steps=2)
+    queue, results, started = editor.queue, {}, threading.Event()
+    for name in ("source", "target", "other"):  # cached: the waiting requests need no encoder
+        editor.state.upload_embedding(str(images[name]), name)
+
+    def first_render_waits_for_two_more():  # the first request's step callback
+        started.set()
+        with queue._cond:
+            assert queue._cond.wait_for(lambda: len(queue._pending) == 2, timeout=120)
+        return False
+
+    def edit(name, source, target, seed, alpha, should_stop=None):
+        results[name] = editor.edit(str(source), str(target), "", 0.5, alpha, seed, STEPS, 4.0, SIZE,
+                                    should_stop=should_stop)[0]
+
+    first = threading.Thread(target=edit, args=("first", images["source"], images["target"], 1, 0.0,
+                                                first_render_waits_for_two_more))
+    first.start()
+    assert started.wait(120)
+    others = [threading.Thread(target=edit, args=("b", images["source"], images["target"], 2, 1.0)),
+              threading.Thread(target=edit, args=("c", images["other"], images["source"], 3, -1.0))]
+    for t in others:
+        t.start()
+    for t in [first, *others]:
+        t.join(120)
+    assert queue.batches == 2 and queue.largest == 2  # b and c: one call
+    alone = {"b": editor.edit(str(images["source"]), str(images["target"]), "", 0.5, 1.0, 2, STEPS, 4.0, SIZE)[0],
+             "c": editor.edit(str(images["other"]), str(images["source"]), "", 0.5, -1.0, 3, STEPS, 4.0, SIZE)[0]}
+    assert queue.largest == 2 and queue.batches == 4
+    for name in ("b", "c"):
+        assert np.abs(_pixels(results[name]) - _pixels(alone[name])).max() <= 1  # float batch noise at most
+    assert np.abs(_pixels(results["b"]) - _pixels(results["c"])).mean() > 5
+
+
+def test_a_bad_request_in_a_batch_fails_alone():
+    from vslerp.ui.editor_batch import RenderQueue
+
+    def run(payloads):
+        if any(p < 0 for p in payloads):
+            raise ValueError(f"negative in {payloads}")
+        return [p * 10 for p in payloads]
+
+    from vslerp.ui.editor_batch import _Job
+
+    queue = RenderQueue(run, max_cells=4)
+    good, bad = _Job(("k",), 1, 2), _Job(("k",), 1, -1)
+    queue._execute([good, bad])
+    assert (good.result, good.error) == (20, None)
+    assert bad.result is None and isinstance(bad.error, ValueError) and "[-1]" in str(bad.error)
+    assert queue.submit(("k",), 1, 3) == 30  # a lone request runs at once
+
+
+# -- messages: words a user knows, no server traceback for a user's mistake ----------------------
+
+def test_readout_speaks_plain_words_and_keeps_the_technical_names_in_the_metadata(editor, images):
+    _, result = editor.edit(str(images["source"]), None, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE)
+    text = editor.readout(result)
+    assert "**Image mean:** the prior's training mean" in text and "estimated from the mean" in text
+    for jargon in ("prior_clip_mean", "cosine_to_mean", "exact_identity", "startup ("):
+        assert jargon not in text
+    assert result["metadata"]["stats"]["mean_source"] == "prior_clip_mean"
+    assert result["metadata"]["pipeline"]["conformity"] == "cosine_to_mean"
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("alpha", 1e308, "(?i)alpha 1e\\+308 is too large"),
+    ("theta", 1.5, "between 0 \\(the source\\) and 1"),
+    ("steps", 0, "Steps must be a whole number from 1"),
+    ("size", 100, "Size must be a whole number|multiple"),
+    ("guidance", 1e308, "Guidance must be a number"),
+    ("seed", -1, "The seed must be in"),
+])
+def test_bad_values_are_named_and_print_no_traceback(app, client, images, capsys, field, value, message):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    args = {"theta": 0.5, "alpha": 0.0, "seed": 0, "steps": STEPS, "guidance": 4.0, "size": SIZE} | {field: value}
+    capsys.readouterr()
+    with pytest.raises(AppError, match=message) as caught:
+        client.predict(handle_file(str(images["source"])), None, "a cat", args["theta"], args["alpha"], args["seed"],
+                       args["steps"], args["guidance"], args["size"], api_name="/edit")
+    assert not str(caught.value).strip("'\"").startswith("The render failed")
+    assert "Traceback" not in capsys.readouterr().err  # a user's mistake is not a server error
+
+
+def test_a_server_error_is_logged_with_its_traceback(pipe, images, caplog, monkeypatch):
+    from vslerp.ui.editor import Editor
+    from vslerp.ui.editor_app import run_event
+
+    editor = Editor(pipe, tiny_random=True, prior_steps=2)
+    args = (str(images["source"]), None, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE)
+    with caplog.at_level("DEBUG"), pytest.raises(gr.Error, match="alpha") as mistake:
+        run_event(editor.edit, *args[:4], 1e308, *args[5:])
+    assert not mistake.value.print_exception and not [r for r in caplog.records if r.levelname == "ERROR"]
+
+    def broken(*a, **k):
+        raise RuntimeError("CUDA went away")
+
+    monkeypatch.setattr(pipe, "render_batch", broken)
+    with caplog.at_level("DEBUG"), pytest.raises(gr.Error, match="Unexpected error \\(RuntimeError: CUDA went"):
+        run_event(editor.edit, *args)
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info[0] is RuntimeError  # the traceback is in the log
+
+
+# -- the sweep's own read-out, table and downloads; an Edit marks it stale -----------------------
+
+def test_sweep_details_give_one_conformity_per_cell_labelled_by_theta_and_alpha(editor, images):
+    grid, result = editor.sweep(str(images["source"]), None, "a cat", "0,0.5,1", "-1,0,1,2", 0, STEPS, 4.0, SIZE)
+    readout, table, _, gallery, _, downloads, image = editor.details(result, [])
+    value = table["value"]
+    assert value["headers"] == ["θ \\ α", "α = -1", "α = 0", "α = 1", "α = 2"]
+    assert [row[0] for row in value["data"]] == ["θ = 0", "θ = 0.5", "θ = 1"]
+    cells = np.array([row[1:] for row in value["data"]], dtype=float)  # (T, A): all 12, none cut
+    np.testing.assert_allclose(cells, result["conformity"].numpy(), atol=1e-4)
+    assert "sweep cells" not in readout and "…" not in readout
+    assert [f.rsplit(".", 1)[1] for f in downloads["value"]] == ["png", "json", "gif"]
+    assert gallery[-1][1] == "sweep 3×4 · seed 0 · 64px" and image["label"] == "Sweep"
+    stale, label = editor.stale_sweep(readout)
+    assert stale.startswith("⚠️ _Earlier settings") and stale.endswith(readout) and "earlier" in label["label"]
+    assert editor.stale_sweep(stale)[0] == stale  # marked once
+    assert editor.stale_sweep("") == ({"__type__": "update"}, {"__type__": "update"})  # no sweep yet
+
+
+# -- vslerp ui: errors name the statistics, the reference, or the model the loader names ---------
+
+def test_cli_ui_errors_name_stats_and_reference(capsys, tmp_path, monkeypatch):
+    from vslerp.stats import Statistics
+    from vslerp.ui.cli import main
+
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not safetensors at all")
+    wide = Statistics.from_mean(torch.randn(768)).save(tmp_path / "wide.safetensors")
+    port = str(_free_port())
+    cases = [(["--stats", str(garbage)], f"--stats {garbage}: "),
+             (["--stats", str(wide)], f"--stats {wide} does not fit the model: "),
+             (["--reference", str(tmp_path)], f"--reference {tmp_path}: no embeddings manifest")]
+    for extra, start in cases:
+        assert main(["ui", "--tiny-random", "--port", port, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"vslerp ui: error: {start}") and "cannot load the models" not in err[-1]
+
+    class Other:  # embeddings from another image encoder
+        image = torch.randn(5, 768)
+        metadata = {"encoder_fingerprint": "0123abcd", "dim": 768}
+
+    monkeypatch.setattr("vslerp.stats.read_embeddings", lambda folder: Other)
+    assert main(["ui", "--tiny-random", "--port", port, "--reference", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"vslerp ui: error: --reference {tmp_path}: its embeddings are 768-d") and \
+        "another encoder" in err
+
+
+def test_cli_ui_gives_the_loaders_one_line_as_it_is(capsys, monkeypatch):
+    from vslerp.pipelines import VSlerpPipeline
+    from vslerp.ui.cli import main
+
+    line = ("model 'kandinsky-community/kandinsky-2-2-prior' is not in the local cache and could not be "
+            "downloaded (offline?): give --model/--prior local folders, or try `vslerp ui --tiny-random`")
+
+    def offline(*args, **kwargs):
+        raise OSError(line)
+
+    monkeypatch.setattr(VSlerpPipeline, "from_pretrained", offline)
+    assert main(["ui", "--port", str(_free_port())]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"vslerp ui: error: {line}"
+    assert not any("root cause" in e or "cannot load the models" in e for e in err)

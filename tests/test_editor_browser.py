@@ -107,9 +107,15 @@ def test_upload_move_alpha_resize_target_image_screenshot(app, browser, tmp_path
     assert not page.locator("#vslerp-downloads").is_visible()  # no empty download boxes
     page.locator("#vslerp-source input[type=file]").set_input_files(str(source))
     page.locator("#vslerp-source img").first.wait_for()
+    page.locator("#vslerp-run").click()  # a mistake first: no target prompt
+    page.locator(".toast-body.error").first.wait_for()
+    assert "No target" in _toasts(page)[0]
     page.locator("#vslerp-prompt textarea").fill("a photo of a cat")
     page.locator("#vslerp-run").click()
     page.locator("#vslerp-result img").first.wait_for()
+    page.wait_for_function("() => document.querySelectorAll('#vslerp-gallery img').length >= 1")
+    # the mistake is fixed: its toast goes with the successful render (it would stay 10 s otherwise)
+    page.wait_for_function("() => !document.querySelector('.toast-body.error')", timeout=3000)
     first = _result_src(page)
     encodes = (state.encode_calls, state.prompt_calls)
 
@@ -145,6 +151,30 @@ def test_upload_move_alpha_resize_target_image_screenshot(app, browser, tmp_path
                            "document.querySelector('#vslerp-readout').innerText)")
     page.wait_for_function("() => document.querySelectorAll('#vslerp-gallery img').length >= 4")
     assert _toasts(page) == []  # no error anywhere along the way
+
+    # a sweep: its grid at a display size, its own read-out, table and downloads beside it
+    page.get_by_text("Advanced").first.click()
+    page.get_by_text("Sweep (").first.click()
+    page.locator("#vslerp-sweep").click()
+    page.locator("#vslerp-sweep-img img").first.wait_for()
+    page.wait_for_function("() => /θ = 1/.test((document.querySelector('#vslerp-sweep-table') || {}).innerText)")
+    page.wait_for_function("() => /vslerp-sweep\\s*\\.png/.test("
+                           "document.querySelector('#vslerp-sweep-downloads').innerText)")
+    table = page.locator("#vslerp-sweep-table").inner_text()
+    assert all(f"α = {a}" in table for a in ("-1", "0", "1")) and "θ = 0.5" in table
+    shown = page.locator("#vslerp-sweep-img img").first.bounding_box()
+    assert shown["width"] >= 2 * 3 * 64  # not the rendered 64 px a cell in a full-width box
+    sizes = page.evaluate("""() => [...document.querySelectorAll('#vslerp-gallery .caption-label')]
+        .map(c => [c.scrollWidth, c.clientWidth, c.innerText])""")
+    assert sizes and all(scroll <= client + 1 for scroll, client, _ in sizes), sizes  # captions whole
+    clipped = page.evaluate("""() => [...document.querySelectorAll('#vslerp-stats-file *')]
+        .filter(e => e.scrollHeight > e.clientHeight + 1 && getComputedStyle(e).overflowY !== 'visible')
+        .map(e => e.className)""")
+    assert clipped == [], clipped  # the statistics drop zone shows all its text
+    assert "Earlier settings" not in page.locator("#vslerp-sweep-readout").inner_text()
+    page.locator("#vslerp-run").click()  # an Edit after the sweep marks the sweep as earlier settings
+    page.wait_for_function("() => /Earlier settings/.test(document.querySelector('#vslerp-sweep-readout').innerText)")
+    assert page.get_by_text("Sweep (earlier settings)").count() >= 1
     shot = tmp_path / "editor.png"
     page.screenshot(path=str(shot), full_page=True)
 

@@ -54,8 +54,12 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def load_pipeline(args, tmp_root: str | Path | None = None):
-    """Load the VSlerpPipeline the options name (or build the tiny random one)."""
+def load_pipeline(args, tmp_root: str | Path | None = None, stats=None):
+    """Load the VSlerpPipeline the options name (or build the tiny random one).
+
+    stats: the image mean's source (None: the saved folder's statistics, else the prior's
+    clip_mean); ``run`` loads ``--stats`` itself first, to name it in its errors.
+    """
     import torch
 
     from vslerp.pipelines import VSlerpPipeline
@@ -68,8 +72,7 @@ def load_pipeline(args, tmp_root: str | Path | None = None):
         prior, model = make_tiny_kandinsky(root)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     device = args.device or ("cpu" if args.tiny_random else "auto")
-    return VSlerpPipeline.from_pretrained(model, prior=prior, stats=args.stats, torch_dtype=dtype,
-                                          device=device)
+    return VSlerpPipeline.from_pretrained(model, prior=prior, stats=stats, torch_dtype=dtype, device=device)
 
 
 def _check_port(host: str, port: int, CLIError) -> None:  # noqa: N803 - the CLI's exception class
@@ -105,22 +108,66 @@ def run(args) -> int:
         return _serve(args, tmp, CLIError)
 
 
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _inputs(args, CLIError):  # noqa: N803 - the CLI's exception class
+    """The --stats statistics and the --reference embeddings, read before any model loads."""
+    stats = reference = None
+    if args.stats is not None:
+        from vslerp.stats import load
+
+        try:
+            stats = load(args.stats)
+        except (OSError, ValueError, TypeError) as err:
+            raise CLIError(f"--stats {args.stats}: {_one_line(err)}") from None
+    if args.reference is not None:
+        from vslerp.stats import read_embeddings
+
+        try:
+            reference = read_embeddings(args.reference)
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            raise CLIError(f"--reference {args.reference}: {_one_line(err)}") from None
+        if reference.image.shape[0] == 0:
+            raise CLIError(f"--reference {args.reference}: the folder holds no image embeddings")
+    return stats, reference
+
+
+def _check_reference(pipe, args, reference, CLIError) -> None:  # noqa: N803 - the CLI's exception class
+    """The reference embeddings must come from this model's image encoder."""
+    from vslerp.stats import encoder_fingerprint
+
+    dim = int(pipe.image_encoder.config.projection_dim)
+    theirs = reference.metadata.get("encoder_fingerprint")
+    if int(reference.image.shape[1]) != dim:
+        raise CLIError(f"--reference {args.reference}: its embeddings are {int(reference.image.shape[1])}-d, "
+                       f"this model's image encoder gives {dim}-d (embeddings of another encoder)")
+    if theirs and theirs != encoder_fingerprint(pipe.image_encoder):
+        raise CLIError(f"--reference {args.reference}: its embeddings come from another image encoder "
+                       f"(fingerprint {theirs}, this model's is {encoder_fingerprint(pipe.image_encoder)})")
+
+
 def _serve(args, tmp: str, CLIError) -> int:  # noqa: N803 - the CLI's exception class
     try:
         import gradio  # noqa: F401
 
         from vslerp.ui.editor import build_editor, launch_kwargs
-
-        pipe = load_pipeline(args, tmp)
-        reference = None
-        if args.reference is not None:
-            from vslerp.stats import read_embeddings
-
-            reference = read_embeddings(args.reference).image
     except ImportError as err:
         raise CLIError(f"the editor needs gradio ({err}); install vslerp[ui]") from None
-    except (OSError, ValueError, TypeError, RuntimeError) as err:
-        raise CLIError(f"cannot load the models: {' '.join(str(err).split())}") from None
+    stats, reference = _inputs(args, CLIError)
+    try:
+        pipe = load_pipeline(args, tmp)
+    except (OSError, ValueError, TypeError, RuntimeError) as err:  # the loader's message names the model
+        raise CLIError(_one_line(err)) from None
+    if stats is not None:
+        try:
+            pipe.set_statistics(stats)
+        except (ValueError, TypeError) as err:
+            raise CLIError(f"--stats {args.stats} does not fit the model: {_one_line(err)}") from None
+    if reference is not None:
+        _check_reference(pipe, args, reference, CLIError)
+        reference = reference.image
     pipe.set_progress_bar_config(disable=False, leave=False)
     demo = build_editor(pipe, tiny_random=args.tiny_random, concurrency=args.concurrency,
                         reference=reference, stats_path=args.stats)

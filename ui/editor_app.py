@@ -1,0 +1,262 @@
+"""The editor's page: a ``gr.Blocks`` layout with explicit inputs, outputs and ``api_name``.
+
+Nothing is launched here: ``vslerp ui`` (``vslerp.ui.cmd_ui``) launches it, with
+:func:`launch_kwargs` (127.0.0.1, never shared by default).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from vslerp.ui.editor import MAX_BATCH_CELLS, USEFUL_ALPHA, Editor, _error, checked_image
+
+__all__ = ["build_editor", "launch_kwargs", "run_event"]
+
+log = logging.getLogger("vslerp.ui.editor")
+
+
+def _client_gone_probe():
+    """A callable telling whether the page (session) that started this event has disconnected.
+
+    Gradio keeps running a synchronous function after its page is closed; it only marks the
+    queue's event as not ``alive``. This looks that event up (gradio internals: ``LocalContext``,
+    ``blocks._queue.active_jobs``), so a render can stop between denoising steps. None when not
+    inside a queued gradio event or when those internals are not there.
+    """
+    try:
+        from gradio.context import LocalContext
+
+        blocks = LocalContext.blocks.get(None)
+        event_id = LocalContext.event_id.get(None)
+        if blocks is None or event_id is None:
+            return None
+        for job in list(blocks._queue.active_jobs):
+            for event in job or []:
+                if getattr(event, "_id", None) == event_id and hasattr(event, "alive"):
+                    return lambda: not event.alive
+    except Exception:  # another gradio's internals: no early stop, nothing else changes
+        return None
+    return None
+
+
+def _unexpected(err: Exception):
+    """An unexpected failure: its traceback in the server log, a short message on the page."""
+    log.error("vslerp editor: unexpected error", exc_info=err)
+    return _error(f"Unexpected error ({type(err).__name__}: {' '.join(str(err).split())[:300]}); "
+                  "the server log has the details.")
+
+
+def run_event(method, *args, target_kind: str = "auto", **kwargs):
+    """Call an editor callback for a page or API event.
+
+    A user's mistake (gr.Error) reaches the page as it is, with no traceback on the server; any
+    other exception is a server error: logged with its traceback, shown as a short message.
+    """
+    import gradio as gr
+
+    try:
+        return method(*args, target_kind=target_kind, should_stop=_client_gone_probe(), **kwargs)
+    except gr.Error:
+        raise
+    except Exception as err:  # not a user's mistake: say so on the page, log the traceback
+        raise _unexpected(err) from None
+
+
+# Closes the error toasts still on the page once a render succeeds (the mistake is fixed).
+CLEAR_ERRORS_JS = ("() => { document.querySelectorAll('.toast-body.error [data-testid=\"toast-close\"]')"
+                   ".forEach(button => button.click()); }")
+
+_CSS = """
+#vslerp-banner {background: #fff4ce; border: 1px solid #e0b400; border-radius: 6px; padding: 4px 10px;}
+#vslerp-result img, #vslerp-gallery img, #vslerp-sweep-img img {image-rendering: pixelated;}
+#vslerp-result img, #vslerp-sweep-img img {width: 100%; height: 100%; object-fit: contain;}
+#vslerp-gallery .caption-label {max-width: calc(100% - 2 * var(--block-label-margin)); white-space: normal;
+  overflow-wrap: anywhere;}
+"""
+
+
+def build_editor(pipe, *, tiny_random: bool = False, concurrency: int = 1,
+                 reference: torch.Tensor | None = None, prior_steps: int | None = None,
+                 default_steps: int | None = None, default_size: int | None = None,
+                 stats_path: str | Path | None = None, max_batch: int = MAX_BATCH_CELLS):
+    """The editor as a ``gr.Blocks`` (not launched).
+
+    API endpoints (``gradio_client``): ``/edit`` (source image, target image, target prompt,
+    theta, alpha, seed[, steps, guidance, size, mean source, statistics file] → image) and
+    ``/sweep`` (…, thetas text, alphas text, … → labelled grid image). Give a target image or a
+    prompt, not both. The page's own events take its "Target: prompt | image" choice instead.
+    Renders that arrive together are batched: up to ``max_batch`` cells of requests sharing
+    steps, size, guidance and mean in one pipeline call (1: one request at a time, as
+    ``concurrency`` events at once). ``editor = blocks.vslerp_editor`` exposes the callbacks
+    and the cache (``editor.state.encode_calls``, ``editor.queue.batches``).
+    """
+    import gradio as gr
+
+    if int(concurrency) < 1:
+        raise ValueError(f"concurrency must be ≥ 1, got {concurrency}")
+    prior_steps = prior_steps or (2 if tiny_random else 25)
+    steps0 = default_steps or (2 if tiny_random else 50)
+    size0 = default_size or (64 if tiny_random else 512)
+    editor = Editor(pipe, reference=reference, tiny_random=tiny_random, prior_steps=prior_steps,
+                    stats_path=stats_path, max_batch=max_batch)
+    info = pipe.describe()
+    # Render events wait together at the batching queue: let up to two batches' worth in at once.
+    render_limit = int(concurrency) if int(max_batch) <= 1 else max(int(concurrency), 2 * int(max_batch))
+    render = dict(concurrency_limit=render_limit, concurrency_id="vslerp-render")
+
+    # API endpoints: the target is whichever of image / prompt is given.
+    def edit_fn(source, target_image, target_prompt, theta, alpha, seed, steps=steps0, guidance=4.0,
+                size=size0, mean_source="startup", stats_file=None,
+                progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - gradio API
+        return run_event(editor.edit, source, target_image, target_prompt, theta, alpha, seed, steps, guidance,
+                         size, mean_source, stats_file)[0]
+
+    def sweep_fn(source, target_image, target_prompt, thetas_text, alphas_text, seed, steps=steps0,
+                 guidance=4.0, size=size0, mean_source="startup", stats_file=None,
+                 progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - gradio API
+        return run_event(editor.sweep, source, target_image, target_prompt, thetas_text, alphas_text, seed, steps,
+                         guidance, size, mean_source, stats_file)[0]
+
+    # The page's events: the visible Target choice decides.
+    def ui_edit(source, target_image, target_prompt, theta, alpha, seed, steps, guidance, size, mean_source,
+                stats_file, target_kind, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - gradio API
+        return run_event(editor.edit, source, target_image, target_prompt, theta, alpha, seed, steps, guidance,
+                         size, mean_source, stats_file, target_kind=target_kind)
+
+    def ui_sweep(source, target_image, target_prompt, thetas_text, alphas_text, seed, steps, guidance, size,
+                 mean_source, stats_file, target_kind, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+        return run_event(editor.sweep, source, target_image, target_prompt, thetas_text, alphas_text, seed, steps,
+                         guidance, size, mean_source, stats_file, target_kind=target_kind)
+
+    def details_fn(result, gallery):
+        try:
+            return editor.details(result, gallery)
+        except Exception as err:  # never a bare "Error" badge
+            raise _unexpected(err) from None
+
+    def show_target(kind):
+        return gr.update(visible=kind == "prompt"), gr.update(visible=kind == "image")
+
+    startup_mean = editor.startup_mean_label()
+    mean_choices = [(f"as started: {startup_mean}", "startup"), ("the prior's training mean", "prior clip_mean"),
+                    ("a statistics file", "statistics file")]
+    with gr.Blocks(title="vslerp editor") as demo:
+        gr.Markdown("# vslerp editor\nVertical SLERP in raw CLIP space (Levi & Gilboa, Eq. 12): "
+                    "θ moves from the source towards the target, α pulls the path towards the image mean.")
+        if tiny_random:
+            gr.Markdown("⚠️ **Tiny random model — noise-only smoke test.** The images are noise; "
+                        "this checks the editor works without model weights.", elem_id="vslerp-banner")
+        with gr.Row():
+            with gr.Column(scale=1):
+                source = checked_image(label="Source image", height=220,
+                                       sources=["upload", "clipboard", "webcam"], elem_id="vslerp-source")
+                target_kind = gr.Radio(["prompt", "image"], value="prompt", label="Target",
+                                       info="what θ moves towards", elem_id="vslerp-target-kind")
+                target_prompt = gr.Textbox(label="Target prompt", placeholder="a photo of a cat",
+                                           elem_id="vslerp-prompt")
+                target_image = checked_image(label="Target image", height=180, visible=False,
+                                             sources=["upload", "clipboard", "webcam"], elem_id="vslerp-target")
+            with gr.Column(scale=1):
+                theta = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="θ (towards the target)",
+                                  elem_id="vslerp-theta")
+                alpha = gr.Slider(-USEFUL_ALPHA, USEFUL_ALPHA, value=0.0, step=0.1,
+                                  label="α (pull towards the mean)", elem_id="vslerp-alpha")
+                with gr.Row():
+                    seed = gr.Number(value=0, precision=0, label="Seed", minimum=0, scale=3)
+                    dice = gr.Button("Random seed", scale=1, min_width=60, size="sm")
+                with gr.Row():
+                    steps = gr.Slider(1, 100, value=steps0, step=1, label="Steps", elem_id="vslerp-steps")
+                    guidance = gr.Slider(1.0, 12.0, value=4.0, step=0.5, label="Guidance")
+                size = gr.Slider(64, 1024, value=size0, step=64, label="Size (px)", elem_id="vslerp-size")
+                with gr.Accordion("Advanced", open=False):
+                    mean_source = gr.Radio(
+                        mean_choices, value="startup", label="Image mean (what α pulls towards)",
+                        elem_id="vslerp-mean-source",
+                        info=f"Started with: {info.get('mean_source')} (technical name). The prior's training "
+                             "mean is the Kandinsky prior's clip_mean; a statistics file comes from "
+                             "`vslerp stats compute`.")
+                    stats_file = gr.File(label="Statistics file (.safetensors)", file_types=[".safetensors"],
+                                         type="filepath", height=150, elem_id="vslerp-stats-file")
+                run = gr.Button("Edit", variant="primary", elem_id="vslerp-run")
+            with gr.Column(scale=1):
+                result = gr.Image(label="Result", type="pil", interactive=False, height=300,
+                                  elem_id="vslerp-result", format="png")
+                readout = gr.Markdown("_Upload a source, give a target, press **Edit** or move θ/α._",
+                                      elem_id="vslerp-readout")
+                plot = gr.Plot(label="Reference conformity", show_label=False, visible=False)
+                downloads = gr.File(label="Downloads: PNG with metadata, its .json sidecar, GIF",
+                                    file_count="multiple", interactive=False, visible=False,
+                                    elem_id="vslerp-downloads")
+        with gr.Accordion("Sweep (θ × α grid in one batched call)", open=False):
+            with gr.Row():
+                thetas_text = gr.Textbox(value="0,0.5,1", label="θ values, 0..1 (a,b,c or start:stop:count)",
+                                         elem_id="vslerp-thetas")
+                alphas_text = gr.Textbox(value="-1,0,1", label=f"α values (useful: −{USEFUL_ALPHA:g}..{USEFUL_ALPHA:g})",
+                                         elem_id="vslerp-alphas")
+                sweep_btn = gr.Button("Sweep", elem_id="vslerp-sweep")
+            with gr.Row():
+                with gr.Column(scale=3):
+                    sweep_img = gr.Image(label="Sweep", type="pil", interactive=False, format="png", height=460,
+                                         elem_id="vslerp-sweep-img")
+                with gr.Column(scale=2):
+                    sweep_readout = gr.Markdown("", elem_id="vslerp-sweep-readout")
+                    sweep_table = gr.Dataframe(label="Conformity of each cell (rows θ, columns α)",
+                                               interactive=False, visible=False, wrap=True,
+                                               elem_id="vslerp-sweep-table")
+                    sweep_plot = gr.Plot(label="Reference conformity", show_label=False, visible=False)
+                    sweep_downloads = gr.File(label="Sweep downloads: PNG with metadata, .json sidecar, GIF",
+                                              file_count="multiple", interactive=False, visible=False,
+                                              elem_id="vslerp-sweep-downloads")
+        gallery = gr.Gallery(label="Results so far", columns=6, fit_columns=False, height=230, object_fit="contain",
+                             elem_id="vslerp-gallery")
+        gallery_state = gr.State([])
+        result_state = gr.State(None)
+        gr.Markdown(f"<small>model: {info.get('decoder')} · prior: {info.get('prior')} · "
+                    f"dim {info.get('dim')} · {info.get('dtype')} on {info.get('device')}</small>")
+        api_edit = gr.Button("edit (API)", visible=False)
+        api_sweep = gr.Button("sweep (API)", visible=False)
+        with gr.Column(visible=False):  # the API's numbers, unbounded: the callbacks name a bad value
+            api_theta, api_alpha, api_seed = gr.Number(0.5), gr.Number(0.0), gr.Number(0)
+            api_steps, api_guidance, api_size = gr.Number(steps0), gr.Number(4.0), gr.Number(size0)
+
+        common = [seed, steps, guidance, size, mean_source, stats_file]
+        edit_inputs = [source, target_image, target_prompt, theta, alpha, *common]
+        sweep_inputs = [source, target_image, target_prompt, thetas_text, alphas_text, *common]
+        target_kind.change(show_target, target_kind, [target_prompt, target_image], api_name=False)
+        edit_events = [run.click(ui_edit, [*edit_inputs, target_kind], [result, result_state], api_name=False,
+                                 **render)]
+        for slider in (theta, alpha):
+            edit_events.append(slider.release(ui_edit, [*edit_inputs, target_kind], [result, result_state],
+                                              api_name=False, trigger_mode="always_last", **render))
+        for event in edit_events:
+            event.success(details_fn, [result_state, gallery_state],
+                          [readout, plot, gallery, gallery_state, downloads], api_name=False)
+            event.success(editor.stale_sweep, sweep_readout, [sweep_readout, sweep_img], api_name=False)
+            event.success(None, None, None, js=CLEAR_ERRORS_JS, api_name=False)
+        swept = sweep_btn.click(ui_sweep, [*sweep_inputs, target_kind], [sweep_img, result_state], api_name=False,
+                                **render)
+        swept.success(details_fn, [result_state, gallery_state],
+                      [sweep_readout, sweep_table, sweep_plot, gallery, gallery_state, sweep_downloads, sweep_img],
+                      api_name=False)
+        swept.success(None, None, None, js=CLEAR_ERRORS_JS, api_name=False)
+        dice.click(editor.roll_seed, None, seed, api_name=False)
+        api_common = [api_seed, api_steps, api_guidance, api_size, mean_source, stats_file]
+        api_edit.click(edit_fn, [source, target_image, target_prompt, api_theta, api_alpha, *api_common], result,
+                       api_name="edit", **render)
+        api_sweep.click(sweep_fn, [source, target_image, target_prompt, thetas_text, alphas_text, *api_common],
+                        sweep_img, api_name="sweep", **render)
+
+    demo.queue(default_concurrency_limit=int(concurrency))
+    demo.vslerp_editor = editor
+    demo.vslerp_css = _CSS
+    return demo
+
+
+def launch_kwargs(host: str = "127.0.0.1", port: int | None = 7860, share: bool = False) -> dict:
+    """Keyword arguments for ``demo.launch`` with the editor's safe defaults (Gradio ≥ 6: ``css``)."""
+    return {"server_name": host, "server_port": port, "share": share, "max_file_size": "25mb",
+            "css": _CSS, "show_error": False, "allowed_paths": [], "quiet": False,
+            "ssr_mode": False}
