@@ -61,14 +61,14 @@ def check_size(name: str, value, *, factor: int = 1, fixed: int | None = None,
         raise ValueError(f"{name} must be a positive int, got {value}")
     if fixed is not None and value != fixed:
         raise ValueError(f"{name} {value}: this model renders {fixed}×{fixed} px only")
+    if value > max_size:
+        raise ValueError(f"{name} {value} px is larger than the limit {max_size} px "
+                         f"(raise it with {lift}N)")
     if value % factor:
         lower, upper = value // factor * factor, (value // factor + 1) * factor
         near = f"{lower} or {upper}" if lower else str(upper)
         raise ValueError(f"{name} {value} is not a multiple of {factor} (the model's spatial "
                          f"factor): use {near}")
-    if value > max_size:
-        raise ValueError(f"{name} {value} px is larger than the limit {max_size} px "
-                         f"(raise it with {lift}N)")
     return value
 
 

@@ -176,6 +176,7 @@ class VSlerpPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->image_encoder->prior->unet->movq"
     _callback_tensor_inputs = ["latents", "image_embeds", "negative_image_embeds"]
     _optional_components: list[str] = []
+    _min_steps = 1  # denoising steps at least (the decoder's scheduler)
 
     def __init__(self, prior, image_encoder, text_encoder, tokenizer, image_processor,
                  prior_scheduler, unet, scheduler, movq):
@@ -539,7 +540,7 @@ class VSlerpPipeline(DiffusionPipeline):
         count = len(self.tokenizer(prompt, truncation=False, verbose=False).input_ids)
         if count > limit:
             warnings.warn(f"the {name} prompt is {count} tokens long: CLIP reads its first {limit} "
-                          "tokens and ignores the rest", UserWarning, stacklevel=4)
+                          "tokens and ignores the rest", UserWarning, stacklevel=5)
 
     # -- rendering ----------------------------------------------------------------------
     @property
@@ -602,6 +603,12 @@ class VSlerpPipeline(DiffusionPipeline):
                                            height, width, max_batch_size, output_type, generator, latents,
                                            cb_inputs, allow_extrapolation)
         self._check_limits(height, width, len(thetas) * len(alphas), max_size, max_cells)
+        # UnCLIPScheduler (the prior's; unCLIP's decoder and super-resolution) divides by steps - 1
+        for name, value, low in (("prior_num_inference_steps", prior_num_inference_steps, 2),
+                                 ("super_res_num_inference_steps", super_res_num_inference_steps, 2),
+                                 ("num_inference_steps", num_inference_steps, self._min_steps)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         device = self._device()
         self._guidance_scale = guidance_scale
         if generator is None:

@@ -81,6 +81,7 @@ class VSlerpUnCLIPPipeline(VSlerpPipeline):
     default_guidance_scale = 8.0  # UnCLIPImageVariationPipeline's
     model_cpu_offload_seq = "text_encoder->image_encoder->text_proj->decoder->super_res_first->super_res_last"
     _callback_tensor_inputs: list[str] = []
+    _min_steps = 2  # UnCLIPScheduler divides by steps - 1
 
     def __init__(self, decoder, text_encoder, tokenizer, text_proj, feature_extractor, image_encoder,
                  super_res_first, super_res_last, decoder_scheduler, super_res_scheduler):

@@ -47,7 +47,7 @@ def unavailable_model(model_id, option: str = "--model/--prior") -> ModelUnavail
     ident = str(model_id)
     if Path(ident).expanduser().exists() or is_cached(ident):
         return None
-    why = "HF_HUB_OFFLINE is set" if offline() else "offline or no network"
+    why = "HF_HUB_OFFLINE" if offline() else "offline or no network"
     return ModelUnavailable(
         f"{ident!r} is not in the local cache and cannot be downloaded ({why}): use "
-        f"{option} DIR (a local folder), or try `vslerp ui --tiny-random`", ident)
+        f"{option} DIR, or try `vslerp ui --tiny-random`", ident)

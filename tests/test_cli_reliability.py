@@ -144,13 +144,14 @@ def _value_cases(root, tmp):
         "stats is a folder": (["grid", src, tgt, *e, "--stats", folder], "is a directory"),
         "from is a folder": (["grid", "--from", folder, *e], "is a directory"),
         "jobs is a folder": (["batch", folder, "--out-dir", tmp / "eb"], "is a directory"),
-        "job size too large": (["batch", _jobs(tmp, size=8192), "--out-dir", tmp / "eb"],
-                               "jobs.jsonl:1: size 8192 px is larger than the limit 4096"),
-        "job prompt not text": (["batch", _jobs(tmp, target="a \ud800 cat"), "--out-dir",
+        "job size too large": (["batch", _jobs(tmp, "a", size=8192), "--out-dir", tmp / "eb"],
+                               "jobs_a.jsonl:1: size 8192 px is larger than the limit 4096"),
+        "job prompt not text": (["batch", _jobs(tmp, "b", target="a \ud800 cat"), "--out-dir",
                                  tmp / "eb"], "unpaired surrogate U+D800"),
         "empty thetas": (["grid", src, tgt, *e, "--thetas", ""], "empty"),
         "seed 2**70": (["grid", src, tgt, *e, "--seed", 2**70], "2**63"),
         "zero steps": (["grid", src, tgt, *e, "--steps", 0], "≥ 1"),
+        "one prior step": (["grid", src, "a cat", *e, "--prior-steps", 1], "≥ 2"),
         "negative size": (["grid", src, tgt, *e, "--size=-64"], "≥ 1"),
         "guidance too large": (["grid", src, tgt, *e, "--guidance", "1e300"], "too large"),
         "nul in source": (["grid", "src\x00.png", tgt, *e], "SOURCE image not found"),
@@ -158,8 +159,8 @@ def _value_cases(root, tmp):
     }
 
 
-def _jobs(tmp, **job):
-    path = tmp / "jobs.jsonl"
+def _jobs(tmp, name, **job):
+    path = tmp / f"jobs_{name}.jsonl"
     path.write_text(json.dumps({"source": "src.png", "target": "tgt.png", **job}) + "\n")
     if not (tmp / "src.png").exists():
         for name in ("src.png", "tgt.png"):
@@ -171,7 +172,7 @@ VALUE_CASES = ["size too large", "size not a multiple", "grid too large", "alpha
                "theta too large", "animate alpha too large", "one frame", "too many frames",
                "gif fps", "zero fps", "target is a folder", "source is a folder",
                "stats is a folder", "from is a folder", "jobs is a folder", "job size too large",
-               "job prompt not text", "empty thetas", "seed 2**70", "zero steps",
+               "job prompt not text", "empty thetas", "seed 2**70", "zero steps", "one prior step",
                "negative size", "guidance too large", "nul in source", "long source"]
 
 
@@ -207,7 +208,8 @@ def test_out_of_memory_is_one_line_naming_size_and_batch(work, tmp_path, capsys,
 
     monkeypatch.setattr(VSlerpPipeline, "_render", render)
     code, _, err = cli(capsys, "grid", root / "src.png", root / "tgt.png", "--thetas", "0.5",
-                       "--alphas", "0,1", "--out", tmp_path / "g.png", "--no-progress", *model)
+                       "--alphas", "0,1", "--out", tmp_path / "g.png", "--no-progress", *model,
+                       "--device", "cpu")
     line = _one_line_error(code, err, "grid")
     assert f"2 cell(s) of {SIZE}×{SIZE} px" in line and "--batch-size 1" in line, line
     assert not (tmp_path / "g.png").exists()
@@ -239,7 +241,7 @@ def test_long_prompt_renders_with_one_warning_and_no_torchvision_warning(work, t
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VSLERP_LOG": "1"}  # loaders' logs shown too
     proc = subprocess.run([VSLERP, "grid", root / "src.png", prompt, "--thetas", "0,1",
                            "--alphas", "0", "--out", tmp_path / "p.png", "--no-progress",
-                           "--prior-steps", 2, *map(str, model)],
+                           "--prior-steps", "2", *map(str, model)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "torchvision" not in proc.stderr

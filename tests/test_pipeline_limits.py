@@ -63,7 +63,7 @@ def test_long_prompt_is_truncated_with_one_warning(pipe, unet_calls):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = pipe(torch.randn(TINY_DIM), prompt, thetas=[1.0], alphas=[0.0],
-                   prior_num_inference_steps=1, **RENDER)
+                   prior_num_inference_steps=2, **RENDER)
     said = [w for w in caught if "tokens long" in str(w.message)]
     assert len(said) == 1 and "first 77 tokens" in str(said[0].message)
     assert out.images.shape[0] == 1 and unet_calls
@@ -71,7 +71,7 @@ def test_long_prompt_is_truncated_with_one_warning(pipe, unet_calls):
 
 def test_prompt_with_nul_and_newlines_renders(pipe):
     out = pipe(torch.randn(TINY_DIM), "a red\x00 cat\non two lines", thetas=[1.0], alphas=[0.0],
-               prior_num_inference_steps=1, **RENDER)
+               prior_num_inference_steps=2, **RENDER)
     assert bool(torch.isfinite(out.embeddings).all())
 
 
@@ -86,12 +86,13 @@ def test_prompt_with_nul_and_newlines_renders(pipe):
         ({"alphas": [0.0, -1e308]}, "alpha -1e\\+308 is too large"),
         ({"guidance_scale": 1e300}, "guidance_scale 1e\\+300 is too large"),
         ({"target": "a \ud800 cat"}, "unpaired surrogate"),
+        ({"target": "a cat", "prior_num_inference_steps": 1}, "prior_num_inference_steps must be"),
         ({"target": "x" * 300 + ".png"}, None),  # a long prompt, not OSError: runs
     ],
 )
 def test_sizes_limits_and_values_are_checked_before_denoising(pipe, unet_calls, kwargs, match):
     call = {"source": torch.randn(TINY_DIM), "target": torch.randn(TINY_DIM), "thetas": [0.5],
-            "alphas": [0.0], **RENDER, "prior_num_inference_steps": 1, **kwargs}
+            "alphas": [0.0], **RENDER, "prior_num_inference_steps": 2, **kwargs}
     if match is None:
         pipe(**call)
         return

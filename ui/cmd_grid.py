@@ -76,6 +76,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _two_or_more(text: str) -> int:
+    """The prior's steps: UnCLIPScheduler needs at least 2."""
+    value = _positive(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be ≥ 2, got {value}")
+    return value
+
+
 def _size(text: str) -> int:
     """A positive int; the model's rule (multiple, limit) is checked by :func:`_check_size`."""
     return _positive(text)
@@ -142,7 +150,7 @@ def _add_render_options(p) -> None:
                    help=f"noise seed shared by every cell (default: {_DEFAULTS['seed']})")
     g.add_argument("--guidance", type=_finite, default=None, metavar="G",
                    help="guidance scale (default: the model's, 4.0 for Kandinsky 2.2, 8.0 for unCLIP)")
-    g.add_argument("--prior-steps", type=_positive, default=None, metavar="N",
+    g.add_argument("--prior-steps", type=_two_or_more, default=None, metavar="N",
                    help="prior steps turning a prompt TARGET into an image embedding "
                    f"(default: {_DEFAULTS['prior_steps']})")
     g.add_argument("--allow-extrapolation", action="store_true",
@@ -612,7 +620,8 @@ def _render_settings(args, from_meta: dict | None = None) -> dict:
         value = settings[key]
         if value is None and key == "size":  # the model's own size
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < (key != "seed"):
+        low = 2 if key == "prior_steps" else int(key != "seed")
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise CLIError(f"--from {getattr(args, 'from_', None)}: {key} {value!r} is not a "
                            "valid integer")
     return settings
