@@ -28,6 +28,19 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _is_repo_id(text: str) -> bool:
+    """``org/name`` as the hub spells ids (a path such as ``./models/x`` is not one)."""
+    if text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1:
+        return False
+    try:
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(text)
+    except Exception:  # noqa: BLE001 - HFValidationError, or no huggingface_hub
+        return False
+    return True
+
+
 def is_cached(model_id: str) -> bool:
     """True when a snapshot of hub repo ``model_id`` is in the local Hugging Face cache."""
     try:
@@ -45,7 +58,7 @@ def unavailable_model(model_id, option: str = "--model/--prior") -> ModelUnavail
     ``model_id`` is a local folder or is cached (the loader's own message is then the right
     one). ``option``: how the caller lets a user give a local folder instead."""
     ident = str(model_id)
-    if Path(ident).expanduser().exists() or is_cached(ident):
+    if Path(ident).expanduser().exists() or not _is_repo_id(ident) or is_cached(ident):
         return None
     why = "HF_HUB_OFFLINE" if offline() else "offline or no network"
     return ModelUnavailable(
