@@ -22,6 +22,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 import vslerp
+from vslerp._checks import check_magnitude
 from vslerp._version import __version__
 from vslerp.stats import (
     Statistics,
@@ -34,7 +35,11 @@ from vslerp.stats import (
     parse_device,
 )
 from vslerp.stats import load as load_statistics
+from vslerp.stats.encode import clip_image_processor_class
+from vslerp.stats.hub import unavailable_model
 
+from . import limits
+from .inputs import check_prompt, image_path_or_prompt
 from .tiling import tiled_decode
 
 __all__ = [
@@ -49,7 +54,6 @@ __all__ = [
 DEFAULT_DECODER = "kandinsky-community/kandinsky-2-2-decoder"
 DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-2-prior"
 STATISTICS_FILE = "vslerp_statistics.safetensors"  # written beside model_index.json
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
@@ -118,6 +122,7 @@ def _check_axis(name: str, values, allow_outside: bool) -> list[float]:
     bad = [v for v in out if not math.isfinite(v)]
     if bad:
         raise ValueError(f"{name} must be finite, got {bad[0]}")
+    check_magnitude(name[:-1] if name.endswith("s") else name, out)  # "theta 1e+308 is too large"
     if not allow_outside:
         outside = [v for v in out if not 0.0 <= v <= 1.0]
         if outside:
@@ -140,8 +145,11 @@ def _distinct_rows(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _open_image(name: str, path) -> PIL.Image.Image:
     """``vslerp.stats.open_image`` (RGB, EXIF-upright), its failures as ``ValueError`` naming ``name``."""
-    path = Path(path).expanduser()
-    if not path.is_file():
+    found = image_path_or_prompt(path)
+    path = found.path or Path(str(path))
+    if found.kind == "directory":
+        raise ValueError(f"{name} image {path} is a directory, not an image file")
+    if found.kind != "image":
         raise ValueError(f"{name} image not found: {path}")
     note_input(path, f"{name} image")
     try:
@@ -168,6 +176,7 @@ class VSlerpPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->image_encoder->prior->unet->movq"
     _callback_tensor_inputs = ["latents", "image_embeds", "negative_image_embeds"]
     _optional_components: list[str] = []
+    _min_steps = 1  # denoising steps at least (the decoder's scheduler)
 
     def __init__(self, prior, image_encoder, text_encoder, tokenizer, image_processor,
                  prior_scheduler, unet, scheduler, movq):
@@ -209,6 +218,7 @@ class VSlerpPipeline(DiffusionPipeline):
         target = auto_device() if device == "auto" else (parse_device(device) if device else None)
         if torch_dtype is None:
             torch_dtype = torch.float16 if target is not None and target.type == "cuda" else torch.float32
+        clip_image_processor_class()  # the class without torchvision, resolved without a warning
         decoder_src = str(decoder_id_or_dir or DEFAULT_DECODER)
         saved = cls._saved_folder(decoder_src)
         if saved is not None:
@@ -225,11 +235,13 @@ class VSlerpPipeline(DiffusionPipeline):
                 prior_pipe = KandinskyV22PriorPipeline.from_pretrained(prior_src, dtype=torch_dtype,
                                                                        **kwargs)
             except (OSError, ValueError) as err:
-                raise ValueError(f"cannot load the Kandinsky 2.2 prior {prior_src!r}: {err}") from None
+                raise unavailable_model(prior_src, "--prior") or ValueError(
+                    f"cannot load the Kandinsky 2.2 prior {prior_src!r}: {err}") from None
             try:
                 decoder = KandinskyV22Pipeline.from_pretrained(decoder_src, dtype=torch_dtype, **kwargs)
             except (OSError, ValueError) as err:
-                raise ValueError(f"cannot load the Kandinsky 2.2 decoder {decoder_src!r}: {err}") from None
+                raise unavailable_model(decoder_src, "--model") or ValueError(
+                    f"cannot load the Kandinsky 2.2 decoder {decoder_src!r}: {err}") from None
             pc, dc = prior_pipe.components, decoder.components
             pipe = cls(prior=pc["prior"], image_encoder=pc["image_encoder"],
                        text_encoder=pc["text_encoder"], tokenizer=pc["tokenizer"],
@@ -465,14 +477,11 @@ class VSlerpPipeline(DiffusionPipeline):
         if isinstance(value, Path):
             return self.encode_image([_open_image(name, value)])[0]
         if isinstance(value, str):
-            path = Path(value).expanduser()
-            if path.is_file():
-                return self.encode_image([_open_image(name, path)])[0]
-            looks_like_path = value.lower().endswith(_IMAGE_SUFFIXES) and " " not in value.strip()
-            if not allow_prompt or looks_like_path:
-                raise ValueError(f"{name} image not found: {value}")
-            if not value.strip():
-                raise ValueError(f"{name} prompt is empty")
+            found = image_path_or_prompt(value)
+            if found.kind in ("image", "directory") or not allow_prompt or found.kind == "missing":
+                return self.encode_image([_open_image(name, found.path or value)])[0]
+            check_prompt(name, value)
+            self._warn_if_truncated(name, value)
             return self.prompt_to_image_embedding([value], generator=prompt_generator,
                                                   num_inference_steps=prior_steps)[0]
         kinds = "a PIL image, an image path, a prompt or a (D,) tensor" if allow_prompt else \
@@ -495,8 +504,10 @@ class VSlerpPipeline(DiffusionPipeline):
                             ("max_batch_size", max_batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale):
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+                or not math.isfinite(guidance_scale):
             raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+        check_magnitude("guidance_scale", guidance_scale)
         if output_type not in _OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {_OUTPUT_TYPES}, got {output_type!r}")
         if generator is not None and not isinstance(generator, torch.Generator):
@@ -508,6 +519,28 @@ class VSlerpPipeline(DiffusionPipeline):
         if bad:
             raise ValueError(f"callback_on_step_end_tensor_inputs must be in {self._callback_tensor_inputs}, got {bad}")
         return thetas, alphas
+
+    def size_rule(self) -> tuple[int, int | None]:
+        """``(factor, fixed)``: sizes must be multiples of ``factor`` px (Kandinsky 2.2: the
+        movq's factor squared, as ``downscale_height_and_width`` rounds up to it), and equal
+        ``fixed`` when the model renders one size only (None here)."""
+        return self.movq_scale_factor ** 2, None
+
+    def _check_limits(self, height: int, width: int, cells: int, max_size: int, max_cells: int) -> None:
+        """The size rule and the caps of :mod:`vslerp.pipelines.limits` (before any compute)."""
+        factor, fixed = self.size_rule()
+        for name, value in (("height", height), ("width", width)):
+            limits.check_size(name, value, factor=factor, fixed=fixed, max_size=max_size)
+        limits.check_cells(cells, max_cells=max_cells)
+
+    def _warn_if_truncated(self, name: str, prompt: str) -> None:
+        """CLIP reads ``tokenizer.model_max_length`` tokens (77); diffusers' prior pipeline
+        truncates longer prompts: say so once, as a warning, naming the prompt's length."""
+        limit = int(self.tokenizer.model_max_length)
+        count = len(self.tokenizer(prompt, truncation=False, verbose=False).input_ids)
+        if count > limit:
+            warnings.warn(f"the {name} prompt is {count} tokens long: CLIP reads its first {limit} "
+                          "tokens and ignores the rest", UserWarning, stacklevel=5)
 
     # -- rendering ----------------------------------------------------------------------
     @property
@@ -543,7 +576,8 @@ class VSlerpPipeline(DiffusionPipeline):
                  callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",),
                  output_type: str = "pil", prior_num_inference_steps: int = 25,
                  super_res_num_inference_steps: int = 7,
-                 return_dict: bool = True) -> VSlerpPipelineOutput:
+                 return_dict: bool = True, max_size: int = limits.MAX_SIZE,
+                 max_cells: int = limits.MAX_CELLS) -> VSlerpPipelineOutput:
         """Render the θ × α grid of vSLERP(source, target, θ, α, m) (paper Eq. 12).
 
         source: PIL image | image path | (D,) raw embedding. target: the same, or a prompt
@@ -556,6 +590,9 @@ class VSlerpPipeline(DiffusionPipeline):
         embedding (as the prior pipeline). Cells run ``max_batch_size`` at a time.
         guidance_scale, height, width: None → the backend's defaults (Kandinsky 2.2: 4.0, 512×512;
         unCLIP: 8.0 and the super-resolution size); super_res_num_inference_steps: unCLIP only.
+        max_size, max_cells: the limits of one call (:mod:`vslerp.pipelines.limits`: 4096 px,
+        1024 cells), raised by passing larger ones. An out-of-memory while rendering raises
+        :class:`~vslerp.pipelines.limits.RenderOutOfMemory` naming the size and batch.
         Returns :class:`VSlerpPipelineOutput` (images row-major over thetas × alphas).
         """
         cb_inputs = list(callback_on_step_end_tensor_inputs or [])
@@ -565,6 +602,13 @@ class VSlerpPipeline(DiffusionPipeline):
         thetas, alphas = self.check_inputs(source, target, thetas, alphas, num_inference_steps, guidance_scale,
                                            height, width, max_batch_size, output_type, generator, latents,
                                            cb_inputs, allow_extrapolation)
+        self._check_limits(height, width, len(thetas) * len(alphas), max_size, max_cells)
+        # UnCLIPScheduler (the prior's; unCLIP's decoder and super-resolution) divides by steps - 1
+        for name, value, low in (("prior_num_inference_steps", prior_num_inference_steps, 2),
+                                 ("super_res_num_inference_steps", super_res_num_inference_steps, 2),
+                                 ("num_inference_steps", num_inference_steps, self._min_steps)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         device = self._device()
         self._guidance_scale = guidance_scale
         if generator is None:
@@ -592,10 +636,16 @@ class VSlerpPipeline(DiffusionPipeline):
         # Equal embeddings render equal images (same noise, same generator copies): render each
         # distinct cell once. A θ=0 row is the source for every α (Eq. 12), a θ=1 row the target.
         distinct, inverse = _distinct_rows(cells.reshape(-1, cells.shape[-1]))  # (U, D), (T·A,)
-        outputs = self._render(distinct, device, negative_raw, generator, initial_state, latents,
-                               num_inference_steps, height, width, max_batch_size, output_type,
-                               callback_on_step_end, cb_inputs,
-                               super_res_num_inference_steps=super_res_num_inference_steps)
+        try:
+            outputs = self._render(distinct, device, negative_raw, generator, initial_state, latents,
+                                   num_inference_steps, height, width, max_batch_size, output_type,
+                                   callback_on_step_end, cb_inputs,
+                                   super_res_num_inference_steps=super_res_num_inference_steps)
+        except Exception as err:  # noqa: BLE001 - torch's OOM types differ by device and version
+            if not limits.is_out_of_memory(err) or isinstance(err, limits.RenderOutOfMemory):
+                raise
+            self.maybe_free_model_hooks()
+            raise limits.out_of_memory(height, width, min(max_batch_size, distinct.shape[0])) from err
         self.maybe_free_model_hooks()
         if output_type == "pil":
             rendered = [im for part in outputs for im in part]

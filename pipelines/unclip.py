@@ -17,7 +17,10 @@ import numpy as np
 import torch
 
 from vslerp.stats import parse_device
+from vslerp.stats.encode import clip_image_processor_class
+from vslerp.stats.hub import unavailable_model
 
+from .inputs import image_path_or_prompt
 from .pipeline import STATISTICS_FILE, VSlerpPipeline, auto_device
 
 __all__ = ["VSlerpUnCLIPPipeline", "load_unclip_components"]
@@ -44,6 +47,8 @@ def load_unclip_components(source: str, dtype: torch.dtype, **kwargs) -> dict:
     """
     import diffusers
     import transformers
+
+    clip_image_processor_class()  # the class without torchvision, resolved without a warning
     from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
 
     out = {}
@@ -56,7 +61,8 @@ def load_unclip_components(source: str, dtype: torch.dtype, **kwargs) -> dict:
         try:
             out[name] = cls.from_pretrained(source, subfolder=name, **extra, **kwargs)
         except (OSError, ValueError) as err:
-            raise ValueError(f"cannot load the {name} of unCLIP model {source!r}: {err}") from None
+            raise unavailable_model(source, "--model") or ValueError(
+                f"cannot load the {name} of unCLIP model {source!r}: {err}") from None
     return out
 
 
@@ -75,6 +81,7 @@ class VSlerpUnCLIPPipeline(VSlerpPipeline):
     default_guidance_scale = 8.0  # UnCLIPImageVariationPipeline's
     model_cpu_offload_seq = "text_encoder->image_encoder->text_proj->decoder->super_res_first->super_res_last"
     _callback_tensor_inputs: list[str] = []
+    _min_steps = 2  # UnCLIPScheduler divides by steps - 1
 
     def __init__(self, decoder, text_encoder, tokenizer, text_proj, feature_extractor, image_encoder,
                  super_res_first, super_res_last, decoder_scheduler, super_res_scheduler):
@@ -92,6 +99,10 @@ class VSlerpUnCLIPPipeline(VSlerpPipeline):
     @property
     def default_size(self) -> int:
         return int(self.super_res_first.config.sample_size)
+
+    def size_rule(self) -> tuple[int, int | None]:
+        """unCLIP/Karlo renders the super-resolution UNet's size only (256 px for Karlo)."""
+        return 1, self.default_size
 
     @classmethod
     def from_pretrained(cls, decoder_id_or_dir=None, prior=None, stats=None, torch_dtype=None, backend="unclip",
@@ -180,7 +191,7 @@ class VSlerpUnCLIPPipeline(VSlerpPipeline):
     def check_inputs(self, source, target, thetas, alphas, num_inference_steps, guidance_scale, height, width,
                      max_batch_size, output_type, generator, latents, callback_on_step_end_tensor_inputs,
                      allow_extrapolation):
-        if isinstance(target, str) and not Path(target).expanduser().is_file():
+        if isinstance(target, str) and image_path_or_prompt(target).kind == "prompt":
             raise ValueError(f"target image not found: {target} (the unCLIP backend takes no prompts)")
         return super().check_inputs(source, target, thetas, alphas, num_inference_steps, guidance_scale, height,
                                     width, max_batch_size, output_type, generator, latents, [],

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["PROCESSOR_SUBFOLDERS", "ClipEncoders", "default_device", "encoder_fingerprint",
-           "load_encoders", "parse_device"]
+from .hub import ModelUnavailable, unavailable_model
+
+__all__ = ["PROCESSOR_SUBFOLDERS", "ClipEncoders", "clip_image_processor_class", "default_device",
+           "encoder_fingerprint", "load_encoders", "parse_device"]
 
 # Config fields that define the function an image encoder computes (not bookkeeping fields
 # such as dtype or transformers version, which differ between loads of the same weights).
@@ -200,6 +202,35 @@ _MAX_TOKENIZER_LENGTH = 100_000
 _MIN_TOKENIZER_VOCAB = 256
 
 
+def clip_image_processor_class():
+    """transformers' CLIP image processor class that works without torchvision.
+
+    transformers 5 made ``CLIPImageProcessor`` the torchvision backend; without torchvision
+    (vslerp never installs it: it replaces the CPU torch) the first lookup of that name falls
+    back to ``CLIPImageProcessorPil`` and logs a warning on every run. This does that lookup
+    once, quietly, so diffusers' loaders (which look the class up by the name in
+    ``model_index.json``) find it resolved, and returns the class to load processors with.
+    """
+    import logging
+
+    import transformers
+
+    try:
+        from transformers.utils import is_torchvision_available
+    except ImportError:  # pragma: no cover - older transformers: one processor class
+        return transformers.CLIPImageProcessor
+    if is_torchvision_available() or not hasattr(transformers, "CLIPImageProcessorPil"):
+        return transformers.CLIPImageProcessor
+    logger = logging.getLogger("transformers.utils.import_utils")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # exactly the fallback's warning, during this lookup only
+    try:
+        transformers.CLIPImageProcessor  # noqa: B018 - resolves the name to the PIL class
+    finally:
+        logger.setLevel(level)
+    return transformers.CLIPImageProcessorPil
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
@@ -231,7 +262,6 @@ def load_encoders(prior: str | Path, *, device=None, dtype: torch.dtype | None =
     one ``ValueError`` naming the prior and the part.
     """
     from transformers import (
-        CLIPImageProcessor,
         CLIPTextModelWithProjection,
         CLIPTokenizer,
         CLIPVisionModelWithProjection,
@@ -266,6 +296,9 @@ def load_encoders(prior: str | Path, *, device=None, dtype: torch.dtype | None =
         try:
             return cls.from_pretrained(source, subfolder=sub, **kwargs)
         except Exception as err:  # noqa: BLE001 - OSError, SafetensorError, ...: one message
+            unavailable = unavailable_model(source, "--prior")
+            if unavailable is not None:
+                raise unavailable from None
             raise ValueError(f"cannot load the {sub} of prior {source!r}: {_first_line(err)}") \
                 from None
 
@@ -273,8 +306,10 @@ def load_encoders(prior: str | Path, *, device=None, dtype: torch.dtype | None =
     image_processor, errors = None, []
     for sub in processors:  # a hub id: try both layouts
         try:
-            image_processor = part(sub, CLIPImageProcessor)
+            image_processor = part(sub, clip_image_processor_class())
             break
+        except ModelUnavailable:
+            raise
         except ValueError as err:
             errors.append(str(err))
     if image_processor is None:

@@ -173,7 +173,7 @@ def test_batch_progress_resume_and_changed_jobs(work, capsys, monkeypatch):
     code, stdout, err = cli(capsys, *batch)
     assert code == 0, err
     assert _Bar.updates["cells"] == [1, 1, 2, 1, 1]
-    names = sorted(p.name for p in out.iterdir())
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # not the lock
     assert names == ["a.json", "a.png", "job0002.json", "job0002.png"]
     # --no-labels: exactly the tiling of the cells (a: 2 θ × 2 α; job0002: 1 θ × 2 α)
     assert Image.open(out / "a.png").size == (2 * SIZE, 2 * SIZE)
@@ -313,8 +313,8 @@ def test_killed_grid_leaves_no_blocker(work, grid, tmp_path, capsys):
     code, _, err = cli(capsys, *args)  # no --overwrite needed: those files were stale
     assert code == 0, err
     assert read_png_metadata(out) == json.loads(out.with_suffix(".json").read_text("utf-8"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells", "k.json", "k.png",
-                                                          "kill_before.py"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == [
+        "cells", "k.json", "k.png", "kill_before.py"]
 
 
 def _error_cases(root, model, stats_other, grid):
@@ -339,7 +339,7 @@ def _error_cases(root, model, stats_other, grid):
         "bad range": (["grid", src, tgt, "--alphas", "-2:2", *e], "start:stop:count"),
         "bad list": (["grid", src, tgt, "--thetas", "0,x", *e], "thetas"),
         "theta outside": (["grid", src, tgt, "--thetas", "0,1.5", *e], "outside [0, 1]"),
-        "output exists": (["grid", src, tgt, "--out", src], "exists"),
+        "output exists": (["grid", src, tgt, "--out", grid[0]], "exists"),
         "output in a file": (["grid", src, tgt, "--out", src / "x.png"], "not a folder"),
         "output unwritable": (["grid", src, tgt, "--out", "/proc/x.png"], "not writable"),
         "cells of another grid": (["grid", src, tgt, "--thetas", "0,1", "--alphas", "0", *e,

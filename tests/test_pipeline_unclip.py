@@ -88,7 +88,7 @@ def test_batching_and_round_trip(pipe, tmp_path):
 def test_unclip_errors(pipe, unclip_dir):
     with pytest.raises(ValueError, match="no prompts"):
         pipe(_emb(1), "a red bicycle", thetas=[0.5], alphas=[0.0], **RENDER)
-    with pytest.raises(ValueError, match="renders 64x64 only"):
+    with pytest.raises(ValueError, match="height 128: this model renders 64×64 px only"):
         pipe(_emb(1), _emb(2), thetas=[0.5], alphas=[0.0], height=128, width=128, **RENDER)
     with pytest.raises(ValueError, match="needs stats"):
         VSlerpPipeline.from_pretrained(unclip_dir, device=None)

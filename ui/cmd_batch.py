@@ -22,6 +22,7 @@ from vslerp.ui.cmd_grid import (
     _add_model_options,
     _add_render_options,
     _check_device,
+    _check_limits,
     _check_model_source,
     _check_place,
     _check_thetas,
@@ -31,6 +32,8 @@ from vslerp.ui.cmd_grid import (
     _load_stats,
     _metadata,
     _model_ref,
+    _own,
+    _refuse_inputs,
     _render,
     _render_settings,
     _values,
@@ -97,19 +100,20 @@ def _job_number(job: dict, key: str, default, where: str):
         raise CLIError(f"{where}: seed must be in [0, 2**63), got {value}")
     if key in ("steps", "size") and value < 1:
         raise CLIError(f"{where}: {key} must be ≥ 1, got {value}")
-    if key == "size" and value % 8:
-        raise CLIError(f"{where}: size must be a multiple of 8, got {value}")
     return value
 
 
 def _read_jobs(path: Path, args) -> list[dict]:
     """Parse and check every job (paths, values, names) before any model is loaded."""
+    if path.is_dir():
+        raise CLIError(f"jobs file {path} is a directory, not a JSONL file")
     if not path.is_file():
         raise CLIError(f"jobs file not found: {path}")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise CLIError(f"jobs file {path} cannot be read ({err})") from None
+    settings = _render_settings(args)
     jobs, names = [], {}
     for number, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -147,6 +151,8 @@ def _read_jobs(path: Path, args) -> list[dict]:
             ("seed", _DEFAULTS["seed"] if args.seed is None else args.seed),
             ("steps", args.steps or _DEFAULTS["steps"]), ("size", args.size),
             ("guidance", args.guidance))}
+        _check_limits({**settings, "size": numbers["size"]}, len(thetas) * len(alphas),
+                      where=f"{where}: ")
         jobs.append({"line": number, "name": name, "source": source, "target": target,
                      "thetas": thetas, "alphas": alphas, **numbers})
     if not jobs:
@@ -207,17 +213,29 @@ class _CellProgress:
 
 
 def run_batch(args) -> int:
-    from tqdm.auto import tqdm
-
-    from vslerp.ui.outputs import make_grid, save_png
-
     jobs = _read_jobs(args.jobs, args)
+    settings = _render_settings(args)
+    inputs = {"the jobs file": args.jobs, "--stats": settings["stats"]}
+    for job in jobs:
+        for key in ("source", "target"):
+            if job[key]["kind"] == "image":
+                inputs[f"{key} of line {job['line']}"] = job[key]["path"]
+    _refuse_inputs({f"the {kind} of line {job['line']}": args.out_dir / f"{job['name']}{suffix}"
+                    for job in jobs for kind, suffix in (("grid", ".png"), ("sidecar", ".json"))},
+                   inputs)
     _check_place(args.out_dir, "--out-dir", folder=True)
     device = _check_device(args.device)
-    settings = _render_settings(args)
     _check_model_source(settings["model"], "--model")
     _check_model_source(settings["prior"], "--prior")
     stats = _load_stats(settings["stats"])
+    with _own(folders=(args.out_dir,)):
+        return _batch(args, jobs, settings, stats, device)
+
+
+def _batch(args, jobs, settings, stats, device) -> int:
+    from tqdm.auto import tqdm
+
+    from vslerp.ui.outputs import make_grid, save_png
 
     # What each job's output depends on; a rendered job whose sidecar differs is not skipped.
     common = {"model": _model_ref(args.model or _DEFAULT_MODEL),

@@ -18,12 +18,12 @@ import os
 import re
 from pathlib import Path
 
+from vslerp.pipelines import limits
 from vslerp.ui.cli import DTYPE_HELP, DTYPES, CLIError, dtype_arg
 from vslerp.ui.outputs import NEGATIVE_VALUES, file_sha256
 
 __all__ = ["register", "run_animate", "run_grid"]
 
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _DEFAULT_MODEL = "kandinsky-community/kandinsky-2-2-decoder"
 _DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-2-prior"
 # size and guidance None: the model's own (Kandinsky 2.2: 512 px, 4.0; unCLIP/Karlo: 256 px, 8.0)
@@ -76,11 +76,17 @@ def _positive(text: str) -> int:
     return value
 
 
-def _size(text: str) -> int:
+def _two_or_more(text: str) -> int:
+    """The prior's steps: UnCLIPScheduler needs at least 2."""
     value = _positive(text)
-    if value % 8:
-        raise argparse.ArgumentTypeError(f"must be a multiple of 8, got {value}")
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be ≥ 2, got {value}")
     return value
+
+
+def _size(text: str) -> int:
+    """A positive int; the model's rule (multiple, limit) is checked by :func:`_check_size`."""
+    return _positive(text)
 
 
 def _seed(text: str) -> int:
@@ -94,12 +100,20 @@ def _seed(text: str) -> int:
 
 
 def _finite(text: str) -> float:
+    """A finite number of sane magnitude (``vslerp._checks.check_magnitude``: |x| ≤ 1e6)."""
+    from vslerp._checks import check_magnitude
+
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    try:
+        check_magnitude("value", value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value:g} is too large: at most 1e+06 in "
+                                         "magnitude") from None
     return value
 
 
@@ -136,13 +150,18 @@ def _add_render_options(p) -> None:
                    help=f"noise seed shared by every cell (default: {_DEFAULTS['seed']})")
     g.add_argument("--guidance", type=_finite, default=None, metavar="G",
                    help="guidance scale (default: the model's, 4.0 for Kandinsky 2.2, 8.0 for unCLIP)")
-    g.add_argument("--prior-steps", type=_positive, default=None, metavar="N",
+    g.add_argument("--prior-steps", type=_two_or_more, default=None, metavar="N",
                    help="prior steps turning a prompt TARGET into an image embedding "
                    f"(default: {_DEFAULTS['prior_steps']})")
     g.add_argument("--allow-extrapolation", action="store_true",
                    help="allow θ outside [0, 1] (default: refused)")
     g.add_argument("--no-progress", action="store_true",
                    help="no progress bars on stderr (default: shown)")
+    g = p.add_argument_group("limits (against typos that would run for hours or exhaust memory)")
+    g.add_argument("--max-size", type=_positive, default=limits.MAX_SIZE, metavar="PX",
+                   help=f"largest --size accepted (default: {limits.MAX_SIZE})")
+    g.add_argument("--max-cells", type=_positive, default=limits.MAX_CELLS, metavar="N",
+                   help=f"most cells (θ × α) of one grid (default: {limits.MAX_CELLS})")
 
 
 
@@ -185,8 +204,12 @@ def register(subparsers) -> None:
     p.add_argument("--alpha", type=_finite, default=0.0, metavar="A",
                    help="α of every frame; 0 is plain SLERP (default: 0)")
     p.add_argument("--frames", type=_positive, default=24, metavar="N",
-                   help="frames from θ=0 to θ=1, both included (default: 24)")
-    p.add_argument("--fps", type=_finite, default=8.0, metavar="FPS", help="frames per second (default: 8)")
+                   help="frames from θ=0 to θ=1, both included: at least 2 (default: 24)")
+    p.add_argument("--max-frames", type=_positive, default=limits.MAX_FRAMES, metavar="N",
+                   help=f"most --frames accepted (default: {limits.MAX_FRAMES})")
+    p.add_argument("--fps", type=_finite, default=8.0, metavar="FPS",
+                   help="frames per second: GIF stores delays in 1/100 s, so 0.01 < FPS ≤ 50 "
+                   "(exact where 100/FPS is an integer); MP4 0.1 ≤ FPS ≤ 240 (default: 8)")
     p.add_argument("--pingpong", action="store_true",
                    help="append the way back, without repeating the ends (default: one way)")
     p.add_argument("--out", type=Path, required=True, metavar="FILE.gif|FILE.mp4",
@@ -205,24 +228,35 @@ def _image_ref(name: str, text: str, allow_prompt: bool, base: Path | None = Non
     """SOURCE/TARGET → {"kind": "image", "path", "sha256"} or {"kind": "prompt", "prompt"}."""
     from PIL import Image
 
+    from vslerp.pipelines.inputs import check_prompt, image_path_or_prompt
+
     if text is None or not str(text).strip():
         raise CLIError(f"{name} is missing or empty")
-    path = Path(text).expanduser()
-    if base is not None and not path.is_absolute():
-        path = base / path
-    looks_like_path = str(text).lower().endswith(_IMAGE_SUFFIXES) and " " not in str(text).strip()
-    if path.is_file():
+    found = image_path_or_prompt(str(text), base=base)
+    path = found.path
+    if found.kind == "image":
         try:
             with Image.open(path) as im:
                 im.verify()
         except Exception as err:  # PIL raises many kinds on broken files
             raise CLIError(f"{name} image {path} cannot be read ({err})") from None
         return {"kind": "image", "path": str(path.resolve()), "sha256": file_sha256(path)}
-    if path.exists():
-        raise CLIError(f"{name} {path} is not a file")
-    if looks_like_path or not allow_prompt:
-        raise CLIError(f"{name} image not found: {path}")
+    if found.kind == "directory":
+        raise CLIError(f"{name} {path} is a directory, not an image file")
+    if found.kind == "missing" or not allow_prompt:
+        shown = path if path is not None else _short(str(text))
+        raise CLIError(f"{name} image not found: {shown}")
+    try:
+        check_prompt(name, str(text))
+    except ValueError as err:
+        raise CLIError(str(err)) from None
     return {"kind": "prompt", "prompt": str(text)}
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """``text`` for a one-line message: repr'd (newlines, NULs visible), at most ``limit``."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[:limit - 1]}…"
 
 
 def _check_place(path: Path, what: str, folder: bool = False) -> None:
@@ -240,6 +274,51 @@ def _check_main_output(path: Path, overwrite: bool, what: str = "--out") -> None
     _check_place(path, what)
     if path.exists() and not overwrite:
         raise CLIError(f"output {path} exists (pass --overwrite to replace it)")
+
+
+def _refuse_inputs(outputs: dict, inputs: dict) -> None:
+    """An output never replaces a file the run reads (``vslerp.stats.refuse_overwriting_inputs``)."""
+    from vslerp.stats import refuse_overwriting_inputs
+
+    try:
+        refuse_overwriting_inputs(outputs, inputs)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+
+
+def _own(*files, folders=()):
+    """Hold ``vslerp.stats.output_lock`` on the outputs for the whole run (a second run on them
+    fails at once, naming the output) and remove what a killed run left of the files after
+    the first (its sidecar): the lock's own cleanup covers the first file and the folders.
+    One lock per output: the first file stands for the files written beside it."""
+    import contextlib
+
+    from vslerp.stats import output_lock
+    from vslerp.stats.outputs import remove_stale_temporaries
+
+    @contextlib.contextmanager
+    def owned():
+        with output_lock(*files[:1], folders=tuple(f for f in folders if f is not None)):
+            for other in files[1:]:
+                remove_stale_temporaries(other)
+            yield
+
+    return owned()
+
+
+def _check_limits(settings: dict, cells: int, where: str = "") -> None:
+    """``--size`` by the model's rule and the caps of :mod:`vslerp.pipelines.limits`, before
+    any model loads (``--max-size``/``--max-cells`` lift them)."""
+    factor, fixed = limits.size_rule(settings["model"])
+    try:
+        if settings["size"] is not None:
+            limits.check_size("size", settings["size"], factor=factor, fixed=fixed,
+                              max_size=settings["max_size"], lift="--max-size ")
+        limits.check_cells(cells, max_cells=settings["max_cells"], lift="--max-cells ",
+                           what="cells (θ × α)")
+    except ValueError as err:
+        raise CLIError(f"{where}{err}" if where else f"--{err}" if str(err).startswith("size")
+                       else str(err)) from None
 
 
 def _check_stale_sidecar(path: Path) -> None:
@@ -291,6 +370,12 @@ def _values(text, name: str, default: str) -> list[float]:
                or not math.isfinite(v)]
         if bad:
             raise CLIError(f"{name} must be finite numbers, got {json.dumps(bad[0])}")
+        from vslerp._checks import check_magnitude
+
+        try:
+            check_magnitude(name.rstrip("s"), text)
+        except ValueError as err:
+            raise CLIError(f"{name}: {err}") from None
         return [float(v) for v in text]
     if isinstance(text, bool):
         raise CLIError(f"{name} must be numbers, got {json.dumps(text)}")
@@ -380,6 +465,8 @@ def _load_stats(path: Path | None, origin: str = ""):
         return None
     import vslerp.stats
 
+    if path.is_dir():
+        raise CLIError(f"--stats {path} is a directory, not a statistics file{origin}")
     if not path.is_file():
         raise CLIError(f"--stats file not found: {path}{origin}")
     try:
@@ -402,6 +489,7 @@ def _load_pipeline(settings: dict, stats, device, progress: bool):
             lib.set_verbosity_error()
             lib.disable_progress_bar()
     from vslerp.pipelines import VSlerpPipeline
+    from vslerp.stats.hub import ModelUnavailable
 
     model, prior, dtype = settings["model"], settings["prior"], settings["dtype"]
     try:
@@ -410,6 +498,8 @@ def _load_pipeline(settings: dict, stats, device, progress: bool):
             pipe = VSlerpPipeline.from_pretrained(
                 model, prior=prior, stats=stats, torch_dtype=getattr(torch, dtype) if dtype else None,
                 device=device if device is not None else "auto")
+    except ModelUnavailable as err:
+        raise CLIError(str(err)) from err
     except (OSError, ValueError) as err:
         text = " ".join(str(err).split())
         for option, ident, kind in (("--prior", prior or _DEFAULT_PRIOR, "prior"),
@@ -436,15 +526,22 @@ def _render(pipe, source: dict, target: dict, thetas, alphas, settings: dict, ca
         return Path(ref["path"]) if ref["kind"] == "image" else ref["prompt"]
 
     extra = {"callback_on_step_end": callback} if callback is not None else {}
-    return pipe(arg(source), arg(target), thetas=list(thetas), alphas=list(alphas),
-                num_inference_steps=int(settings["steps"]),
-                guidance_scale=_or(settings["guidance"], pipe.default_guidance_scale, float),
-                height=_or(settings["size"], pipe.default_size, int),
-                width=_or(settings["size"], pipe.default_size, int),
-                generator=torch.Generator().manual_seed(int(settings["seed"])),
-                max_batch_size=int(settings["batch_size"]),
-                allow_extrapolation=bool(settings["allow_extrapolation"]),
-                prior_num_inference_steps=int(settings["prior_steps"]), **extra)
+    size = _or(settings["size"], pipe.default_size, int)
+    try:
+        return pipe(arg(source), arg(target), thetas=list(thetas), alphas=list(alphas),
+                    num_inference_steps=int(settings["steps"]),
+                    guidance_scale=_or(settings["guidance"], pipe.default_guidance_scale, float),
+                    height=size, width=size,
+                    generator=torch.Generator().manual_seed(int(settings["seed"])),
+                    max_batch_size=int(settings["batch_size"]),
+                    allow_extrapolation=bool(settings["allow_extrapolation"]),
+                    prior_num_inference_steps=int(settings["prior_steps"]),
+                    max_size=int(settings.get("max_size", limits.MAX_SIZE)),
+                    max_cells=int(settings.get("max_cells", limits.MAX_CELLS)), **extra)
+    except limits.RenderOutOfMemory as err:
+        lower = limits.out_of_memory(err.height, err.width, err.batch, lower="--batch-size ",
+                                     tiling=None)
+        raise CLIError(str(lower)) from err
 
 
 def _or(value, default, kind):
@@ -514,6 +611,8 @@ def _render_settings(args, from_meta: dict | None = None) -> dict:
         "model": args.model or meta.get("model"), "prior": args.prior or meta.get("prior"),
         "stats": Path(stats) if stats else None, "dtype": dtype,
         "allow_extrapolation": args.allow_extrapolation or bool(meta.get("allow_extrapolation")),
+        "max_size": getattr(args, "max_size", limits.MAX_SIZE),
+        "max_cells": getattr(args, "max_cells", limits.MAX_CELLS),
         **{key: pick(key) for key in ("steps", "size", "seed", "guidance", "batch_size",
                                       "prior_steps")},
     }
@@ -521,7 +620,8 @@ def _render_settings(args, from_meta: dict | None = None) -> dict:
         value = settings[key]
         if value is None and key == "size":  # the model's own size
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < (key != "seed"):
+        low = 2 if key == "prior_steps" else int(key != "seed")
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise CLIError(f"--from {getattr(args, 'from_', None)}: {key} {value!r} is not a "
                            "valid integer")
     return settings
@@ -530,6 +630,8 @@ def _render_settings(args, from_meta: dict | None = None) -> dict:
 def _read_sidecar(path: Path) -> dict:
     from vslerp.ui.outputs import read_png_metadata
 
+    if path.is_dir():
+        raise CLIError(f"--from {path} is a directory, not a sidecar or PNG")
     if not path.is_file():
         raise CLIError(f"--from file not found: {path}")
     try:
@@ -550,6 +652,8 @@ def _read_sidecar(path: Path) -> dict:
 
 def _from_inputs(meta: dict, from_path: Path, args) -> tuple[dict, dict]:
     """SOURCE/TARGET of a sidecar (or the files given instead), checked against its sha256."""
+    from vslerp.pipelines.inputs import image_path_or_prompt
+
     refs, missing = {}, []
     for name, key, given in (("SOURCE", "source", args.source), ("TARGET", "target", args.target)):
         ref = meta[key]
@@ -570,13 +674,12 @@ def _from_inputs(meta: dict, from_path: Path, args) -> tuple[dict, dict]:
             recorded_path = ref.get("path")
             found = None
             if isinstance(recorded_path, str) and recorded_path:
-                found = Path(recorded_path).expanduser()
-                if not found.is_absolute():  # the editor records the upload's own file name
-                    found = from_path.parent / found
-            if found is None or not found.is_file():
+                # relative: the editor records the upload's own file name, beside the sidecar
+                found = image_path_or_prompt(recorded_path, base=from_path.parent)
+            if found is None or found.kind != "image":
                 missing.append((key, ref))
                 continue
-            given = str(found)
+            given = str(found.path)
         new = _image_ref(name, given, allow_prompt=False)
         if recorded and new["sha256"] != recorded:
             raise CLIError(f"{name} image {new['path']} is not the one {from_path.name} was "
@@ -600,7 +703,7 @@ def _from_inputs(meta: dict, from_path: Path, args) -> tuple[dict, dict]:
 
 # -- grid -----------------------------------------------------------------------------------
 def run_grid(args) -> int:
-    from vslerp.ui.outputs import make_grid, save_png, sidecar_path
+    from vslerp.ui.outputs import sidecar_path
 
     meta, origin = None, ""
     if args.from_ is not None:
@@ -620,17 +723,23 @@ def run_grid(args) -> int:
         labels = not args.no_labels
     settings = _render_settings(args, meta)
     _check_thetas(thetas, settings["allow_extrapolation"])
+    _check_limits(settings, len(thetas) * len(alphas))
     if args.out.suffix.lower() != ".png":
         raise CLIError(f"--out must be a .png file, got {args.out}")
-    _check_main_output(args.out, args.overwrite)
     sidecar = sidecar_path(args.out)
-    if not args.overwrite:
-        _check_stale_sidecar(sidecar)
     cells = []
     if args.cells_dir is not None:
-        _check_place(args.cells_dir, "--cells-dir", folder=True)
         cells = [args.cells_dir / f"r{r:02d}_c{c:02d}.png"
                  for r in range(len(thetas)) for c in range(len(alphas))]
+    _refuse_inputs({"--out": args.out, "the sidecar": sidecar,
+                    **{f"--cells-dir cell {path.name}": path for path in cells}},
+                   {"SOURCE": source.get("path"), "TARGET": target.get("path"),
+                    "--from": args.from_, "--stats": settings["stats"]})
+    _check_main_output(args.out, args.overwrite)
+    if not args.overwrite:
+        _check_stale_sidecar(sidecar)
+    if args.cells_dir is not None:
+        _check_place(args.cells_dir, "--cells-dir", folder=True)
         if not args.overwrite:
             _check_cells(cells, args.out)
     device = _check_device(args.device)
@@ -638,6 +747,18 @@ def run_grid(args) -> int:
     _check_model_source(settings["model"], "--model", model_origin)
     _check_model_source(settings["prior"], "--prior", origin if args.prior is None else "")
     stats = _load_stats(settings["stats"], origin if args.stats is None else "")
+    with _own(args.out, sidecar, folders=(args.cells_dir,)):
+        # owned now: checked again, as another run may have finished in between
+        _check_main_output(args.out, args.overwrite)
+        if cells and not args.overwrite:
+            _check_cells(cells, args.out)
+        return _grid(args, meta, settings, stats, device, source, target, thetas, alphas,
+                     labels, sidecar, cells)
+
+
+def _grid(args, meta, settings, stats, device, source, target, thetas, alphas, labels, sidecar,
+          cells) -> int:
+    from vslerp.ui.outputs import make_grid, save_png
 
     pipe = _load_pipeline(settings, stats, device, progress=not args.no_progress)
     expected = ((meta or {}).get("stats") or {}).get("fingerprint")
@@ -661,18 +782,25 @@ def run_grid(args) -> int:
 
 # -- animate --------------------------------------------------------------------------------
 def run_animate(args) -> int:
-    from vslerp.ui.outputs import save_animation, save_json, sidecar_path
+    from vslerp.ui.outputs import check_fps, sidecar_path
 
     if args.out.suffix.lower() not in (".gif", ".mp4"):
         raise CLIError(f"--out must end in .gif or .mp4, got {args.out}")
-    if not args.fps > 0:
-        raise CLIError(f"--fps must be > 0, got {args.fps}")
+    try:
+        check_fps(args.fps, args.out.suffix, name="--fps")
+        n = limits.check_frames(args.frames, max_frames=args.max_frames)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
     source = _image_ref("SOURCE", args.source, allow_prompt=False)
     target = _image_ref("TARGET", args.target, allow_prompt=True)
     settings = _render_settings(args)
-    n = args.frames
-    thetas = [i / (n - 1) for i in range(n)] if n > 1 else [0.0]
+    settings["max_cells"] = max(settings["max_cells"], n)  # the frames' own limit applies
+    _check_limits(settings, n)
+    thetas = [i / (n - 1) for i in range(n)]
     sidecar = sidecar_path(args.out)
+    _refuse_inputs({"--out": args.out, "the sidecar": sidecar},
+                   {"SOURCE": source.get("path"), "TARGET": target.get("path"),
+                    "--stats": settings["stats"]})
     _check_main_output(args.out, args.overwrite)
     if not args.overwrite:
         _check_stale_sidecar(sidecar)
@@ -688,7 +816,15 @@ def run_animate(args) -> int:
     _check_model_source(settings["model"], "--model")
     _check_model_source(settings["prior"], "--prior")
     stats = _load_stats(settings["stats"])
+    with _own(args.out, sidecar):
+        _check_main_output(args.out, args.overwrite)  # owned now: checked again
+        return _animate(args, settings, stats, device, source, target, thetas, sidecar)
 
+
+def _animate(args, settings, stats, device, source, target, thetas, sidecar) -> int:
+    from vslerp.ui.outputs import save_animation, save_json
+
+    n = len(thetas)
     pipe = _load_pipeline(settings, stats, device, progress=not args.no_progress)
     out = _render(pipe, source, target, thetas, [args.alpha], settings)
     metadata = _metadata("animate", pipe, settings, source, target, out)

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
-from vslerp.stats.files import atomic_write
+from vslerp._checks import check_magnitude
+from vslerp.stats.outputs import TEMP_MARK, atomic_write
 
-__all__ = ["NEGATIVE_VALUES", "PNG_KEY", "file_sha256", "make_grid", "parse_values", "read_png_metadata", "save_animation",
+__all__ = ["FPS_RANGES", "NEGATIVE_VALUES", "PNG_KEY", "check_fps", "file_sha256", "make_grid", "parse_values", "read_png_metadata", "save_animation",
            "save_json", "save_png", "sidecar_path"]
 
 PNG_KEY = "vslerp"  # PNG text chunk holding the JSON metadata
@@ -69,7 +70,32 @@ def parse_values(text: str, name: str) -> list[float]:
             raise ValueError(f"{name}: at most {_MAX_VALUES} values, got {len(values)}")
     if not all(math.isfinite(v) for v in values):
         raise ValueError(f"{name}: values must be finite, got {raw!r}")
+    singular = name.lstrip("-")
+    singular = singular[:-1] if singular.endswith("s") else singular
+    try:
+        check_magnitude(singular, values)  # "alpha 1e+308 is too large: |alpha| <= 1e+06"
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
     return values
+
+
+# Frame rates each format stores: GIF keeps each frame's delay in 1/100 s (a delay of 1/100 s
+# is shown as 1/10 s by browsers, so at most 50 fps; at most 655.35 s a frame); MP4 (H.264)
+# takes any rational rate, players need a sane one.
+FPS_RANGES = {".gif": (100 / 65535, 50.0), ".mp4": (0.1, 240.0)}
+
+
+def check_fps(fps, suffix: str, name: str = "fps") -> float:
+    """``fps`` if the format of ``suffix`` (.gif, .mp4) can store it, else ``ValueError``."""
+    low, high = FPS_RANGES[suffix.lower()]
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) \
+            or fps <= 0:
+        raise ValueError(f"{name} must be a number > 0, got {fps!r}")
+    if not low <= fps <= high:
+        raise ValueError(f"{name} {fps:g} cannot be stored in {suffix.lower()}: "
+                         f"{low:.3g} ≤ fps ≤ {high:g}" + (
+                             " (GIF stores delays in 1/100 s)" if suffix.lower() == ".gif" else ""))
+    return float(fps)
 
 
 def _font(size: int):
@@ -246,7 +272,7 @@ def _write(path: Path, write) -> Path:
         return atomic_write(path, write)
     except OSError as err:
         detail = err.strerror or str(err)
-        if err.filename and not Path(str(err.filename)).name.startswith(f".{path.stem}-"):
+        if err.filename and TEMP_MARK not in Path(str(err.filename)).name:
             detail += f": {err.filename}"
         raise OSError(f"cannot write {path}: {detail}") from err
 
@@ -309,8 +335,7 @@ def save_animation(frames: Sequence[Image.Image], path, fps: float = 8, pingpong
         raise ValueError(f"animation must be .gif or .mp4, got {path}")
     if not frames:
         raise ValueError("save_animation needs at least one frame")
-    if not (fps > 0):
-        raise ValueError(f"fps must be > 0, got {fps}")
+    check_fps(fps, suffix)
     _check_new(path, overwrite)
     frames = list(frames)
     if pingpong and len(frames) > 2:

@@ -1,0 +1,66 @@
+"""Why a model could not be loaded, in one short line (the one place that says it).
+
+diffusers and transformers report a model that is neither cached nor downloadable with
+hundreds of characters ending in "check out the root cause in the stacktrace above". When
+a hub id (not a local folder) fails to load and is not in the local Hugging Face cache,
+:func:`unavailable_model` gives the line that says which id, why and what to do.
+A local folder keeps the loaders' own precise messages (a missing part, bad weights).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["ModelUnavailable", "is_cached", "offline", "unavailable_model"]
+
+
+class ModelUnavailable(ValueError):
+    """A hub model that is not in the local cache and could not be downloaded."""
+
+    def __init__(self, message: str, model_id: str):
+        super().__init__(message)
+        self.model_id = model_id
+
+
+def offline() -> bool:
+    """``HF_HUB_OFFLINE`` is set: huggingface_hub downloads nothing."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _is_repo_id(text: str) -> bool:
+    """``org/name`` as the hub spells ids (a path such as ``./models/x`` is not one)."""
+    if text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1:
+        return False
+    try:
+        from huggingface_hub.utils import validate_repo_id
+
+        validate_repo_id(text)
+    except Exception:  # noqa: BLE001 - HFValidationError, or no huggingface_hub
+        return False
+    return True
+
+
+def is_cached(model_id: str) -> bool:
+    """True when a snapshot of hub repo ``model_id`` is in the local Hugging Face cache."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(str(model_id), local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached, a malformed id, no huggingface_hub
+        return False
+    return True
+
+
+def unavailable_model(model_id, option: str = "--model/--prior") -> ModelUnavailable | None:
+    """The error to raise for a model that failed to load, when the reason is that it is a
+    hub id absent from the local cache (offline, no network, or no such repo); None when
+    ``model_id`` is a local folder or is cached (the loader's own message is then the right
+    one). ``option``: how the caller lets a user give a local folder instead."""
+    ident = str(model_id)
+    if Path(ident).expanduser().exists() or not _is_repo_id(ident) or is_cached(ident):
+        return None
+    why = "HF_HUB_OFFLINE" if offline() else "offline or no network"
+    return ModelUnavailable(
+        f"{ident!r} is not in the local cache and cannot be downloaded ({why}): use "
+        f"{option} DIR, or try `vslerp ui --tiny-random`", ident)
