@@ -58,6 +58,11 @@ class _Batch:
     skipped: dict[str, list] = field(default_factory=dict)  # modality → [(name, reason)]
     samples: int = 0
 
+    def pin_memory(self) -> _Batch:  # the DataLoader's pin_memory thread calls this
+        if self.pixels is not None:
+            self.pixels = self.pixels.pin_memory()
+        return self
+
 
 def _batches(samples, batch_size: int):
     """(batch of Samples, start, last, error or None): ≥ 1 per shard, an error ends it."""

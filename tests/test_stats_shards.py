@@ -190,7 +190,7 @@ def test_report_on_webdataset_embeddings(full_run, tmp_path):
     assert len(report["loss_vs_alpha"]) == 3 and "no CLIP loss" not in " ".join(report["notes"])
 
 
-def test_resume_after_sigkill(full_run, data, prior, tmp_path):
+def test_resume_after_sigkill(full_run, data, prior, tmp_path, capsys):
     """SIGKILL after the 3rd embeddings file (image-0, text-0, image-1: shard 1 half done),
     then the same command finishes: equal to the uninterrupted run, bit for bit."""
     from vslerp.stats.embeddings import TEST_KILL_ENV
@@ -213,6 +213,13 @@ def test_resume_after_sigkill(full_run, data, prior, tmp_path):
     assert torch.equal(resumed.pairs, full.pairs)
     assert vs.load(out).metadata["skipped"] == vs.load(full_run[0]).metadata["skipped"]
     assert vs.load(out).metadata["dataset_size"] == vs.load(full_run[0]).metadata["dataset_size"]
+    # a finished folder: every shard is read back, nothing is encoded again
+    again = tmp_path / "again.safetensors"
+    capsys.readouterr()
+    assert main(argv[: argv.index("--out") + 1] + [str(again)] + argv[argv.index("--out") + 2:]) == 0
+    n = vs.load(full_run[0]).metadata["counts"]
+    assert f"{n['image'] + n['text']} resumed from embeddings shards" in capsys.readouterr().out
+    _sums_equal(vs.load(again), vs.load(full_run[0]), exact=True)
 
 
 def test_two_processes_equal_one(full_run, data, prior, tmp_path):
