@@ -185,9 +185,11 @@ def _pick(schema, wanted: str | None, like, preferred: Sequence[str], what: str,
         return named[0]
     if len(fits) == 1:
         return fits[0]
-    reason = "several" if fits else "no"
-    raise ValueError(f"parquet file {path} has {reason} {what} column(s); name one with "
-                     f"{option} (columns: {listing})")
+    noun, kind = what.split(" ", 1)
+    found = f"several {noun} columns {kind}: {', '.join(fits)}" if fits else (
+        f"no {noun} column {kind}")
+    raise ValueError(f"parquet file {path} has {found}; name one with {option} "
+                     f"(columns: {listing})")
 
 
 class ParquetSource(ShardSource):

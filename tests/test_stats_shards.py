@@ -305,11 +305,12 @@ def _parquet_case(tmp: Path, case: str) -> list[str]:
 
 BAD = {
     "not parquet": (_parquet_case, "is not a readable parquet file"),
-    "no image column": (_parquet_case, "has no image (binary or {bytes, path} struct) column"),
+    "no image column": (_parquet_case, "has no image column (binary or {bytes, path} struct);"
+                        " name one with --image-column"),
     "wrong caption type": (_parquet_case, "column 'caption' of parquet file"),
     "missing named column": (_parquet_case, "has no column 'picture' (--image-column)"),
-    "two text columns": (_parquet_case, "several caption (text) column(s); name one with "
-                         "--caption-column"),
+    "two text columns": (_parquet_case, "several caption columns (text): url, alt; name one "
+                         "with --caption-column"),
     "missing shard": (lambda tmp: ["--webdataset", str(tmp / "s/{0..2}.tar")],
                       "shard not found"),
     "with --images": (lambda tmp: ["--webdataset", str(tmp / "a.tar"), "--images", str(tmp)],

@@ -65,8 +65,10 @@ def run_shard_compute(args: argparse.Namespace, *, on_shard=None) -> int:
     from vslerp.ui.cmd_stats import _quiet_transformers, _wants_cpu
 
     source = read_source(args)
-    first = source.shards[0]
-    name = args.dataset_name or (str(args.webdataset[0] if args.webdataset else first))
+    given = args.webdataset or args.parquet
+    # default name: the one pattern given, else the folder of the first shard
+    name = args.dataset_name or (given[0] if len(given) == 1 else
+                                 source.paths[0].resolve().parent.name)
     state = PartialState(cpu=_wants_cpu(args.device))
     main = state.is_main_process
     device = args.device or (str(state.device) if state.num_processes > 1 else None)
