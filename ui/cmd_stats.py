@@ -50,6 +50,8 @@ examples:
       --prior kakaobrain/karlo-v1-alpha-image-variations --out coco_karlo.safetensors
   vslerp stats compute --prior kandinsky-community/kandinsky-2-2-prior --from-prior-mean \\
       --out prior_mean.safetensors
+  vslerp stats compute --webdataset "laion/{00000..00999}.tar" --save-embeddings laion_emb/ \\
+      --prior kandinsky-community/kandinsky-2-2-prior --out laion.safetensors
 """
 
 
@@ -200,7 +202,8 @@ def _read_dataset(args) -> tuple[list, list, str]:
     from vslerp.stats import list_images, read_captions
 
     if args.images is None and args.captions is None:
-        raise CLIError("give --images DIR and/or --captions FILE (or --from-prior-mean)")
+        raise CLIError("give --images DIR and/or --captions FILE, --webdataset PATTERN or "
+                       "--parquet FILE (or --from-prior-mean)")
     if args.images is not None and not args.images.is_dir():
         raise CLIError(f"--images {args.images} is not a folder")
     if args.captions is not None and not args.captions.is_file():
