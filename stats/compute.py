@@ -34,7 +34,7 @@ from .encode import ClipEncoders
 from .files import Statistics
 
 __all__ = ["ComputeResult", "EncodedChunk", "compute_statistics", "dataset_digest",
-           "encode_stream", "plan_chunks"]
+           "encode_stream", "plan_chunks", "reduced_result"]
 
 MAX_SKIPPED_IN_METADATA = 1000  # names of skipped items kept in the file (all are counted)
 
@@ -385,6 +385,18 @@ def compute_statistics(encoders: ClipEncoders, images: Sequence[ImageItem] = (),
         skip, counts = _run_modality("text", captions, encoders, acc, **common)
         skipped += skip
         encoded["text"], resumed["text"] = counts["encoded"], counts["resumed"]
+    dataset_size = {"image": len(images), "text": len(captions)}
+    return reduced_result(encoders, accs, skipped, dataset_size, state, metadata, encoded,
+                          resumed)
+
+
+def reduced_result(encoders: ClipEncoders, accs: dict[str, MomentAccumulator],
+                   skipped: list[tuple[str, str]], dataset_size: dict[str, int], state,
+                   metadata: dict | None, encoded: dict[str, int],
+                   resumed: dict[str, int]) -> ComputeResult:
+    """All-reduce each process's sums and skipped items; the statistics and their metadata
+    (identical on every process). Raises ``ValueError`` when a modality got no item."""
+    world = state.num_processes if state is not None else 1
     for acc in accs.values():
         _reduce(acc, state)
     if state is not None and world > 1:
@@ -394,15 +406,14 @@ def compute_statistics(encoders: ClipEncoders, images: Sequence[ImageItem] = (),
     skipped = sorted({(str(n), str(r)) for n, r in skipped})
     for modality, acc in accs.items():
         if acc.count == 0:
-            listed = len(images) if modality == "image" else len(captions)
-            raise ValueError(f"none of the {listed} {modality}s could be encoded "
-                             f"({len(skipped)} skipped, e.g. {skipped[:3]})")
+            raise ValueError(f"none of the {dataset_size[modality]} {modality}s could be "
+                             f"encoded ({len(skipped)} skipped, e.g. {skipped[:3]})")
     meta = {
         **(metadata or {}),
         "model_id": encoders.model_id,
         "encoder_fingerprint": encoders.fingerprint,
         "dim": encoders.dim,
-        "dataset_size": {"image": len(images), "text": len(captions)},
+        "dataset_size": dataset_size,
         "skipped": {"count": len(skipped),
                     "items": [list(s) for s in skipped[:MAX_SKIPPED_IN_METADATA]]},
         "version": __version__,

@@ -50,6 +50,8 @@ examples:
       --prior kakaobrain/karlo-v1-alpha-image-variations --out coco_karlo.safetensors
   vslerp stats compute --prior kandinsky-community/kandinsky-2-2-prior --from-prior-mean \\
       --out prior_mean.safetensors
+  vslerp stats compute --webdataset "laion/{00000..00999}.tar" --save-embeddings laion_emb/ \\
+      --prior kandinsky-community/kandinsky-2-2-prior --out laion.safetensors
 """
 
 
@@ -71,6 +73,20 @@ def register(subparsers) -> None:
     p.add_argument("--captions", type=Path, metavar="FILE",
                    help="COCO captions .json (annotations/captions_val2017.json) or a .txt, "
                    "one caption a line (default: none, images only)")
+    p.add_argument("--webdataset", nargs="+", metavar="PATTERN",
+                   help="webdataset tar shards, img2dataset layout (KEY.jpg/.png/.webp + KEY.txt "
+                   "or KEY.json 'caption'): paths or brace patterns, e.g. "
+                   "'shards/{00000..00099}.tar'; each shard is a unit of work and of resuming "
+                   "(default: none)")
+    p.add_argument("--parquet", nargs="+", metavar="FILE",
+                   help="parquet files of image bytes (binary or a {bytes, path} struct) and "
+                   "captions, one file a shard; brace patterns too (default: none)")
+    p.add_argument("--image-column", default=None, metavar="NAME",
+                   help="--parquet image column (default: auto: image, jpg, png, ... or the "
+                   "only binary column)")
+    p.add_argument("--caption-column", default=None, metavar="NAME",
+                   help="--parquet caption column (default: auto: caption, text, txt, ... or "
+                   "the only text column)")
     p.add_argument("--prior", required=True, metavar="DIR|ID", help=_PRIOR_HELP + " (required)")
     p.add_argument("--out", required=True, type=Path, metavar="FILE.safetensors",
                    help="statistics file to write (required)")
@@ -93,8 +109,9 @@ def register(subparsers) -> None:
                    help="also keep the raw embeddings as safetensors shards + manifest.json "
                    "(for `stats report`); a killed run started again resumes from them "
                    "(default: off)")
-    p.add_argument("--shard-size", type=_positive, default=1024, metavar="N",
-                   help="items per chunk / shard; fixed for a resumable run (default: 1024)")
+    p.add_argument("--shard-size", type=_positive, default=None, metavar="N",
+                   help="items per chunk / shard; fixed for a resumable run; not with "
+                   "--webdataset/--parquet, whose shards are the input's (default: 1024)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out file and a --save-embeddings folder of "
                    "another run (default: refuse)")
@@ -185,7 +202,8 @@ def _read_dataset(args) -> tuple[list, list, str]:
     from vslerp.stats import list_images, read_captions
 
     if args.images is None and args.captions is None:
-        raise CLIError("give --images DIR and/or --captions FILE (or --from-prior-mean)")
+        raise CLIError("give --images DIR and/or --captions FILE, --webdataset PATTERN or "
+                       "--parquet FILE (or --from-prior-mean)")
     images = list_images(args.images, args.captions) if args.images is not None else []
     captions = read_captions(args.captions) if args.captions is not None else []
     if args.images is not None and not images:
@@ -304,11 +322,16 @@ def run_compute(args: argparse.Namespace, *, on_shard=None) -> int:
     if args.save_embeddings is not None:
         check_output("--save-embeddings", args.save_embeddings, True, folder=True)
     _check_paths(args)
+    if args.webdataset or args.parquet or args.image_column or args.caption_column:
+        from vslerp.ui.cmd_stats_shards import run_shard_compute
+
+        return run_shard_compute(args, on_shard=on_shard)
     if args.from_prior_mean:
         if args.images is not None or args.captions is not None:
             raise CLIError("--from-prior-mean uses no data: drop --images/--captions")
         with _own_outputs(args, None):
             return _write_prior_mean(args)
+    args.shard_size = args.shard_size or 1024
     from accelerate import PartialState
 
     state = PartialState(cpu=_wants_cpu(args.device))
