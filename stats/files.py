@@ -1,6 +1,6 @@
 """Statistics files: per-modality moment sums in one safetensors file with JSON metadata.
 
-Layout of a file written by ``vslerp stats compute`` (DESIGN.md, "Files it writes"):
+Layout of a file written by ``vslerp stats compute`` (docs/design.md, "Files it writes"):
 
 - tensors ``"{modality}.{name}"`` for modality ``image`` / ``text`` and the
   :class:`vslerp.MomentAccumulator` sums ``count`` (int64), ``sum`` (D,), ``sum_unit`` (D,),

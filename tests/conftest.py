@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random models built from configs (no downloads, DESIGN.md)."""
+"""Shared fixtures: tiny random models built from configs (no downloads; docs/design.md)."""
 
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ def test_slerp_angle_to_a_grows_linearly():
 
 
 def test_elementwise_arccos_variant_is_not_ours():
-    """The bug DESIGN.md names: arccos of the element-wise product inflates the norm."""
+    """The bug docs/pipeline.md names ("Why SLERP done right"): arccos of the element-wise product inflates the norm."""
     g = _gen(3)
     shared = torch.randn(512, generator=g, dtype=torch.float64)  # CLIP-like: cos(a, b) ≈ 0.7
     a = shared + 0.65 * torch.randn(512, generator=g, dtype=torch.float64)

@@ -23,7 +23,7 @@ class MomentAccumulator:
     """Streaming sums of raw embeddings of one modality, all float64, mergeable.
 
     Holds count, Σv (D,), Σû (D,), Σvvᵀ (D, D), Σ‖v‖ and Σ‖v‖². Means, covariance and the
-    exact conformity identity (DESIGN.md) follow from these, so shards on different
+    exact conformity identity (docs/design.md) follow from these, so shards on different
     processes or machines combine with :meth:`merge` into the result of one pass.
     """
 
