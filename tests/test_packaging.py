@@ -82,3 +82,47 @@ def test_cli_help_lists_subcommands():
                          capture_output=True, text=True)
     assert bad.returncode == 2
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def _declared() -> tuple[set[str], str]:
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    reqs = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        reqs += extra
+    import re
+
+    names = {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in reqs}
+    return names, project["license"]
+
+
+def test_every_third_party_import_is_a_declared_dependency():
+    import ast
+    from importlib.metadata import packages_distributions
+
+    dists = packages_distributions()
+    declared, _ = _declared()
+    missing = {}
+    for folder in ROOMS.values():
+        for path in (REPO / folder).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    tops = [a.name.split(".")[0] for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    tops = [node.module.split(".")[0]]
+                else:
+                    continue
+                for top in tops:
+                    if top in sys.stdlib_module_names or top == "vslerp" or top not in dists:
+                        continue
+                    names = {d.lower().replace("_", "-") for d in dists[top]}
+                    if not names & declared:
+                        missing.setdefault(top, set()).add(path.name)
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+def test_license_file_is_the_declared_license():
+    _, license_id = _declared()
+    text = (REPO / "LICENSE").read_text()
+    assert license_id == "MIT" and text.startswith("MIT License")
+    assert "Permission is hereby granted, free of charge" in text

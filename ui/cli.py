@@ -67,7 +67,8 @@ def _mark_parsers(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vslerp", description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"vslerp {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"vslerp {__version__} (Python {sys.version.split()[0]})")
     parser.add_argument("--verbose", action="store_true",
                         help="show full tracebacks (for bug reports)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
