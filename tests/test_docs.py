@@ -113,6 +113,38 @@ def _speed(body: str) -> str:
     return re.sub(r'"size": \d+', '"size": 64', body)
 
 
+def _img2dataset_folders(inputs: Path, rng, shards: int = 4, per_shard: int = 3) -> None:
+    """``web/0000K.tar`` (KEY.jpg + KEY.txt + KEY.json) and ``pq/0000K.parquet`` (``jpg`` bytes
+    + ``caption``): the layouts img2dataset writes."""
+    import io
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    (inputs / "web").mkdir()
+    (inputs / "pq").mkdir()
+    for k in range(shards):
+        rows = []
+        with tarfile.open(inputs / "web" / f"{k:05d}.tar", "w") as tar:
+            for j in range(per_shard):
+                key = f"{k:05d}{j:04d}"
+                jpg = io.BytesIO()
+                Image.fromarray((rng.random((40, 40, 3)) * 255).astype("uint8")).save(jpg, "JPEG")
+                caption = f"sample {j} of shard {k}"
+                parts = {"jpg": jpg.getvalue(), "txt": caption.encode(),
+                         "json": json.dumps({"caption": caption, "key": key}).encode()}
+                for ext, data in parts.items():
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+                rows.append((parts["jpg"], caption))
+        table = pa.table({"jpg": pa.array([r[0] for r in rows], pa.binary()),
+                          "caption": [r[1] for r in rows]})
+        pq.write_table(table, inputs / "pq" / f"{k:05d}.parquet")
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A folder of example inputs, a fake HF cache with tiny models, and stand-ins on PATH."""
@@ -150,6 +182,7 @@ def workspace(tmp_path_factory):
     (inputs / "annotations" / "captions_val2017.json").write_text(json.dumps(coco))
     (inputs / "captions_val2017.json").write_text(json.dumps(coco))
     (inputs / "my_captions.txt").write_text("a cat\na dog on a sofa\na red car\n")
+    _img2dataset_folders(inputs, rng)
 
     bin_dir = base / "bin"
     bin_dir.mkdir()
