@@ -160,9 +160,10 @@ def _chunk_range(index: int, shard_size: int, n_items: int) -> range:
     return range(index * shard_size, min((index + 1) * shard_size, n_items))
 
 
-def _shard_problem(shard: Shard, index: int, shard_size: int, n_items: int,
+def _shard_problem(shard: Shard, index: int, shard_size: int | None, n_items: int,
                    dim: int | None) -> str | None:
-    """What is wrong with chunk ``index`` read back (None: it matches the plan)."""
+    """What is wrong with chunk ``index`` read back (None: it matches the plan). With
+    ``shard_size`` None (one shard per input shard) its item count is not known ahead."""
     emb, rows = shard.embeddings, shard.item_index
     if emb.ndim != 2 or (dim is not None and emb.shape[1] != dim) or not emb.is_floating_point():
         return f"has embeddings of shape {tuple(emb.shape)} {emb.dtype}, expected (n, {dim}) float"
@@ -170,6 +171,12 @@ def _shard_problem(shard: Shard, index: int, shard_size: int, n_items: int,
     if rows.shape != (n,) or shard.image_id.shape != (n,):
         return (f"has {n} embeddings but item_index {tuple(rows.shape)} and image_id "
                 f"{tuple(shard.image_id.shape)}")
+    if shard_size is None:
+        if n and int(torch.unique(rows).numel()) != n:
+            return f"repeats item indices ({n - int(torch.unique(rows).numel())} duplicates)"
+        if not bool(torch.isfinite(emb).all()):
+            return f"holds {int((~torch.isfinite(emb)).sum())} non-finite values (NaN or Inf)"
+        return None
     expected = _chunk_range(index, shard_size, n_items)
     if n + len(shard.skipped) != len(expected):
         return (f"holds {n} embeddings + {len(shard.skipped)} skipped items, but chunk {index} "
@@ -226,8 +233,14 @@ def _pairs(image_ids: torch.Tensor, text_image_ids: torch.Tensor) -> torch.Tenso
     return torch.stack([order[pos[text_rows]], text_rows], dim=1)
 
 
-def _plan_of(manifest, path: Path) -> tuple[int, int, dict[str, int]]:
-    """(dim, shard_size, items per modality) of a manifest, or ``ValueError`` naming ``path``."""
+INPUT_SHARD = "input shard"  # shard_size of a webdataset/parquet run: one shard per input shard
+
+
+def _plan_of(manifest, path: Path) -> tuple[int, int | None, dict[str, int]]:
+    """(dim, shard_size, items per modality) of a manifest, or ``ValueError`` naming ``path``.
+
+    For a run over input shards (``shard_size`` ``"input shard"``: webdataset, parquet) the
+    shard size is None and the counts are shards per modality, not items."""
     if not isinstance(manifest, dict):
         raise ValueError(f"{path} is not an embeddings manifest (not a JSON object)")
 
@@ -238,15 +251,17 @@ def _plan_of(manifest, path: Path) -> tuple[int, int, dict[str, int]]:
 
     meta = manifest.get("metadata")
     dim = whole(meta.get("dim") if isinstance(meta, dict) else None, "metadata.dim", 1)
-    shard_size = whole(manifest.get("shard_size"), "shard_size", 1)
+    by_input = manifest.get("shard_size") == INPUT_SHARD
+    shard_size = None if by_input else whole(manifest.get("shard_size"), "shard_size", 1)
     mods = manifest.get("modalities")
     if not isinstance(mods, dict):
         raise ValueError(f"{path} has no per-modality item counts ('modalities')")
+    key = "shards" if by_input else "items"
     items = {}
     for modality in MODALITIES:
-        entry = mods.get(modality, {"items": 0})
-        items[modality] = whole(entry.get("items") if isinstance(entry, dict) else None,
-                                f"modalities.{modality}.items", 0)
+        entry = mods.get(modality, {key: 0})
+        items[modality] = whole(entry.get(key) if isinstance(entry, dict) else None,
+                                f"modalities.{modality}.{key}", 0)
     return dim, shard_size, items
 
 
@@ -281,7 +296,7 @@ def read_embeddings(directory: str | Path) -> Embeddings:
     problems: list[str] = []
     out = {}
     for modality in MODALITIES:
-        n_chunks = -(-items[modality] // shard_size)
+        n_chunks = items[modality] if shard_size is None else -(-items[modality] // shard_size)
         expected = [f"{modality}-{k:06d}.safetensors" for k in range(n_chunks)]
         present = {p.name for p in directory.glob(f"{modality}-??????.safetensors")}
         missing = [n for n in expected if n not in present]
@@ -291,7 +306,8 @@ def read_embeddings(directory: str | Path) -> Embeddings:
                             + ", ".join(missing[:10]) + (" …" if len(missing) > 10 else ""))
         if extra:
             problems.append(f"{modality} shard(s) beyond the manifest's {items[modality]} "
-                            f"items: " + ", ".join(extra[:10]))
+                            f"{'shards' if shard_size is None else 'items'}: "
+                            + ", ".join(extra[:10]))
         shards = []
         for k, name in enumerate(expected):
             if name not in present:

@@ -16,6 +16,7 @@ verbatim, offline. The only changes made to what a block says, for speed on a CP
   editor) and `accelerate launch` runs its vslerp command in one process.
 
 A block preceded by `<!-- docs-check: skip: REASON -->` is not run; the reason is required.
+Run it with `python -m pytest -q -m docs tests/test_docs.py` (a step of .ci/run of its own).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.docs
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -221,6 +224,7 @@ def test_page_blocks_run(page, workspace, tmp_path):
             cmd = [sys.executable, "-c", PRELUDE + textwrap.dedent(body)]
         proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, (f"{page.name}:{line} ({lang}) failed, exit {proc.returncode}\n"
-                                      f"--- block ---\n{body}\n--- stderr ---\n{proc.stderr[-3000:]}")
+                                      f"--- block ---\n{body}\n--- stdout ---\n{proc.stdout[-2000:]}\n"
+                                      f"--- stderr ---\n{proc.stderr[-3000:]}")
         ran += 1
     assert ran or all(why for _l, _b, why, _n in blocks(page)), f"{page.name}: no block ran"

@@ -482,12 +482,14 @@ def _load_pipeline(settings: dict, stats, device, progress: bool):
 
     import torch
     from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as transformers_logging
 
     if not os.environ.get("VSLERP_LOG"):  # stderr is for errors: keep the loaders quiet
         for lib in (diffusers_logging, transformers_logging):
             lib.set_verbosity_error()
             lib.disable_progress_bar()
+        hub_logging.set_verbosity_error()  # "Could not reach the Hub ... using cached" offline
     from vslerp.pipelines import VSlerpPipeline
     from vslerp.stats.hub import ModelUnavailable
 

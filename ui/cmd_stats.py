@@ -146,14 +146,18 @@ def _quiet_transformers():
     except ImportError:  # pragma: no cover
         yield
         return
-    level = hf_logging.get_verbosity()
+    from huggingface_hub.utils import logging as hub_logging
+
+    level, hub_level = hf_logging.get_verbosity(), hub_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()  # "Could not reach the Hub ... using cached" offline
     hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
+        hub_logging.set_verbosity(hub_level)
         if bars:
             hf_logging.enable_progress_bar()
 
