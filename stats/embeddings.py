@@ -24,6 +24,7 @@ from .outputs import atomic_write, remove_stale_temporaries
 __all__ = ["EmbeddingStore", "Embeddings", "read_embeddings"]
 
 MANIFEST = "manifest.json"
+INPUT_SHARD = "input shard"  # shard_size of a webdataset/parquet run: one shard per input shard
 FORMAT = "vslerp-embeddings/1"
 MODALITIES = ("image", "text")
 # Temporary names of older versions (".{stem}-XXXXXXXX{suffix}", ".tmp"); today's are
@@ -138,8 +139,12 @@ class EmbeddingStore:
         """Read chunk ``index`` back (to resume), checked against the plan's item count."""
         path = self.shard_path(modality, index)
         shard = _read_shard(path)
-        n_items = int(self.plan["modalities"][modality]["items"])
-        problem = _shard_problem(shard, index, int(self.plan["shard_size"]), n_items,
+        if self.plan.get("shard_size") == INPUT_SHARD:  # one shard per input shard: no fixed size
+            shard_size, n_items = None, 0
+        else:
+            shard_size = int(self.plan["shard_size"])
+            n_items = int(self.plan["modalities"][modality]["items"])
+        problem = _shard_problem(shard, index, shard_size, n_items,
                                  self.plan.get("metadata", {}).get("dim"))
         if problem:
             raise ValueError(f"embedding shard {path} {problem}; delete it and rerun "
@@ -231,9 +236,6 @@ def _pairs(image_ids: torch.Tensor, text_image_ids: torch.Tensor) -> torch.Tenso
     hit = (sorted_ids[pos] == text_image_ids) & (text_image_ids >= 0)
     text_rows = torch.nonzero(hit).flatten()
     return torch.stack([order[pos[text_rows]], text_rows], dim=1)
-
-
-INPUT_SHARD = "input shard"  # shard_size of a webdataset/parquet run: one shard per input shard
 
 
 def _plan_of(manifest, path: Path) -> tuple[int, int | None, dict[str, int]]:

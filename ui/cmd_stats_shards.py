@@ -61,7 +61,7 @@ def run_shard_compute(args: argparse.Namespace, *, on_shard=None) -> int:
     from accelerate import PartialState
 
     from vslerp.stats import load_encoders, refuse_overwriting_inputs
-    from vslerp.stats.embeddings import EmbeddingStore
+    from vslerp.stats.embeddings import INPUT_SHARD, EmbeddingStore
     from vslerp.stats.sharded import compute_shard_statistics
     from vslerp.ui.cmd_stats import _own_outputs, _quiet_transformers, _wants_cpu
 
@@ -80,7 +80,7 @@ def run_shard_compute(args: argparse.Namespace, *, on_shard=None) -> int:
         dtype = getattr(torch, args.dtype) if args.dtype else None
         with _quiet_transformers():
             encoders = load_encoders(args.prior, device=device, dtype=dtype, text=True)
-        metadata = {"dataset": name, "prior": str(args.prior), "shard_size": "input shard"}
+        metadata = {"dataset": name, "prior": str(args.prior), "shard_size": INPUT_SHARD}
         if source.kind == "parquet":
             metadata["parquet_columns"] = {"image": source.columns[0], "caption": source.columns[1]}
         store = None
@@ -88,7 +88,7 @@ def run_shard_compute(args: argparse.Namespace, *, on_shard=None) -> int:
             digest = source.digest()
             plan = {"metadata": {**metadata, "model_id": encoders.model_id,
                                  "encoder_fingerprint": encoders.fingerprint, "dim": encoders.dim},
-                    "shard_size": "input shard",
+                    "shard_size": INPUT_SHARD,
                     "modalities": {m: {"shards": len(source), "source": source.kind,
                                        "digest": digest} for m in ("image", "text")}}
             store = EmbeddingStore(args.save_embeddings, plan)
