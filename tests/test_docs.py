@@ -16,7 +16,7 @@ verbatim, offline. The only changes made to what a block says, for speed on a CP
   editor) and `accelerate launch` runs its vslerp command in one process.
 
 A block preceded by `<!-- docs-check: skip: REASON -->` is not run; the reason is required.
-Run it with `python -m pytest -q -m docs tests/test_docs.py` (a step of .ci/run of its own).
+Run it with `python -m pytest -q -m docs tests/test_docs.py` (CI runs it in .ci/lowest).
 """
 
 from __future__ import annotations
