@@ -191,11 +191,11 @@ def check_device(device: str | None) -> None:
             raise CLIError(f"--device: {err}") from None
 
 
-def print_skipped(skipped, where: str) -> None:
-    """Name the unreadable images at the end of a run (the first 20, then a count)."""
+def print_skipped(skipped, where: str, what: str = "image(s)") -> None:
+    """Name the unreadable items at the end of a run (the first 20, then a count)."""
     if not skipped:
         return
-    print(f"skipped {len(skipped)} unreadable image(s):")
+    print(f"skipped {len(skipped)} unreadable {what}:")
     for name, reason in skipped[:20]:
         print(f"  {name}: {reason}")
     if len(skipped) > 20:

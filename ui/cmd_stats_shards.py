@@ -44,16 +44,6 @@ def read_source(args: argparse.Namespace):
                        ) from None
 
 
-def _print_skipped(skipped) -> None:
-    if not skipped:
-        return
-    print(f"skipped {len(skipped)} unreadable item(s) (images or captions):")
-    for name, reason in skipped[:20]:
-        print(f"  {name}: {reason}")
-    if len(skipped) > 20:
-        print(f"  ... and {len(skipped) - 20} more (all named in the file's metadata, up to 1000)")
-
-
 def run_shard_compute(args: argparse.Namespace, *, on_shard=None) -> int:
     """``stats compute`` over webdataset / parquet shards (the output checks already ran;
     the outputs are owned, as a folder run's, and never one of the shards)."""
@@ -63,7 +53,7 @@ def run_shard_compute(args: argparse.Namespace, *, on_shard=None) -> int:
     from vslerp.stats import load_encoders, refuse_overwriting_inputs
     from vslerp.stats.embeddings import INPUT_SHARD, EmbeddingStore
     from vslerp.stats.sharded import compute_shard_statistics
-    from vslerp.ui.cmd_stats import _own_outputs, _quiet_transformers, _wants_cpu
+    from vslerp.ui.cmd_stats import _own_outputs, _quiet_transformers, _wants_cpu, print_skipped
 
     source = read_source(args)
     option = "--webdataset" if args.webdataset else "--parquet"
@@ -113,7 +103,8 @@ def run_shard_compute(args: argparse.Namespace, *, on_shard=None) -> int:
             print(f"wrote {args.out}: " + ", ".join(f"{v} {k}" for k, v in counts.items())
                   + f" from {len(source)} shard(s) (dim {encoders.dim}"
                   + (f", {resumed} resumed from embeddings shards" if resumed else "") + ")")
-            _print_skipped(result.skipped)
+            print_skipped(result.skipped, "all named in the file's metadata, up to 1000",
+                          "item(s) (images or captions)")
             if store is not None:
                 print(f"embeddings in {args.save_embeddings} (manifest.json), one shard per input "
                       "shard")
