@@ -24,6 +24,7 @@ from diffusers.utils.torch_utils import randn_tensor
 import vslerp
 from vslerp._checks import check_magnitude
 from vslerp._version import __version__
+from vslerp.defaults import CONFORMITY_COSINE, CONFORMITY_EXACT
 from vslerp.stats import (
     Statistics,
     UnreadableImage,
@@ -278,7 +279,13 @@ class VSlerpPipeline(DiffusionPipeline):
         """Set the image mean's source: path | Statistics | (D,) tensor | None (prior clip_mean).
 
         Checked against this image encoder's dim and fingerprint (``vslerp.stats.check_compatible``).
+        To use other statistics for one call only, pass ``statistics=`` to that call instead.
         """
+        self._statistics = self.check_statistics(stats)
+        return self._statistics
+
+    def check_statistics(self, stats=None) -> Statistics:
+        """``stats`` (as :meth:`set_statistics` takes it) as a checked :class:`Statistics`; sets nothing."""
         dim = int(self.image_encoder.config.projection_dim)
         if stats is None:
             stats = Statistics.from_prior(self.prior, model_id=self.model_ids.get("prior"))
@@ -293,8 +300,11 @@ class VSlerpPipeline(DiffusionPipeline):
             raise ValueError("the statistics have no image modality: vSLERP needs the image mean")
         fp = encoder_fingerprint(self.image_encoder) if stats.metadata.get("encoder_fingerprint") else None
         check_compatible(stats, dim=dim, fingerprint=fp)
-        self._statistics = stats
         return stats
+
+    def _statistics_for(self, statistics) -> Statistics:
+        """A call's statistics: ``None`` → the pipeline's own (:attr:`statistics`), else checked."""
+        return self.statistics if statistics is None else self.check_statistics(statistics)
 
     @property
     def statistics(self) -> Statistics:
@@ -307,16 +317,17 @@ class VSlerpPipeline(DiffusionPipeline):
         """Raw image modality mean m, (D,) float32 on the CPU."""
         return self.statistics.image.mean.to(torch.float32)
 
-    def estimated_conformity(self, embeds: torch.Tensor, modality: str = "image") -> torch.Tensor:
+    def estimated_conformity(self, embeds: torch.Tensor, modality: str = "image", statistics=None) -> torch.Tensor:
         """Conformity of each raw embedding (N, D) → (N,) float32 (paper Eq. 11).
 
         With dataset statistics (count ≥ 2 and the unit-vector mean μ̂) this is the exact identity
         C = N‖μ̂‖/(N−1)·cos(v, μ̂) − 1/(N−1) (``vslerp.exact_conformity_coefficients``); with a
         mean-only source (prior clip_mean, tensor) it is cos(v, m) itself (a = 1, b = 0).
+        statistics: for this call only (as :meth:`set_statistics` takes it); None → the pipeline's.
         """
         if modality not in ("image", "text"):
             raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
-        mod = getattr(self.statistics, modality)
+        mod = getattr(self._statistics_for(statistics), modality)
         if mod is None:
             raise ValueError(f"the statistics have no {modality} modality")
         raw = torch.as_tensor(embeds).detach().to("cpu", torch.float32).reshape(-1, mod.dim)  # (N, D)
@@ -325,9 +336,10 @@ class VSlerpPipeline(DiffusionPipeline):
             return (fit.a * vslerp.cosine_to_mean(raw, mod.mean_unit.float()) + fit.b).float()
         return vslerp.cosine_to_mean(raw, mod.mean.float()).float()
 
-    def conformity_method(self) -> str:
+    def conformity_method(self, statistics=None) -> str:
         """'exact_identity' (dataset statistics) or 'cosine_to_mean' (mean-only source)."""
-        return "exact_identity" if self.statistics.image.count >= 2 else "cosine_to_mean"
+        stats = self._statistics_for(statistics)
+        return CONFORMITY_EXACT if stats.image.count >= 2 else CONFORMITY_COSINE
 
     # -- speed and memory options -------------------------------------------------------
     def compile_unet(self, **kwargs) -> None:
@@ -577,7 +589,7 @@ class VSlerpPipeline(DiffusionPipeline):
                  output_type: str = "pil", prior_num_inference_steps: int = 25,
                  super_res_num_inference_steps: int = 7,
                  return_dict: bool = True, max_size: int = limits.MAX_SIZE,
-                 max_cells: int = limits.MAX_CELLS) -> VSlerpPipelineOutput:
+                 max_cells: int = limits.MAX_CELLS, statistics=None) -> VSlerpPipelineOutput:
         """Render the θ × α grid of vSLERP(source, target, θ, α, m) (paper Eq. 12).
 
         source: PIL image | image path | (D,) raw embedding. target: the same, or a prompt
@@ -591,7 +603,9 @@ class VSlerpPipeline(DiffusionPipeline):
         guidance_scale, height, width: None → the backend's defaults (Kandinsky 2.2: 4.0, 512×512;
         unCLIP: 8.0 and the super-resolution size); super_res_num_inference_steps: unCLIP only.
         max_size, max_cells: the limits of one call (:mod:`vslerp.pipelines.limits`: 4096 px,
-        1024 cells), raised by passing larger ones. An out-of-memory while rendering raises
+        1024 cells), raised by passing larger ones. statistics: the image mean's source for this
+        call only (path | Statistics | (D,) tensor, as :meth:`set_statistics`); None → the
+        pipeline's own. An out-of-memory while rendering raises
         :class:`~vslerp.pipelines.limits.RenderOutOfMemory` naming the size and batch.
         Returns :class:`VSlerpPipelineOutput` (images row-major over thetas × alphas).
         """
@@ -609,6 +623,7 @@ class VSlerpPipeline(DiffusionPipeline):
                                  ("num_inference_steps", num_inference_steps, self._min_steps)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        stats = self._statistics_for(statistics)
         device = self._device()
         self._guidance_scale = guidance_scale
         if generator is None:
@@ -625,13 +640,14 @@ class VSlerpPipeline(DiffusionPipeline):
             raise ValueError("negative_image_embeds is not supported by the unCLIP backend")
         else:
             negative_raw = self._check_embedding("negative_image_embeds", torch.as_tensor(negative_image_embeds))
-        mean = self.image_mean  # (D,)
+        mean = stats.image.mean.to(torch.float32)  # (D,)
         theta_grid = torch.tensor(thetas, dtype=torch.float32)[:, None].expand(len(thetas), len(alphas))
         alpha_grid = torch.tensor(alphas, dtype=torch.float32)[None, :].expand(len(thetas), len(alphas))
         cells = vslerp.vslerp(source_raw, target_raw, theta_grid, alpha_grid, mean)  # (T, A, D)
         if not bool(torch.isfinite(cells).all()):
             raise ValueError("some cells' embeddings are not finite (extreme alphas or thetas?)")
-        conformity = self.estimated_conformity(cells.reshape(-1, cells.shape[-1])).reshape(cells.shape[:2])
+        conformity = self.estimated_conformity(cells.reshape(-1, cells.shape[-1]), statistics=stats
+                                               ).reshape(cells.shape[:2])
 
         # Equal embeddings render equal images (same noise, same generator copies): render each
         # distinct cell once. A θ=0 row is the source for every α (Eq. 12), a θ=1 row the target.
@@ -666,7 +682,7 @@ class VSlerpPipeline(DiffusionPipeline):
                      height: int | None = None, width: int | None = None, max_batch_size: int = 8,
                      negative_image_embeds=None, callback_on_step_end=None,
                      callback_on_step_end_tensor_inputs=("latents",), output_type: str = "pil",
-                     super_res_num_inference_steps: int = 7) -> list[VSlerpPipelineOutput]:
+                     super_res_num_inference_steps: int = 7, statistics=None) -> list[VSlerpPipelineOutput]:
         """Render independent requests that share steps, guidance and size in one batched call.
 
         requests: dicts ``{"source": (D,) raw, "target": (D,) raw, "thetas": [...], "alphas": [...],
@@ -674,7 +690,9 @@ class VSlerpPipeline(DiffusionPipeline):
         call ``pipe(source, target, thetas, alphas, generator=g)`` draws, and step with copies of
         that generator (the request's generator itself is only read, not advanced): every request
         gets what it would get alone, while the UNet sees all requests' cells in ``max_batch_size``
-        chunks. Returns one :class:`VSlerpPipelineOutput` per request, in order.
+        chunks. A request's optional ``"statistics"`` (as :meth:`set_statistics` takes it) is its
+        image mean's source; else ``statistics``, else the pipeline's own. Returns one
+        :class:`VSlerpPipelineOutput` per request, in order.
         """
         cb_inputs = list(callback_on_step_end_tensor_inputs or [])
         guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
@@ -683,6 +701,7 @@ class VSlerpPipeline(DiffusionPipeline):
         if not requests:
             return []
         grids, states = [], []
+        call_stats = self._statistics_for(statistics)
         for k, req in enumerate(requests):
             name = f"requests[{k}]"
             generator = req.get("generator")
@@ -695,14 +714,15 @@ class VSlerpPipeline(DiffusionPipeline):
                 raise TypeError(f"{name}: give each request its own torch.Generator")
             source_raw = self._check_embedding(f"{name} source", req["source"])  # (D,)
             target_raw = self._check_embedding(f"{name} target", req["target"])  # (D,)
-            mean = self.image_mean  # (D,)
+            stats = call_stats if req.get("statistics") is None else self.check_statistics(req["statistics"])
+            mean = stats.image.mean.to(torch.float32)  # (D,)
             theta_grid = torch.tensor(thetas, dtype=torch.float32)[:, None].expand(len(thetas), len(alphas))
             alpha_grid = torch.tensor(alphas, dtype=torch.float32)[None, :].expand(len(thetas), len(alphas))
             cells = vslerp.vslerp(source_raw, target_raw, theta_grid, alpha_grid, mean)  # (T, A, D)
             if not bool(torch.isfinite(cells).all()):
                 raise ValueError(f"{name}: some cells' embeddings are not finite (extreme alphas or thetas?)")
             distinct, inverse = _distinct_rows(cells.reshape(-1, cells.shape[-1]))  # (U, D), (T·A,)
-            grids.append((thetas, alphas, cells, distinct, inverse))
+            grids.append((thetas, alphas, cells, distinct, inverse, stats))
             states.append(generator.get_state())
         if negative_image_embeds is None:
             negative_raw = self._default_negative()
@@ -721,23 +741,23 @@ class VSlerpPipeline(DiffusionPipeline):
             return np.concatenate(outputs, axis=0) if output_type == "np" else torch.cat(outputs, dim=0)
 
         if type(self)._render is VSlerpPipeline._render and len(requests) > 1:  # all cells in one call
-            flat = torch.cat([distinct for *_, distinct, _ in grids])  # (ΣU, D)
-            cell_states = [state for (*_, distinct, _), state in zip(grids, states, strict=True)
-                           for _ in range(distinct.shape[0])]
+            flat = torch.cat([grid[3] for grid in grids])  # (ΣU, D)
+            cell_states = [state for grid, state in zip(grids, states, strict=True)
+                           for _ in range(grid[3].shape[0])]
             generator = self._clone_generator(states[0], requests[0]["generator"].device)
             rendered = flatten(self._render(flat, device, negative_raw, generator, cell_states, None, **render))
             per_request, start = [], 0
-            for *_, distinct, _ in grids:
-                per_request.append(rendered[start : start + distinct.shape[0]])
-                start += distinct.shape[0]
+            for grid in grids:
+                per_request.append(rendered[start : start + grid[3].shape[0]])
+                start += grid[3].shape[0]
         else:  # one request, or a backend with its own _render: request by request
-            per_request = [flatten(self._render(distinct, device, negative_raw,
+            per_request = [flatten(self._render(grid[3], device, negative_raw,
                                                 self._clone_generator(state, req["generator"].device), state,
                                                 None, **render))
-                           for req, state, (*_, distinct, _) in zip(requests, states, grids, strict=True)]
+                           for req, state, grid in zip(requests, states, grids, strict=True)]
         self.maybe_free_model_hooks()
         results = []
-        for (thetas, alphas, cells, _, inverse), rendered in zip(grids, per_request, strict=True):
+        for (thetas, alphas, cells, _, inverse, stats), rendered in zip(grids, per_request, strict=True):
             if output_type == "pil":
                 images, seen = [], set()
                 for k in inverse.tolist():  # a repeated cell gets its own copy of the image
@@ -747,7 +767,8 @@ class VSlerpPipeline(DiffusionPipeline):
                 images = rendered[inverse.numpy()]
             else:
                 images = rendered[inverse.to(rendered.device)]
-            conformity = self.estimated_conformity(cells.reshape(-1, cells.shape[-1])).reshape(cells.shape[:2])
+            conformity = self.estimated_conformity(cells.reshape(-1, cells.shape[-1]), statistics=stats
+                                                   ).reshape(cells.shape[:2])
             results.append(VSlerpPipelineOutput(images=images, embeddings=cells.float(), thetas=thetas,
                                                 alphas=alphas, conformity=conformity))
         return results
@@ -851,9 +872,9 @@ class VSlerpPipeline(DiffusionPipeline):
         return self.numpy_to_pil(image) if output_type == "pil" else image
 
     # -- metadata -----------------------------------------------------------------------
-    def describe(self) -> dict:
-        """JSON-able description for sidecars and editor metadata."""
-        stats = self.statistics
+    def describe(self, statistics=None) -> dict:
+        """JSON-able description for sidecars and editor metadata (of a call with ``statistics``)."""
+        stats = self._statistics_for(statistics)
         return {
             "backend": self.backend,
             "decoder": self.model_ids.get("decoder"),
@@ -861,7 +882,7 @@ class VSlerpPipeline(DiffusionPipeline):
             "mean_source": stats.metadata.get("source"),
             "stats_fingerprint": stats.fingerprint,
             "stats_model_id": stats.metadata.get("model_id"),
-            "conformity": self.conformity_method(),
+            "conformity": self.conformity_method(stats),
             "dim": int(self.image_encoder.config.projection_dim),
             "dtype": str(self._denoiser().dtype).replace("torch.", ""),
             "device": str(self._execution_device),

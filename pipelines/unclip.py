@@ -146,10 +146,10 @@ class VSlerpUnCLIPPipeline(VSlerpPipeline):
     def _default_negative(self):
         return None  # unCLIP's unconditional branch is text_proj's learned embedding
 
-    def set_statistics(self, stats=None):
+    def check_statistics(self, stats=None):
         if stats is None:
             raise ValueError("the unCLIP backend needs statistics (no prior clip_mean)")
-        return super().set_statistics(stats)
+        return super().check_statistics(stats)
 
     def prompt_to_image_embedding(self, prompts, generator=None, num_inference_steps: int = 25,
                                   guidance_scale: float = 4.0) -> torch.Tensor:

@@ -17,7 +17,14 @@ from .data import (
     read_coco,
 )
 from .embeddings import Embeddings, read_embeddings
-from .encode import ClipEncoders, default_device, encoder_fingerprint, load_encoders, parse_device
+from .encode import (
+    ClipEncoders,
+    default_device,
+    default_dtype,
+    encoder_fingerprint,
+    load_encoders,
+    parse_device,
+)
 from .files import ModalityStats, Statistics, check_compatible, load
 from .outputs import (
     OutputBusy,
@@ -42,6 +49,7 @@ __all__ = [
     "check_compatible",
     "check_writable",
     "default_device",
+    "default_dtype",
     "encoder_fingerprint",
     "forget_inputs",
     "iter_images",

@@ -10,6 +10,7 @@ attention_mask).text_embeds``. Both return *raw* embeddings (before L2 normalisa
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -40,7 +41,10 @@ def _mps_available() -> bool:
 
 
 def default_device() -> torch.device:
-    """cuda if available, else mps, else cpu."""
+    """The device rule of every room: cpu when ``ACCELERATE_USE_CPU`` is set (1/true/yes, as
+    ``accelerate launch --cpu`` sets it), else cuda if available, else mps, else cpu."""
+    if os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes"):
+        return torch.device("cpu")
     if torch.cuda.is_available():
         return torch.device("cuda")
     if _mps_available():
@@ -75,8 +79,9 @@ def parse_device(device) -> torch.device:
     return parsed
 
 
-def _default_dtype(device: torch.device) -> torch.dtype:
-    return torch.float16 if device.type == "cuda" else torch.float32
+def default_dtype(device: torch.device) -> torch.dtype:
+    """The dtype rule of every room: float16 on CUDA, float32 elsewhere."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
 @torch.no_grad()
@@ -270,7 +275,7 @@ def load_encoders(prior: str | Path, *, device=None, dtype: torch.dtype | None =
     if not isinstance(prior, (str, Path)) or not str(prior):
         raise TypeError(f"prior must be a hub id or a folder, got {prior!r}")
     device = parse_device(device) if device is not None else default_device()
-    dtype = dtype or _default_dtype(device)
+    dtype = dtype or default_dtype(device)
     dtype_kwarg = _dtype_kwarg()
     source = str(prior)
     local = Path(source).expanduser()

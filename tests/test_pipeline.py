@@ -346,3 +346,32 @@ def test_statistics_of_another_space_are_rejected(pipe, tiny_kandinsky):
         VSlerpPipeline.from_pretrained(decoder_dir, prior=prior_dir, stats=other, device=None)
     with pytest.raises(TypeError, match="stats must be"):
         pipe.set_statistics(3.0)
+
+
+def test_statistics_per_call_leave_the_pipeline_unchanged(pipe):
+    """pipe(..., statistics=m) renders what a pipeline set to m renders, and keeps its own m."""
+    own = pipe.statistics
+    other = _emb(40)  # (D,) another image mean
+    kwargs = dict(thetas=[0.5], alphas=[2.0], generator=_gen(3), **RENDER)
+    per_call = pipe(_emb(41), _emb(42), statistics=other, **kwargs)
+    assert pipe.statistics is own
+    assert not torch.equal(per_call.embeddings, pipe(_emb(41), _emb(42), **{**kwargs, "generator": _gen(3)}).embeddings)
+    pipe.set_statistics(other)
+    try:
+        set_once = pipe(_emb(41), _emb(42), **{**kwargs, "generator": _gen(3)})
+    finally:
+        pipe.set_statistics(own)
+    assert torch.equal(per_call.embeddings, set_once.embeddings)
+    np.testing.assert_array_equal(per_call.images, set_once.images)
+    assert torch.equal(per_call.conformity, set_once.conformity)
+    assert torch.equal(pipe.estimated_conformity(per_call.embeddings[0], statistics=other),
+                       set_once.conformity[0])
+    with pytest.raises(ValueError, match="dim"):
+        pipe(_emb(41), _emb(42), statistics=torch.ones(TINY_DIM + 1), **kwargs)
+    requests = [{"source": _emb(41), "target": _emb(42), "thetas": [0.5], "alphas": [2.0], "generator": _gen(3),
+                 "statistics": other},
+                {"source": _emb(41), "target": _emb(42), "thetas": [0.5], "alphas": [2.0], "generator": _gen(3)}]
+    batch = pipe.render_batch(requests, num_inference_steps=STEPS, height=SIZE, width=SIZE, output_type="np")
+    assert torch.equal(batch[0].embeddings, set_once.embeddings)
+    assert not torch.equal(batch[1].embeddings, set_once.embeddings)
+    assert pipe.statistics is own

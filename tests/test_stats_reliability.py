@@ -380,3 +380,19 @@ def test_stats_compute_removes_a_killed_runs_temporaries(tiny_kandinsky, tmp_pat
     assert [p for p in stale if p.exists()] == []
     assert vs.read_embeddings(emb).text.shape[0] == 3
     assert vs.load(out).text.count == 3
+
+
+def test_device_rule_honours_accelerate_use_cpu(monkeypatch):
+    """One device rule for every room: ACCELERATE_USE_CPU (accelerate launch --cpu) means the CPU."""
+    import torch
+
+    from vslerp.stats import default_device, default_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    assert default_device().type == "cuda" and default_dtype(default_device()) == torch.float16
+    for flag in ("1", "true", "YES"):
+        monkeypatch.setenv("ACCELERATE_USE_CPU", flag)
+        assert default_device().type == "cpu" and default_dtype(default_device()) == torch.float32
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "0")
+    assert default_device().type == "cuda"
