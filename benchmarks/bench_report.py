@@ -1,4 +1,4 @@
-"""Benchmark: the streamed CLIP loss of the geometry report vs the dense N×N version.
+"""Benchmark: the streamed CLIP loss (``vslerp.clip_loss``, the report's) vs the dense N×N version.
 
 Each variant runs in a fresh subprocess (so peak RSS is its own): the inputs are built, the
 peak RSS is noted, the loss is computed, and the growth of the peak (VmHWM) is the loss's
@@ -39,7 +39,7 @@ def _dense_loss(image, text, scale: float) -> float:
 def _child(variant: str, n: int, dim: int, chunk: int) -> None:
     import torch
 
-    from vslerp.stats.report import clip_loss
+    import vslerp
 
     torch.set_num_threads(2)
     gen = torch.Generator().manual_seed(0)
@@ -50,7 +50,7 @@ def _child(variant: str, n: int, dim: int, chunk: int) -> None:
     if variant == "dense":
         total = _dense_loss(image, text, 100.0)
     else:
-        total = clip_loss(image, text, logit_scale=100.0, chunk_size=chunk)["total"]
+        total = float(vslerp.clip_loss(image, text, logit_scale=100.0, chunk_size=chunk).loss.mean())
     seconds = time.perf_counter() - start
     peak = peak_mib()
     print(json.dumps({"variant": variant, "n": n, "seconds": seconds, "total": total,

@@ -1,9 +1,9 @@
 """Streaming statistics of a dataset through a generator's CLIP encoders (``stats compute``).
 
 Each modality's items are cut into fixed chunks of ``shard_size``; process ``r`` of ``W``
-(``accelerate launch``) takes chunks r, r+W, … A torch DataLoader decodes and preprocesses
-images in worker processes; the main process encodes batches and, when a chunk is done, adds
-its raw embeddings (n, D) to a :class:`vslerp.MomentAccumulator` (float64) — and, with an
+(``accelerate launch``) takes chunks r, r+W, … The encoding loop (DataLoader workers,
+batches, progress: :mod:`vslerp.stats.stream`) yields each chunk's raw embeddings (n, D);
+this module adds them to a :class:`vslerp.MomentAccumulator` (float64) and, with an
 :class:`~vslerp.stats.embeddings.EmbeddingStore`, writes them as one shard. Chunks already on
 disk are summed from their shards instead of re-encoded, in chunk order, so a resumed run
 adds exactly the same tensors in the same order as an uninterrupted one. Memory is
@@ -13,25 +13,28 @@ processes; the caller (rank 0) writes the file.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
-import math
-import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from vslerp import MomentAccumulator
 from vslerp._version import __version__
 
-from .data import Caption, ImageItem, UnreadableImage, open_image
+from .data import Caption, ImageItem, open_image  # noqa: F401 - open_image: importable here as before
 from .embeddings import EmbeddingStore, Shard
 from .encode import ClipEncoders
 from .files import Statistics
+from .stream import (
+    EncodedChunk,
+    check_sizes,
+    encode_stream,
+    encoded_chunks,
+    modality_inputs,
+    plan_chunks,
+)
 
 __all__ = ["ComputeResult", "EncodedChunk", "compute_statistics", "dataset_digest",
            "encode_stream", "plan_chunks", "reduced_result"]
@@ -39,71 +42,7 @@ __all__ = ["ComputeResult", "EncodedChunk", "compute_statistics", "dataset_diges
 MAX_SKIPPED_IN_METADATA = 1000  # names of skipped items kept in the file (all are counted)
 
 
-# -- datasets for the DataLoader (picklable: workers may be spawned) ---------------------------
-class _ImageDataset(Dataset):
-    """Item i → (i, pixel_values (3, H, W) float32 or None, reason or None)."""
-
-    def __init__(self, items: Sequence[ImageItem], image_processor) -> None:
-        from PIL import Image
-
-        self.items = items  # not copied: O(1) extra memory
-        self.processor = image_processor
-        self.max_pixels = Image.MAX_IMAGE_PIXELS  # carried into spawned workers
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        Image.MAX_IMAGE_PIXELS = self.max_pixels
-        try:
-            image = open_image(self.items[i].path)
-            pixels = self.processor(image, return_tensors="pt").pixel_values[0]  # (3, H, W)
-        except UnreadableImage as err:
-            return i, None, str(err)
-        except Exception as err:  # noqa: BLE001 - a file the processor rejects is skipped too
-            return i, None, f"unreadable ({type(err).__name__}: {err})"
-        return i, pixels, None
-
-
-def _collate_images(samples):
-    ok = [s for s in samples if s[1] is not None]
-    pixels = torch.stack([s[1] for s in ok]) if ok else None  # (n_ok, 3, H, W)
-    bad = [(s[0], s[2]) for s in samples if s[1] is None]
-    return [s[0] for s in ok], pixels, bad
-
-
-class _TextDataset(Dataset):
-    def __init__(self, captions: Sequence[Caption]) -> None:
-        self.texts = [c.text for c in captions]
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def __getitem__(self, i: int):
-        return i, self.texts[i]
-
-
-class _TextCollate:
-    """Tokenizes a batch as the Kandinsky prior pipeline does (padding to max length)."""
-
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
-
-    def __call__(self, samples):
-        tokens = self.tokenizer([s[1] for s in samples], padding="max_length",
-                                max_length=self.tokenizer.model_max_length, truncation=True,
-                                return_tensors="pt")
-        return [s[0] for s in samples], (tokens.input_ids, tokens.attention_mask), []
-
-
 # -- planning ---------------------------------------------------------------------------------
-def plan_chunks(n_items: int, shard_size: int, rank: int = 0, world: int = 1) -> list[int]:
-    """The chunk indices process ``rank`` of ``world`` handles: rank, rank+world, …"""
-    return list(range(rank, math.ceil(n_items / shard_size), world))
-
-
 def dataset_digest(names: Sequence[str]) -> str:
     """sha256 of the item names in order: a resumed run must see the same items."""
     digest = hashlib.sha256()
@@ -123,125 +62,7 @@ class ComputeResult:
     resumed: dict[str, int] = field(default_factory=dict)  # items read back from shards
 
 
-class _HeapTrimmer:
-    """Gives freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
-
-    On the CPU the encoder's large activations come from glibc's heap once its adaptive
-    mmap threshold has risen; without a trim the freed, fragmented heap stays resident and
-    RSS creeps up with the number of batches (measured in benchmarks/bench_stats.py). A trim
-    costs ~1 ms, so it runs only once at least 50× its own last duration has passed: at
-    most ~2 % of the loop's time, every batch for a real encoder.
-    """
-
-    def __init__(self) -> None:
-        self.trim = None
-        if sys.platform.startswith("linux"):
-            try:
-                self.trim = ctypes.CDLL("libc.so.6").malloc_trim
-            except (OSError, AttributeError):
-                self.trim = None
-        self.last_end = time.perf_counter()
-        self.last_cost = 0.0
-
-    def maybe_trim(self) -> None:
-        if self.trim is None:
-            return
-        now = time.perf_counter()
-        if now - self.last_end < 50 * self.last_cost:
-            return
-        self.trim(0)
-        self.last_end = time.perf_counter()
-        self.last_cost = self.last_end - now
-
-
-class _ChunkBatches:
-    """Batch sampler over the pending chunks: batches never straddle two chunks."""
-
-    def __init__(self, chunks: Sequence[int], n_items: int, shard_size: int,
-                 batch_size: int) -> None:
-        self.chunks, self.n, self.shard, self.batch = list(chunks), n_items, shard_size, batch_size
-
-    def _range(self, k: int) -> range:
-        return range(k * self.shard, min((k + 1) * self.shard, self.n))
-
-    def items(self) -> int:
-        return sum(len(self._range(k)) for k in self.chunks)
-
-    def __len__(self) -> int:
-        return sum(math.ceil(len(self._range(k)) / self.batch) for k in self.chunks)
-
-    def __iter__(self):
-        for k in self.chunks:
-            rows = self._range(k)
-            for j in range(0, len(rows), self.batch):
-                yield list(rows[j : j + self.batch])
-
-
-# -- the loop ---------------------------------------------------------------------------------
-@dataclass
-class EncodedChunk:
-    """One chunk of items encoded by the streaming loop (:func:`encode_stream`)."""
-
-    modality: str  # "image" or "text"
-    index: int  # chunk k: items k·chunk_size … (k+1)·chunk_size − 1 of the item list
-    embeddings: torch.Tensor  # (n, D) float32 raw, one row per readable item
-    rows: list[int]  # the n items' positions in the item list, ascending
-    skipped: list[tuple[str, str]]  # (name, reason) of this chunk's unreadable items
-
-
-def _encoded_chunks(modality: str, n_items: int, dataset: Dataset, collate, encode: Callable,
-                    name_of: Callable[[int], str], dim: int, *, chunks: Sequence[int],
-                    shard_size: int, batch_size: int, num_workers: int, pin_memory: bool,
-                    trim: bool, progress: bool, desc: str):
-    """Yield an :class:`EncodedChunk` per chunk of ``chunks``, in order (embeddings on the
-    encoder's device). A DataLoader decodes and preprocesses in ``num_workers`` processes;
-    batches never straddle two chunks; a tqdm bar counts items/s. Memory: one chunk of
-    embeddings plus the DataLoader's prefetched batches, independent of ``n_items``."""
-    from tqdm.auto import tqdm
-
-    trimmer = _HeapTrimmer() if trim else None
-    batches = _ChunkBatches(chunks, n_items, shard_size, batch_size)  # lazy: O(1) memory
-    unit = "img" if modality == "image" else "caption"
-    bar = tqdm(total=batches.items(), unit=unit, unit_scale=False, desc=desc,
-               disable=not progress or not chunks, dynamic_ncols=True)
-    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate,
-                        num_workers=num_workers if chunks else 0, pin_memory=pin_memory)
-    parts: list[torch.Tensor] = []
-    rows_ok: list[int] = []
-    chunk_skipped: list[tuple[str, str]] = []
-    try:
-        for ok, inputs, bad in loader:
-            last_row = max(ok[-1] if ok else -1, max((i for i, _ in bad), default=-1))
-            k = last_row // shard_size
-            last = last_row == min((k + 1) * shard_size, n_items) - 1
-            if ok:
-                parts.append(encode(inputs))  # (n_ok, D) float32 on the device
-                rows_ok.extend(ok)
-            chunk_skipped.extend((name_of(i), reason) for i, reason in bad)
-            bar.update(len(ok) + len(bad))
-            if trimmer is not None:
-                trimmer.maybe_trim()
-            if not last:
-                continue
-            emb = torch.cat(parts) if parts else torch.zeros(0, dim)  # (n, D) raw
-            yield EncodedChunk(modality, k, emb, rows_ok, chunk_skipped)
-            parts, rows_ok, chunk_skipped = [], [], []
-    finally:
-        bar.close()
-
-
-def _modality_inputs(encoders: ClipEncoders, modality: str, items: Sequence, num_workers: int):
-    """(dataset, collate, encode, name_of, image_id_of, workers) of one modality's items."""
-    if modality == "image":
-        return (_ImageDataset(items, encoders.image_processor), _collate_images,
-                encoders.encode_pixels, lambda i: items[i].name, lambda i: items[i].image_id,
-                num_workers)
-    # captions: tokenizing in the main process is cheap, and the tokenizer need not pickle
-    return (_TextDataset(items), _TextCollate(encoders.tokenizer),
-            lambda tokens: encoders.encode_tokens(*tokens),
-            lambda i: f"caption {items[i].caption_id}", lambda i: items[i].image_id, 0)
-
-
+# -- the sums ---------------------------------------------------------------------------------
 def _run_modality(modality: str, items: Sequence, encoders: ClipEncoders,
                   acc: MomentAccumulator, *, store: EmbeddingStore | None, shard_size: int,
                   batch_size: int, num_workers: int, rank: int, world: int, progress: bool,
@@ -263,11 +84,11 @@ def _run_modality(modality: str, items: Sequence, encoders: ClipEncoders,
         skipped.extend(shard.skipped)
         counts["resumed"] += int(shard.embeddings.shape[0])
 
-    dataset, collate, encode, name_of, image_id_of, workers = _modality_inputs(
+    dataset, collate, encode, name_of, image_id_of, workers = modality_inputs(
         encoders, modality, items, num_workers)
     done_queue = sorted(done)
     desc = f"encoding {modality}s" + (f" (process 0 of {world})" if world > 1 else "")
-    for chunk in _encoded_chunks(modality, n_items, dataset, collate, encode, name_of, acc.dim,
+    for chunk in encoded_chunks(modality, n_items, dataset, collate, encode, name_of, acc.dim,
                                  chunks=pending, shard_size=shard_size, batch_size=batch_size,
                                  num_workers=workers, pin_memory=encoders.device.type == "cuda",
                                  trim=acc.sum.device.type == "cpu", progress=progress,
@@ -288,42 +109,6 @@ def _run_modality(modality: str, items: Sequence, encoders: ClipEncoders,
     for k in done_queue:
         add_from_disk(k)
     return skipped, counts
-
-
-def encode_stream(encoders: ClipEncoders, images: Sequence[ImageItem] = (),
-                  captions: Sequence[Caption] = (), *, batch_size: int = 32,
-                  num_workers: int = 2, chunk_size: int = 1024,
-                  progress: bool = True) -> Iterator[EncodedChunk]:
-    """Encode the items of one modality, yielding :class:`EncodedChunk` s (embeddings on the
-    CPU) — the loop of ``stats compute`` (DataLoader workers, batches, progress bar) without
-    the sums, for consumers such as ``vslerp conformity`` that need every item's embedding
-    but not all of them at once. Give ``images`` or ``captions``, not both. Unreadable
-    images are skipped and named in each chunk's ``skipped``. Memory is independent of the
-    number of items: one chunk of embeddings and the batches in flight."""
-    if bool(images) == bool(captions):
-        raise ValueError("encode_stream encodes one modality: give images or captions")
-    _check_sizes(batch_size=batch_size, num_workers=num_workers, chunk_size=chunk_size)
-    if captions and encoders.text_encoder is None:
-        raise ValueError("captions given but the encoders were loaded without a text encoder")
-    modality, items = ("image", images) if images else ("text", captions)
-    dataset, collate, encode, name_of, _, workers = _modality_inputs(
-        encoders, modality, items, num_workers)
-    chunks = plan_chunks(len(items), chunk_size)
-    for chunk in _encoded_chunks(modality, len(items), dataset, collate, encode, name_of,
-                                 encoders.dim, chunks=chunks, shard_size=chunk_size,
-                                 batch_size=batch_size, num_workers=workers,
-                                 pin_memory=encoders.device.type == "cuda",
-                                 trim=encoders.device.type != "cuda", progress=progress,
-                                 desc=f"encoding {modality}s"):
-        chunk.embeddings = chunk.embeddings.cpu()
-        yield chunk
-
-
-def _check_sizes(**values) -> None:
-    for name, value in values.items():
-        low = 0 if name == "num_workers" else 1
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} must be an int ≥ {low}, got {value!r}")
 
 
 def _reduce(acc: MomentAccumulator, state) -> None:
@@ -362,7 +147,7 @@ def compute_statistics(encoders: ClipEncoders, images: Sequence[ImageItem] = (),
     """
     if not images and not captions:
         raise ValueError("nothing to encode: no images and no captions")
-    _check_sizes(batch_size=batch_size, num_workers=num_workers, shard_size=shard_size)
+    check_sizes(batch_size=batch_size, num_workers=num_workers, shard_size=shard_size)
     if captions and encoders.text_encoder is None:
         raise ValueError("captions given but the encoders were loaded without a text encoder")
     rank = state.process_index if state is not None else 0

@@ -1,18 +1,23 @@
-"""Dataset readers: MS-COCO caption files, plain image folders, text files of captions.
+"""Dataset readers: MS-COCO caption files, plain image folders, text files of captions, and
+:func:`open_image`, the one answer to "is this a readable image" (datasets, the pipeline's
+image paths, the editor's uploads).
 
-Images are opened defensively (:func:`open_image`): EXIF orientation applied, CMYK /
-16-bit / 32-bit / float / grayscale / palette / RGBA converted to RGB (alpha composited on
-white), and truncated files, non-images and decompression bombs refused with a short reason.
+Images are opened defensively: EXIF orientation applied, CMYK / 16-bit / 32-bit / float /
+grayscale / palette / RGBA converted to RGB (alpha composited on white), and truncated files,
+non-images and decompression bombs refused with a short reason.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import struct
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from vslerp.defaults import IMAGE_SUFFIXES
 
 from .outputs import note_input
 
@@ -28,7 +33,7 @@ __all__ = [
     "read_coco",
 ]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES  # the name this module exported before vslerp.defaults
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,21 @@ class Caption:
 
 
 class UnreadableImage(ValueError):
-    """An image file that cannot be decoded (the message is the reason)."""
+    """An image that cannot be used, from :func:`open_image`.
+
+    ``reason``: a few words — "missing", "not an image", "truncated", "decompression bomb (…)",
+    "unreadable (…)" — what ``stats compute`` records per skipped item; ``path``: the file
+    (None for a file object without a name or a PIL image); ``str()``: one line naming both,
+    "image cat.png cannot be read: truncated" (the reason alone without a path).
+    """
+
+    def __init__(self, reason: str, path: str | Path | None = None) -> None:
+        super().__init__(reason, path)  # both in args: the exception pickles whole
+        self.reason = reason
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.reason if self.path is None else f"image {self.path} cannot be read: {self.reason}"
 
 
 # -- captions ---------------------------------------------------------------------------
@@ -168,36 +187,73 @@ def _to_rgb(image):
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def open_image(path: str | Path):
+def _name_of(source) -> str | Path | None:
+    """What an error calls ``source``: the path, a named file object's name, else None."""
+    if isinstance(source, (str, Path)):
+        return source
+    name = getattr(source, "name", None)
+    return name if isinstance(name, (str, Path)) else None
+
+
+def _check_pixels(size: tuple[int, int], limit: int | None, what: str) -> None:
+    width, height = size
+    if limit is not None and width * height > limit:
+        raise UnreadableImage(f"{what} ({width}×{height} = {width * height} pixels, limit {limit})")
+
+
+def open_image(path, *, max_pixels: int | None = None):
     """Open an image as an RGB ``PIL.Image``, upright per its EXIF orientation.
 
-    Converts CMYK, 16-bit, 32-bit integer and float (mode F, e.g. float TIFF), grayscale,
-    palette and RGBA (composited on white). Raises
-    :class:`UnreadableImage` with a short reason for truncated files, files that are not
-    images, and decompression bombs (more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels).
+    ``path``: a file path, a binary file object (e.g. ``io.BytesIO`` of a shard's bytes) or an
+    already decoded ``PIL.Image`` (then only the pixel limit, EXIF orientation and the mode
+    conversion apply, as diffusers' ``load_image`` does). Converts CMYK, 16-bit, 32-bit
+    integer and float (mode F, e.g. float TIFF), grayscale, palette and RGBA / LA / PA
+    (composited on white); the first frame of an animation. Raises :class:`UnreadableImage`
+    (a ``ValueError``) naming the path with a short reason: "missing", "a directory, not an
+    image file", "permission denied", "not an image", "truncated", "decompression bomb" —
+    more than ``max_pixels`` pixels (default ``PIL.Image.MAX_IMAGE_PIXELS``, read at each
+    call; None there: no limit), checked on the header before any pixel is decoded — or
+    "unreadable (…)" for any other decoder error. Notes no input (callers do, with their
+    own label: :func:`vslerp.stats.note_input`).
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int)
+                                   or max_pixels < 1):
+        raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    name = _name_of(path)
     try:
+        if isinstance(path, Image.Image):  # decoded already: no file to read
+            _check_pixels(path.size, limit, "too large")
+            return _to_rgb(ImageOps.exif_transpose(path))
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            # PIL warns above its limit and raises above twice it; the limit is checked below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:  # reads the header only
+                _check_pixels(image.size, limit, "decompression bomb")
                 image.load()
-                image = ImageOps.exif_transpose(image)
-                return _to_rgb(image)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        sizes = re.findall(r"\d+", str(err))
-        detail = f" ({sizes[0]} pixels, limit {sizes[1]})" if len(sizes) >= 2 else ""
-        raise UnreadableImage(f"decompression bomb{detail}") from None
+                return _to_rgb(ImageOps.exif_transpose(image))
+    except UnreadableImage as err:
+        raise UnreadableImage(err.reason, name) from None
+    except Image.DecompressionBombError as err:
+        sizes = [int(n) for n in re.findall(r"\d+", str(err))]  # pixels, PIL's 2× limit
+        shown = sizes[1] if limit is None or len(sizes) < 2 else min(limit, sizes[1])
+        detail = f" ({sizes[0]} pixels, limit {shown})" if len(sizes) >= 2 else ""
+        raise UnreadableImage(f"decompression bomb{detail}", name) from None
     except UnidentifiedImageError:
-        raise UnreadableImage("not an image") from None
+        raise UnreadableImage("not an image", name) from None
     except FileNotFoundError:
-        raise UnreadableImage("missing") from None
-    except (OSError, SyntaxError, ValueError) as err:
+        raise UnreadableImage("missing", name) from None
+    except IsADirectoryError:
+        raise UnreadableImage("a directory, not an image file", name) from None
+    except PermissionError:
+        raise UnreadableImage("permission denied", name) from None
+    except (OSError, SyntaxError, ValueError, TypeError, EOFError, struct.error) as err:  # decoders'
         reason = " ".join(str(err).split()) or type(err).__name__
         if "truncated" in reason.lower():
             reason = "truncated"
-        raise UnreadableImage(f"unreadable ({reason})") from None
+        raise UnreadableImage(f"unreadable ({reason})", name) from None
 
 
 def iter_images(path: str | Path, *, coco: str | Path | None = None,
@@ -210,6 +266,6 @@ def iter_images(path: str | Path, *, coco: str | Path | None = None,
             image = open_image(item.path)
         except UnreadableImage as err:
             if skipped is not None:
-                skipped.append((item.name, str(err)))
+                skipped.append((item.name, err.reason))
             continue
         yield item, image

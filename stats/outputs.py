@@ -6,9 +6,10 @@
 - :func:`output_lock`: one run at a time owns an output (an exclusive ``filelock`` lock held
   for the whole run); a second run fails at once with :class:`OutputBusy` naming the output.
 - :func:`refuse_overwriting_inputs` and :func:`note_input`: an output never replaces an input
-  of the same run. Readers (``open_image``, ``stats.load``, the caption readers, …) note every
-  file they read; :func:`atomic_write` refuses to replace one of them, whoever calls it (CLI,
-  editor or the Python API), and the CLI checks its options up front, before models load.
+  of the same run. Readers (``stats.load``, the caption and shard readers, the pipeline's
+  image paths, …) note every file they read; :func:`atomic_write` refuses to replace one of
+  them, whoever calls it (CLI, editor or the Python API), and the CLI checks its options up
+  front, before models load.
 - :func:`check_writable`: can an output be written at all (checked before expensive work).
 """
 

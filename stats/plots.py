@@ -1,4 +1,4 @@
-"""Figures of the geometry report and of conformity scoring (matplotlib, Agg backend).
+"""Figures of the geometry report and of conformity scoring (matplotlib figures, no pyplot).
 
 Each function takes the plain data (lists / dicts from :mod:`vslerp.stats.report`) and
 returns a ``matplotlib.figure.Figure``; :func:`save` writes one as PNG and closes it.
@@ -14,9 +14,7 @@ _COLORS = {"image": "tab:blue", "text": "tab:orange"}
 
 
 def _figure(ncols: int = 1, nrows: int = 1, size=(6.4, 4.2)):
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    # A bare Figure draws and saves with Agg without pyplot: the process's backend is untouched.
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")

@@ -1,45 +1,51 @@
-"""The paper's geometry report (§4–6) from stored image–caption embeddings.
+"""The paper's geometry report (§4–6) from stored image–caption embeddings: its numbers.
 
-Pure functions on raw embeddings — image ``(Ni, D)``, text ``(Nt, D)``, pairs ``(P, 2)`` —
-built on the core measures of :mod:`vslerp` (separability Eq. 5, ODD Eq. 6, thin shell,
-offsets, exact conformity Eq. 10 and its estimate Eq. 11), plus the CLIP loss of Eq. 7–8
-under the mean shift of Eq. 9, streamed over row chunks so that 25,000 pairs need only
-O(chunk·P) memory, never a P×P matrix. :func:`geometry_report` gathers everything into one
-JSON-able dict; :func:`write_report` writes ``report.json``, ``report.md`` and the figures.
+:func:`geometry_report` gathers the core's measures of raw embeddings — image ``(Ni, D)``,
+text ``(Nt, D)``, pairs ``(P, 2)`` — into one JSON-able dict: separability (Eq. 5), ODD
+(Eq. 6), thin shell and offsets (§4), exact conformity (Eq. 10) against its estimate (Eq. 11,
+by :func:`vslerp.stats.scoring.estimated_conformity`), the CLIP loss under the mean shift
+(Eq. 7–9) and the conformity KL (Fig. 11), plus a 2-feature linear SVM (scikit-learn).
+:func:`write_report` (from :mod:`vslerp.stats.report_files`) writes it out.
+
+``clip_loss``, ``loss_vs_alpha``, ``conformity_kl_vs_alpha`` and ``kl_divergence`` are the
+core's functions (:mod:`vslerp.contrastive`, :mod:`vslerp.divergence`) as the report's rows:
+plain floats and dicts; ``histogram`` is the core's own.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import torch
 
+import vslerp
 from vslerp import (
     MomentAccumulator,
     conformity,
     conformity_fit,
     cosine_to_mean,
-    exact_conformity_coefficients,
+    histogram,
     off_diagonal_dominance,
     offset_ratio,
     separability,
     thin_shell,
     top_features,
 )
+from vslerp.defaults import CONFORMITY_EXACT
 
-from .outputs import atomic_write
+from .files import ModalityStats
+from .report_files import no_loss_reason, write_report
+from .scoring import estimated_conformity
 
 __all__ = [
     "DEFAULT_ALPHAS",
     "clip_loss",
     "conformity_estimates",
+    "conformity_kl_vs_alpha",
     "geometry_report",
     "histogram",
     "kl_divergence",
     "loss_vs_alpha",
-    "conformity_kl_vs_alpha",
     "one_pair_per_image",
     "svm_two_features",
     "write_report",
@@ -50,7 +56,46 @@ _F64 = torch.float64
 _SCATTER_POINTS = 2000  # points kept per modality for scatter plots in report.json
 
 
-# -- small helpers ----------------------------------------------------------------------
+# -- the core's measures as the report's rows ------------------------------------------------
+def kl_divergence(p_samples, q_samples, *, bins: int = 100, pseudo_count: float = 0.5) -> float:
+    """:func:`vslerp.kl_divergence` (KL(P‖Q) in nats of two 1-D samples, Fig. 11) as a float."""
+    return float(vslerp.kl_divergence(torch.as_tensor(p_samples), torch.as_tensor(q_samples),
+                                      bins=bins, pseudo_count=pseudo_count))
+
+
+def clip_loss(image: torch.Tensor, text: torch.Tensor, *, logit_scale: float = 100.0,
+              chunk_size: int = 1024) -> dict:
+    """:func:`vslerp.clip_loss` of matched rows (P, D) (Eq. 7–8) as a row: ``total``,
+    ``alignment``, ``uniformity``, ``correct`` / ``misclassified`` (None for an empty group),
+    ``accuracy``, ``pairs`` (:meth:`vslerp.ClipLoss.summary`)."""
+    return vslerp.clip_loss(image, text, logit_scale=logit_scale, chunk_size=chunk_size).summary()
+
+
+def loss_vs_alpha(image: torch.Tensor, text: torch.Tensor, image_mean: torch.Tensor,
+                  alphas=DEFAULT_ALPHAS, *, logit_scale: float = 100.0,
+                  chunk_size: int = 1024) -> list[dict]:
+    """:func:`clip_loss` of (image − α·m, text) for each α (Eq. 9, Fig. 6), one row per α
+    with ``alpha`` added; image, text (P, D) matched rows, image_mean m (D,) raw."""
+    alphas = [float(a) for a in alphas]
+    rows = vslerp.clip_loss_vs_alpha(image, text, alphas, image_mean, logit_scale=logit_scale,
+                                     chunk_size=chunk_size)
+    return [{"alpha": a, **r.summary()} for a, r in zip(alphas, rows, strict=True)]
+
+
+def conformity_kl_vs_alpha(image: torch.Tensor, text: torch.Tensor, image_mean: torch.Tensor,
+                           alphas=DEFAULT_ALPHAS, *, bins: int = 100) -> list[dict]:
+    """:func:`vslerp.conformity_kl_vs_alpha` (Fig. 11) as one row per α: ``alpha``, ``kl``,
+    ``image_mean_conformity``, ``text_mean_conformity``."""
+    alphas = [float(a) for a in alphas]
+    got = vslerp.conformity_kl_vs_alpha(image, text, alphas, image_mean, bins=bins)
+    text_mean = float(got.text_mean_conformity)
+    return [{"alpha": a, "kl": float(kl), "image_mean_conformity": float(im),
+             "text_mean_conformity": text_mean}
+            for a, kl, im in zip(alphas, got.kl.tolist(), got.image_mean_conformity.tolist(),
+                                 strict=True)]
+
+
+# -- small helpers ---------------------------------------------------------------------------
 def _matrix(name: str, x) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -59,54 +104,12 @@ def _matrix(name: str, x) -> torch.Tensor:
     return x if x.is_floating_point() else x.float()
 
 
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    """Rows of x (N, D) scaled to unit norm, float32."""
-    x = x.float()
-    return x / torch.linalg.vector_norm(x, dim=1, keepdim=True)
-
-
 def _subsample(n: int, k: int, seed: int) -> torch.Tensor:
     """Up to k sorted row indices out of n, reproducible from ``seed``."""
     if n <= k:
         return torch.arange(n)
     gen = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=gen)[:k].sort().values
-
-
-def histogram(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """Counts (B,) float64 of ``values`` (N,) in bins ``edges`` (B+1,); outside values go to
-    the end bins."""
-    values = values.to(_F64).clamp(float(edges[0]), float(edges[-1]))
-    idx = torch.bucketize(values, edges.to(_F64), right=True) - 1
-    idx = idx.clamp(0, edges.numel() - 2)
-    return torch.bincount(idx, minlength=edges.numel() - 1).to(_F64)
-
-
-def kl_divergence(p_samples: torch.Tensor, q_samples: torch.Tensor, *, bins: int = 100,
-                  pseudo_count: float = 0.5) -> float:
-    """KL(P‖Q) in nats between the distributions of two 1-D samples (paper Fig. 11).
-
-    Both are histogrammed on ``bins`` shared equal-width bins spanning their joint range;
-    each bin gets ``pseudo_count`` added (additive smoothing) so empty bins stay finite.
-    ≥ 0, and exactly 0 for identical samples. The value depends on ``bins``.
-    """
-    p_samples = torch.as_tensor(p_samples).flatten().to(_F64)
-    q_samples = torch.as_tensor(q_samples).flatten().to(_F64)
-    if p_samples.numel() == 0 or q_samples.numel() == 0:
-        raise ValueError("kl_divergence needs non-empty samples")
-    if not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"bins must be a positive int, got {bins!r}")
-    if pseudo_count <= 0:
-        raise ValueError(f"pseudo_count must be > 0, got {pseudo_count}")
-    lo = float(torch.minimum(p_samples.min(), q_samples.min()))
-    hi = float(torch.maximum(p_samples.max(), q_samples.max()))
-    if hi <= lo:
-        hi = lo + 1e-12
-    edges = torch.linspace(lo, hi, bins + 1, dtype=_F64)
-    p = histogram(p_samples, edges) + pseudo_count
-    q = histogram(q_samples, edges) + pseudo_count
-    p, q = p / p.sum(), q / q.sum()
-    return max(float((p * (p / q).log()).sum()), 0.0)
 
 
 def one_pair_per_image(pairs: torch.Tensor, *, max_pairs: int | None = None,
@@ -128,116 +131,24 @@ def one_pair_per_image(pairs: torch.Tensor, *, max_pairs: int | None = None,
     return pairs
 
 
-# -- CLIP loss, Eq. 7–9 -----------------------------------------------------------------
-def clip_loss(image: torch.Tensor, text: torch.Tensor, *, logit_scale: float = 100.0,
-              chunk_size: int = 1024) -> dict[str, float]:
-    """Symmetric CLIP loss of matched rows (paper Eq. 7) and its split (Eq. 8).
-
-    image, text: (P, D) raw embeddings, row j of each a matching pair. Logits
-    s·cos(t_j, i_k) with s = ``logit_scale`` (= 1/τ). Per pair,
-    ℓ_j = ½[LSE_k(l_jk) − l_jj] + ½[LSE_k(l_kj) − l_jj]; ``total`` = mean ℓ_j,
-    ``alignment`` = −E[l_jj] and ``uniformity`` = E[½ LSE_row + ½ LSE_col], so
-    total = alignment + uniformity (the paper writes −alignment with alignment = E[l_jj]).
-    A pair is *correct* when its caption is the arg-max in the image's row and its image
-    the arg-max in the caption's column; ``correct`` / ``misclassified`` are mean ℓ_j over
-    those pairs (None when a group is empty: accuracy 0 % or 100 %), ``accuracy`` their share.
-
-    Streams over ``chunk_size`` image rows: memory O(chunk·P), never the P×P matrix;
-    column log-sum-exp and arg-max are merged chunk by chunk. Reductions in float64.
-    """
-    image = _matrix("image", image)
-    text = _matrix("text", text)
-    if image.shape != text.shape:
-        raise ValueError(f"image and text must have the same shape, got {tuple(image.shape)} "
-                         f"and {tuple(text.shape)}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    if not (isinstance(logit_scale, (int, float)) and math.isfinite(logit_scale) and logit_scale > 0):
-        raise ValueError(f"logit_scale must be a positive number, got {logit_scale!r}")
-    n = image.shape[0]
-    image_unit = _unit(image)  # (P, D)
-    text_unit = _unit(text)  # (P, D)
-    diag = torch.empty(n, dtype=_F64)  # l_jj
-    row_lse = torch.empty(n, dtype=_F64)  # LSE over captions for each image
-    row_ok = torch.empty(n, dtype=torch.bool)
-    col_lse = torch.full((n,), -math.inf, dtype=_F64)  # running LSE over images per caption
-    col_max = torch.full((n,), -math.inf, dtype=torch.float32)
-    col_arg = torch.zeros(n, dtype=torch.int64)
-    for start in range(0, n, chunk_size):
-        stop = min(start + chunk_size, n)
-        logits = (image_unit[start:stop] @ text_unit.T) * logit_scale  # (c, P) float32
-        rows = torch.arange(start, stop)
-        diag[start:stop] = logits[rows - start, rows].to(_F64)
-        row_ok[start:stop] = logits.argmax(dim=1) == rows
-        chunk_max, chunk_arg = logits.max(dim=0)  # (P,)
-        logits = logits.to(_F64)  # reductions in float64; the float32 copy is released
-        row_lse[start:stop] = torch.logsumexp(logits, dim=1)
-        col_lse = torch.logaddexp(col_lse, torch.logsumexp(logits, dim=0))
-        del logits
-        better = chunk_max > col_max  # first arg-max wins ties, as argmax does
-        col_max = torch.where(better, chunk_max, col_max)
-        col_arg = torch.where(better, chunk_arg + start, col_arg)
-    per_pair = 0.5 * (row_lse - diag) + 0.5 * (col_lse - diag)  # (P,)
-    correct = row_ok & (col_arg == torch.arange(n))
-
-    def _mean(mask):  # None, not NaN, for an empty group
-        return float(per_pair[mask].mean()) if bool(mask.any()) else None
-
-    return {"total": float(per_pair.mean()), "alignment": float(-diag.mean()),
-            "uniformity": float((0.5 * row_lse + 0.5 * col_lse).mean()),
-            "correct": _mean(correct), "misclassified": _mean(~correct),
-            "accuracy": float(correct.double().mean()), "pairs": n}
-
-
-def loss_vs_alpha(image: torch.Tensor, text: torch.Tensor, image_mean: torch.Tensor,
-                  alphas=DEFAULT_ALPHAS, *, logit_scale: float = 100.0,
-                  chunk_size: int = 1024) -> list[dict[str, float]]:
-    """:func:`clip_loss` of (image − α·m, text) for each α (paper Eq. 9, Fig. 6).
-
-    image, text: (P, D) matched rows; image_mean m: (D,) raw image mean (of the whole set).
-    Returns one dict per α with the keys of :func:`clip_loss` plus ``alpha``.
-    """
-    image_mean = image_mean.to(torch.float32)
-    return [{"alpha": float(a), **clip_loss(image - float(a) * image_mean, text,
-                                            logit_scale=logit_scale, chunk_size=chunk_size)}
-            for a in alphas]
-
-
-def conformity_kl_vs_alpha(image: torch.Tensor, text: torch.Tensor, image_mean: torch.Tensor,
-                           alphas=DEFAULT_ALPHAS, *, bins: int = 100) -> list[dict[str, float]]:
-    """KL(image ‖ text) of the exact conformity distributions (Eq. 10) as the images are
-    shifted v' = v − α·m (Eq. 9; paper Fig. 11, KL ≈ 0.14 at α = 0 for COCO ViT-B/32).
-
-    image (Ni, D), text (Nt, D) raw; image_mean (D,). Conformity within each modality, in
-    O(N·D) by the core; KL by :func:`kl_divergence` with ``bins`` shared bins.
-    """
-    text_conf = conformity(text)
-    image_mean = image_mean.to(torch.float32)
-    out = []
-    for a in alphas:
-        image_conf = conformity(image - float(a) * image_mean)
-        out.append({"alpha": float(a), "kl": kl_divergence(image_conf, text_conf, bins=bins),
-                    "image_mean_conformity": float(image_conf.mean()),
-                    "text_mean_conformity": float(text_conf.mean())})
-    return out
-
-
-# -- conformity, §6.1 -------------------------------------------------------------------
+# -- conformity, §6.1 -----------------------------------------------------------------------
 def conformity_estimates(x: torch.Tensor, acc: MomentAccumulator) -> dict:
     """Exact conformity (Eq. 10) vs its estimate from a mean (Eq. 11) for one modality.
 
     x (N, D) raw, ``acc`` its moments. Fits both regression directions against cos to the
-    raw mean m and to the mean of unit vectors μ̂; ``exact_identity`` is a = N‖μ̂‖/(N−1),
-    b = −1/(N−1) (r = 1 by construction); ``max_abs_error_identity`` checks it numerically.
+    raw mean m and to the mean of unit vectors μ̂; ``exact_identity`` (``CONFORMITY_EXACT``)
+    holds the coefficients a = N‖μ̂‖/(N−1), b = −1/(N−1) (r = 1 by construction) of the
+    project's estimator (:func:`vslerp.stats.scoring.estimated_conformity`), and
+    ``max_abs_error_identity`` checks that estimator against the exact conformity.
     When no line can be fitted (e.g. N = 2: both conformities are equal) ``raw_mean`` and
     ``unit_mean`` are None and ``degenerate`` says why; everything else is still given.
     Also returns (under ``_samples``) the tensors for plots: conformity, cos_raw, cos_unit.
     """
-    conf = conformity(x)
-    cos_raw = cosine_to_mean(x, acc.mean)
-    cos_unit = cosine_to_mean(x, acc.mean_unit)
-    ident = exact_conformity_coefficients(acc.count, acc.mean_unit)
-    err = (ident.a * cos_unit.to(_F64) + ident.b - conf.to(_F64)).abs().max()
+    conf = conformity(x)  # (N,)
+    cos_raw = cosine_to_mean(x, acc.mean)  # (N,)
+    cos_unit = cosine_to_mean(x, acc.mean_unit)  # (N,)
+    estimate, _, coef = estimated_conformity(x, ModalityStats.from_accumulator(acc))  # (N,)
+    err = (estimate.to(_F64) - conf.to(_F64)).abs().max()
 
     def _fit(cos):
         fit = conformity_fit(cos, conf)
@@ -252,12 +163,12 @@ def conformity_estimates(x: torch.Tensor, acc: MomentAccumulator) -> dict:
                else f"the values are constant ({fit_error})")
         degenerate = f"no regression line with N = {x.shape[0]}: {why}"
     return {**fits, "degenerate": degenerate,
-            "exact_identity": vars(ident), "max_abs_error_identity": float(err),
+            CONFORMITY_EXACT: {**coef, "r": 1.0}, "max_abs_error_identity": float(err),
             "mean_conformity": float(conf.mean()), "std_conformity": float(conf.std()),
             "_samples": {"conformity": conf, "cos_raw": cos_raw, "cos_unit": cos_unit}}
 
 
-# -- §4: separability and SVM -----------------------------------------------------------
+# -- §4: separability and SVM ----------------------------------------------------------------
 def svm_two_features(image: torch.Tensor, text: torch.Tensor, features: list[int], *,
                      max_points: int = 20000, seed: int = 0) -> dict:
     """Linear SVM (scikit-learn ``LinearSVC``) separating image from text rows using only
@@ -314,7 +225,7 @@ def _modality_geometry(x: torch.Tensor, acc: MomentAccumulator, bins: int) -> di
     }
 
 
-# -- everything -------------------------------------------------------------------------
+# -- everything ------------------------------------------------------------------------------
 def geometry_report(emb, *, alphas=DEFAULT_ALPHAS, logit_scale: float = 100.0,
                     max_pairs: int | None = None, chunk_size: int = 1024, top_k: int = 10,
                     bins: int = 100, seed: int = 0) -> dict:
@@ -400,7 +311,7 @@ def geometry_report(emb, *, alphas=DEFAULT_ALPHAS, logit_scale: float = 100.0,
                              f"(accuracy {empty_when}): that loss is undefined there (null / —)")
     else:
         loss = []
-        notes.append(_no_loss_reason(int(pairs.shape[0])))
+        notes.append(no_loss_reason(int(pairs.shape[0])))
     kl = conformity_kl_vs_alpha(image, text, acc["image"].mean, alphas, bins=bins)
     meta = dict(getattr(emb, "metadata", None) or {})
     return {
@@ -421,150 +332,3 @@ def geometry_report(emb, *, alphas=DEFAULT_ALPHAS, logit_scale: float = 100.0,
         "notes": notes,
         "plots": plots,
     }
-
-
-def _no_loss_reason(pairs: int) -> str:
-    if pairs == 0:
-        return ("no CLIP loss vs α (Eq. 7–9): the embeddings hold no image–caption pairs — "
-                "captions are paired with images only through the image ids of a COCO captions "
-                "json (`stats compute --images DIR --captions captions.json`), not for a plain "
-                "image folder or a caption text file")
-    return (f"no CLIP loss vs α (Eq. 7–9): only {pairs} image–caption pair, and a contrastive "
-            "batch needs at least 2")
-
-
-# -- writing ----------------------------------------------------------------------------
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-_UNDEFINED = "—"  # what report.md shows for a value that does not exist (JSON null)
-
-
-def _fmt(value, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return _UNDEFINED
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _markdown(report: dict, figures: list[str]) -> str:
-    c, m = report["counts"], report["modalities"]
-    lines = ["# Geometry report (Levi & Gilboa §4–6)", ""]
-    meta = report.get("metadata", {})
-    if meta:
-        lines += [", ".join(f"{k}: `{v}`" for k, v in meta.items()), ""]
-    lines += [f"{c['image']} images, {c['text']} captions, {c['pairs']} pairs "
-              f"({c['loss_pairs']} in the loss batch, one caption per image), D = {c['dim']}.", ""]
-    sep = report["separability"]
-    svm = report["svm"]
-    lines += ["## Modality tags (Eq. 5)", "",
-              "| feature | separability |", "|---:|---:|"]
-    lines += [f"| {f} | {_fmt(s, 2)} |" for f, s in zip(sep["top_features"], sep["top_scores"], strict=False)]
-    lines += ["", f"Linear SVM on features {svm['features']}: accuracy "
-              f"**{100 * svm['accuracy']:.2f} %** ({svm['points']} points; paper: 100 %).", ""]
-    lines += ["## Thin shell, ellipsoid, offset (§4)", "",
-              "| | μ_norm = E‖v−m‖ | var(y) | √E‖v−m‖² | rel. error | ‖m‖/‖σ‖ | var max/median "
-              "| features for 50 % var | ODD median | ODD > 1 |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in ("image", "text"):
-        g = m[name]
-        ts, var, odd = g["thin_shell"], g["variance"], g["odd"] or {}
-        lines.append(f"| {name} | {_fmt(ts['mu_norm'])} | {_fmt(ts['var_y'])} | {_fmt(ts['rms'])} | "
-                     f"{100 * ts['rel_error']:.3f} % | {_fmt(g['offset'], 3)} | "
-                     f"{_fmt(var['max_over_median'], 1)} | {var['features_for_half_variance']} | "
-                     f"{_fmt(odd.get('median'), 2)} | "
-                     f"{_fmt(100 * odd['share_above_1'], 1) + ' %' if odd else _UNDEFINED} |")
-    lines += ["", "Paper (COCO images, ViT-B/32): 7.5873, 0.1914, 7.6007, 0.18 %; offsets 0.94 "
-              "image, 1.03 text.", "",
-              "## Conformity: exact (Eq. 10) vs estimated (Eq. 11)", "",
-              "| | mean | cos to | Ĉ = a·cos + b: a | b | r | cos = a·C + b: a | b |",
-              "|---|---:|---|---:|---:|---:|---:|---:|"]
-    for name in ("image", "text"):
-        e = report["conformity"][name]
-        for key, label in (("raw_mean", "raw m"), ("unit_mean", "μ̂")):
-            fits = e[key] or {}
-            f1 = fits.get("conformity_from_cos") or {}
-            f2 = fits.get("cos_from_conformity") or {}
-            lines.append(f"| {name} | {_fmt(e['mean_conformity'])} | {label} | "
-                         f"{_fmt(f1.get('a'))} | {_fmt(f1.get('b'))} | {_fmt(f1.get('r'), 6)} | "
-                         f"{_fmt(f2.get('a'))} | {_fmt(f2.get('b'))} |")
-        ident = e["exact_identity"]
-        lines.append(f"| {name} | | exact identity | {_fmt(ident['a'])} | {_fmt(ident['b'], 6)} | "
-                     f"1 (max error {e['max_abs_error_identity']:.1e}) | | |")
-    lines += ["", "Paper: r = 0.9998; images a = 1.461, b = −0.002 (cos regressed on C)."]
-    for name in ("image", "text"):
-        if report["conformity"][name].get("degenerate"):
-            lines += ["", f"{_UNDEFINED} for {name}: {report['conformity'][name]['degenerate']}, "
-                      "so the fits are undefined; the exact identity still holds."]
-    lines += [""]
-    loss = report["loss_vs_alpha"]
-    s = report["settings"]
-    lines += [f"## CLIP loss vs mean shift (Eq. 7–9), logit scale {s['logit_scale']:g}", ""]
-    if loss:
-        lines += ["| α | total | alignment | uniformity | correct | misclassified | accuracy |",
-                  "|---:|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {r['alpha']:+.2f} | {_fmt(r['total'])} | {_fmt(r['alignment'])} | "
-                  f"{_fmt(r['uniformity'])} | {_fmt(r['correct'])} | {_fmt(r['misclassified'])} | "
-                  f"{100 * r['accuracy']:.1f} % |" for r in loss]
-        best = min(loss, key=lambda r: r["total"])
-        lines += ["", f"Lowest total loss at α = {best['alpha']:+.2f} (paper: near 0). "
-                  "alignment = −E[s·cos(t_j, i_j)], so total = alignment + uniformity."]
-        if any(r["correct"] is None or r["misclassified"] is None for r in loss):
-            lines += ["", f"{_UNDEFINED}: no pairs in that group at that α (accuracy 0 % leaves "
-                      "no correctly classified pair, 100 % no misclassified one), so its mean "
-                      "loss is undefined (null in report.json)."]
-        lines += [""]
-    else:
-        reason = _no_loss_reason(report["counts"]["loss_pairs"])
-        lines += [reason[0].upper() + reason[1:] + ".", ""]
-    kl = report["kl_vs_alpha"]
-    best = min(kl, key=lambda r: r["kl"])
-    at0 = min(kl, key=lambda r: abs(r["alpha"]))
-    lines += ["## Image vs text conformity distributions vs mean shift (Fig. 11)", "",
-              "| α | KL(image ‖ text) | mean C image | mean C text |", "|---:|---:|---:|---:|"]
-    lines += [f"| {r['alpha']:+.2f} | {_fmt(r['kl'])} | {_fmt(r['image_mean_conformity'])} | "
-              f"{_fmt(r['text_mean_conformity'])} |" for r in kl]
-    lines += ["", f"KL at α = {at0['alpha']:+.2f}: {_fmt(at0['kl'])}; lowest at α = "
-              f"{best['alpha']:+.2f} (paper: ≈ 0.14 at α = 0, lowest near 0). "
-              f"{s['bins']} shared bins, pseudo-count 0.5.", "", "## Figures", ""]
-    lines += [f"![{f}]({f})" for f in figures]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(report: dict, out_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
-    """Write ``report.json``, ``report.md`` and the figures of :func:`geometry_report`'s
-    dict into ``out_dir`` (created), each atomically. Existing report files raise
-    ``FileExistsError`` unless ``overwrite``. Returns the paths written."""
-    from . import plots as _plots
-
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out-dir {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    if not overwrite:
-        clash = [p.name for p in (out / "report.json", out / "report.md") if p.exists()]
-        if clash:
-            raise FileExistsError(f"{out} already holds {', '.join(clash)}; pass --overwrite "
-                                  "to replace them")
-    written = []
-    for name, figure in _plots.report_figures(report):
-        path = out / name
-        atomic_write(path, lambda tmp, fig=figure: _plots.save(fig, tmp))
-        written.append(path)
-    path = out / "report.json"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(
-        json.dumps(_json_safe(report), indent=1), encoding="utf-8"))
-    written.append(path)
-    path = out / "report.md"
-    text = _markdown(report, [p.name for p in written if p.suffix == ".png"])
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    written.append(path)
-    return written

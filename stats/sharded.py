@@ -28,11 +28,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vslerp import MomentAccumulator
 
-from .compute import ComputeResult, _check_sizes, _HeapTrimmer, reduced_result
+from .compute import ComputeResult, reduced_result
 from .data import UnreadableImage, open_image
 from .embeddings import EmbeddingStore, Shard
 from .encode import ClipEncoders
 from .shards import Sample, ShardSource
+from .stream import HeapTrimmer, check_sizes
 
 __all__ = ["ID_STRIDE", "compute_shard_statistics", "completed_shards", "sample_image_id"]
 
@@ -133,7 +134,7 @@ class _ShardBatches(IterableDataset):
                 image = open_image(io.BytesIO(sample.image))
                 pixels.append(self.processor(image, return_tensors="pt").pixel_values[0])
             except UnreadableImage as err:
-                skipped["image"].append((label, str(err)))
+                skipped["image"].append((label, err.reason))
                 continue
             except Exception as err:  # noqa: BLE001 - an image the processor rejects is skipped
                 skipped["image"].append((label, f"unreadable ({type(err).__name__}: {err})"))
@@ -176,7 +177,7 @@ def compute_shard_statistics(encoders: ClipEncoders, source: ShardSource, *,
     ``SHARD/KEY``; a damaged shard keeps its samples before the damage and is named."""
     from tqdm.auto import tqdm
 
-    _check_sizes(batch_size=batch_size, num_workers=num_workers)
+    check_sizes(batch_size=batch_size, num_workers=num_workers)
     if len(source) == 0:
         raise ValueError("nothing to encode: no shards")
     if captions and encoders.text_encoder is None:
@@ -207,7 +208,7 @@ def compute_shard_statistics(encoders: ClipEncoders, source: ShardSource, *,
     dataset = _ShardBatches(source, pending, batch_size, encoders.image_processor, captions)
     loader = DataLoader(dataset, batch_size=None, num_workers=num_workers if pending else 0,
                         pin_memory=encoders.device.type == "cuda")
-    trimmer = _HeapTrimmer() if acc_device.type == "cpu" else None
+    trimmer = HeapTrimmer() if acc_device.type == "cpu" else None
     desc = "encoding shards" + (f" (process 0 of {world})" if world > 1 else "")
     bar = tqdm(total=len(pending), unit="shard", desc=desc, dynamic_ncols=True,
                disable=not (progress and rank == 0) or not pending)

@@ -74,7 +74,9 @@ def test_conformity_images_csv_hist_kl(computed, dataset, tiny_kandinsky, tmp_pa
     assert f"{N_IMAGES}/{N_IMAGES}" in proc.stderr and "img/s" in proc.stderr  # progress bar
     lines = out.read_text().splitlines()
     header = [line for line in lines if line.startswith("#")]
-    assert any("estimator: exact_identity_unit_mean" in line for line in header)
+    from vslerp.defaults import CONFORMITY_EXACT
+
+    assert any(f"estimator: {CONFORMITY_EXACT}: " in line for line in header)  # "exact_identity"
     rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))
     assert len(rows) == N_IMAGES
     assert hist.is_file() and hist.stat().st_size > 1000

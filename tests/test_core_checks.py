@@ -55,6 +55,18 @@ def _calls(bad):
         ("std", lambda: vslerp.offset_ratio(m, bad)),
         ("x", lambda: vslerp.thin_shell(bad, m)),
         ("mean", lambda: vslerp.thin_shell(x, bad)),
+        ("image", lambda: vslerp.clip_loss(bad, x)),
+        ("text", lambda: vslerp.clip_loss(x, bad)),
+        ("alphas", lambda: vslerp.clip_loss_vs_alpha(x, x, bad, m)),
+        ("mean", lambda: vslerp.clip_loss_vs_alpha(x, x, [0.0], bad)),
+        ("values", lambda: vslerp.histogram(bad, m.sort().values)),
+        ("edges", lambda: vslerp.histogram(x[:, 0], bad)),
+        ("p_samples", lambda: vslerp.kl_divergence(bad, x[:, 0])),
+        ("q_samples", lambda: vslerp.kl_divergence(x[:, 0], bad)),
+        ("image", lambda: vslerp.conformity_kl_vs_alpha(bad, x, [0.0], m)),
+        ("text", lambda: vslerp.conformity_kl_vs_alpha(x, bad, [0.0], m)),
+        ("alphas", lambda: vslerp.conformity_kl_vs_alpha(x, x, bad, m)),
+        ("mean", lambda: vslerp.conformity_kl_vs_alpha(x, x, [0.0], bad)),
     ]
 
 
@@ -151,3 +163,17 @@ def test_state_dict_with_bad_count_is_refused(count):
     state["count"] = torch.tensor(count)  # negative, or 0 with non-zero sums
     with pytest.raises(ValueError, match="count"):
         vslerp.MomentAccumulator.from_state_dict(state)
+
+
+@pytest.mark.parametrize(("dtype", "tiny"), [(torch.float32, 1e-30), (torch.float64, 1e-200)])
+def test_tiny_vectors_are_not_zero_vectors(dtype, tiny):
+    """‖v‖² underflows to 0 for such rows: their norm is recomputed scaled, not refused."""
+    x = _vec(5, 6).to(dtype)
+    small = x * tiny
+    assert (torch.linalg.vector_norm(small, dim=1) == 0).all()  # the case being tested
+    torch.testing.assert_close(vslerp.conformity(small), vslerp.conformity(x))
+    torch.testing.assert_close(vslerp.cosine_to_mean(small, x[0]), vslerp.cosine_to_mean(x, x[0]))
+    loss = vslerp.clip_loss(small, x)
+    torch.testing.assert_close(loss.loss, vslerp.clip_loss(x, x).loss)
+    with pytest.raises(ValueError, match="zero vector"):
+        vslerp.conformity(torch.cat([x, torch.zeros(1, D, dtype=dtype)]))

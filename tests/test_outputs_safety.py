@@ -1,12 +1,15 @@
 """The shared output rules (vslerp.stats.outputs): atomic writes, one run per output, an output
 never replaces an input, a killed run's temporary files removed by the next owner."""
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+import vslerp.stats as vs
 from vslerp.stats import outputs
 from vslerp.stats.outputs import (
     TEMP_MARK,
@@ -113,3 +116,29 @@ def test_import_does_not_change_umask():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0o77"
     assert "umask" not in outputs.__dict__
+
+
+def test_importing_every_stats_module_does_no_work():
+    """No umask, logging, warning-filter or environment change, and no model, plotting or
+    image library imported, by importing any module of vslerp.stats (torch is imported first:
+    its own import-time changes are not ours)."""
+    modules = sorted(p.stem for p in Path(vs.__file__).parent.glob("*.py") if p.stem != "__init__")
+    code = f"""
+import json, logging, os, sys, warnings
+import torch
+def state():
+    umask = os.umask(0o022); os.umask(umask)
+    loggers = {{n: getattr(l, "level", None) for n, l in logging.root.manager.loggerDict.items()}}
+    return [umask, logging.root.level, len(logging.root.handlers), loggers, repr(warnings.filters),
+            dict(os.environ)]
+before = state()
+import importlib
+for name in {modules!r}:
+    importlib.import_module("vslerp.stats." + name)
+heavy = [m for m in ("transformers", "diffusers", "matplotlib", "sklearn", "PIL", "gradio")
+         if m in sys.modules]
+print(json.dumps({{"same": state() == before, "heavy": heavy}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(modules) >= 10 and result == {"same": True, "heavy": []}, (modules, result)

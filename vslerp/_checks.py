@@ -8,8 +8,10 @@ __all__ = [
     "MAX_MAGNITUDE",
     "as_tensor",
     "check_finite",
+    "check_int",
     "check_magnitude",
     "check_nonzero_rows",
+    "check_values",
     "compute_dtype",
 ]
 
@@ -40,7 +42,7 @@ def as_tensor(name: str, value, *, min_rank: int = 0, rank: int | None = None) -
     elif not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or a number, got {type(value).__name__}")
     if value.numel() == 0:
-        raise ValueError(f"{name} is empty: got shape {tuple(value.shape)}")
+        raise ValueError(f"{name} is empty: got shape {tuple(value.shape)}, need a non-empty tensor")
     if not (value.is_floating_point()):
         value = value.to(torch.float32)
     if rank is not None and value.ndim != rank:
@@ -85,3 +87,30 @@ def check_magnitude(name: str, value, limit: float = MAX_MAGNITUDE) -> None:
             raise ValueError(f"{name} must be finite, got {v}")
         if abs(v) > limit:
             raise ValueError(f"{name} {v:g} is too large: |{name}| <= {limit:g}")
+
+
+def check_int(name: str, value, low: int = 1) -> int:
+    """``value`` if it is an int ≥ ``low`` (not a bool), else ``ValueError`` naming ``name``:
+    "chunk_size must be an int ≥ 1, got 0". The one check of sizes, counts and bins."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an int ≥ {low}, got {value!r}")
+    return value
+
+
+def check_values(name: str, values) -> list[float]:
+    """``values`` (a number, a sequence of numbers or a tensor, e.g. the α of a sweep) as a
+    non-empty list of floats, each finite with |v| ≤ ``MAX_MAGNITUDE``; else an error naming
+    ``name`` ("alphas is empty", "alpha 1e+308 is too large: |alpha| <= 1e+06")."""
+    if isinstance(values, torch.Tensor):
+        flat = as_tensor(name, values).detach().reshape(-1).to(torch.float64).cpu().tolist()
+    elif isinstance(values, (int, float)) and not isinstance(values, bool):
+        flat = [float(values)]
+    else:
+        try:
+            flat = [float(v) for v in values]
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be real numbers, got {values!r}") from None
+    if not flat:
+        raise ValueError(f"{name} is empty: give at least one value")
+    check_magnitude(name[:-1] if name.endswith("s") else name, flat)
+    return flat

@@ -33,16 +33,18 @@ def _check_matrix(name: str, x) -> torch.Tensor:
 def _row_norms(name: str, raw: torch.Tensor, offset: int) -> torch.Tensor:
     """‖row‖ of one chunk (n, D) already in the compute dtype, as (n,).
 
-    One pass in the common case; rows whose squared norm overflows are recomputed scaled by
-    their max |entry|. Non-finite entries and zero rows raise ``ValueError`` naming ``name``.
+    One pass in the common case; rows whose squared norm overflows or underflows (to 0 for a
+    non-zero row, e.g. entries ~1e-30 in float32) are recomputed scaled by their max |entry|.
+    Non-finite entries and zero rows raise ``ValueError`` naming ``name``.
     """
     norms = torch.linalg.vector_norm(raw, dim=1)  # (n,)
-    bad = ~torch.isfinite(norms)
+    bad = ~torch.isfinite(norms) | (norms == 0)
     if bool(bad.any()):
-        check_finite(name, raw)  # NaN/Inf entries → error; else it was overflow
+        check_finite(name, raw)  # NaN/Inf entries → error; else overflow, underflow or zero
         rows = raw[bad]
-        scale = rows.abs().amax(dim=1)
-        norms[bad] = torch.linalg.vector_norm(rows / scale[:, None], dim=1) * scale
+        scale = rows.abs().amax(dim=1)  # 0 only for a zero row
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        norms[bad] = torch.linalg.vector_norm(rows / safe[:, None], dim=1) * scale
         if bool((~torch.isfinite(norms)).any()):
             raise ValueError(f"{name} has rows whose norm overflows {raw.dtype}")
     zero = norms == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import as_tensor, check_finite
-from .conformal import _check_matrix, _row_norms
+from .conformal import _CHUNK, _check_matrix, _row_norms
 
 __all__ = [
     "MomentAccumulator",
@@ -243,8 +243,8 @@ def thin_shell(x: torch.Tensor, mean: torch.Tensor) -> dict[str, float]:
     check_finite("mean", mean)
     s1 = torch.zeros((), dtype=_F64)
     s2 = torch.zeros((), dtype=_F64)
-    for start in range(0, x.shape[0], 16384):
-        chunk = x[start : start + 16384].to(_F64)
+    for start in range(0, x.shape[0], _CHUNK):
+        chunk = x[start : start + _CHUNK].to(_F64)  # (n, D)
         check_finite("x", chunk)
         y = torch.linalg.vector_norm(chunk - mean, dim=1)  # (n,)
         s1 += y.sum().cpu()
