@@ -176,8 +176,8 @@ class VSlerpPipeline(VSlerpBasePipeline):
 
     def _advance_generator(self, generator: torch.Generator, settings: RenderSettings) -> None:
         """As after KandinskyV22Pipeline: the generator has drawn one image's initial latents."""
-        if settings.latents is None:
-            _, after = self._initial_latents(generator, self.execution_device(), settings)
+        if settings.latents is None:  # the same draw, on the generator's own device
+            _, after = self._initial_latents(generator, generator.device, settings)
             generator.set_state(after.get_state())
 
     # -- decode options ---------------------------------------------------------------------------

@@ -5,9 +5,8 @@ reads it (:func:`read_model_index`, :func:`backend_of`); a hub id whose index ca
 (offline and not cached) is told by its name. Hub id vs local folder is
 :func:`vslerp.stats.hub.local_folder` / :func:`~vslerp.stats.hub.is_repo_id`. Each backend's
 components are loaded here: Kandinsky 2.2 from its two repos (prior + decoder), unCLIP/Karlo
-class by class, and either from a folder saved by ``save_pretrained``.
-
-Torch-free at import (the CLI reads model indexes before any model loads).
+class by class, and either from a folder saved by ``save_pretrained``. Models are imported
+only when a pipeline loads (reading an index imports no diffusers).
 """
 
 from __future__ import annotations
