@@ -1,4 +1,5 @@
-"""Is a string an image path or a prompt? The one decision, for the pipeline and the CLI.
+"""A call's inputs: is a string an image path or a prompt (the one decision, for the pipeline
+and the CLI), opening a named image, and the checks of embeddings and numbers at the boundary.
 
 A target may be either; users give prompts of any length and content (hundreds of bytes,
 newlines, NUL bytes, text pasted with broken encodings), and asking the file system about
@@ -8,13 +9,15 @@ null byte``, ``UnicodeEncodeError``). :func:`image_path_or_prompt` never raises.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["IMAGE_SUFFIXES", "ImageOrPrompt", "check_prompt", "image_path_or_prompt"]
+from vslerp.defaults import IMAGE_SUFFIXES  # torch-free: the CLI's parser imports this module
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+__all__ = ["IMAGE_SUFFIXES", "ImageOrPrompt", "check_embedding", "check_guidance", "check_positive_int",
+           "check_prompt", "check_steps", "image_path_or_prompt", "open_named_image"]
 
 
 @dataclass(frozen=True)
@@ -87,3 +90,64 @@ def check_prompt(name: str, text: str) -> str:
         raise ValueError(f"{name} prompt is not valid text: it holds an unpaired surrogate "
                          f"U+{ord(char):04X} at character {err.start}") from None
     return text
+
+
+def open_named_image(name: str, path):
+    """The image file ``path`` as RGB by :func:`vslerp.stats.data.open_image` (its strictness:
+    EXIF-upright, odd modes converted, bombs refused), every failure one ``ValueError`` naming
+    ``name``: not found, a directory, or unreadable (and why)."""
+    from vslerp.stats import UnreadableImage, note_input, open_image
+
+    found = image_path_or_prompt(path)
+    path = found.path or Path(str(path))
+    if found.kind == "directory":
+        raise ValueError(f"{name} image {path} is a directory, not an image file")
+    if found.kind != "image":
+        raise ValueError(f"{name} image not found: {path}")
+    note_input(path, f"{name} image")
+    try:
+        return open_image(path)
+    except UnreadableImage as err:
+        raise ValueError(f"{name} image {path} cannot be read: {err}") from None
+
+
+def check_embedding(name: str, raw, dim: int):
+    """A raw image embedding given as (D,) or (1, D) → (D,) float32 on the CPU; ``ValueError``
+    naming ``name`` for another shape, non-finite values or the zero vector."""
+    import torch
+
+    raw = raw.detach()
+    if raw.ndim == 2 and raw.shape[0] == 1:
+        raw = raw[0]
+    if raw.ndim != 1 or raw.shape[0] != dim:
+        raise ValueError(f"{name} embedding must have shape ({dim},), got {tuple(raw.shape)}")
+    raw = raw.to("cpu", torch.float32)
+    if not bool(torch.isfinite(raw).all()):
+        raise ValueError(f"{name} embedding contains non-finite values")
+    if not bool((raw != 0).any()):
+        raise ValueError(f"{name} embedding is the zero vector")
+    return raw
+
+
+def check_positive_int(name: str, value) -> int:
+    """``value`` if it is an int ≥ 1 (not a bool), else ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def check_steps(name: str, value, low: int) -> int:
+    """A step count: an int ≥ ``low`` (UnCLIPScheduler divides by steps − 1: ``low`` 2)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def check_guidance(value) -> float:
+    """A guidance scale: a finite number of a sane magnitude."""
+    from vslerp._checks import check_magnitude
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"guidance_scale must be a finite number, got {value!r}")
+    check_magnitude("guidance_scale", value)
+    return float(value)

@@ -110,7 +110,9 @@ def size_rule(decoder: str | Path | None) -> tuple[int, int | None]:
                 return (2 ** (len(blocks) - 1)) ** 2, None
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    if decoder is not None and "karlo" in str(decoder).lower():
+    from .loading import UNCLIP, backend_by_name
+
+    if backend_by_name(decoder) == UNCLIP:
         return 1, 256
     return KANDINSKY_FACTOR, None
 

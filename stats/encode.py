@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .hub import ModelUnavailable, unavailable_model
+from .hub import ModelUnavailable, is_repo_id, unavailable_model
 
 __all__ = ["PROCESSOR_SUBFOLDERS", "ClipEncoders", "clip_image_processor_class", "default_device",
            "encoder_fingerprint", "load_encoders", "parse_device"]
@@ -116,8 +116,9 @@ class ClipEncoders:
     ``encode_images(list[PIL.Image]) -> (N, D)`` and ``encode_texts(list[str]) -> (N, D)``
     return raw float32 embeddings on the CPU. ``dim``, ``fingerprint`` (of the image
     encoder), ``model_id``, ``device``, ``dtype``. Device and dtype default to the image
-    encoder's own (components already in a pipeline are used where they are); given
-    explicitly, both encoders are moved there.
+    encoder's own, and then nothing is moved (components of a pipeline are used where they
+    are, offload hooks included); given explicitly, both encoders are moved there.
+    The one CLIP encoding of the project: statistics, scoring and the pipelines use it.
     """
 
     def __init__(self, image_encoder, image_processor, text_encoder=None, tokenizer=None, *,
@@ -130,7 +131,7 @@ class ClipEncoders:
         self.dtype = dtype or first.dtype
         if (first.device, first.dtype) != (self.device, self.dtype):
             image_encoder = image_encoder.to(device=self.device, dtype=self.dtype)
-        if text_encoder is not None:
+        if text_encoder is not None and (device is not None or dtype is not None):
             text_encoder = text_encoder.to(device=self.device, dtype=self.dtype)
         self.image_encoder = image_encoder.eval()
         self.image_processor = image_processor
@@ -183,8 +184,8 @@ class ClipEncoders:
         """(N, L) token ids and mask → raw ``text_embeds`` (N, D), float32, on the device."""
         if self.text_encoder is None:
             raise ValueError("these encoders were loaded without the text encoder")
-        out = self.text_encoder(input_ids=input_ids.to(self.device),
-                                attention_mask=attention_mask.to(self.device))
+        device = next(self.text_encoder.parameters()).device  # self.device unless used in place
+        out = self.text_encoder(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
         return out.text_embeds.float()
 
     def encode_texts(self, texts) -> torch.Tensor:
@@ -281,7 +282,7 @@ def load_encoders(prior: str | Path, *, device=None, dtype: torch.dtype | None =
     local = Path(source).expanduser()
     if local.exists() and not local.is_dir():
         raise ValueError(f"prior {source!r} is a file, not a folder or hub id")
-    if not local.exists() and (source.startswith(("/", ".", "~")) or source.count("/") > 1):
+    if not local.exists() and not is_repo_id(source):
         raise ValueError(f"prior folder not found: {source}")
     processors = PROCESSOR_SUBFOLDERS
     if local.is_dir():

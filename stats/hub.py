@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["ModelUnavailable", "is_cached", "offline", "unavailable_model"]
+__all__ = ["ModelUnavailable", "is_cached", "is_repo_id", "local_folder", "offline", "unavailable_model"]
 
 
 class ModelUnavailable(ValueError):
@@ -28,8 +28,12 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _is_repo_id(text: str) -> bool:
-    """``org/name`` as the hub spells ids (a path such as ``./models/x`` is not one)."""
+def is_repo_id(text: str) -> bool:
+    """``org/name`` as the hub spells ids (a path such as ``./models/x`` is not one).
+
+    The one rule telling a hub id from a path, with :func:`local_folder`: a string that names
+    an existing folder is that folder; else it is a hub id if the hub could spell it so."""
+    text = str(text)
     if text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1:
         return False
     try:
@@ -39,6 +43,18 @@ def _is_repo_id(text: str) -> bool:
     except Exception:  # noqa: BLE001 - HFValidationError, or no huggingface_hub
         return False
     return True
+
+
+def local_folder(id_or_dir) -> Path | None:
+    """The local folder ``id_or_dir`` names (``~`` expanded), or None when there is no such
+    folder (a hub id, a missing path, or a file)."""
+    if id_or_dir is None:
+        return None
+    try:
+        folder = Path(str(id_or_dir)).expanduser()
+        return folder if folder.is_dir() else None
+    except (OSError, ValueError, RuntimeError):  # a name too long, a NUL byte, no such user
+        return None
 
 
 def is_cached(model_id: str) -> bool:
@@ -58,7 +74,7 @@ def unavailable_model(model_id, option: str = "--model/--prior") -> ModelUnavail
     ``model_id`` is a local folder or is cached (the loader's own message is then the right
     one). ``option``: how the caller lets a user give a local folder instead."""
     ident = str(model_id)
-    if Path(ident).expanduser().exists() or not _is_repo_id(ident) or is_cached(ident):
+    if Path(ident).expanduser().exists() or not is_repo_id(ident) or is_cached(ident):
         return None
     why = "HF_HUB_OFFLINE" if offline() else "offline or no network"
     return ModelUnavailable(

@@ -375,3 +375,111 @@ def test_statistics_per_call_leave_the_pipeline_unchanged(pipe):
     assert torch.equal(batch[0].embeddings, set_once.embeddings)
     assert not torch.equal(batch[1].embeddings, set_once.embeddings)
     assert pipe.statistics is own
+
+
+# -- the Kandinsky adapter over diffusers' own KandinskyV22Pipeline (issue 11) ----------------
+def _requests(seeds):
+    return [{"source": _emb(50 + k), "target": _emb(60 + k), "thetas": [0.0, 0.5], "alphas": [1.0],
+             "generator": _gen(seed)} for k, seed in enumerate(seeds)]
+
+
+def test_render_batch_gives_each_request_its_own_noise_under_ddpm(pipe):
+    """A stochastic scheduler draws step noise per cell from its request's generator copy: a
+    batch of requests with different seeds renders what each request renders alone."""
+    import diffusers
+
+    old = pipe.scheduler
+    pipe.scheduler = diffusers.DDPMScheduler.from_config(old.config)
+    try:
+        batch = pipe.render_batch(_requests([3, 4]), num_inference_steps=STEPS, height=SIZE, width=SIZE,
+                                  output_type="np", max_batch_size=3)  # 4 cells in batches of 3
+        alone = [pipe(r["source"], r["target"], thetas=r["thetas"], alphas=r["alphas"], generator=_gen(seed),
+                      **RENDER) for r, seed in zip(_requests([3, 4]), [3, 4], strict=True)]
+    finally:
+        pipe.scheduler = old
+    for got, want in zip(batch, alone, strict=True):
+        np.testing.assert_allclose(got.images, want.images, atol=2e-4)
+        assert torch.equal(got.embeddings, want.embeddings)
+    assert np.abs(batch[0].images[0] - batch[1].images[0]).max() > 1e-3  # other seed, other noise
+
+
+def test_the_call_advances_its_generator_as_diffusers_does(pipe, diffusers_pipes):
+    _, decoder = diffusers_pipes
+    ours, theirs = _gen(21), _gen(21)
+    pipe(_emb(1), _emb(2), thetas=[0.0, 0.5], alphas=[0.0], generator=ours, **RENDER)
+    decoder(image_embeds=_emb(1)[None], negative_image_embeds=pipe.zero_image_embedding(), generator=theirs,
+            **RENDER)
+    assert torch.equal(ours.get_state(), theirs.get_state())
+    assert not torch.equal(ours.get_state(), _gen(21).get_state())
+
+
+def test_callback_gets_this_pipeline_and_one_progress_bar_counts_every_step(pipe):
+    import io
+
+    seen, bar = [], io.StringIO()
+
+    def callback(p, step, timestep, tensors):
+        seen.append((p, step, p.num_timesteps, sorted(tensors)))
+        return {}
+
+    pipe.set_progress_bar_config(disable=False, file=bar, ascii=True)
+    try:
+        pipe(_emb(3), _emb(4), thetas=[0.25, 0.5, 0.75], alphas=[0.0], generator=_gen(1), max_batch_size=2,
+             callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents", "image_embeds"],
+             **RENDER)
+    finally:
+        pipe.set_progress_bar_config(disable=True)
+    assert [(p is pipe, step, n, names) for p, step, n, names in seen] == \
+        [(True, k % STEPS, STEPS, ["image_embeds", "latents"]) for k in range(2 * STEPS)]
+    assert f"{2 * STEPS}/{2 * STEPS}" in bar.getvalue()  # 2 batches × STEPS on one bar
+
+
+def test_model_cpu_offload_keeps_the_images(tiny_kandinsky):
+    """diffusers' own enable_model_cpu_offload() on a pipeline already moved to its device: the
+    hooks' device is where cells render, and images equal those without offload."""
+    prior_dir, decoder_dir = tiny_kandinsky
+    fresh = VSlerpPipeline.from_pretrained(decoder_dir, prior=prior_dir, device="cpu")  # moved on load
+    fresh.set_progress_bar_config(disable=True)
+    kw = dict(thetas=[0.0, 0.5], alphas=[0.0, 1.0], **RENDER)
+    plain = fresh(_image(1), "a red bicycle", generator=_gen(6), **kw)
+    plain_batch = fresh.render_batch(_requests([7]), num_inference_steps=STEPS, height=SIZE, width=SIZE,
+                                     output_type="np")
+    assert fresh.execution_device() == torch.device("cpu")
+    fresh.enable_model_cpu_offload(device="cpu")  # on a GPU machine: enable_model_cpu_offload()
+    offloaded_device = torch.device("cpu", 0)  # the hooks' execution device
+    assert fresh.execution_device() == offloaded_device
+    offloaded = fresh(_image(1), "a red bicycle", generator=_gen(6), **kw)
+    assert fresh.execution_device() == offloaded_device  # the hooks are installed again after the call
+    batch = fresh.render_batch(_requests([7]), num_inference_steps=STEPS, height=SIZE, width=SIZE,
+                               output_type="np")
+    np.testing.assert_allclose(offloaded.images, plain.images, atol=2e-4)
+    torch.testing.assert_close(offloaded.embeddings, plain.embeddings)
+    np.testing.assert_allclose(batch[0].images, plain_batch[0].images, atol=2e-4)
+    assert fresh.describe()["device"] == str(offloaded_device)
+
+
+def test_the_pipeline_encodes_with_the_stats_encoders(pipe, tiny_kandinsky):
+    """One CLIP encoding: the pipeline's encode_image / encode_text are vslerp.stats' ClipEncoders."""
+    from vslerp.stats import load_encoders
+
+    encoders = load_encoders(tiny_kandinsky[0], device="cpu")
+    images = [_image(3), _image(4)]
+    assert torch.equal(pipe.encode_image(images), encoders.encode_images(images))
+    assert torch.equal(pipe.encode_text(["a cat", "a dog"]), encoders.encode_texts(["a cat", "a dog"]))
+    assert pipe.clip_encoders().image_encoder is pipe.image_encoder  # used in place, not copied
+
+
+def test_backend_dispatch_reads_model_index(tiny_kandinsky, tmp_path):
+    from vslerp.pipelines.loading import backend_of, read_model_index
+
+    prior_dir, decoder_dir = tiny_kandinsky
+    assert read_model_index(decoder_dir)["_class_name"] == "KandinskyV22Pipeline"
+    assert backend_of(decoder_dir) == "kandinsky2.2"
+    assert backend_of(prior_dir) is None  # a prior is no decoder of any backend
+    assert read_model_index(tmp_path) is None and backend_of(tmp_path) is None  # no model_index.json
+    assert backend_of("kakaobrain/karlo-v1-alpha-image-variations") == "unclip"  # not cached: by name
+    (tmp_path / "model_index.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ValueError, match="model_index.json"):
+        read_model_index(tmp_path)
+    with pytest.raises(ValueError, match="backend must be"):
+        VSlerpPipeline.from_pretrained(decoder_dir, prior=prior_dir, backend="sdxl", device=None)

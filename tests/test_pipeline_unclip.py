@@ -96,3 +96,29 @@ def test_unclip_errors(pipe, unclip_dir):
         VSlerpPipeline.from_pretrained(unclip_dir, stats=torch.randn(TINY_DIM + 3), device=None)
     with pytest.raises(ValueError, match="thetas is empty"):
         pipe(_emb(1), _emb(2), thetas=[], alphas=[0.0], **RENDER)
+
+
+def test_dispatch_progress_bars_and_backend_interface(pipe, unclip_dir, tmp_path):
+    """Dispatch by model_index.json; the unCLIP adapter hands its cells to diffusers'
+    UnCLIPImageVariationPipeline, whose progress bars take this pipeline's options."""
+    import io
+
+    from vslerp.pipelines.loading import backend_of
+
+    assert backend_of(unclip_dir) == "unclip"
+    pipe.save_pretrained(tmp_path / "saved")
+    assert backend_of(tmp_path / "saved") == "unclip"  # model_index says VSlerpUnCLIPPipeline
+    with pytest.raises(ValueError, match="VSlerpUnCLIPPipeline loads the unclip backend"):
+        VSlerpUnCLIPPipeline.from_pretrained(unclip_dir, stats=_emb(0), backend="kandinsky2.2", device=None)
+    bar = io.StringIO()
+    pipe.set_progress_bar_config(disable=False, file=bar, ascii=True)
+    try:
+        pipe(_emb(1), _emb(2), thetas=[0.5], alphas=[0.0], generator=_gen(1), **RENDER)
+    finally:
+        pipe.set_progress_bar_config(disable=True)
+    assert "2/2" in bar.getvalue()  # the decoder's and the super-resolution's 2 steps
+    for kwargs, match in (({"latents": torch.zeros(1, 3, 32, 32)}, "latents"),
+                          ({"negative_image_embeds": _emb(3)}, "negative_image_embeds"),
+                          ({"output_type": "latent"}, "latent")):
+        with pytest.raises(ValueError, match=match):
+            pipe(_emb(1), _emb(2), thetas=[0.5], alphas=[0.0], **{**RENDER, **kwargs})

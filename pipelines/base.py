@@ -1,0 +1,355 @@
+"""VSlerpBasePipeline: the diffusers-style call every backend shares.
+
+``pipe(source, target, thetas, alphas, ...)``: check every argument, encode source and target
+(raw CLIP image space; a prompt through the backend's prior), build the grid of Eq. 12 cells
+(:mod:`vslerp.pipelines.grid`), hand its distinct cells to the backend ``max_batch_size`` at a
+time, and map the images back to every cell. ``render_batch`` does the same for many
+independent requests in one batched render. Statistics (the image mean m), the CLIP encoders
+(:class:`vslerp.stats.ClipEncoders`), ``describe()`` and saving are here too, once.
+
+A backend is a subclass (``pipelines/kandinsky.py``, ``pipelines/unclip.py``) that registers
+its components and implements the backend interface — the ``# -- backend interface`` block
+below; its ``_render_chunk`` hands a batch of cells, their initial noise and one generator
+copy per cell to diffusers' own pipeline for that model. Loading and backend dispatch:
+:mod:`vslerp.pipelines.loading`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline
+
+from vslerp._version import __version__
+from vslerp.defaults import STATISTICS_FILE
+from vslerp.stats import Statistics
+
+from . import limits
+from .encoding import EncodingMixin
+from .grid import VSlerpPipelineOutput, check_axis, join_chunks, make_grid
+from .inputs import check_embedding, check_guidance, check_positive_int
+from .settings import RenderSettings, clone_generator
+from .statistics import StatisticsMixin
+
+__all__ = ["VSlerpBasePipeline"]
+
+_OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
+    """Vertical SLERP between two CLIP image embeddings (paper Eq. 12), on a diffusers generator.
+
+    Not used directly: :class:`~vslerp.pipelines.VSlerpPipeline` (Kandinsky 2.2, and the
+    entry point that loads any backend) and :class:`~vslerp.pipelines.VSlerpUnCLIPPipeline`.
+    """
+
+    # -- backend interface: each backend sets these and implements the methods below ---------
+    backend = ""  # its name in describe(), sidecars and from_pretrained(backend=)
+    default_guidance_scale = 1.0  # diffusers' default for the model
+    default_size = 512  # px (a property where the model fixes the size)
+    _min_steps = 1  # denoising steps at least (the decoder's scheduler)
+    _callback_tensor_inputs: list[str] = []  # what callback_on_step_end may ask for
+    _optional_components: list[str] = []
+    _bar_config: dict = {}  # set_progress_bar_config's options, handed to diffusers' pipelines
+
+    def _clip_processor(self):
+        """The CLIP image processor of ``image_encoder``."""
+        raise NotImplementedError
+
+    def _denoiser(self) -> torch.nn.Module:
+        """The module that denoises (its dtype is the render's)."""
+        raise NotImplementedError
+
+    def _main_scheduler(self):
+        """The denoiser's scheduler (named in describe())."""
+        raise NotImplementedError
+
+    def _default_statistics(self) -> Statistics:
+        """The image mean's source when none is given."""
+        raise NotImplementedError
+
+    def _default_negative(self) -> torch.Tensor | None:
+        """The unconditional image embedding (D,), or None where the model has its own."""
+        raise NotImplementedError
+
+    def prompt_to_image_embedding(self, prompts, generator=None, num_inference_steps: int = 25,
+                                  guidance_scale: float = 4.0) -> torch.Tensor:
+        """Prompts → raw image embeddings (N, D) float32 (through the backend's prior)."""
+        raise NotImplementedError
+
+    def size_rule(self) -> tuple[int, int | None]:
+        """``(factor, fixed)``: sizes are multiples of ``factor`` px, equal to ``fixed`` if not None."""
+        raise NotImplementedError
+
+    def _check_backend(self, settings: RenderSettings, target) -> list[str]:
+        """Refuse what this backend cannot render (before any compute); returns the callback
+        tensor inputs to check against ``_callback_tensor_inputs``."""
+        return settings.callback_tensor_inputs
+
+    def _progress_steps(self, settings: RenderSettings) -> int | None:
+        """Steps of one batch on the call's progress bar; None: diffusers' pipeline shows its own."""
+        return settings.num_inference_steps
+
+    def _render_chunk(self, chunk: torch.Tensor, noise: list[torch.Generator], device: torch.device,
+                      settings: RenderSettings, tick: Callable[[], None]):
+        """Render one batch of distinct cells (B, D) raw; returns B images as ``output_type`` asks.
+
+        noise: B generators, read and not advanced: cell k is rendered as diffusers renders one
+        image with ``noise[k]`` (its initial latents and, for stochastic steps, its copies).
+        tick: advance the call's progress bar by one step."""
+        raise NotImplementedError
+
+    def _advance_generator(self, generator: torch.Generator, settings: RenderSettings) -> None:
+        """Leave the call's generator as one render of diffusers' pipeline would (default: as it is)."""
+
+    # -- construction and saving -------------------------------------------------------------
+    def __init__(self):
+        super().__init__()
+        self._statistics: Statistics | None = None
+        self._guidance_scale = 1.0
+        self._num_timesteps = 0
+        self.model_ids = {"decoder": None, "prior": None}
+
+    @classmethod
+    def from_pretrained(cls, decoder_id_or_dir=None, prior=None, stats=None, torch_dtype=None,
+                        backend: str = "auto", device="auto", **kwargs):
+        """Load from hub repos / local folders, or a folder saved by :meth:`save_pretrained`.
+
+        ``VSlerpPipeline.from_pretrained`` picks the backend from ``model_index.json``'s
+        ``_class_name`` (as diffusers' AutoPipeline; see :func:`vslerp.pipelines.loading.load_pipeline`
+        for every argument); a backend's own class loads that backend.
+        """
+        from .loading import load_pipeline  # the one place that knows every backend
+
+        return load_pipeline(cls, decoder_id_or_dir, prior=prior, stats=stats, torch_dtype=torch_dtype,
+                             backend=backend, device=device, **kwargs)
+
+    @classmethod
+    def _load_saved(cls, folder: Path, torch_dtype: torch.dtype, **kwargs):
+        """diffusers' own ``DiffusionPipeline.from_pretrained`` of a folder this class saved."""
+        return super().from_pretrained(str(folder), dtype=torch_dtype, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """diffusers' ``save_pretrained`` plus the statistics as ``vslerp_statistics.safetensors``."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        self.statistics.save(Path(save_directory) / STATISTICS_FILE)
+
+    def set_progress_bar_config(self, **kwargs):
+        """diffusers' own; the options also reach the diffusers pipelines a backend renders with."""
+        super().set_progress_bar_config(**kwargs)
+        self._bar_config = dict(kwargs)
+
+    def execution_device(self) -> torch.device:
+        """Where the models run: the offload hooks' device after ``enable_model_cpu_offload()``,
+        else the pipeline's. diffusers has no public name for it; its ``_execution_device``
+        is what every diffusers pipeline reads (read here only)."""
+        return self._execution_device
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def check_inputs(self, source, target, thetas, alphas, num_inference_steps, guidance_scale, height,
+                     width, max_batch_size, output_type, generator, latents, callback_on_step_end_tensor_inputs,
+                     allow_extrapolation):
+        """Validate everything before any compute; returns (thetas, alphas) as float lists."""
+        ok_source = (torch.Tensor, PIL.Image.Image, str, Path)
+        if not isinstance(source, ok_source):
+            raise TypeError(f"source must be a PIL image, an image path or a (D,) tensor, got {type(source).__name__}")
+        if not isinstance(target, ok_source):
+            raise TypeError("target must be a PIL image, an image path, a prompt or a (D,) tensor, "
+                            f"got {type(target).__name__}")
+        thetas = check_axis("thetas", thetas, allow_extrapolation)
+        alphas = check_axis("alphas", alphas, True)
+        for name, value in (("num_inference_steps", num_inference_steps), ("height", height), ("width", width),
+                            ("max_batch_size", max_batch_size)):
+            check_positive_int(name, value)
+        check_guidance(guidance_scale)
+        if output_type not in _OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {_OUTPUT_TYPES}, got {output_type!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError("generator must be one torch.Generator (every cell shares its noise), "
+                            f"got {type(generator).__name__}")
+        if latents is not None and not isinstance(latents, torch.Tensor):
+            raise TypeError(f"latents must be a tensor, got {type(latents).__name__}")
+        bad = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
+        if bad:
+            raise ValueError(f"callback_on_step_end_tensor_inputs must be in {self._callback_tensor_inputs}, got {bad}")
+        return thetas, alphas
+
+    def _negative(self, negative_image_embeds) -> torch.Tensor | None:
+        """The unconditional embedding (D,): the caller's, else the backend's own."""
+        if negative_image_embeds is None:
+            return self._default_negative()
+        return check_embedding("negative_image_embeds", torch.as_tensor(negative_image_embeds), self._dim())
+
+    # -- rendering -------------------------------------------------------------------------------
+    @property
+    def guidance_scale(self):
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self):
+        return self._guidance_scale > 1
+
+    @property
+    def num_timesteps(self):
+        return self._num_timesteps
+
+    def _render(self, cells: torch.Tensor, noise: list[torch.Generator], settings: RenderSettings) -> list:
+        """Render distinct cells (N, D) raw in batches of ``max_batch_size``; one output per batch.
+
+        noise: one generator per cell, read and not advanced (see :meth:`_render_chunk`)."""
+        device = self.execution_device()
+        self._guidance_scale = settings.guidance_scale
+        starts = range(0, cells.shape[0], settings.max_batch_size)
+        steps = self._progress_steps(settings)
+        bar = self.progress_bar(total=len(starts) * steps) if steps else contextlib.nullcontext()
+        outputs = []
+        with bar as progress:
+            tick = progress.update if progress is not None else (lambda: None)
+            for start in starts:
+                part = slice(start, start + settings.max_batch_size)
+                outputs.append(self._render_chunk(cells[part], noise[part], device, settings, tick))
+        return outputs
+
+    @torch.no_grad()
+    def __call__(self, source, target, thetas=(0.0, 0.5, 1.0), alphas=(0.0,), num_inference_steps: int = 50,
+                 guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
+                 generator=None, latents=None, max_batch_size: int = 8, allow_extrapolation: bool = False,
+                 negative_image_embeds=None, callback_on_step_end=None,
+                 callback_on_step_end_tensor_inputs=("latents",), output_type: str = "pil",
+                 prior_num_inference_steps: int = 25, super_res_num_inference_steps: int = 7,
+                 return_dict: bool = True, max_size: int = limits.MAX_SIZE,
+                 max_cells: int = limits.MAX_CELLS, statistics=None) -> VSlerpPipelineOutput:
+        """Render the θ × α grid of vSLERP(source, target, θ, α, m) (paper Eq. 12).
+
+        source: PIL image | image path | (D,) raw embedding. target: the same, or a prompt
+        (through the prior, seeded from ``generator``'s state). thetas: T values in [0, 1]
+        (outside only with ``allow_extrapolation=True``); alphas: A values (−2..2 useful).
+        Every cell is rendered as diffusers' own pipeline renders one image with ``generator``:
+        the same initial latents for every cell (or ``latents`` (1, C, h, w)) and, for
+        stochastic scheduler steps, one copy of that generator per cell — so a θ=0 cell equals
+        diffusers' single render of the source embedding. negative_image_embeds: (D,) or (1, D);
+        default the all-zeros image's embedding (as the prior pipeline). Distinct cells are
+        rendered ``max_batch_size`` at a time. guidance_scale, height, width: None → the
+        backend's defaults (Kandinsky 2.2: 4.0, 512×512; unCLIP: 8.0 and the super-resolution
+        size); super_res_num_inference_steps: unCLIP only. max_size, max_cells: the limits of one
+        call (:mod:`vslerp.pipelines.limits`: 4096 px, 1024 cells), raised by passing larger
+        ones. statistics: the image mean's source for this call only (path | Statistics | (D,)
+        tensor, as :meth:`set_statistics`); None → the pipeline's own. callback_on_step_end
+        (pipe, step, timestep, tensors) → dict is called after every step of every batch, with
+        this pipeline as ``pipe``. An out-of-memory while rendering raises
+        :class:`~vslerp.pipelines.limits.RenderOutOfMemory` naming the size and batch.
+        Returns :class:`VSlerpPipelineOutput` (images row-major over thetas × alphas).
+        """
+        settings = RenderSettings.of_call(self, num_inference_steps, guidance_scale, height, width, max_batch_size, output_type,
+                                  callback_on_step_end, callback_on_step_end_tensor_inputs,
+                                  super_res_num_inference_steps, negative_image_embeds, latents)
+        cb_inputs = self._check_backend(settings, target)
+        thetas, alphas = self.check_inputs(source, target, thetas, alphas, num_inference_steps,
+                                           settings.guidance_scale, settings.height, settings.width, max_batch_size,
+                                           output_type, generator, latents, cb_inputs, allow_extrapolation)
+        settings.check_size(self.size_rule(), max_size)  # the caps of vslerp.pipelines.limits
+        limits.check_cells(len(thetas) * len(alphas), max_cells=max_cells)
+        settings.check_steps(self._min_steps, prior_num_inference_steps)
+        stats = self._statistics_for(statistics)
+        if generator is None:
+            generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ()).item()))
+
+        # Embeddings (raw, float32, CPU): every input error surfaces before denoising.
+        source_raw = self._resolve("source", source, False, None, prior_num_inference_steps)  # (D,)
+        target_raw = self._resolve("target", target, True, clone_generator(generator),
+                                   prior_num_inference_steps)  # (D,)
+        settings.negative = self._negative(settings.negative)
+        grid = make_grid(source_raw, target_raw, thetas, alphas, stats)
+        try:
+            outputs = self._render(grid.distinct, [generator] * grid.distinct.shape[0], settings)
+        except Exception as err:  # noqa: BLE001 - torch's OOM types differ by device and version
+            if not limits.is_out_of_memory(err) or isinstance(err, limits.RenderOutOfMemory):
+                raise
+            self.maybe_free_model_hooks()
+            raise limits.out_of_memory(settings.height, settings.width,
+                                       min(max_batch_size, grid.distinct.shape[0])) from err
+        self.maybe_free_model_hooks()
+        self._advance_generator(generator, settings)
+        result = grid.output(join_chunks(outputs, output_type), output_type)
+        return result if return_dict else result.to_tuple()
+
+    @torch.no_grad()
+    def render_batch(self, requests, num_inference_steps: int = 50, guidance_scale: float | None = None,
+                     height: int | None = None, width: int | None = None, max_batch_size: int = 8,
+                     negative_image_embeds=None, callback_on_step_end=None,
+                     callback_on_step_end_tensor_inputs=("latents",), output_type: str = "pil",
+                     super_res_num_inference_steps: int = 7, statistics=None) -> list[VSlerpPipelineOutput]:
+        """Render independent requests that share steps, guidance and size in one batched call.
+
+        requests: dicts ``{"source": (D,) raw, "target": (D,) raw, "thetas": [...], "alphas": [...],
+        "generator": torch.Generator}``, θ in [0, 1]. Each request's cells are rendered as
+        ``pipe(source, target, thetas, alphas, generator=g)`` renders them (the request's
+        generator itself is only read, not advanced), while the denoiser sees all requests'
+        distinct cells in ``max_batch_size`` batches. A request's optional ``"statistics"`` (as
+        :meth:`set_statistics` takes it) is its image mean's source; else ``statistics``, else
+        the pipeline's own. Returns one :class:`VSlerpPipelineOutput` per request, in order.
+        """
+        settings = RenderSettings.of_call(self, num_inference_steps, guidance_scale, height, width, max_batch_size, output_type,
+                                  callback_on_step_end, callback_on_step_end_tensor_inputs,
+                                  super_res_num_inference_steps, negative_image_embeds)
+        if not requests:
+            return []
+        cb_inputs = self._check_backend(settings, None)
+        settings.check_size(self.size_rule())
+        settings.check_steps(self._min_steps)
+        grids, noise = [], []
+        call_stats = self._statistics_for(statistics)
+        for k, req in enumerate(requests):
+            name = f"requests[{k}]"
+            generator = req.get("generator")
+            if not isinstance(req.get("source"), torch.Tensor) or not isinstance(req.get("target"), torch.Tensor):
+                raise TypeError(f"{name}: source and target must be raw (D,) embeddings")
+            thetas, alphas = self.check_inputs(req["source"], req["target"], req["thetas"], req["alphas"],
+                                               num_inference_steps, settings.guidance_scale, settings.height,
+                                               settings.width, max_batch_size, output_type, generator, None,
+                                               cb_inputs, False)
+            if generator is None:
+                raise TypeError(f"{name}: give each request its own torch.Generator")
+            source_raw = check_embedding(f"{name} source", req["source"], self._dim())  # (D,)
+            target_raw = check_embedding(f"{name} target", req["target"], self._dim())  # (D,)
+            stats = call_stats if req.get("statistics") is None else self.check_statistics(req["statistics"])
+            grid = make_grid(source_raw, target_raw, thetas, alphas, stats, name=f"{name}: ")
+            grids.append(grid)
+            noise += [generator] * grid.distinct.shape[0]
+        settings.negative = self._negative(settings.negative)
+        flat = torch.cat([grid.distinct for grid in grids])  # (ΣU, D): every request's distinct cells
+        rendered = join_chunks(self._render(flat, noise, settings), output_type)
+        self.maybe_free_model_hooks()
+        results, start = [], 0
+        for grid in grids:
+            count = grid.distinct.shape[0]
+            results.append(grid.output(rendered[start : start + count], output_type))
+            start += count
+        return results
+
+    # -- speed options and metadata ------------------------------------------------------------
+    def compile_unet(self, **kwargs) -> None:
+        """``torch.compile`` the denoiser in place (``nn.Module.compile``); kwargs go to torch.compile."""
+        self._denoiser().compile(**kwargs)
+
+    def describe(self, statistics=None) -> dict:
+        """JSON-able description for sidecars and editor metadata (of a call with ``statistics``)."""
+        stats = self._statistics_for(statistics)
+        return {
+            "backend": self.backend,
+            "decoder": self.model_ids.get("decoder"),
+            "prior": self.model_ids.get("prior"),
+            "mean_source": stats.metadata.get("source"),
+            "stats_fingerprint": stats.fingerprint,
+            "stats_model_id": stats.metadata.get("model_id"),
+            "conformity": self.conformity_method(stats),
+            "dim": self._dim(),
+            "dtype": str(self._denoiser().dtype).replace("torch.", ""),
+            "device": str(self.execution_device()),
+            "scheduler": type(self._main_scheduler()).__name__,
+            "vslerp_version": __version__,
+        }

@@ -1,0 +1,148 @@
+"""The θ × α grid of one request, backend-free: axes, cells (paper Eq. 12), distinct cells,
+the images mapped back to every cell, the conformity read-out and the output dataclass.
+
+Written once for every backend and for both entry points (``pipe(...)`` and
+``pipe.render_batch(...)``): a backend only renders the distinct cells it is handed.
+No diffusers pipeline and no model here — tensors in, tensors out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers.utils import BaseOutput
+
+import vslerp
+from vslerp._checks import check_magnitude
+from vslerp.defaults import CONFORMITY_COSINE, CONFORMITY_EXACT
+from vslerp.stats.scoring import estimated_conformity
+
+__all__ = ["Grid", "VSlerpPipelineOutput", "check_axis", "conformity_read_out", "distinct_rows",
+           "join_chunks", "make_grid"]
+
+# vslerp.stats.scoring's estimator names → the names sidecars and describe() print. The scorer
+# is being renamed to vslerp.defaults' names; both spellings map to them.
+_METHOD_NAMES = {"exact_identity_unit_mean": CONFORMITY_EXACT, "cosine_to_raw_mean": CONFORMITY_COSINE}
+
+
+@dataclass
+class VSlerpPipelineOutput(BaseOutput):
+    """Output of :class:`~vslerp.pipelines.VSlerpPipeline` (every backend).
+
+    images: list of T·A PIL images (or an (T·A, H, W, 3) array / (T·A, 3, H, W) tensor /
+        latents, per ``output_type``), row-major over thetas × alphas.
+    embeddings: (T, A, D) float32 raw image embeddings of the cells (Eq. 12).
+    thetas, alphas: the grid axes, as lists of float.
+    conformity: (T, A) float32 estimated conformity of each cell (Eq. 11, image modality).
+    """
+
+    images: list | np.ndarray | torch.Tensor
+    embeddings: torch.Tensor
+    thetas: list
+    alphas: list
+    conformity: torch.Tensor
+
+
+def check_axis(name: str, values, allow_outside: bool) -> list[float]:
+    """``values`` (numbers, a tensor or one number) as a non-empty list of finite floats, each
+    in [0, 1] unless ``allow_outside``; else ``TypeError``/``ValueError`` naming ``name``."""
+    if isinstance(values, (str, bytes)) or values is None:
+        raise TypeError(f"{name} must be a list of numbers, got {type(values).__name__}")
+    if isinstance(values, (int, float)):
+        values = [values]
+    if isinstance(values, torch.Tensor):
+        values = values.detach().reshape(-1).tolist()
+    try:
+        out = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a list of numbers, got {values!r}") from None
+    if not out:
+        raise ValueError(f"{name} is empty: give at least one value")
+    bad = [v for v in out if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"{name} must be finite, got {bad[0]}")
+    check_magnitude(name[:-1] if name.endswith("s") else name, out)  # "theta 1e+308 is too large"
+    if not allow_outside:
+        outside = [v for v in out if not 0.0 <= v <= 1.0]
+        if outside:
+            raise ValueError(
+                f"{name} value {outside[0]} is outside [0, 1]: pass allow_extrapolation=True to extrapolate"
+            )
+    return out
+
+
+def distinct_rows(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct rows of ``flat`` (N, D) in first-seen order, and each row's index among them.
+
+    Returns ``(distinct (U, D), inverse (N,) int64)`` with ``distinct[inverse] == flat``.
+    """
+    index: dict[bytes, int] = {}
+    inverse = [index.setdefault(row.numpy().tobytes(), len(index)) for row in flat.cpu()]
+    first = {k: i for i, k in reversed(list(enumerate(inverse)))}  # distinct index → first row
+    return flat[[first[k] for k in range(len(index))]], torch.tensor(inverse, dtype=torch.int64)
+
+
+def conformity_read_out(raw: torch.Tensor, modality_stats) -> tuple[torch.Tensor, str]:
+    """Estimated conformity (N,) float32 of raw embeddings (N, D) against one modality's
+    statistics, by :func:`vslerp.stats.scoring.estimated_conformity` (the one estimator),
+    and its name as :mod:`vslerp.defaults` spells it (``exact_identity`` / ``cosine_to_mean``)."""
+    scores, name, _ = estimated_conformity(raw, modality_stats)
+    return scores.float(), _METHOD_NAMES.get(name, name)
+
+
+@dataclass
+class Grid:
+    """One request's grid: axes, cells (T, A, D) raw, and its distinct cells.
+
+    distinct: (U, D) the cells to render, in first-seen order; inverse: (T·A,) int64 index of
+    each cell among them (a θ=0 row is the source for every α, a θ=1 row the target: Eq. 12).
+    """
+
+    thetas: list[float]
+    alphas: list[float]
+    cells: torch.Tensor  # (T, A, D) float32 raw
+    distinct: torch.Tensor  # (U, D)
+    inverse: torch.Tensor  # (T·A,) int64
+    conformity: torch.Tensor  # (T, A) float32, estimated (Eq. 11)
+
+    def output(self, rendered, output_type: str) -> VSlerpPipelineOutput:
+        """The output for rendered distinct cells (U images, as :func:`join_chunks` gives them):
+        each cell gets its distinct cell's image (a repeated PIL cell its own copy)."""
+        if output_type == "pil":
+            images, seen = [], set()
+            for k in self.inverse.tolist():
+                images.append(rendered[k].copy() if k in seen else rendered[k])
+                seen.add(k)
+        elif output_type == "np":
+            images = rendered[self.inverse.numpy()]
+        else:
+            images = rendered[self.inverse.to(rendered.device)]
+        return VSlerpPipelineOutput(images=images, embeddings=self.cells.float(), thetas=self.thetas,
+                                    alphas=self.alphas, conformity=self.conformity)
+
+
+def make_grid(source_raw: torch.Tensor, target_raw: torch.Tensor, thetas: list[float], alphas: list[float],
+              statistics, name: str = "") -> Grid:
+    """Cells vSLERP(source, target, θ, α, m) (Eq. 12) for every θ × α, m the statistics' raw
+    image mean, with their conformity against the statistics (before any rendering);
+    ``ValueError`` (prefixed ``name``) when a cell is not finite."""
+    mean = statistics.image.mean.to(torch.float32)  # (D,)
+    theta_grid = torch.tensor(thetas, dtype=torch.float32)[:, None].expand(len(thetas), len(alphas))
+    alpha_grid = torch.tensor(alphas, dtype=torch.float32)[None, :].expand(len(thetas), len(alphas))
+    cells = vslerp.vslerp(source_raw, target_raw, theta_grid, alpha_grid, mean)  # (T, A, D)
+    if not bool(torch.isfinite(cells).all()):
+        raise ValueError(f"{name}some cells' embeddings are not finite (extreme alphas or thetas?)")
+    flat = cells.reshape(-1, cells.shape[-1])  # (T·A, D)
+    conformity, _ = conformity_read_out(flat, statistics.image)
+    distinct, inverse = distinct_rows(flat)  # (U, D), (T·A,)
+    return Grid(thetas, alphas, cells, distinct, inverse, conformity.reshape(cells.shape[:2]))
+
+
+def join_chunks(outputs: list, output_type: str):
+    """One output per rendered chunk → one list / array / tensor over all their cells."""
+    if output_type == "pil":
+        return [im for part in outputs for im in part]
+    return np.concatenate(outputs, axis=0) if output_type == "np" else torch.cat(outputs, dim=0)

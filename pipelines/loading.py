@@ -1,0 +1,249 @@
+"""Loading: which backend a model is, and loading it — the one place for both.
+
+The backend comes from ``model_index.json``'s ``_class_name``, as diffusers' ``AutoPipeline``
+reads it (:func:`read_model_index`, :func:`backend_of`); a hub id whose index cannot be read
+(offline and not cached) is told by its name. Hub id vs local folder is
+:func:`vslerp.stats.hub.local_folder` / :func:`~vslerp.stats.hub.is_repo_id`. Each backend's
+components are loaded here: Kandinsky 2.2 from its two repos (prior + decoder), unCLIP/Karlo
+class by class, and either from a folder saved by ``save_pretrained``. Models are imported
+only when a pipeline loads (reading an index imports no diffusers).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vslerp.defaults import DEFAULT_DECODER, DEFAULT_PRIOR, DEFAULT_UNCLIP, STATISTICS_FILE
+from vslerp.stats.hub import is_repo_id, local_folder, offline, unavailable_model
+
+__all__ = ["BACKENDS", "KANDINSKY", "UNCLIP", "auto_device", "backend_by_name", "backend_of",
+           "load_pipeline", "load_unclip_components", "pipeline_class", "read_model_index"]
+
+KANDINSKY, UNCLIP = "kandinsky2.2", "unclip"  # the backends' names (describe(), sidecars)
+BACKENDS = {  # model_index.json _class_name → backend (diffusers' own pipelines and ours, saved)
+    "KandinskyV22Pipeline": KANDINSKY,
+    "VSlerpPipeline": KANDINSKY,
+    "UnCLIPImageVariationPipeline": UNCLIP,
+    "VSlerpUnCLIPPipeline": UNCLIP,
+}
+_BACKEND_ARGS = {"auto": None, KANDINSKY: KANDINSKY, "kandinsky": KANDINSKY, UNCLIP: UNCLIP}
+
+_UNCLIP_PARTS = {  # component → (library, class) in the Karlo image-variations layout
+    "decoder": ("diffusers", "UNet2DConditionModel"),
+    "text_encoder": ("transformers", "CLIPTextModelWithProjection"),
+    "tokenizer": ("transformers", "CLIPTokenizer"),
+    "text_proj": ("unclip", "UnCLIPTextProjModel"),
+    "feature_extractor": ("transformers", "CLIPImageProcessor"),
+    "image_encoder": ("transformers", "CLIPVisionModelWithProjection"),
+    "super_res_first": ("diffusers", "UNet2DModel"),
+    "super_res_last": ("diffusers", "UNet2DModel"),
+    "decoder_scheduler": ("diffusers", "UnCLIPScheduler"),
+    "super_res_scheduler": ("diffusers", "UnCLIPScheduler"),
+}
+_WEIGHTED = ("decoder", "text_proj", "super_res_first", "super_res_last", "text_encoder", "image_encoder")
+
+
+def _hub_index(repo_id: str) -> Path | None:
+    """model_index.json of a hub repo: from the local cache, else downloaded (unless offline)."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:  # pragma: no cover - a dependency of diffusers
+        return None
+    for local_only in (True, False) if not offline() else (True,):
+        try:
+            return Path(hf_hub_download(repo_id, "model_index.json", local_files_only=local_only))
+        except Exception:  # noqa: BLE001 - not cached, no network, no such repo: no index
+            continue
+    return None
+
+
+def read_model_index(id_or_dir) -> dict | None:
+    """The ``model_index.json`` of a local folder or hub id, as a dict; None when there is none
+    (a folder without one, a hub id neither cached nor downloadable). A file that is there but
+    not a JSON object raises ``ValueError`` naming it."""
+    folder = local_folder(id_or_dir)
+    if folder is not None:
+        path = folder / "model_index.json"
+        if not path.is_file():
+            return None
+    elif id_or_dir is not None and is_repo_id(str(id_or_dir)):
+        path = _hub_index(str(id_or_dir))
+        if path is None:
+            return None
+    else:
+        return None
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} cannot be read as JSON: {err}") from None
+    if not isinstance(index, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return index
+
+
+def backend_by_name(id_or_dir) -> str | None:
+    """The backend a model id names without reading it: "unclip" for Karlo ids, "kandinsky2.2"
+    for the default Kandinsky ids, else None."""
+    name = str(id_or_dir).lower() if id_or_dir is not None else ""
+    if "karlo" in name:
+        return UNCLIP
+    return KANDINSKY if name in (DEFAULT_DECODER, DEFAULT_PRIOR) else None
+
+
+def backend_of(id_or_dir) -> str | None:
+    """The backend of a model (hub id or folder): ``"kandinsky2.2"``, ``"unclip"`` or None (a
+    model_index of another pipeline, or nothing that tells). From ``model_index.json``'s
+    ``_class_name`` (:data:`BACKENDS`), else :func:`backend_by_name`."""
+    index = read_model_index(id_or_dir)
+    if index is not None:
+        return BACKENDS.get(index.get("_class_name"))
+    return backend_by_name(id_or_dir)
+
+
+def pipeline_class(backend: str):
+    """The pipeline class of a backend name."""
+    if backend == UNCLIP:
+        from .unclip import VSlerpUnCLIPPipeline
+
+        return VSlerpUnCLIPPipeline
+    from .kandinsky import VSlerpPipeline
+
+    return VSlerpPipeline
+
+
+def auto_device():
+    """cuda, then mps, then cpu (with a warning: rendering on a CPU is slow); ``ACCELERATE_USE_CPU``
+    set → cpu (:func:`vslerp.stats.encode.default_device`)."""
+    import warnings
+
+    from vslerp.stats.encode import default_device
+
+    device = default_device()
+    if device.type == "cpu":
+        warnings.warn("no CUDA or MPS device found: VSlerpPipeline runs on the CPU (slow)", stacklevel=4)
+    return device
+
+
+def load_pipeline(cls, decoder_id_or_dir=None, prior=None, stats=None, torch_dtype=None, backend: str = "auto",
+                  device="auto", **kwargs):
+    """``from_pretrained`` of every VSlerp pipeline class.
+
+    decoder_id_or_dir: the generator — a Kandinsky 2.2 decoder (default
+        ``kandinsky-community/kandinsky-2-2-decoder``), an unCLIP/Karlo image-variations repo, or
+        a folder written by ``save_pretrained`` (then ``prior`` is not needed).
+    prior: the Kandinsky 2.2 prior (default ``kandinsky-community/kandinsky-2-2-prior``); unCLIP
+        has none.
+    stats: a statistics file path, a :class:`~vslerp.stats.Statistics`, a (D,) raw image-mean
+        tensor, or None (the saved folder's statistics, else the Kandinsky prior's ``clip_mean``;
+        unCLIP needs one).
+    torch_dtype: default :func:`vslerp.stats.encode.default_dtype` of the device (float16 on CUDA).
+    backend: "auto" (``VSlerpPipeline``: from ``model_index.json``), "kandinsky2.2" or "unclip";
+        a backend's own class (``VSlerpUnCLIPPipeline``) loads its backend.
+    device: "auto" (cuda, then mps, then cpu with a warning), a device, or None (stay on the
+        CPU). ``pipe.enable_model_cpu_offload()`` after loading moves every component back to
+        the CPU and onto the GPU only while it runs (diffusers' own offload).
+    """
+    import torch
+
+    from vslerp.stats.encode import clip_image_processor_class, default_dtype, parse_device
+
+    if backend not in _BACKEND_ARGS:
+        raise ValueError(f"backend must be 'auto', 'kandinsky2.2' or 'unclip', got {backend!r}")
+    wanted = _BACKEND_ARGS[backend]
+    if cls is not pipeline_class(KANDINSKY):  # a backend's own class (or a subclass): its backend
+        if wanted not in (None, cls.backend):
+            raise ValueError(f"{cls.__name__} loads the {cls.backend} backend, got backend={backend!r}")
+        wanted = cls.backend
+    elif wanted is None:
+        wanted = (backend_of(decoder_id_or_dir) if decoder_id_or_dir is not None else None) or KANDINSKY
+        cls = pipeline_class(wanted)
+    else:
+        cls = pipeline_class(wanted)
+    target = auto_device() if device == "auto" else (parse_device(device) if device is not None else None)
+    dtype = torch_dtype or (default_dtype(target) if target is not None else torch.float32)
+    clip_image_processor_class()  # the class without torchvision, resolved without a warning
+    load = _load_unclip if wanted == UNCLIP else _load_kandinsky
+    pipe = load(cls, decoder_id_or_dir, prior, stats, dtype, **kwargs)
+    if target is not None:
+        pipe.to(target)
+    return pipe
+
+
+def _saved_stats(folder: Path | None, stats):
+    """``stats``, else the statistics file a saved folder holds (or None)."""
+    if stats is None and folder is not None and (folder / STATISTICS_FILE).is_file():
+        return folder / STATISTICS_FILE
+    return stats
+
+
+def _load_kandinsky(cls, decoder_id_or_dir, prior, stats, dtype, **kwargs):
+    decoder_src = str(decoder_id_or_dir or DEFAULT_DECODER)
+    folder = local_folder(decoder_src)
+    index = read_model_index(folder) if folder is not None else None
+    if index is not None and index.get("_class_name") in ("VSlerpPipeline", cls.__name__):  # saved
+        pipe = cls._load_saved(folder, dtype, **kwargs)
+        pipe.model_ids = {"decoder": decoder_src, "prior": str(prior) if prior else decoder_src}
+        pipe.set_statistics(_saved_stats(folder, stats))
+        return pipe
+    from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
+
+    prior_src = str(prior or DEFAULT_PRIOR)
+    try:
+        prior_pipe = KandinskyV22PriorPipeline.from_pretrained(prior_src, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as err:
+        raise unavailable_model(prior_src, "--prior") or ValueError(
+            f"cannot load the Kandinsky 2.2 prior {prior_src!r}: {err}") from None
+    try:
+        decoder = KandinskyV22Pipeline.from_pretrained(decoder_src, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as err:
+        raise unavailable_model(decoder_src, "--model") or ValueError(
+            f"cannot load the Kandinsky 2.2 decoder {decoder_src!r}: {err}") from None
+    pc, dc = prior_pipe.components, decoder.components
+    pipe = cls(prior=pc["prior"], image_encoder=pc["image_encoder"], text_encoder=pc["text_encoder"],
+               tokenizer=pc["tokenizer"], image_processor=pc["image_processor"], prior_scheduler=pc["scheduler"],
+               unet=dc["unet"], scheduler=dc["scheduler"], movq=dc["movq"])
+    pipe.model_ids = {"decoder": decoder_src, "prior": prior_src}
+    pipe.set_statistics(stats)
+    return pipe
+
+
+def load_unclip_components(source: str, dtype, **kwargs) -> dict:
+    """Load every component of an unCLIP image-variation repo/folder, class by class.
+
+    (diffusers 0.42's ``DiffusionPipeline.from_pretrained`` cannot resolve the deprecated
+    ``UnCLIPTextProjModel`` from ``model_index.json``, so each subfolder is loaded directly.)
+    """
+    import diffusers
+    import transformers
+    from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
+
+    from vslerp.stats.encode import clip_image_processor_class
+
+    clip_image_processor_class()  # the class without torchvision, resolved without a warning
+    out = {}
+    for name, (library, class_name) in _UNCLIP_PARTS.items():
+        part = UnCLIPTextProjModel if library == "unclip" else getattr(
+            diffusers if library == "diffusers" else transformers, class_name)
+        extra = {"dtype": dtype} if name in _WEIGHTED else {}
+        try:
+            out[name] = part.from_pretrained(source, subfolder=name, **extra, **kwargs)
+        except (OSError, ValueError) as err:
+            raise unavailable_model(source, "--model") or ValueError(
+                f"cannot load the {name} of unCLIP model {source!r}: {err}") from None
+    return out
+
+
+def _load_unclip(cls, decoder_id_or_dir, prior, stats, dtype, **kwargs):
+    if prior is not None:
+        raise ValueError("the unCLIP backend takes no prior (Karlo image variations has none)")
+    source = str(decoder_id_or_dir or DEFAULT_UNCLIP)
+    folder = local_folder(source)
+    stats = _saved_stats(folder, stats)
+    if stats is None:
+        raise ValueError("the unCLIP backend needs stats= (a statistics file, Statistics or a (D,) mean "
+                         "tensor): Karlo has no prior clip_mean to fall back on")
+    pipe = cls(**load_unclip_components(str(folder) if folder is not None else source, dtype, **kwargs))
+    pipe.model_ids = {"decoder": source, "prior": None}
+    pipe.set_statistics(stats)
+    return pipe
