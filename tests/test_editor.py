@@ -25,7 +25,7 @@ gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
 STEPS, SIZE = 2, 64
-# The keys of `vslerp grid`'s sidecar (vslerp.ui.cmd_grid), which `vslerp grid --from` reads.
+# The keys of `vslerp grid`'s sidecar (vslerp.ui.sidecar), which `vslerp grid --from` reads.
 CLI_SIDECAR_KEYS = {"command", "vslerp_version", "model", "prior", "stats", "dtype", "source", "target", "thetas",
                     "alphas", "seed", "steps", "size", "guidance", "prior_steps", "batch_size",
                     "allow_extrapolation", "labels", "conformity", "pipeline"}
@@ -71,14 +71,26 @@ def pipe(tiny_kandinsky):
 
 
 @pytest.fixture(scope="module")
-def app(pipe):
-    from vslerp.ui.editor import build_editor
+def served(pipe):
+    """(the editor's callbacks, its page launched on a free port)."""
+    from vslerp.ui.editor import Editor, build_page
 
-    demo = build_editor(pipe, tiny_random=True, concurrency=1)
+    editor = Editor(pipe, tiny_random=True)
+    demo = build_page(editor, concurrency=1)
     demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
                 ssr_mode=False)
-    yield demo
+    yield editor, demo
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def app(served):
+    return served[1]
+
+
+@pytest.fixture(scope="module")
+def served_editor(served):
+    return served[0]
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +142,8 @@ def test_api_lists_edit_and_sweep(client):
     assert not any("ui_" in name for name in api)  # the page's own events are not endpoints
 
 
-def test_edit_matches_the_pipeline_and_the_cache_skips_the_encoders(app, client, pipe, images):
-    state = app.vslerp_editor.state
+def test_edit_matches_the_pipeline_and_the_cache_skips_the_encoders(served_editor, client, pipe, images):
+    state = served_editor.state
     calls = (state.encode_calls, state.prompt_calls)
     first = _edit(client, images["source"], prompt="a red cube", theta=0.3, alpha=0.0, seed=5)
     assert first.shape == (SIZE, SIZE, 3)
@@ -150,8 +162,8 @@ def test_edit_matches_the_pipeline_and_the_cache_skips_the_encoders(app, client,
     assert not np.array_equal(first, moved)
 
 
-def test_target_image_is_cached_by_pixels(app, client, images, tmp_path):
-    state = app.vslerp_editor.state
+def test_target_image_is_cached_by_pixels(served_editor, client, images, tmp_path):
+    state = served_editor.state
     _edit(client, images["source"], target=images["target"], theta=0.5, alpha=-1.0)
     after_first = state.encode_calls
     # same pixels under another file name: a cache hit
@@ -225,10 +237,12 @@ def test_two_clients_at_once_both_get_results(app, images):
             assert im.size == (SIZE, SIZE)
 
 
-def test_uploads_reach_the_callback_undecoded_and_huge_ones_are_refused_from_the_header(tmp_path, monkeypatch):
+def test_uploads_reach_the_callback_undecoded_and_huge_ones_are_refused_from_the_header(client, images, tmp_path,
+                                                                                          monkeypatch):
     from gradio.data_classes import ImageData
+    from gradio_client.exceptions import AppError
 
-    from vslerp.ui.editor import Upload, checked_image, open_upload
+    from vslerp.ui.editor import EditorError, Upload, as_upload, open_upload
 
     huge = _huge_png(tmp_path / "upload.png", 8000, 8000)
     assert huge.stat().st_size < 50_000
@@ -239,16 +253,22 @@ def test_uploads_reach_the_callback_undecoded_and_huge_ones_are_refused_from_the
         raise AssertionError("pixels decoded")
 
     monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", no_decode)
-    component = checked_image(label="Source image")
-    upload = component.preprocess(ImageData(path=str(huge), orig_name="my 1-bit scan.png"))
+    # through the server (in this process): Gradio's events skip its own decoding (preprocess=False)
+    with pytest.raises(AppError, match="too large: 8000×8000 pixels"):
+        _edit(client, huge, prompt="a cat")
+    # the payload an event receives, as a path that keeps the original name
+    payload = ImageData(path=str(huge), orig_name="my 1-bit scan.png").model_dump()
+    upload = as_upload(payload, tmp_path / "uploads", "source image")
     assert isinstance(upload, Upload) and str(upload) == str(huge) and upload.orig_name == "my 1-bit scan.png"
-    with pytest.raises(gr.Error, match="too large: 8000×8000 pixels"):
+    with pytest.raises(EditorError, match="too large: 8000×8000 pixels"):
         open_upload(upload, "source")
     # a raw HTTP client's base64 data URL becomes the same bytes in a file, undecoded too
     data_url = "data:image/png;base64," + base64.b64encode(huge.read_bytes()).decode()
-    from_url = component.preprocess(ImageData(url=data_url))
+    from_url = as_upload(ImageData(url=data_url).model_dump(), tmp_path / "uploads", "source image")
     assert Path(from_url).read_bytes() == huge.read_bytes()
     assert decodes == []  # neither gradio's preprocessing nor the callback decoded a pixel
+    with pytest.raises(EditorError, match="did not arrive"):
+        as_upload({"path": None, "url": None}, tmp_path, "source image")
 
 
 def test_exif_rotated_jpeg_is_upright_and_its_file_is_hashed(editor, tmp_path):
@@ -356,6 +376,8 @@ def test_sweep_histogram_and_readout_mark_every_cell(pipe, images):
 
 
 def test_the_target_choice_is_explicit(editor, images):
+    from vslerp.ui.editor import EditorError
+
     src, tgt = str(images["source"]), str(images["target"])
     _, by_prompt = editor.edit(src, tgt, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE, target_kind="prompt")
     assert by_prompt["metadata"]["target"] == {"kind": "prompt", "prompt": "a cat"}
@@ -363,16 +385,18 @@ def test_the_target_choice_is_explicit(editor, images):
     _, by_image = editor.edit(src, tgt, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE, target_kind="image")
     assert by_image["metadata"]["target"]["kind"] == "image"
     assert "**Target:** image `target.png`" in editor.readout(by_image)
-    with pytest.raises(gr.Error, match="upload a target image"):
+    with pytest.raises(EditorError, match="upload a target image"):
         editor.edit(src, None, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE, target_kind="image")
-    with pytest.raises(gr.Error, match="not both"):
+    with pytest.raises(EditorError, match="not both"):
         editor.edit(src, tgt, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE)  # the API's rule
 
 
 def test_a_render_stops_between_steps_when_its_page_is_gone(editor, images):
+    from vslerp.ui.editor import EditorError
+
     polls = []
     before = (editor.steps_run, editor.cancelled)
-    with pytest.raises(gr.Error, match="page that asked for it was closed"):
+    with pytest.raises(EditorError, match="page that asked for it was closed"):
         editor.edit(str(images["source"]), None, "a cat", 0.5, 0.0, 0, 10, 4.0, SIZE,
                     should_stop=lambda: polls.append(1) or True)
     assert polls == [1] and editor.steps_run == before[0] + 1 and editor.cancelled == before[1] + 1
@@ -497,14 +521,12 @@ def test_concurrent_edits_share_one_batched_call_and_keep_their_pixels(pipe, ima
 
 
 def test_a_bad_request_in_a_batch_fails_alone():
-    from vslerp.ui.editor_batch import RenderQueue
+    from vslerp.ui.editor.batching import RenderQueue, _Job
 
     def run(payloads):
         if any(p < 0 for p in payloads):
             raise ValueError(f"negative in {payloads}")
         return [p * 10 for p in payloads]
-
-    from vslerp.ui.editor_batch import _Job
 
     queue = RenderQueue(run, max_cells=4)
     good, bad = _Job(("k",), 1, 2), _Job(("k",), 1, -1)
@@ -517,9 +539,11 @@ def test_a_bad_request_in_a_batch_fails_alone():
 # -- messages: words a user knows, no server traceback for a user's mistake ----------------------
 
 def test_readout_speaks_plain_words_and_keeps_the_technical_names_in_the_metadata(editor, images):
+    from vslerp.defaults import CONFORMITY_COSINE, CONFORMITY_ESTIMATORS
+
     _, result = editor.edit(str(images["source"]), None, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE)
     text = editor.readout(result)
-    assert "**Image mean:** the prior's training mean" in text and "estimated from the mean" in text
+    assert "**Image mean:** the prior's training mean" in text and CONFORMITY_ESTIMATORS[CONFORMITY_COSINE] in text
     for jargon in ("prior_clip_mean", "cosine_to_mean", "exact_identity", "startup ("):
         assert jargon not in text
     assert result["metadata"]["stats"]["mean_source"] == "prior_clip_mean"
@@ -548,8 +572,7 @@ def test_bad_values_are_named_and_print_no_traceback(app, client, images, capsys
 
 
 def test_a_server_error_is_logged_with_its_traceback(pipe, images, caplog, monkeypatch):
-    from vslerp.ui.editor import Editor
-    from vslerp.ui.editor_app import run_event
+    from vslerp.ui.editor import Editor, run_event
 
     editor = Editor(pipe, tiny_random=True, prior_steps=2)
     args = (str(images["source"]), None, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE)
