@@ -653,3 +653,28 @@ def test_cli_ui_gives_the_loaders_one_line_as_it_is(capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"vslerp ui: error: {line}"
     assert not any("root cause" in e or "cannot load the models" in e for e in err)
+
+
+# -- one sidecar schema: an editor download renders again with `vslerp grid --from` ---------------
+
+def test_an_editor_download_renders_the_same_pixels_with_grid_from(editor, images, tmp_path, capsys):
+    from vslerp.ui.cli import main
+    from vslerp.ui.editor import Upload
+
+    source = Upload(images["source"], "cat.png")
+    image, result = editor.edit(source, None, "a red cube", 0.6, 1.0, 11, STEPS, 4.0, SIZE)
+    _, _, _, _, downloads = editor.details(result, [])
+    png = Path(downloads["value"][0])
+    assert result["metadata"]["batch_size"] == editor.spec.batch_size  # what render_batch was given
+    code = main(["grid", "--from", str(png), str(images["source"]), "--out", str(tmp_path / "again.png"),
+                 "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    with PIL.Image.open(tmp_path / "again.png") as again:
+        assert again.size == (SIZE, SIZE)  # one cell, no labels: as the editor showed it
+        np.testing.assert_array_equal(np.asarray(again.convert("RGB")), np.asarray(image.convert("RGB")))
+
+
+def test_the_client_gone_probe_is_none_outside_a_gradio_event():
+    from vslerp.ui.editor.boundary import client_gone_probe
+
+    assert client_gone_probe() is None  # no queued event here: renders run to the end

@@ -154,17 +154,17 @@ def _serve(args, tmp: str, CLIError) -> int:  # noqa: N803 - the CLI's exception
         pipe = load_pipeline(spec)
     except (OSError, ValueError, TypeError, RuntimeError) as err:  # the loader's message names the model
         raise CLIError(_one_line(err)) from None
-    if stats is not None:
+    if stats is not None:  # the editor's startup mean, passed to each render (the pipe is not changed)
         try:
-            pipe.set_statistics(stats)
+            stats = pipe.check_statistics(stats)
         except (ValueError, TypeError) as err:
             raise CLIError(f"--stats {args.stats} does not fit the model: {_one_line(err)}") from None
     if reference is not None:
         _check_reference(pipe, args, reference, CLIError)
         reference = reference.image
     pipe.set_progress_bar_config(disable=False, leave=False)
-    demo = build_editor(pipe, spec=spec, tiny_random=args.tiny_random, concurrency=args.concurrency,
-                        reference=reference)
+    demo = build_editor(pipe, spec=spec, statistics=stats, tiny_random=args.tiny_random,
+                        concurrency=args.concurrency, reference=reference)
     try:
         # prevent_thread_lock: launch returns once the server answers; then we say so and block.
         demo.launch(prevent_thread_lock=True, **launch_kwargs(args.host, args.port, args.share))

@@ -49,14 +49,16 @@ class Editor(ResultViews):
 
     pipe: a loaded ``VSlerpPipeline``. spec: the :class:`~vslerp.ui.render.RenderSpec` the editor
     starts from (models, statistics file, dtype, prior steps, batch size; default: the pipeline's
-    own). reference: optional (N, D) raw image embeddings whose conformity is the histogram's
+    own). statistics: the startup image mean (a Statistics, e.g. ``spec.stats`` loaded; default:
+    the pipeline's), passed to each render: the pipeline is never changed. reference: optional (N, D) raw image embeddings whose conformity is the histogram's
     reference, scored with each edit's own statistics. tiny_random: label results as the
     noise-only smoke test. prior_steps, stats_path: override the spec's. ``steps_run`` /
     ``cancelled`` count denoising steps and cancelled renders; max_batch: cells of concurrent
     requests rendered in one call (1: one request at a time; ``queue.batches`` counts batches).
     """
 
-    def __init__(self, pipe, *, spec=None, reference: torch.Tensor | None = None, tiny_random: bool = False,
+    def __init__(self, pipe, *, spec=None, statistics=None, reference: torch.Tensor | None = None,
+                 tiny_random: bool = False,
                  prior_steps: int | None = None, out_dir: str | Path | None = None,
                  stats_path: str | Path | None = None, max_batch: int = MAX_BATCH_CELLS) -> None:
         from vslerp.ui.render import RenderSpec
@@ -69,7 +71,7 @@ class Editor(ResultViews):
         self.pipe = pipe
         self.state = EditorState(pipe, prior_steps=self.spec.prior_steps)
         self.tiny_random = tiny_random
-        self.default_statistics = pipe.statistics
+        self.default_statistics = pipe.statistics if statistics is None else pipe.check_statistics(statistics)
         self._stats_cache: OrderedDict[str, object] = OrderedDict()
         self._reference_cache: OrderedDict[tuple, object] = OrderedDict()
         self._lock = threading.Lock()  # guards the caches above and the counters

@@ -35,13 +35,13 @@ _CSS = """
 """
 
 
-def build_editor(pipe, *, spec=None, tiny_random: bool = False, concurrency: int = 1,
+def build_editor(pipe, *, spec=None, statistics=None, tiny_random: bool = False, concurrency: int = 1,
                  reference: torch.Tensor | None = None, prior_steps: int | None = None,
                  default_steps: int | None = None, default_size: int | None = None,
                  stats_path: str | Path | None = None, max_batch: int = MAX_BATCH_CELLS):
     """The editor of ``pipe`` as a ``gr.Blocks`` (not launched): :func:`build_page` of
-    ``Editor(pipe, spec=..., reference=..., ...)`` (see :class:`Editor` for the options)."""
-    editor = Editor(pipe, spec=spec, reference=reference, tiny_random=tiny_random, prior_steps=prior_steps,
+    ``Editor(pipe, spec=..., statistics=..., ...)`` (see :class:`Editor` for the options)."""
+    editor = Editor(pipe, spec=spec, statistics=statistics, reference=reference, tiny_random=tiny_random, prior_steps=prior_steps,
                     stats_path=stats_path, max_batch=max_batch)
     return build_page(editor, concurrency=concurrency, default_steps=default_steps, default_size=default_size)
 
@@ -63,7 +63,7 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
         raise ValueError(f"concurrency must be ≥ 1, got {concurrency}")
     steps0 = default_steps or (2 if editor.tiny_random else editor.spec.steps)
     size0 = default_size or (64 if editor.tiny_random else (editor.spec.size or editor.pipe.default_size))
-    info = editor.pipe.describe()
+    info = editor.pipe.describe(editor.default_statistics)
     # Render events wait together at the batching queue: let up to two batches' worth in at once.
     max_batch = editor.queue.max_cells
     render_limit = int(concurrency) if max_batch <= 1 else max(int(concurrency), 2 * max_batch)

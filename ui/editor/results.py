@@ -53,7 +53,7 @@ class ResultViews:
         lines = [
             f"**Target:** {self._describe_target(meta['target'])} · **Image mean:** {result['mean_label']}",
             "",
-            "**Conformity** (how typical an image is: its mean cosine to the others), "
+            "**Conformity**, how typical an image is (its mean cosine to the others) — "
             f"{_method(result)}",
             "",
             "| | conformity |", "|---|---|", *rows,
