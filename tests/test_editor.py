@@ -415,6 +415,9 @@ def test_cli_ui_options_and_load_errors(capsys, tmp_path):
     assert err[-1].startswith("vslerp ui: error: cannot load the Kandinsky 2.2 prior")  # the loader's own line
     assert main(["ui", "--tiny-random", "--stats", str(tmp_path / "none.safetensors")]) == 2
     assert "--stats" in capsys.readouterr().err
+    assert main(["ui", "--tiny-random", "--device", "banana"]) == 2  # the CLI's device check, before loading
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vslerp ui: error: --device 'banana' "), err
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -11,21 +11,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vslerp.defaults import DEFAULT_PRIOR
 from vslerp.ui.cli import CLIError
-from vslerp.ui.options import allow_negative_values, int_at_least, positive_float
+from vslerp.ui.options import allow_negative_values, int_at_least, positive_float, value_list
 
 __all__ = ["input_file", "input_folder", "refuse_listed_inputs", "register", "register_stats_subcommands",
            "run_conformity", "run_report"]
-
-
-def _alphas(text: str) -> list[float]:
-    """"a,b,c" or "start:stop:count" → floats (the CLI's value syntax, ``parse_values``)."""
-    from vslerp.ui.outputs import parse_values
-
-    try:
-        return parse_values(text, "--alphas")
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 _REPORT_DESCRIPTION = """\
@@ -38,7 +29,7 @@ example:
   vslerp stats report --embeddings coco_emb/ --out-dir coco_report/ --alphas -2:2:41
 """
 
-_CONFORMITY_DESCRIPTION = """\
+_CONFORMITY_DESCRIPTION = f"""\
 Estimated conformity (paper §7.1, Eq. 10–11) of each image of a folder or each caption of a
 file against a statistics file: a CSV, an optional histogram and the KL divergence to a
 reference distribution. Estimator: C = a·cos(v, μ̂) + b with μ̂ the statistics' mean of
@@ -47,7 +38,7 @@ cos(v, m) for mean-only statistics. Items stream through the encoder in batches.
 
 example:
   vslerp conformity --stats coco.safetensors --images generated/ \\
-      --prior kandinsky-community/kandinsky-2-2-prior --out scores.csv --hist hist.png \\
+      --prior {DEFAULT_PRIOR} --out scores.csv --hist hist.png \\
       --reference-embeddings coco_emb/
 """
 
@@ -61,7 +52,7 @@ def register_stats_subcommands(stats_subparsers) -> None:
                    help="folder written by `stats compute --save-embeddings` (required)")
     p.add_argument("--out-dir", required=True, type=Path, metavar="DIR",
                    help="folder for report.md, report.json and the figures (required)")
-    p.add_argument("--alphas", type=_alphas, default=None, metavar="LIST",
+    p.add_argument("--alphas", type=value_list("--alphas"), default=None, metavar="LIST",
                    help="image-mean shifts α of Eq. 9: 'a,b,c' or 'start:stop:count', e.g. "
                    "-2:2:41 (default: -1:1:21)")
     p.add_argument("--logit-scale", type=positive_float, default=100.0, metavar="S",

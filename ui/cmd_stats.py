@@ -16,6 +16,7 @@ import contextlib
 import sys
 from pathlib import Path
 
+from vslerp.defaults import DEFAULT_PRIOR, DEFAULT_UNCLIP
 from vslerp.ui.cli import CLIError
 from vslerp.ui.options import DTYPE_HELP, dtype_arg, int_at_least, positive_int
 
@@ -24,20 +25,20 @@ __all__ = ["check_output", "print_skipped", "register", "run_compute"]
 
 _PRIOR_HELP = ("generator repo (hub id) or local folder whose CLIP encoders to use: a Kandinsky 2.2 "
                "prior (image_encoder/, image_processor/, text_encoder/, tokenizer/; e.g. "
-               "kandinsky-community/kandinsky-2-2-prior) or an unCLIP/Karlo image-variations "
+               f"{DEFAULT_PRIOR}) or an unCLIP/Karlo image-variations "
                "repo (feature_extractor/ instead of image_processor/; e.g. "
-               "kakaobrain/karlo-v1-alpha-image-variations)")
+               f"{DEFAULT_UNCLIP})")
 
-_EXAMPLES = """
+_EXAMPLES = f"""
 examples:
   vslerp stats compute --images val2017 --captions annotations/captions_val2017.json \\
-      --prior kandinsky-community/kandinsky-2-2-prior --out coco.safetensors
+      --prior {DEFAULT_PRIOR} --out coco.safetensors
   vslerp stats compute --images val2017 --captions annotations/captions_val2017.json \\
-      --prior kakaobrain/karlo-v1-alpha-image-variations --out coco_karlo.safetensors
-  vslerp stats compute --prior kandinsky-community/kandinsky-2-2-prior --from-prior-mean \\
+      --prior {DEFAULT_UNCLIP} --out coco_karlo.safetensors
+  vslerp stats compute --prior {DEFAULT_PRIOR} --from-prior-mean \\
       --out prior_mean.safetensors
-  vslerp stats compute --webdataset "laion/{00000..00999}.tar" --save-embeddings laion_emb/ \\
-      --prior kandinsky-community/kandinsky-2-2-prior --out laion.safetensors
+  vslerp stats compute --webdataset "laion/{{00000..00999}}.tar" --save-embeddings laion_emb/ \\
+      --prior {DEFAULT_PRIOR} --out laion.safetensors
 """
 
 

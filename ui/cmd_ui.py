@@ -89,10 +89,12 @@ def _check_port(host: str, port: int, CLIError) -> None:  # noqa: N803 - the CLI
 
 
 def run(args) -> int:
+    from vslerp.ui.checks import check_device
     from vslerp.ui.cli import CLIError
 
     if args.stats is not None and not args.stats.is_file():
         raise CLIError(f"--stats: no such file {args.stats}")
+    check_device(args.device)
     _check_port(args.host, args.port, CLIError)
     what = ("a tiny random model (noise-only smoke test)" if args.tiny_random else
             f"decoder {args.model or DEFAULT_DECODER}, prior {args.prior or DEFAULT_PRIOR}")

@@ -14,7 +14,7 @@ from vslerp.defaults import DEFAULT_DECODER, DEFAULT_PRIOR
 
 __all__ = ["DTYPES", "DTYPE_HELP", "add_model_options", "add_render_options", "allow_negative_values",
            "dtype_arg", "finite_float", "int_at_least", "port_arg", "positive_float", "positive_int",
-           "seed_arg"]
+           "seed_arg", "value_list"]
 
 # --dtype of every command: the canonical torch name for each accepted spelling
 DTYPES = {"float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -94,6 +94,20 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
+
+
+def value_list(name: str):
+    """argparse type: ``a,b,c`` or ``start:stop:count`` → floats (``vslerp.ui.outputs.parse_values``)."""
+    def parse(text: str) -> list[float]:
+        from vslerp.ui.outputs import parse_values
+
+        try:
+            return parse_values(text, name)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = "values"
+    return parse
 
 
 def dtype_arg(text: str) -> str:
