@@ -518,6 +518,14 @@ def test_the_parser_and_help_import_no_model_library(argv):
     assert not imported & {"torch", "diffusers", "transformers", "gradio"}, sorted(imported)
 
 
+def test_importing_the_cli_and_building_its_parser_imports_no_torch():
+    code = ("import sys, vslerp.ui.cli as cli; cli.build_parser(); "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'gradio') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
 def test_negative_value_lists_need_no_equals():
     """`--alphas -2:2:5` is a value (vslerp.ui.options.allow_negative_values); a plain argparse
     parser would take it for an option."""
