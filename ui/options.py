@@ -121,8 +121,11 @@ def dtype_arg(text: str) -> str:
 
 def port_arg(text: str) -> int:
     """argparse type of ``--port``: 1..65535."""
-    value = int_at_least(1)(text)
-    if value > 65535:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 0 < value < 65536:
         raise argparse.ArgumentTypeError(f"port must be in 1..65535, got {value}")
     return value
 

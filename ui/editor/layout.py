@@ -41,8 +41,8 @@ def build_editor(pipe, *, spec=None, statistics=None, tiny_random: bool = False,
                  stats_path: str | Path | None = None, max_batch: int = MAX_BATCH_CELLS):
     """The editor of ``pipe`` as a ``gr.Blocks`` (not launched): :func:`build_page` of
     ``Editor(pipe, spec=..., statistics=..., ...)`` (see :class:`Editor` for the options)."""
-    editor = Editor(pipe, spec=spec, statistics=statistics, reference=reference, tiny_random=tiny_random, prior_steps=prior_steps,
-                    stats_path=stats_path, max_batch=max_batch)
+    editor = Editor(pipe, spec=spec, statistics=statistics, reference=reference, tiny_random=tiny_random,
+                    prior_steps=prior_steps, stats_path=stats_path, max_batch=max_batch)
     return build_page(editor, concurrency=concurrency, default_steps=default_steps, default_size=default_size)
 
 
