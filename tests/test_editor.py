@@ -681,3 +681,27 @@ def test_the_client_gone_probe_is_none_outside_a_gradio_event():
     from vslerp.ui.editor.boundary import client_gone_probe
 
     assert client_gone_probe() is None  # no queued event here: renders run to the end
+
+
+def test_render_many_gives_each_job_its_own_image_mean(pipe, stats_file):
+    """Jobs with other statistics share one batched call; each gets its own mean's cells and
+    conformity, as rendered alone (the pipeline's own statistics are not changed)."""
+    from dataclasses import replace
+
+    from vslerp.pipelines.testing import TINY_DIM
+    from vslerp.stats import load
+    from vslerp.ui.render import RenderSpec, render_many
+
+    raw = [torch.randn(TINY_DIM, generator=torch.Generator().manual_seed(200 + i)) for i in range(2)]  # (D,)
+    spec = RenderSpec(thetas=(0.5,), alphas=(1.5,), seed=4, steps=STEPS, size=SIZE, guidance=4.0)
+    mine = load(stats_file)
+    before = pipe.statistics.fingerprint
+    both = render_many(pipe, [(spec, raw[0], raw[1], None), (replace(spec, seed=5), raw[0], raw[1], mine)])
+    alone = render_many(pipe, [(replace(spec, seed=5), raw[0], raw[1], mine)])[0]
+    assert pipe.statistics.fingerprint == before
+    torch.testing.assert_close(both[1].embeddings, alone.embeddings)
+    torch.testing.assert_close(both[1].conformity, alone.conformity)
+    assert not torch.allclose(both[0].embeddings, both[1].embeddings)  # α pulls towards another mean
+    np.testing.assert_allclose(_pixels(both[1].images[0]), _pixels(alone.images[0]), atol=1)
+    with pytest.raises(ValueError, match="differ in steps"):
+        render_many(pipe, [(spec, raw[0], raw[1], None), (replace(spec, steps=STEPS + 1), raw[0], raw[1], None)])

@@ -156,6 +156,8 @@ class Editor(ResultViews):
     def _seed(seed) -> int:
         from vslerp.ui.render import check_seed
 
+        if isinstance(seed, str) and seed.strip().isdigit():  # an API caller's "42"
+            seed = int(seed)
         try:
             return check_seed(seed, "the seed")
         except (TypeError, ValueError) as err:
