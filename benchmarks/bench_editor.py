@@ -50,17 +50,18 @@ def crowd(pipe, source: str, args) -> None:
 
     from gradio_client import Client, handle_file
 
-    from vslerp.ui.editor import build_editor
+    from vslerp.ui.editor import Editor, build_page
 
     servers = {}
     for name, max_batch in (("batched", 16), ("one at a time", 1)):
-        demo = build_editor(pipe, tiny_random=True, prior_steps=args.prior_steps, max_batch=max_batch)
+        editor = Editor(pipe, tiny_random=True, prior_steps=args.prior_steps, max_batch=max_batch)
+        demo = build_page(editor)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
         clients = [Client(demo.local_url, verbose=False, httpx_kwargs={"timeout": 300}) for _ in range(args.clients)]
-        servers[name] = (demo, clients)
+        servers[name] = (demo, clients, editor)
     try:
         def edit(client, k):
             client.predict(handle_file(source), None, "a photo of a cat", 0.5, -2 + 4 * k / max(1, args.clients - 1),
@@ -97,7 +98,7 @@ def crowd(pipe, source: str, args) -> None:
             for name in servers:
                 for kind, fn in (("crowd", together), ("single", alone)):
                     best[kind, name] = min(best.get((kind, name), float("inf")), fn(name))
-        batches = servers["batched"][0].vslerp_editor.queue
+        batches = servers["batched"][2].queue
         print(f"{args.clients} concurrent /edit clients: batched {best['crowd', 'batched']:.2f} s, one at a time "
               f"{best['crowd', 'one at a time']:.2f} s   ratio {best['crowd', 'batched'] / best['crowd', 'one at a time']:.2f}"
               f"   (largest batch {batches.largest} requests)")
@@ -105,7 +106,7 @@ def crowd(pipe, source: str, args) -> None:
               f"{best['single', 'one at a time']:.2f} s   ratio "
               f"{best['single', 'batched'] / best['single', 'one at a time']:.2f}")
     finally:
-        for demo, _ in servers.values():
+        for demo, *_ in servers.values():
             demo.close()
 
 
@@ -125,7 +126,7 @@ def main(argv=None) -> int:
 
     from vslerp.pipelines import VSlerpPipeline
     from vslerp.pipelines.testing import make_tiny_kandinsky
-    from vslerp.ui.editor import Editor, EditorState, build_editor
+    from vslerp.ui.editor import Editor, EditorState, build_page
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     with tempfile.TemporaryDirectory() as tmp:
@@ -155,14 +156,14 @@ def main(argv=None) -> int:
 
         from gradio_client import Client, handle_file
 
-        demo = build_editor(pipe, tiny_random=True, prior_steps=args.prior_steps)
+        api_editor = Editor(pipe, tiny_random=True, prior_steps=args.prior_steps)
+        demo = build_page(api_editor)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
         try:
             client = Client(demo.local_url, verbose=False)
-            api_editor = demo.vslerp_editor
 
             def call(alpha):
                 client.predict(handle_file(source), None, "a photo of a cat", 0.5, alpha, 1, args.steps, 4.0,

@@ -469,3 +469,99 @@ def test_grid_on_unclip_uses_the_models_size_and_guidance(tmp_path, work, capsys
     side = meta["pipeline"]["backend"] == "unclip" and meta["size"]
     assert side and side != 512 and meta["guidance"] == 8.0
     assert Image.open(tmp_path / "g.png").size == (side, 2 * side)
+
+
+# -- the render layer and the parser: structure the rest relies on -----------------------------
+UI = Path(__file__).resolve().parents[1] / "ui"
+
+
+def _calls(path):
+    """(what, line) of each pipeline load, call, batch render or statistics change in ``path``."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name) and func.id == "pipe":
+            found.append(("pipe(...)", node.lineno))
+        elif isinstance(func, ast.Attribute) and func.attr in ("render_batch", "set_statistics"):
+            found.append((func.attr, node.lineno))
+        elif isinstance(func, ast.Attribute) and func.attr == "from_pretrained" and \
+                isinstance(func.value, ast.Name) and func.value.id == "VSlerpPipeline":
+            found.append(("VSlerpPipeline.from_pretrained", node.lineno))
+    return found
+
+
+def test_only_the_render_layer_loads_and_calls_the_pipeline():
+    """grid, animate, batch and the editor render through vslerp.ui.render; none changes the
+    pipeline's statistics (each render passes its own)."""
+    elsewhere = {str(p.relative_to(UI)): _calls(p) for p in UI.rglob("*.py") if p.name != "render.py"}
+    assert {name: calls for name, calls in elsewhere.items() if calls} == {}
+    kinds = {what for what, _ in _calls(UI / "render.py")}
+    assert kinds == {"pipe(...)", "render_batch", "VSlerpPipeline.from_pretrained"}
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["grid", "--help"], ["animate", "--help"],
+                                  ["batch", "--help"]])
+def test_the_parser_and_help_import_no_model_library(argv):
+    """`import vslerp.ui.cli` and `vslerp [grid] --help` import no torch (nor diffusers,
+    transformers, gradio): the commands import them when they run."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "vslerp.ui.cli", *argv],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "usage: vslerp" in proc.stdout
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "argparse" in imported  # the import log is there to read
+    assert not imported & {"torch", "diffusers", "transformers", "gradio"}, sorted(imported)
+
+
+def test_importing_the_cli_and_building_its_parser_imports_no_torch():
+    code = ("import sys, vslerp.ui.cli as cli; cli.build_parser(); "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'gradio') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_negative_value_lists_need_no_equals():
+    """`--alphas -2:2:5` is a value (vslerp.ui.options.allow_negative_values); a plain argparse
+    parser would take it for an option."""
+    import argparse
+
+    from vslerp.ui.cli import build_parser
+    from vslerp.ui.options import allow_negative_values
+
+    args = build_parser().parse_args(["grid", "a.png", "b.png", "--thetas", "-0.5,0", "--alphas", "-2:2:5",
+                                      "--out", "g.png"])
+    assert (args.thetas, args.alphas) == ("-0.5,0", "-2:2:5")
+    plain = argparse.ArgumentParser(exit_on_error=False)
+    plain.add_argument("--alphas")
+    with pytest.raises((argparse.ArgumentError, SystemExit)):
+        plain.parse_args(["--alphas", "-2:2:5"])
+    assert allow_negative_values(plain).parse_args(["--alphas", "-2:2:5"]).alphas == "-2:2:5"
+
+
+def test_render_spec_defaults_are_the_clis_and_the_sidecars_fields(grid):
+    """One schema: a grid's sidecar holds every RenderSpec field that a render records, with the
+    model's size and guidance resolved; `--from` reads it back into the same spec."""
+    from dataclasses import fields
+
+    from vslerp.ui.cli import build_parser
+    from vslerp.ui.render import RenderSpec
+    from vslerp.ui.sidecar import spec_from_options
+
+    meta = read_png_metadata(grid[0])
+    recorded = {f.name for f in fields(RenderSpec)} - {"device"}  # the device is this machine's
+    assert recorded <= set(meta)
+    args = build_parser().parse_args(["grid", "--from", str(grid[0]), "--out", "x.png"])
+    spec = spec_from_options(args, meta)
+    assert (spec.seed, spec.steps, spec.size, spec.prior_steps, spec.batch_size) == (
+        meta["seed"], meta["steps"], meta["size"], meta["prior_steps"], meta["batch_size"])
+    assert spec.model == meta["model"] and spec.guidance == meta["guidance"]
+    defaults = build_parser().parse_args(["grid", "a.png", "b.png", "--out", "g.png"])
+    plain = spec_from_options(defaults)
+    assert (plain.steps, plain.seed, plain.batch_size, plain.prior_steps, plain.size) == (
+        RenderSpec.steps, RenderSpec.seed, RenderSpec.batch_size, RenderSpec.prior_steps, None)

@@ -20,7 +20,6 @@ import torch
 from PIL import Image
 from test_cli_grid import SIZE, VSLERP, _lines, cli
 
-from vslerp.pipelines import VSlerpPipeline
 from vslerp.stats import output_lock
 
 work = test_cli_grid.work  # the fixtures: tiny models, a source and a target image
@@ -203,10 +202,12 @@ def test_limits_are_lifted_by_their_options(work, tmp_path, capsys, no_models):
 def test_out_of_memory_is_one_line_naming_size_and_batch(work, tmp_path, capsys, monkeypatch):
     root, model = work
 
-    def render(self, *args, **kwargs):
+    from diffusers import UNet2DConditionModel
+
+    def forward(self, *args, **kwargs):  # the denoiser runs out of memory, whichever loop calls it
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(VSlerpPipeline, "_render", render)
+    monkeypatch.setattr(UNet2DConditionModel, "forward", forward)
     code, _, err = cli(capsys, "grid", root / "src.png", root / "tgt.png", "--thetas", "0.5",
                        "--alphas", "0,1", "--out", tmp_path / "g.png", "--no-progress", *model,
                        "--device", "cpu")

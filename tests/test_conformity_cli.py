@@ -206,7 +206,7 @@ def _out_unwritable(tmp: Path, computed, prior) -> list[str]:
 @pytest.mark.parametrize(("case", "expect"), [
     (_bad_stats, "bad.safetensors"), (_other_dim, "dim 7"), (_no_text_stats, "no text"),
     (_out_not_csv, ".csv"), (_missing_images, "not a folder"),
-    (_bad_device, "--device: device 'banana'"), (_out_unwritable, "--hist: cannot write")])
+    (_bad_device, "--device 'banana'"), (_out_unwritable, "--hist: cannot write")])
 def test_conformity_errors(case, expect, computed, tiny_kandinsky, tmp_path):
     from vslerp.ui.cli import main
 

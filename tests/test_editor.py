@@ -25,7 +25,7 @@ gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
 STEPS, SIZE = 2, 64
-# The keys of `vslerp grid`'s sidecar (vslerp.ui.cmd_grid), which `vslerp grid --from` reads.
+# The keys of `vslerp grid`'s sidecar (vslerp.ui.sidecar), which `vslerp grid --from` reads.
 CLI_SIDECAR_KEYS = {"command", "vslerp_version", "model", "prior", "stats", "dtype", "source", "target", "thetas",
                     "alphas", "seed", "steps", "size", "guidance", "prior_steps", "batch_size",
                     "allow_extrapolation", "labels", "conformity", "pipeline"}
@@ -71,14 +71,26 @@ def pipe(tiny_kandinsky):
 
 
 @pytest.fixture(scope="module")
-def app(pipe):
-    from vslerp.ui.editor import build_editor
+def served(pipe):
+    """(the editor's callbacks, its page launched on a free port)."""
+    from vslerp.ui.editor import Editor, build_page
 
-    demo = build_editor(pipe, tiny_random=True, concurrency=1)
+    editor = Editor(pipe, tiny_random=True)
+    demo = build_page(editor, concurrency=1)
     demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
                 ssr_mode=False)
-    yield demo
+    yield editor, demo
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def app(served):
+    return served[1]
+
+
+@pytest.fixture(scope="module")
+def served_editor(served):
+    return served[0]
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +142,8 @@ def test_api_lists_edit_and_sweep(client):
     assert not any("ui_" in name for name in api)  # the page's own events are not endpoints
 
 
-def test_edit_matches_the_pipeline_and_the_cache_skips_the_encoders(app, client, pipe, images):
-    state = app.vslerp_editor.state
+def test_edit_matches_the_pipeline_and_the_cache_skips_the_encoders(served_editor, client, pipe, images):
+    state = served_editor.state
     calls = (state.encode_calls, state.prompt_calls)
     first = _edit(client, images["source"], prompt="a red cube", theta=0.3, alpha=0.0, seed=5)
     assert first.shape == (SIZE, SIZE, 3)
@@ -150,8 +162,8 @@ def test_edit_matches_the_pipeline_and_the_cache_skips_the_encoders(app, client,
     assert not np.array_equal(first, moved)
 
 
-def test_target_image_is_cached_by_pixels(app, client, images, tmp_path):
-    state = app.vslerp_editor.state
+def test_target_image_is_cached_by_pixels(served_editor, client, images, tmp_path):
+    state = served_editor.state
     _edit(client, images["source"], target=images["target"], theta=0.5, alpha=-1.0)
     after_first = state.encode_calls
     # same pixels under another file name: a cache hit
@@ -225,10 +237,12 @@ def test_two_clients_at_once_both_get_results(app, images):
             assert im.size == (SIZE, SIZE)
 
 
-def test_uploads_reach_the_callback_undecoded_and_huge_ones_are_refused_from_the_header(tmp_path, monkeypatch):
+def test_uploads_reach_the_callback_undecoded_and_huge_ones_are_refused_from_the_header(client, images, tmp_path,
+                                                                                          monkeypatch):
     from gradio.data_classes import ImageData
+    from gradio_client.exceptions import AppError
 
-    from vslerp.ui.editor import Upload, checked_image, open_upload
+    from vslerp.ui.editor import EditorError, Upload, as_upload, open_upload
 
     huge = _huge_png(tmp_path / "upload.png", 8000, 8000)
     assert huge.stat().st_size < 50_000
@@ -239,16 +253,22 @@ def test_uploads_reach_the_callback_undecoded_and_huge_ones_are_refused_from_the
         raise AssertionError("pixels decoded")
 
     monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", no_decode)
-    component = checked_image(label="Source image")
-    upload = component.preprocess(ImageData(path=str(huge), orig_name="my 1-bit scan.png"))
+    # through the server (in this process): Gradio's events skip its own decoding (preprocess=False)
+    with pytest.raises(AppError, match="too large: 8000×8000 pixels"):
+        _edit(client, huge, prompt="a cat")
+    # the payload an event receives, as a path that keeps the original name
+    payload = ImageData(path=str(huge), orig_name="my 1-bit scan.png").model_dump()
+    upload = as_upload(payload, tmp_path / "uploads", "source image")
     assert isinstance(upload, Upload) and str(upload) == str(huge) and upload.orig_name == "my 1-bit scan.png"
-    with pytest.raises(gr.Error, match="too large: 8000×8000 pixels"):
+    with pytest.raises(EditorError, match="too large: 8000×8000 pixels"):
         open_upload(upload, "source")
     # a raw HTTP client's base64 data URL becomes the same bytes in a file, undecoded too
     data_url = "data:image/png;base64," + base64.b64encode(huge.read_bytes()).decode()
-    from_url = component.preprocess(ImageData(url=data_url))
+    from_url = as_upload(ImageData(url=data_url).model_dump(), tmp_path / "uploads", "source image")
     assert Path(from_url).read_bytes() == huge.read_bytes()
     assert decodes == []  # neither gradio's preprocessing nor the callback decoded a pixel
+    with pytest.raises(EditorError, match="did not arrive"):
+        as_upload({"path": None, "url": None}, tmp_path, "source image")
 
 
 def test_exif_rotated_jpeg_is_upright_and_its_file_is_hashed(editor, tmp_path):
@@ -356,6 +376,8 @@ def test_sweep_histogram_and_readout_mark_every_cell(pipe, images):
 
 
 def test_the_target_choice_is_explicit(editor, images):
+    from vslerp.ui.editor import EditorError
+
     src, tgt = str(images["source"]), str(images["target"])
     _, by_prompt = editor.edit(src, tgt, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE, target_kind="prompt")
     assert by_prompt["metadata"]["target"] == {"kind": "prompt", "prompt": "a cat"}
@@ -363,16 +385,18 @@ def test_the_target_choice_is_explicit(editor, images):
     _, by_image = editor.edit(src, tgt, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE, target_kind="image")
     assert by_image["metadata"]["target"]["kind"] == "image"
     assert "**Target:** image `target.png`" in editor.readout(by_image)
-    with pytest.raises(gr.Error, match="upload a target image"):
+    with pytest.raises(EditorError, match="upload a target image"):
         editor.edit(src, None, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE, target_kind="image")
-    with pytest.raises(gr.Error, match="not both"):
+    with pytest.raises(EditorError, match="not both"):
         editor.edit(src, tgt, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE)  # the API's rule
 
 
 def test_a_render_stops_between_steps_when_its_page_is_gone(editor, images):
+    from vslerp.ui.editor import EditorError
+
     polls = []
     before = (editor.steps_run, editor.cancelled)
-    with pytest.raises(gr.Error, match="page that asked for it was closed"):
+    with pytest.raises(EditorError, match="page that asked for it was closed"):
         editor.edit(str(images["source"]), None, "a cat", 0.5, 0.0, 0, 10, 4.0, SIZE,
                     should_stop=lambda: polls.append(1) or True)
     assert polls == [1] and editor.steps_run == before[0] + 1 and editor.cancelled == before[1] + 1
@@ -391,6 +415,9 @@ def test_cli_ui_options_and_load_errors(capsys, tmp_path):
     assert err[-1].startswith("vslerp ui: error: cannot load the Kandinsky 2.2 prior")  # the loader's own line
     assert main(["ui", "--tiny-random", "--stats", str(tmp_path / "none.safetensors")]) == 2
     assert "--stats" in capsys.readouterr().err
+    assert main(["ui", "--tiny-random", "--device", "banana"]) == 2  # the CLI's device check, before loading
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vslerp ui: error: --device 'banana' "), err
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -497,14 +524,12 @@ def test_concurrent_edits_share_one_batched_call_and_keep_their_pixels(pipe, ima
 
 
 def test_a_bad_request_in_a_batch_fails_alone():
-    from vslerp.ui.editor_batch import RenderQueue
+    from vslerp.ui.editor.batching import RenderQueue, _Job
 
     def run(payloads):
         if any(p < 0 for p in payloads):
             raise ValueError(f"negative in {payloads}")
         return [p * 10 for p in payloads]
-
-    from vslerp.ui.editor_batch import _Job
 
     queue = RenderQueue(run, max_cells=4)
     good, bad = _Job(("k",), 1, 2), _Job(("k",), 1, -1)
@@ -517,9 +542,11 @@ def test_a_bad_request_in_a_batch_fails_alone():
 # -- messages: words a user knows, no server traceback for a user's mistake ----------------------
 
 def test_readout_speaks_plain_words_and_keeps_the_technical_names_in_the_metadata(editor, images):
+    from vslerp.defaults import CONFORMITY_COSINE, CONFORMITY_ESTIMATORS
+
     _, result = editor.edit(str(images["source"]), None, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE)
     text = editor.readout(result)
-    assert "**Image mean:** the prior's training mean" in text and "estimated from the mean" in text
+    assert "**Image mean:** the prior's training mean" in text and CONFORMITY_ESTIMATORS[CONFORMITY_COSINE] in text
     for jargon in ("prior_clip_mean", "cosine_to_mean", "exact_identity", "startup ("):
         assert jargon not in text
     assert result["metadata"]["stats"]["mean_source"] == "prior_clip_mean"
@@ -548,8 +575,7 @@ def test_bad_values_are_named_and_print_no_traceback(app, client, images, capsys
 
 
 def test_a_server_error_is_logged_with_its_traceback(pipe, images, caplog, monkeypatch):
-    from vslerp.ui.editor import Editor
-    from vslerp.ui.editor_app import run_event
+    from vslerp.ui.editor import Editor, run_event
 
     editor = Editor(pipe, tiny_random=True, prior_steps=2)
     args = (str(images["source"]), None, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE)
@@ -630,3 +656,52 @@ def test_cli_ui_gives_the_loaders_one_line_as_it_is(capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"vslerp ui: error: {line}"
     assert not any("root cause" in e or "cannot load the models" in e for e in err)
+
+
+# -- one sidecar schema: an editor download renders again with `vslerp grid --from` ---------------
+
+def test_an_editor_download_renders_the_same_pixels_with_grid_from(editor, images, tmp_path, capsys):
+    from vslerp.ui.cli import main
+    from vslerp.ui.editor import Upload
+
+    source = Upload(images["source"], "cat.png")
+    image, result = editor.edit(source, None, "a red cube", 0.6, 1.0, 11, STEPS, 4.0, SIZE)
+    _, _, _, _, downloads = editor.details(result, [])
+    png = Path(downloads["value"][0])
+    assert result["metadata"]["batch_size"] == editor.spec.batch_size  # what render_batch was given
+    code = main(["grid", "--from", str(png), str(images["source"]), "--out", str(tmp_path / "again.png"),
+                 "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    with PIL.Image.open(tmp_path / "again.png") as again:
+        assert again.size == (SIZE, SIZE)  # one cell, no labels: as the editor showed it
+        np.testing.assert_array_equal(np.asarray(again.convert("RGB")), np.asarray(image.convert("RGB")))
+
+
+def test_the_client_gone_probe_is_none_outside_a_gradio_event():
+    from vslerp.ui.editor.boundary import client_gone_probe
+
+    assert client_gone_probe() is None  # no queued event here: renders run to the end
+
+
+def test_render_many_gives_each_job_its_own_image_mean(pipe, stats_file):
+    """Jobs with other statistics share one batched call; each gets its own mean's cells and
+    conformity, as rendered alone (the pipeline's own statistics are not changed)."""
+    from dataclasses import replace
+
+    from vslerp.pipelines.testing import TINY_DIM
+    from vslerp.stats import load
+    from vslerp.ui.render import RenderSpec, render_many
+
+    raw = [torch.randn(TINY_DIM, generator=torch.Generator().manual_seed(200 + i)) for i in range(2)]  # (D,)
+    spec = RenderSpec(thetas=(0.5,), alphas=(1.5,), seed=4, steps=STEPS, size=SIZE, guidance=4.0)
+    mine = load(stats_file)
+    before = pipe.statistics.fingerprint
+    both = render_many(pipe, [(spec, raw[0], raw[1], None), (replace(spec, seed=5), raw[0], raw[1], mine)])
+    alone = render_many(pipe, [(replace(spec, seed=5), raw[0], raw[1], mine)])[0]
+    assert pipe.statistics.fingerprint == before
+    torch.testing.assert_close(both[1].embeddings, alone.embeddings)
+    torch.testing.assert_close(both[1].conformity, alone.conformity)
+    assert not torch.allclose(both[0].embeddings, both[1].embeddings)  # α pulls towards another mean
+    np.testing.assert_allclose(_pixels(both[1].images[0]), _pixels(alone.images[0]), atol=1)
+    with pytest.raises(ValueError, match="differ in steps"):
+        render_many(pipe, [(spec, raw[0], raw[1], None), (replace(spec, steps=STEPS + 1), raw[0], raw[1], None)])

@@ -47,16 +47,18 @@ def _wait_until(condition, timeout_s: float = 60.0, what: str = "condition") -> 
 
 
 @pytest.fixture(scope="module")
-def app(tiny_kandinsky):
+def served(tiny_kandinsky):
+    """(the editor's callbacks, its page launched on a free port)."""
     from vslerp.pipelines import VSlerpPipeline
-    from vslerp.ui.editor import build_editor, launch_kwargs
+    from vslerp.ui.editor import Editor, build_page, launch_kwargs
 
     prior_dir, decoder_dir = tiny_kandinsky
     pipe = VSlerpPipeline.from_pretrained(decoder_dir, prior=prior_dir, device="cpu")
-    demo = build_editor(pipe, tiny_random=True)
+    editor = Editor(pipe, tiny_random=True)
+    demo = build_page(editor)
     kwargs = launch_kwargs("127.0.0.1", _free_port(), False) | {"quiet": True}
     demo.launch(prevent_thread_lock=True, **kwargs)
-    yield demo
+    yield editor, demo
     demo.close()
 
 
@@ -92,13 +94,14 @@ def _toasts(page) -> list[str]:
     return [t.inner_text() for t in page.locator(".toast-body").all()]
 
 
-def test_upload_move_alpha_resize_target_image_screenshot(app, browser, tmp_path):
+def test_upload_move_alpha_resize_target_image_screenshot(served, browser, tmp_path):
+    editor, app = served
     source, target = tmp_path / "source.png", tmp_path / "target.png"
     yy, xx = np.mgrid[0:96, 0:96]
     rgb = np.stack([xx * 2.6, yy * 2.6, 255 - xx * 2.6], axis=-1).astype(np.uint8)  # a gradient
     PIL.Image.fromarray(rgb).save(source)
     PIL.Image.fromarray(rgb[::-1]).save(target)
-    state = app.vslerp_editor.state
+    state = editor.state
 
     page = browser.new_page(viewport={"width": 1360, "height": 1000})
     page.set_default_timeout(TIMEOUT_MS)
@@ -187,8 +190,8 @@ def test_upload_move_alpha_resize_target_image_screenshot(app, browser, tmp_path
         shutil.copy(shot, out / "editor.png")
 
 
-def test_closing_the_page_stops_a_long_render(app, browser, tmp_path):
-    editor = app.vslerp_editor
+def test_closing_the_page_stops_a_long_render(served, browser, tmp_path):
+    editor, app = served
     source = tmp_path / "source.png"
     PIL.Image.fromarray(np.full((32, 32, 3), 90, dtype=np.uint8)).save(source)
     page = browser.new_page(viewport={"width": 1360, "height": 1000})

@@ -2,6 +2,8 @@
 
 Each subcommand lives in its own module under ``vslerp.ui`` (``cmd_*.py``) exposing
 ``register(subparsers)``, which adds a parser whose default ``func(args) -> int`` runs it.
+Importing this module (and ``vslerp --help``) imports no torch: the commands import their
+libraries when they run.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import warnings
 
 from vslerp._version import __version__
 
-__all__ = ["DTYPES", "DTYPE_HELP", "CLIError", "build_parser", "dtype_arg", "main"]
+__all__ = ["CLIError", "build_parser", "main"]
 
 # Subcommand modules, in the order `vslerp --help` lists them. A module that is not there
 # (an optional extra missing) is skipped, so the help lists exactly what works.
 _COMMAND_MODULES = (
-    "vslerp.ui.cmd_grid",  # grid, animate
+    "vslerp.ui.cmd_grid",  # grid
+    "vslerp.ui.cmd_animate",  # animate
     "vslerp.ui.cmd_batch",  # batch
     "vslerp.ui.cmd_stats",  # stats compute (+ stats report from cmd_report)
     "vslerp.ui.cmd_report",  # conformity
@@ -32,36 +35,19 @@ class CLIError(Exception):
     """A user's mistake: printed as one line on stderr, exit status 2, no traceback."""
 
 
-# --dtype of every command: the canonical torch name for each accepted spelling
-DTYPES = {"float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16",
-          "float32": "float32", "fp32": "float32"}
-DTYPE_HELP = "float16, bfloat16 or float32; fp16, bf16, fp32 also accepted"
-
-
-def dtype_arg(text: str) -> str:
-    """argparse type of ``--dtype``: any spelling in :data:`DTYPES` → its torch name."""
-    key = str(text).strip().lower()
-    if key not in DTYPES:
-        raise argparse.ArgumentTypeError(
-            f"must be float16, bfloat16 or float32 (or fp16, bf16, fp32), got {text!r}")
-    return DTYPES[key]
-
-
 class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose usage errors are one line on stderr with exit status 2."""
+    """ArgumentParser whose usage errors are one line on stderr with exit status 2.
+
+    Each one records itself in its defaults (``_cli_parser``): the innermost subcommand's wins,
+    so errors found after parsing (unknown options) are reported as ``vslerp grid: error: ...``.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.set_defaults(_cli_parser=self)
 
     def error(self, message: str):  # noqa: D102 - argparse API
         self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _mark_parsers(parser: argparse.ArgumentParser) -> None:
-    """Record in each subcommand's defaults which parser it is, so that errors found after
-    parsing (unknown options) are reported as ``vslerp grid: error: ...``."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                sub.set_defaults(_cli_parser=sub)
-                _mark_parsers(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in subparsers.choices.values():  # `vslerp CMD ... --verbose` works too
         sub.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
                          help="show full tracebacks (for bug reports)")
-    _mark_parsers(parser)
     return parser
 
 

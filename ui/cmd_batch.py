@@ -1,8 +1,10 @@
 """`vslerp batch`: many grids from a JSONL file, with the models loaded once (paper Fig. 12).
 
-Each job's sidecar records a fingerprint of what its output depends on, so a stopped batch
-resumes (same fingerprint: skipped) and an edited job is never mistaken for a rendered one.
-Under ``accelerate launch --num_processes N`` the pending jobs are split between processes.
+Each job is a :class:`~vslerp.ui.render.RenderSpec` (the options', with the job's inputs, axes,
+seed, steps, size and guidance), rendered and written as ``vslerp grid`` does. Its sidecar
+records a fingerprint of what its output depends on, so a stopped batch resumes (same
+fingerprint: skipped) and an edited job is never mistaken for a rendered one. Under
+``accelerate launch --num_processes N`` the pending jobs are split between processes.
 """
 
 from __future__ import annotations
@@ -11,33 +13,11 @@ import argparse
 import hashlib
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 from vslerp.ui.cli import CLIError
-from vslerp.ui.cmd_grid import (
-    _DEFAULT_MODEL,
-    _DEFAULT_PRIOR,
-    _DEFAULTS,
-    _SEED_LIMIT,
-    _add_model_options,
-    _add_render_options,
-    _check_device,
-    _check_limits,
-    _check_model_source,
-    _check_place,
-    _check_thetas,
-    _effective_dtype,
-    _image_ref,
-    _load_pipeline,
-    _load_stats,
-    _metadata,
-    _model_ref,
-    _own,
-    _refuse_inputs,
-    _render,
-    _render_settings,
-    _values,
-)
+from vslerp.ui.options import add_model_options, add_render_options
 
 __all__ = ["register", "run_batch"]
 
@@ -62,9 +42,9 @@ examples:
 
 
 def register(subparsers) -> None:
-    fmt = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser("batch", help="render many grids from a JSONL file, models loaded "
-                              "once", formatter_class=fmt, description=BATCH_DESCRIPTION)
+                              "once", formatter_class=argparse.RawDescriptionHelpFormatter,
+                              description=BATCH_DESCRIPTION)
     p.add_argument("jobs", type=Path, metavar="JOBS.jsonl",
                    help="one job (a JSON object) a line; blank lines and # comments skipped")
     p.add_argument("--out-dir", type=Path, required=True, metavar="DIR",
@@ -74,17 +54,20 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="render again the jobs whose outputs were rendered with other "
                    "parameters (default: refused)")
-    _add_render_options(p)
-    _add_model_options(p)
+    add_render_options(p)
+    add_model_options(p)
     p.set_defaults(func=run_batch)
 
 
 # -- jobs -----------------------------------------------------------------------------------
 _JOB_KEYS = ("source", "target", "thetas", "alphas", "seed", "name", "steps", "size", "guidance")
+_RENDERED = ("thetas", "alphas", "seed", "steps", "size", "guidance")  # a job's own, in its fingerprint
 
 
 def _job_number(job: dict, key: str, default, where: str):
     """A job's seed/steps/size (JSON integers, not bools) or guidance (a finite number)."""
+    from vslerp.ui.render import check_seed
+
     value = job.get(key, default)
     shown = json.dumps(value)
     if value is None and key in ("size", "guidance"):
@@ -96,15 +79,22 @@ def _job_number(job: dict, key: str, default, where: str):
         return float(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise CLIError(f"{where}: {key} must be an integer, got {shown}")
-    if key == "seed" and not 0 <= value < _SEED_LIMIT:
-        raise CLIError(f"{where}: seed must be in [0, 2**63), got {value}")
+    if key == "seed":
+        try:
+            return check_seed(value)
+        except ValueError as err:
+            raise CLIError(f"{where}: {err}") from None
     if key in ("steps", "size") and value < 1:
         raise CLIError(f"{where}: {key} must be ≥ 1, got {value}")
     return value
 
 
-def _read_jobs(path: Path, args) -> list[dict]:
-    """Parse and check every job (paths, values, names) before any model is loaded."""
+def _read_jobs(path: Path, args, base) -> list[dict]:
+    """Parse and check every job (paths, values, names) before any model is loaded; each job's
+    ``spec`` is ``base`` (the options') with the job's own inputs, axes and numbers."""
+    from vslerp.ui.checks import check_limits, check_thetas, image_ref, values
+    from vslerp.ui.render import RenderSpec
+
     if path.is_dir():
         raise CLIError(f"jobs file {path} is a directory, not a JSONL file")
     if not path.is_file():
@@ -113,7 +103,6 @@ def _read_jobs(path: Path, args) -> list[dict]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise CLIError(f"jobs file {path} cannot be read ({err})") from None
-    settings = _render_settings(args)
     jobs, names = [], {}
     for number, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -133,11 +122,11 @@ def _read_jobs(path: Path, args) -> list[dict]:
                 raise CLIError(f"{where}: {key!r} must be a string (an image path"
                                f"{' or a prompt' if key == 'target' else ''})")
         try:
-            thetas = _values(job.get("thetas"), "thetas", "0:1:5")
-            alphas = _values(job.get("alphas"), "alphas", "-2:2:5")
-            source = _image_ref("source", job["source"], False, base=path.parent)
-            target = _image_ref("target", job["target"], True, base=path.parent)
-            _check_thetas(thetas, args.allow_extrapolation, "thetas")
+            thetas = values(job.get("thetas"), "thetas", RenderSpec.thetas)
+            alphas = values(job.get("alphas"), "alphas", RenderSpec.alphas)
+            source = image_ref("source", job["source"], False, base=path.parent)
+            target = image_ref("target", job["target"], True, base=path.parent)
+            check_thetas(thetas, base.allow_extrapolation, "thetas")
         except CLIError as err:
             raise CLIError(f"{where}: {str(err).lstrip('-')}") from None
         name = job.get("name", f"job{number:04d}")
@@ -147,14 +136,11 @@ def _read_jobs(path: Path, args) -> list[dict]:
         if name in names:
             raise CLIError(f"{where}: name {name!r} already used on line {names[name]}")
         names[name] = number
-        numbers = {key: _job_number(job, key, default, where) for key, default in (
-            ("seed", _DEFAULTS["seed"] if args.seed is None else args.seed),
-            ("steps", args.steps or _DEFAULTS["steps"]), ("size", args.size),
-            ("guidance", args.guidance))}
-        _check_limits({**settings, "size": numbers["size"]}, len(thetas) * len(alphas),
-                      where=f"{where}: ")
-        jobs.append({"line": number, "name": name, "source": source, "target": target,
-                     "thetas": thetas, "alphas": alphas, **numbers})
+        numbers = {key: _job_number(job, key, getattr(base, key), where)
+                   for key in ("seed", "steps", "size", "guidance")}
+        spec = replace(base, source=source, target=target, thetas=thetas, alphas=alphas, **numbers)
+        check_limits(spec, args.max_size, args.max_cells, spec.cells, where=f"{where}: ")
+        jobs.append({"line": number, "name": name, "spec": spec})
     if not jobs:
         raise CLIError(f"jobs file {path} has no jobs")
     return jobs
@@ -169,6 +155,22 @@ def _input_id(ref: dict) -> dict:
 
 def _fingerprint(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _params(spec, stats) -> dict:
+    """What a job's output depends on (its fingerprint's contents), as read back from a sidecar."""
+    from vslerp.defaults import DEFAULT_DECODER, DEFAULT_PRIOR
+    from vslerp.ui.models import model_ref
+    from vslerp.ui.render import effective_dtype
+
+    params = {"model": model_ref(spec.model or DEFAULT_DECODER),
+              "prior": model_ref(spec.prior or DEFAULT_PRIOR),
+              "stats": stats.fingerprint if stats is not None else "the prior's clip_mean",
+              "dtype": effective_dtype(spec), "prior_steps": spec.prior_steps, "labels": spec.labels,
+              "source": _input_id(spec.source), "target": _input_id(spec.target),
+              **{key: getattr(spec, key) for key in _RENDERED}}
+    params["thetas"], params["alphas"] = list(spec.thetas), list(spec.alphas)
+    return json.loads(json.dumps(params))
 
 
 def _rendered_differently(png: Path, job: dict) -> str | None:
@@ -213,42 +215,35 @@ class _CellProgress:
 
 
 def run_batch(args) -> int:
-    jobs = _read_jobs(args.jobs, args)
-    settings = _render_settings(args)
-    inputs = {"the jobs file": args.jobs, "--stats": settings["stats"]}
+    from vslerp.ui.checks import check_device, check_place, load_stats, own, refuse_inputs
+    from vslerp.ui.models import check_model_source
+    from vslerp.ui.sidecar import spec_from_options
+
+    base = replace(spec_from_options(args), labels=not args.no_labels)
+    jobs = _read_jobs(args.jobs, args, base)
+    inputs = {"the jobs file": args.jobs, "--stats": base.stats}
     for job in jobs:
         for key in ("source", "target"):
-            if job[key]["kind"] == "image":
-                inputs[f"{key} of line {job['line']}"] = job[key]["path"]
-    _refuse_inputs({f"the {kind} of line {job['line']}": args.out_dir / f"{job['name']}{suffix}"
-                    for job in jobs for kind, suffix in (("grid", ".png"), ("sidecar", ".json"))},
-                   inputs)
-    _check_place(args.out_dir, "--out-dir", folder=True)
-    device = _check_device(args.device)
-    _check_model_source(settings["model"], "--model")
-    _check_model_source(settings["prior"], "--prior")
-    stats = _load_stats(settings["stats"])
-    with _own(folders=(args.out_dir,)):
-        return _batch(args, jobs, settings, stats, device)
+            ref = getattr(job["spec"], key)
+            if ref["kind"] == "image":
+                inputs[f"{key} of line {job['line']}"] = ref["path"]
+    refuse_inputs({f"the {kind} of line {job['line']}": args.out_dir / f"{job['name']}{suffix}"
+                   for job in jobs for kind, suffix in (("grid", ".png"), ("sidecar", ".json"))},
+                  inputs)
+    check_place(args.out_dir, "--out-dir", folder=True)
+    check_device(base.device)
+    check_model_source(base.model, "--model")
+    check_model_source(base.prior, "--prior")
+    stats = load_stats(base.stats)
+    with own(folders=(args.out_dir,)):
+        return _batch(args, jobs, stats)
 
 
-def _batch(args, jobs, settings, stats, device) -> int:
-    from tqdm.auto import tqdm
-
-    from vslerp.ui.outputs import make_grid, save_png
-
-    # What each job's output depends on; a rendered job whose sidecar differs is not skipped.
-    common = {"model": _model_ref(args.model or _DEFAULT_MODEL),
-              "prior": _model_ref(args.prior or _DEFAULT_PRIOR),
-              "stats": stats.fingerprint if stats is not None else "the prior's clip_mean",
-              "dtype": _effective_dtype(settings["dtype"], device),
-              "prior_steps": settings["prior_steps"], "labels": not args.no_labels}
+def _pending(args, jobs, stats) -> tuple[list, int]:
+    """(jobs to render, count of those already rendered); refuses a job rendered otherwise."""
     pending, changed, skipped = [], [], 0
     for job in jobs:
-        params = {**common, "source": _input_id(job["source"]),
-                  "target": _input_id(job["target"]),
-                  **{k: job[k] for k in ("thetas", "alphas", "seed", "steps", "size", "guidance")}}
-        job["params"] = json.loads(json.dumps(params))  # as read back from a sidecar
+        job["params"] = _params(job["spec"], stats)
         job["fingerprint"] = _fingerprint(job["params"])
         png = args.out_dir / f"{job['name']}.png"
         why = _rendered_differently(png, job) if png.exists() else "missing"
@@ -263,37 +258,41 @@ def _batch(args, jobs, settings, stats, device) -> int:
         more = f"; {len(changed) - 1} more jobs differ" if len(changed) > 1 else ""
         raise CLIError(f"{args.jobs}:{job['line']} ({job['name']}): {png} {why}{more}: pass "
                        "--overwrite to render it again")
+    return pending, skipped
+
+
+def _batch(args, jobs, stats) -> int:
+    from tqdm.auto import tqdm
+
+    from vslerp.ui.cli_render import load_pipeline_for_cli, render_for_cli
+    from vslerp.ui.outputs import make_grid, save_png
+    from vslerp.ui.runtime import accelerate_state, quiet_model_logs
+    from vslerp.ui.sidecar import sidecar
+
+    pending, skipped = _pending(args, jobs, stats)
     if not pending:
         print(f"all {len(jobs)} jobs already rendered in {args.out_dir}")
         return 0
-    import torch
-    from accelerate import PartialState
-
-    # CPU processes (gloo) when asked for, or when there is no GPU to give each process
-    cpu = (device is not None and device.type == "cpu") or not torch.cuda.is_available()
-    state = PartialState(cpu=cpu)
-    if device is None and state.num_processes > 1:
-        device = state.device
+    base = jobs[0]["spec"]
+    state = accelerate_state(base.device)  # CPU processes (gloo) unless the device is CUDA
+    device = base.device or (str(state.device) if state.num_processes > 1 else None)
     show = not args.no_progress and state.is_local_main_process
-    with state.split_between_processes(pending) as mine:
+    with state.split_between_processes(pending) as mine, quiet_model_logs():
         mine = list(mine)
-        pipe = _load_pipeline(settings, stats, device, progress=False)
-        cells_bar = tqdm(total=sum(len(j["thetas"]) * len(j["alphas"]) for j in mine),
-                         desc="cells", unit="cell", disable=not show, position=1, leave=False)
+        pipe = load_pipeline_for_cli(replace(base, device=device), stats, progress=False)
+        cells_bar = tqdm(total=sum(job["spec"].cells for job in mine), desc="cells", unit="cell",
+                         disable=not show, position=1, leave=False)
         for job in tqdm(mine, desc=f"jobs ({skipped} done before)" if skipped else "jobs",
                         unit="job", disable=not show, position=0):
+            spec = job["spec"]
             progress = _CellProgress(cells_bar)
-            job_settings = {**settings, **{k: job[k] for k in ("seed", "steps", "size",
-                                                                "guidance")}}
-            out = _render(pipe, job["source"], job["target"], job["thetas"], job["alphas"],
-                          job_settings, callback=progress if pipe.backend != "unclip" else None)
+            out = render_for_cli(pipe, spec, max_size=args.max_size, max_cells=args.max_cells,
+                                 callback=progress if pipe.backend != "unclip" else None)
             progress.finish(len(out.images))
-            metadata = _metadata("batch", pipe, {**job_settings, "labels": not args.no_labels},
-                                 job["source"], job["target"], out)
-            metadata.update(name=job["name"], job={
+            metadata = sidecar(spec, pipe, out, "batch", name=job["name"], job={
                 "file": str(args.jobs.resolve()), "line": job["line"], "name": job["name"],
                 "fingerprint": job["fingerprint"], "params": job["params"]})
-            grid = make_grid(out.images, out.thetas, out.alphas, labels=not args.no_labels)
+            grid = make_grid(out.images, out.thetas, out.alphas, labels=spec.labels)
             save_png(grid, args.out_dir / f"{job['name']}.png", metadata, overwrite=True)
         cells_bar.close()
     print(f"rendered {len(mine)} jobs into {args.out_dir}"

@@ -23,17 +23,22 @@ def _version(name: str) -> str:
 
 
 def _device() -> str:
-    """The device vslerp would pick: CUDA (name, count), MPS, or CPU."""
+    """The device vslerp would pick (``vslerp.stats.encode.default_device``): CUDA (name,
+    count), MPS, or CPU (and why)."""
     try:
         import torch
     except ImportError:
         return f"unknown (torch {NOT_INSTALLED})"
-    if torch.cuda.is_available():
+    from vslerp.stats.encode import default_device
+
+    device = default_device()
+    if device.type == "cuda":
         count = torch.cuda.device_count()
         return f"cuda: {torch.cuda.get_device_name(0)} (x{count}, CUDA {torch.version.cuda})"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
+    if device.type == "mps":
         return "mps"
+    if torch.cuda.is_available():  # there is a GPU, and the rule says cpu
+        return "cpu (ACCELERATE_USE_CPU is set)"
     return "cpu (no GPU found: rendering will be slow)"
 
 

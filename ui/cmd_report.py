@@ -9,49 +9,14 @@ a statistics file: CSV, histogram, and the KL divergence to a reference distribu
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
+from vslerp.defaults import DEFAULT_PRIOR
 from vslerp.ui.cli import CLIError
-from vslerp.ui.outputs import NEGATIVE_VALUES
+from vslerp.ui.options import allow_negative_values, int_at_least, positive_float, value_list
 
-__all__ = ["register", "register_stats_subcommands", "run_conformity", "run_report"]
-
-
-
-
-def _alphas(text: str) -> list[float]:
-    """"a,b,c" or "start:stop:count" → floats (the CLI's value syntax, ``parse_values``)."""
-    from vslerp.ui.outputs import parse_values
-
-    try:
-        return parse_values(text, "--alphas")
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be ≥ {low}, got {value}")
-        return value
-
-    parse.__name__ = f"int ≥ {low}"
-    return parse
+__all__ = ["input_file", "input_folder", "refuse_listed_inputs", "register", "register_stats_subcommands",
+           "run_conformity", "run_report"]
 
 
 _REPORT_DESCRIPTION = """\
@@ -64,7 +29,7 @@ example:
   vslerp stats report --embeddings coco_emb/ --out-dir coco_report/ --alphas -2:2:41
 """
 
-_CONFORMITY_DESCRIPTION = """\
+_CONFORMITY_DESCRIPTION = f"""\
 Estimated conformity (paper §7.1, Eq. 10–11) of each image of a folder or each caption of a
 file against a statistics file: a CSV, an optional histogram and the KL divergence to a
 reference distribution. Estimator: C = a·cos(v, μ̂) + b with μ̂ the statistics' mean of
@@ -73,7 +38,7 @@ cos(v, m) for mean-only statistics. Items stream through the encoder in batches.
 
 example:
   vslerp conformity --stats coco.safetensors --images generated/ \\
-      --prior kandinsky-community/kandinsky-2-2-prior --out scores.csv --hist hist.png \\
+      --prior {DEFAULT_PRIOR} --out scores.csv --hist hist.png \\
       --reference-embeddings coco_emb/
 """
 
@@ -87,23 +52,23 @@ def register_stats_subcommands(stats_subparsers) -> None:
                    help="folder written by `stats compute --save-embeddings` (required)")
     p.add_argument("--out-dir", required=True, type=Path, metavar="DIR",
                    help="folder for report.md, report.json and the figures (required)")
-    p.add_argument("--alphas", type=_alphas, default=None, metavar="LIST",
+    p.add_argument("--alphas", type=value_list("--alphas"), default=None, metavar="LIST",
                    help="image-mean shifts α of Eq. 9: 'a,b,c' or 'start:stop:count', e.g. "
                    "-2:2:41 (default: -1:1:21)")
-    p.add_argument("--logit-scale", type=_positive_float, default=100.0, metavar="S",
+    p.add_argument("--logit-scale", type=positive_float, default=100.0, metavar="S",
                    help="1/τ of the CLIP loss; 100 is CLIP's trained value, and the Kandinsky "
                    "prior repo ships none (default: 100)")
-    p.add_argument("--max-pairs", type=_int_at_least(2), default=None, metavar="N",
+    p.add_argument("--max-pairs", type=int_at_least(2), default=None, metavar="N",
                    help="subsample the loss batch to N image–caption pairs (default: all, one "
                    "caption per image)")
-    p.add_argument("--chunk-size", type=_int_at_least(1), default=1024, metavar="N",
+    p.add_argument("--chunk-size", type=int_at_least(1), default=1024, metavar="N",
                    help="image rows per logits chunk of the loss: memory grows with N × pairs, "
                    "never pairs² (default: 1024)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing report (default: refuse)")
     p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="show full tracebacks (for bug reports) (default: one-line errors)")
-    p._negative_number_matcher = NEGATIVE_VALUES
+    allow_negative_values(p)
     p.set_defaults(func=run_report, command="stats report")
 
 
@@ -132,9 +97,9 @@ def register(subparsers) -> None:
                    help="embeddings folder of the statistics' dataset: reference distribution "
                    "(exact conformity) for the histogram and the KL divergence (default: none, "
                    "no KL)")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=32, metavar="N",
+    p.add_argument("--batch-size", type=int_at_least(1), default=32, metavar="N",
                    help="items per encoder batch (default: 32)")
-    p.add_argument("--num-workers", type=_int_at_least(0), default=2, metavar="N",
+    p.add_argument("--num-workers", type=int_at_least(0), default=2, metavar="N",
                    help="DataLoader worker processes decoding images; 0 = in this process "
                    "(default: 2)")
     p.add_argument("--device", default=None,
@@ -190,18 +155,9 @@ def refuse_listed_inputs(outputs: dict, files, what: str) -> None:
                            "output never replaces an input; choose another output path")
 
 
-def refuse_inputs(outputs: dict, inputs: dict) -> None:
-    """``refuse_overwriting_inputs`` as one CLI line (before any model loads)."""
-    from vslerp.stats import refuse_overwriting_inputs
-
-    try:
-        refuse_overwriting_inputs(outputs, inputs)
-    except ValueError as err:
-        raise CLIError(str(err)) from None
-
-
 def run_report(args: argparse.Namespace) -> int:
     from vslerp.stats import forget_inputs, output_lock
+    from vslerp.ui.checks import refuse_inputs
     from vslerp.ui.cmd_stats import check_output
 
     forget_inputs()  # a new run: what earlier runs in this process read is not its input
@@ -259,7 +215,8 @@ def _list_items(args) -> tuple[str, list, list]:
 
 def run_conformity(args: argparse.Namespace) -> int:
     from vslerp.stats import forget_inputs, output_lock
-    from vslerp.ui.cmd_stats import check_device, check_output
+    from vslerp.ui.checks import check_device, refuse_inputs
+    from vslerp.ui.cmd_stats import check_output
 
     forget_inputs()  # a new run: what earlier runs in this process read is not its input
     input_file("--stats", args.stats)
@@ -297,7 +254,8 @@ def _conformity_locked(args) -> int:
         score_kl,
         write_scores_csv,
     )
-    from vslerp.ui.cmd_stats import _quiet_transformers, print_skipped
+    from vslerp.ui.cmd_stats import print_skipped
+    from vslerp.ui.runtime import quiet_model_logs
 
     stats = load(args.stats)
     modality, images, captions = _list_items(args)
@@ -316,7 +274,7 @@ def _conformity_locked(args) -> int:
                            f"2 {modality} embeddings")
         check_compatible(stats, dim=int(ref_raw.shape[1]),
                          fingerprint=emb.metadata.get("encoder_fingerprint"))
-    with _quiet_transformers():
+    with quiet_model_logs():
         encoders = load_encoders(args.prior, device=args.device, text=modality == "text")
     check_compatible(stats, dim=encoders.dim, fingerprint=encoders.fingerprint)
     # Stream: one chunk of embeddings at a time; only the names and one float per item stay.

@@ -16,42 +16,29 @@ import contextlib
 import sys
 from pathlib import Path
 
-from vslerp.ui.cli import DTYPE_HELP, CLIError, dtype_arg
+from vslerp.defaults import DEFAULT_PRIOR, DEFAULT_UNCLIP
+from vslerp.ui.cli import CLIError
+from vslerp.ui.options import DTYPE_HELP, dtype_arg, int_at_least, positive_int
 
-__all__ = ["check_device", "check_output", "print_skipped", "register", "run_compute"]
-
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {value}")
-    return value
+__all__ = ["check_output", "print_skipped", "register", "run_compute"]
 
 
 _PRIOR_HELP = ("generator repo (hub id) or local folder whose CLIP encoders to use: a Kandinsky 2.2 "
                "prior (image_encoder/, image_processor/, text_encoder/, tokenizer/; e.g. "
-               "kandinsky-community/kandinsky-2-2-prior) or an unCLIP/Karlo image-variations "
+               f"{DEFAULT_PRIOR}) or an unCLIP/Karlo image-variations "
                "repo (feature_extractor/ instead of image_processor/; e.g. "
-               "kakaobrain/karlo-v1-alpha-image-variations)")
+               f"{DEFAULT_UNCLIP})")
 
-_EXAMPLES = """
+_EXAMPLES = f"""
 examples:
   vslerp stats compute --images val2017 --captions annotations/captions_val2017.json \\
-      --prior kandinsky-community/kandinsky-2-2-prior --out coco.safetensors
+      --prior {DEFAULT_PRIOR} --out coco.safetensors
   vslerp stats compute --images val2017 --captions annotations/captions_val2017.json \\
-      --prior kakaobrain/karlo-v1-alpha-image-variations --out coco_karlo.safetensors
-  vslerp stats compute --prior kandinsky-community/kandinsky-2-2-prior --from-prior-mean \\
+      --prior {DEFAULT_UNCLIP} --out coco_karlo.safetensors
+  vslerp stats compute --prior {DEFAULT_PRIOR} --from-prior-mean \\
       --out prior_mean.safetensors
-  vslerp stats compute --webdataset "laion/{00000..00999}.tar" --save-embeddings laion_emb/ \\
-      --prior kandinsky-community/kandinsky-2-2-prior --out laion.safetensors
+  vslerp stats compute --webdataset "laion/{{00000..00999}}.tar" --save-embeddings laion_emb/ \\
+      --prior {DEFAULT_PRIOR} --out laion.safetensors
 """
 
 
@@ -61,7 +48,7 @@ def register(subparsers) -> None:
                                   "(paper §4–6): `vslerp stats compute` and `vslerp stats "
                                   "report`.")
     stats_sub = stats.add_subparsers(dest="stats_command", metavar="SUBCOMMAND",
-                                     parser_class=subparsers._parser_class)
+                                     parser_class=type(stats))
     stats.set_defaults(func=lambda args: _no_subcommand(stats))
 
     p = stats_sub.add_parser("compute", help="encode a dataset and write its statistics file",
@@ -90,9 +77,9 @@ def register(subparsers) -> None:
     p.add_argument("--prior", required=True, metavar="DIR|ID", help=_PRIOR_HELP + " (required)")
     p.add_argument("--out", required=True, type=Path, metavar="FILE.safetensors",
                    help="statistics file to write (required)")
-    p.add_argument("--batch-size", type=_positive, default=32, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
                    help="items per encoder batch (default: 32)")
-    p.add_argument("--num-workers", type=_non_negative, default=2, metavar="N",
+    p.add_argument("--num-workers", type=int_at_least(0), default=2, metavar="N",
                    help="DataLoader worker processes decoding images; 0 = in this process "
                    "(default: 2)")
     p.add_argument("--device", default=None,
@@ -100,7 +87,7 @@ def register(subparsers) -> None:
                    "device per process under accelerate launch)")
     p.add_argument("--dtype", type=dtype_arg, default=None, metavar="DTYPE",
                    help=f"encoder dtype: {DTYPE_HELP} (default: float16 on CUDA, else float32)")
-    p.add_argument("--limit", type=_positive, default=None, metavar="N",
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="use only the first N images (and their captions) / N captions "
                    "(default: all)")
     p.add_argument("--dataset-name", default=None, metavar="NAME",
@@ -109,7 +96,7 @@ def register(subparsers) -> None:
                    help="also keep the raw embeddings as safetensors shards + manifest.json "
                    "(for `stats report`); a killed run started again resumes from them "
                    "(default: off)")
-    p.add_argument("--shard-size", type=_positive, default=None, metavar="N",
+    p.add_argument("--shard-size", type=positive_int, default=None, metavar="N",
                    help="items per chunk / shard; fixed for a resumable run; not with "
                    "--webdataset/--parquet, whose shards are the input's (default: 1024)")
     p.add_argument("--overwrite", action="store_true",
@@ -138,30 +125,6 @@ def _no_subcommand(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-@contextlib.contextmanager
-def _quiet_transformers():
-    """Silence transformers' info/warning logs and progress bars while loading."""
-    try:
-        from transformers.utils import logging as hf_logging
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    from huggingface_hub.utils import logging as hub_logging
-
-    level, hub_level = hf_logging.get_verbosity(), hub_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hub_logging.set_verbosity_error()  # "Could not reach the Hub ... using cached" offline
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        hub_logging.set_verbosity(hub_level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def check_output(option: str, path: Path, overwrite: bool, *, suffix: str | None = None,
                  folder: bool = False) -> None:
     """Before any work: ``path`` has the right suffix, is not refused by an existing file,
@@ -178,17 +141,6 @@ def check_output(option: str, path: Path, overwrite: bool, *, suffix: str | None
         check_writable(path, folder=folder)
     except ValueError as err:
         raise CLIError(f"{option}: {err}") from None
-
-
-def check_device(device: str | None) -> None:
-    """A bad ``--device`` (``banana``, ``cuda`` without CUDA) is one line, before any work."""
-    from vslerp.stats import parse_device
-
-    if device is not None:
-        try:
-            parse_device(device)
-        except ValueError as err:
-            raise CLIError(f"--device: {err}") from None
 
 
 def print_skipped(skipped, where: str, what: str = "image(s)") -> None:
@@ -232,13 +184,14 @@ def _write_prior_mean(args) -> int:
     from diffusers import PriorTransformer
 
     from vslerp.stats import Statistics, load_encoders
+    from vslerp.ui.runtime import quiet_model_logs
 
     local = Path(str(args.prior)).expanduser()
     if local.is_dir() and not (local / "prior").is_dir():
         raise CLIError(f"--from-prior-mean needs a Kandinsky 2.2 prior with a prior/ transformer "
                        f"(its clip_mean); {args.prior} has none (unCLIP/Karlo has no clip_mean): "
                        "compute statistics from data instead")
-    with _quiet_transformers():
+    with quiet_model_logs():
         try:
             prior = PriorTransformer.from_pretrained(args.prior, subfolder="prior")
         except Exception as err:  # noqa: BLE001 - OSError, SafetensorError, ...: one line
@@ -258,22 +211,11 @@ def _write_prior_mean(args) -> int:
     return 0
 
 
-def _wants_cpu(device: str | None) -> bool:
-    """Processes run on the CPU (gloo) when asked to or when there is no CUDA device."""
-    import os
-
-    import torch
-
-    if device is not None:
-        return device.startswith("cpu")
-    flag = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    return flag or not torch.cuda.is_available()
-
-
 def _check_paths(args) -> None:
     """Before any work: inputs exist and are of the right kind, and no output is an input
     (the captions file, the image folder, a local --prior folder or a file in it)."""
-    from vslerp.ui.cmd_report import input_file, input_folder, refuse_inputs
+    from vslerp.ui.checks import refuse_inputs
+    from vslerp.ui.cmd_report import input_file, input_folder
 
     input_file("--captions", args.captions)
     input_folder("--images", args.images)
@@ -319,6 +261,7 @@ def _own_outputs(args, state):
 def run_compute(args: argparse.Namespace, *, on_shard=None) -> int:
     """Run ``stats compute``; ``on_shard(modality, chunk)`` is a hook for tests."""
     from vslerp.stats import forget_inputs
+    from vslerp.ui.checks import check_device
 
     forget_inputs()  # a new run: what earlier runs in this process read is not its input
     check_output("--out", args.out, args.overwrite, suffix=".safetensors")
@@ -336,9 +279,9 @@ def run_compute(args: argparse.Namespace, *, on_shard=None) -> int:
         with _own_outputs(args, None):
             return _write_prior_mean(args)
     args.shard_size = args.shard_size or 1024
-    from accelerate import PartialState
+    from vslerp.ui.runtime import accelerate_state
 
-    state = PartialState(cpu=_wants_cpu(args.device))
+    state = accelerate_state(args.device)
     with _own_outputs(args, state):
         return _compute_owned(args, state, on_shard)
 
@@ -350,13 +293,14 @@ def _compute_owned(args, state, on_shard) -> int:
     from vslerp.stats.compute import compute_statistics, dataset_digest
     from vslerp.stats.embeddings import EmbeddingStore
     from vslerp.ui.cmd_report import refuse_listed_inputs
+    from vslerp.ui.runtime import quiet_model_logs
 
     images, captions, dataset_name = _read_dataset(args)
     refuse_listed_inputs({"--out": args.out}, (i.path for i in images), "--images files")
     main = state.is_main_process
     device = args.device or (str(state.device) if state.num_processes > 1 else None)
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    with _quiet_transformers():
+    with quiet_model_logs():
         encoders = load_encoders(args.prior, device=device, dtype=dtype, text=bool(captions))
     metadata = {"dataset": dataset_name, "prior": str(args.prior),
                 "shard_size": args.shard_size}

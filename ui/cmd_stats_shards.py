@@ -48,12 +48,12 @@ def run_shard_compute(args: argparse.Namespace, *, on_shard=None) -> int:
     """``stats compute`` over webdataset / parquet shards (the output checks already ran;
     the outputs are owned, as a folder run's, and never one of the shards)."""
     import torch
-    from accelerate import PartialState
 
     from vslerp.stats import load_encoders, refuse_overwriting_inputs
     from vslerp.stats.embeddings import INPUT_SHARD, EmbeddingStore
     from vslerp.stats.sharded import compute_shard_statistics
-    from vslerp.ui.cmd_stats import _own_outputs, _quiet_transformers, _wants_cpu, print_skipped
+    from vslerp.ui.cmd_stats import _own_outputs, print_skipped
+    from vslerp.ui.runtime import accelerate_state, quiet_model_logs
 
     source = read_source(args)
     option = "--webdataset" if args.webdataset else "--parquet"
@@ -63,12 +63,12 @@ def run_shard_compute(args: argparse.Namespace, *, on_shard=None) -> int:
     # default name: the one pattern given, else the folder of the first shard
     name = args.dataset_name or (given[0] if len(given) == 1 else
                                  source.paths[0].resolve().parent.name)
-    state = PartialState(cpu=_wants_cpu(args.device))
+    state = accelerate_state(args.device)
     with _own_outputs(args, state):  # one run per output, as a folder run
         main = state.is_main_process
         device = args.device or (str(state.device) if state.num_processes > 1 else None)
         dtype = getattr(torch, args.dtype) if args.dtype else None
-        with _quiet_transformers():
+        with quiet_model_logs():
             encoders = load_encoders(args.prior, device=device, dtype=dtype, text=True)
         metadata = {"dataset": name, "prior": str(args.prior), "shard_size": INPUT_SHARD}
         if source.kind == "parquet":

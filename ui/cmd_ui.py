@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
-from vslerp.ui.cli import DTYPE_HELP, dtype_arg
+from vslerp.defaults import DEFAULT_DECODER, DEFAULT_PRIOR
+from vslerp.ui.options import DTYPE_HELP, dtype_arg, port_arg, positive_int
 
-__all__ = ["load_pipeline", "register", "run"]
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"port must be in 1..65535, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
-    return value
+__all__ = ["load_pipeline", "model_spec", "register", "run"]
 
 
 def register(subparsers) -> None:
@@ -31,48 +17,56 @@ def register(subparsers) -> None:
                               description=__doc__)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (127.0.0.1: this machine only; 0.0.0.0 exposes it)")
-    p.add_argument("--port", type=_port, default=7860, help="port (7860)")
+    p.add_argument("--port", type=port_arg, default=7860, help="port (7860)")
     p.add_argument("--share", action="store_true",
                    help="also open a public *.gradio.live link (off by default)")
     p.add_argument("--model", default=None, metavar="DIR|ID",
-                   help="Kandinsky 2.2 decoder (default kandinsky-community/kandinsky-2-2-decoder) "
+                   help=f"Kandinsky 2.2 decoder (default {DEFAULT_DECODER}) "
                         "or a folder saved by VSlerpPipeline.save_pretrained")
     p.add_argument("--prior", default=None, metavar="DIR|ID",
-                   help="Kandinsky 2.2 prior (default kandinsky-community/kandinsky-2-2-prior)")
+                   help=f"Kandinsky 2.2 prior (default {DEFAULT_PRIOR})")
     p.add_argument("--stats", type=Path, default=None, metavar="FILE",
                    help="statistics file for the image mean (default: the prior's clip_mean)")
     p.add_argument("--reference", type=Path, default=None, metavar="DIR",
                    help="embeddings folder (stats compute --save-embeddings): reference distribution "
                         "of the conformity histogram")
-    p.add_argument("--device", default=None, help="torch device (default: cuda, mps, then cpu)")
+    p.add_argument("--device", default=None,
+                   help="torch device (default: cuda, mps, then cpu, or cpu where ACCELERATE_USE_CPU is set)")
     p.add_argument("--dtype", type=dtype_arg, default=None, metavar="DTYPE",
                    help=f"weights dtype: {DTYPE_HELP} (default: float16 on CUDA, else float32)")
-    p.add_argument("--concurrency", type=_positive, default=1,
+    p.add_argument("--concurrency", type=positive_int, default=1,
                    help="pipeline jobs the queue runs at once (1 per device)")
     p.add_argument("--tiny-random", action="store_true",
                    help="tiny random model built on the fly: no download, images are noise (smoke test)")
     p.set_defaults(func=run)
 
 
-def load_pipeline(args, tmp_root: str | Path | None = None, stats=None):
-    """Load the VSlerpPipeline the options name (or build the tiny random one).
+def model_spec(args, tmp_root: str | Path | None = None):
+    """The models the options name, as a :class:`~vslerp.ui.render.RenderSpec` (no inputs yet):
+    the editor's renders start from it. ``--tiny-random`` builds a tiny random Kandinsky in
+    ``tmp_root`` (on the CPU unless ``--device`` says otherwise)."""
+    from vslerp.ui.render import RenderSpec
 
-    stats: the image mean's source (None: the saved folder's statistics, else the prior's
-    clip_mean); ``run`` loads ``--stats`` itself first, to name it in its errors.
-    """
-    import torch
-
-    from vslerp.pipelines import VSlerpPipeline
-
-    model, prior = args.model, args.prior
+    model, prior, device = args.model, args.prior, args.device
     if args.tiny_random:
         from vslerp.pipelines.testing import make_tiny_kandinsky
 
         root = Path(tmp_root or tempfile.mkdtemp(prefix="vslerp-tiny-"))
-        prior, model = make_tiny_kandinsky(root)
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    device = args.device or ("cpu" if args.tiny_random else "auto")
-    return VSlerpPipeline.from_pretrained(model, prior=prior, stats=stats, torch_dtype=dtype, device=device)
+        prior, model = (str(path) for path in make_tiny_kandinsky(root))
+        device = device or "cpu"
+    stats = str(Path(args.stats).expanduser().resolve()) if args.stats is not None else None
+    return RenderSpec(model=model, prior=prior, stats=stats, dtype=args.dtype, device=device)
+
+
+def load_pipeline(spec, stats=None):
+    """The VSlerpPipeline of ``spec`` (:func:`vslerp.ui.render.load_pipeline`, the loader's own
+    errors). stats: the image mean's source (None: the saved folder's statistics, else the
+    prior's clip_mean); ``run`` loads ``--stats`` itself first, to name it in its errors."""
+    from dataclasses import replace
+
+    from vslerp.ui.render import load_pipeline as load
+
+    return load(replace(spec, stats=None), stats=stats)
 
 
 def _check_port(host: str, port: int, CLIError) -> None:  # noqa: N803 - the CLI's exception class
@@ -95,14 +89,15 @@ def _check_port(host: str, port: int, CLIError) -> None:  # noqa: N803 - the CLI
 
 
 def run(args) -> int:
+    from vslerp.ui.checks import check_device
     from vslerp.ui.cli import CLIError
 
     if args.stats is not None and not args.stats.is_file():
         raise CLIError(f"--stats: no such file {args.stats}")
+    check_device(args.device)
     _check_port(args.host, args.port, CLIError)
     what = ("a tiny random model (noise-only smoke test)" if args.tiny_random else
-            f"decoder {args.model or 'kandinsky-community/kandinsky-2-2-decoder'}, prior "
-            f"{args.prior or 'kandinsky-community/kandinsky-2-2-prior'}")
+            f"decoder {args.model or DEFAULT_DECODER}, prior {args.prior or DEFAULT_PRIOR}")
     print(f"vslerp ui: loading {what} — this can take a minute…", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="vslerp-ui-") as tmp:  # the tiny model, removed at exit
         return _serve(args, tmp, CLIError)
@@ -156,21 +151,22 @@ def _serve(args, tmp: str, CLIError) -> int:  # noqa: N803 - the CLI's exception
     except ImportError as err:
         raise CLIError(f"the editor needs gradio ({err}); install vslerp[ui]") from None
     stats, reference = _inputs(args, CLIError)
+    spec = model_spec(args, tmp)
     try:
-        pipe = load_pipeline(args, tmp)
+        pipe = load_pipeline(spec)
     except (OSError, ValueError, TypeError, RuntimeError) as err:  # the loader's message names the model
         raise CLIError(_one_line(err)) from None
-    if stats is not None:
+    if stats is not None:  # the editor's startup mean, passed to each render (the pipe is not changed)
         try:
-            pipe.set_statistics(stats)
+            stats = pipe.check_statistics(stats)
         except (ValueError, TypeError) as err:
             raise CLIError(f"--stats {args.stats} does not fit the model: {_one_line(err)}") from None
     if reference is not None:
         _check_reference(pipe, args, reference, CLIError)
         reference = reference.image
     pipe.set_progress_bar_config(disable=False, leave=False)
-    demo = build_editor(pipe, tiny_random=args.tiny_random, concurrency=args.concurrency,
-                        reference=reference, stats_path=args.stats)
+    demo = build_editor(pipe, spec=spec, statistics=stats, tiny_random=args.tiny_random,
+                        concurrency=args.concurrency, reference=reference)
     try:
         # prevent_thread_lock: launch returns once the server answers; then we say so and block.
         demo.launch(prevent_thread_lock=True, **launch_kwargs(args.host, args.port, args.share))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +20,11 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from vslerp._checks import check_magnitude
 from vslerp.stats.outputs import TEMP_MARK, atomic_write
 
-__all__ = ["FPS_RANGES", "NEGATIVE_VALUES", "PNG_KEY", "check_fps", "file_sha256", "make_grid", "parse_values", "read_png_metadata", "save_animation",
-           "save_json", "save_png", "sidecar_path"]
+__all__ = ["FPS_RANGES", "PNG_KEY", "check_fps", "file_sha256", "make_grid", "parse_values", "read_png_metadata",
+           "save_animation", "save_json", "save_png", "sidecar_path"]
 
 PNG_KEY = "vslerp"  # PNG text chunk holding the JSON metadata
 _MAX_VALUES = 1000  # more values than this on one axis is a typo, not a grid
-# Value lists and ranges that start with a minus ("-2:2:5", "-1,0,1") are values, not options:
-# set as a parser's ``_negative_number_matcher`` wherever such values are taken.
-NEGATIVE_VALUES = re.compile(r"^-\.?\d[\d.,:eE+-]*$")
 
 
 def parse_values(text: str, name: str) -> list[float]:

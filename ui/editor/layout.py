@@ -1,69 +1,26 @@
 """The editor's page: a ``gr.Blocks`` layout with explicit inputs, outputs and ``api_name``.
 
-Nothing is launched here: ``vslerp ui`` (``vslerp.ui.cmd_ui``) launches it, with
-:func:`launch_kwargs` (127.0.0.1, never shared by default).
+:func:`build_page` lays out an :class:`~vslerp.ui.editor.callbacks.Editor`'s callbacks;
+:func:`build_editor` makes the Editor of a pipeline too. The page's own events skip Gradio's
+preprocessing (``preprocess=False``: uploads reach the callbacks as files, undecoded, see
+:mod:`.uploads`) and are not API endpoints; the endpoints are ``gr.api`` functions (:mod:`.api`).
+Every callback is called through the Gradio boundary (:mod:`.boundary`). Nothing is launched
+here: ``vslerp ui`` (``vslerp.ui.cmd_ui``) launches it, with :func:`launch_kwargs` (127.0.0.1,
+never shared by default).
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 
-from vslerp.ui.editor import MAX_BATCH_CELLS, USEFUL_ALPHA, Editor, _error, checked_image
+from vslerp.ui.editor.api import add_api
+from vslerp.ui.editor.boundary import call, run_event
+from vslerp.ui.editor.callbacks import MAX_BATCH_CELLS, Editor
+from vslerp.ui.editor.results import USEFUL_ALPHA
 
-__all__ = ["build_editor", "launch_kwargs", "run_event"]
-
-log = logging.getLogger("vslerp.ui.editor")
-
-
-def _client_gone_probe():
-    """A callable telling whether the page (session) that started this event has disconnected.
-
-    Gradio keeps running a synchronous function after its page is closed; it only marks the
-    queue's event as not ``alive``. This looks that event up (gradio internals: ``LocalContext``,
-    ``blocks._queue.active_jobs``), so a render can stop between denoising steps. None when not
-    inside a queued gradio event or when those internals are not there.
-    """
-    try:
-        from gradio.context import LocalContext
-
-        blocks = LocalContext.blocks.get(None)
-        event_id = LocalContext.event_id.get(None)
-        if blocks is None or event_id is None:
-            return None
-        for job in list(blocks._queue.active_jobs):
-            for event in job or []:
-                if getattr(event, "_id", None) == event_id and hasattr(event, "alive"):
-                    return lambda: not event.alive
-    except Exception:  # another gradio's internals: no early stop, nothing else changes
-        return None
-    return None
-
-
-def _unexpected(err: Exception):
-    """An unexpected failure: its traceback in the server log, a short message on the page."""
-    log.error("vslerp editor: unexpected error", exc_info=err)
-    return _error(f"Unexpected error ({type(err).__name__}: {' '.join(str(err).split())[:300]}); "
-                  "the server log has the details.")
-
-
-def run_event(method, *args, target_kind: str = "auto", **kwargs):
-    """Call an editor callback for a page or API event.
-
-    A user's mistake (gr.Error) reaches the page as it is, with no traceback on the server; any
-    other exception is a server error: logged with its traceback, shown as a short message.
-    """
-    import gradio as gr
-
-    try:
-        return method(*args, target_kind=target_kind, should_stop=_client_gone_probe(), **kwargs)
-    except gr.Error:
-        raise
-    except Exception as err:  # not a user's mistake: say so on the page, log the traceback
-        raise _unexpected(err) from None
-
+__all__ = ["build_editor", "build_page", "launch_kwargs"]
 
 # Closes the error toasts still on the page once a render succeeds (the mistake is fixed).
 CLEAR_ERRORS_JS = ("() => { document.querySelectorAll('.toast-body.error [data-testid=\"toast-close\"]')"
@@ -78,47 +35,39 @@ _CSS = """
 """
 
 
-def build_editor(pipe, *, tiny_random: bool = False, concurrency: int = 1,
+def build_editor(pipe, *, spec=None, statistics=None, tiny_random: bool = False, concurrency: int = 1,
                  reference: torch.Tensor | None = None, prior_steps: int | None = None,
                  default_steps: int | None = None, default_size: int | None = None,
                  stats_path: str | Path | None = None, max_batch: int = MAX_BATCH_CELLS):
-    """The editor as a ``gr.Blocks`` (not launched).
+    """The editor of ``pipe`` as a ``gr.Blocks`` (not launched): :func:`build_page` of
+    ``Editor(pipe, spec=..., statistics=..., ...)`` (see :class:`Editor` for the options)."""
+    editor = Editor(pipe, spec=spec, statistics=statistics, reference=reference, tiny_random=tiny_random,
+                    prior_steps=prior_steps, stats_path=stats_path, max_batch=max_batch)
+    return build_page(editor, concurrency=concurrency, default_steps=default_steps, default_size=default_size)
+
+
+def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | None = None,
+               default_size: int | None = None):
+    """The page of ``editor``'s callbacks as a ``gr.Blocks`` (not launched).
 
     API endpoints (``gradio_client``): ``/edit`` (source image, target image, target prompt,
     theta, alpha, seed[, steps, guidance, size, mean source, statistics file] → image) and
-    ``/sweep`` (…, thetas text, alphas text, … → labelled grid image). Give a target image or a
-    prompt, not both. The page's own events take its "Target: prompt | image" choice instead.
-    Renders that arrive together are batched: up to ``max_batch`` cells of requests sharing
-    steps, size, guidance and mean in one pipeline call (1: one request at a time, as
-    ``concurrency`` events at once). ``editor = blocks.vslerp_editor`` exposes the callbacks
-    and the cache (``editor.state.encode_calls``, ``editor.queue.batches``).
+    ``/sweep`` (…, thetas text, alphas text, … → labelled grid image). Renders that arrive
+    together are batched by ``editor.queue``; ``concurrency``: events Gradio runs at once.
+    The page starts at ``default_steps`` and ``default_size`` (default: 50 and 512; 2 and 64
+    for a tiny random model).
     """
     import gradio as gr
 
     if int(concurrency) < 1:
         raise ValueError(f"concurrency must be ≥ 1, got {concurrency}")
-    prior_steps = prior_steps or (2 if tiny_random else 25)
-    steps0 = default_steps or (2 if tiny_random else 50)
-    size0 = default_size or (64 if tiny_random else 512)
-    editor = Editor(pipe, reference=reference, tiny_random=tiny_random, prior_steps=prior_steps,
-                    stats_path=stats_path, max_batch=max_batch)
-    info = pipe.describe()
+    steps0 = default_steps or (2 if editor.tiny_random else editor.spec.steps)
+    size0 = default_size or (64 if editor.tiny_random else (editor.spec.size or editor.pipe.default_size))
+    info = editor.pipe.describe(editor.default_statistics)
     # Render events wait together at the batching queue: let up to two batches' worth in at once.
-    render_limit = int(concurrency) if int(max_batch) <= 1 else max(int(concurrency), 2 * int(max_batch))
+    max_batch = editor.queue.max_cells
+    render_limit = int(concurrency) if max_batch <= 1 else max(int(concurrency), 2 * max_batch)
     render = dict(concurrency_limit=render_limit, concurrency_id="vslerp-render")
-
-    # API endpoints: the target is whichever of image / prompt is given.
-    def edit_fn(source, target_image, target_prompt, theta, alpha, seed, steps=steps0, guidance=4.0,
-                size=size0, mean_source="startup", stats_file=None,
-                progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - gradio API
-        return run_event(editor.edit, source, target_image, target_prompt, theta, alpha, seed, steps, guidance,
-                         size, mean_source, stats_file)[0]
-
-    def sweep_fn(source, target_image, target_prompt, thetas_text, alphas_text, seed, steps=steps0,
-                 guidance=4.0, size=size0, mean_source="startup", stats_file=None,
-                 progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - gradio API
-        return run_event(editor.sweep, source, target_image, target_prompt, thetas_text, alphas_text, seed, steps,
-                         guidance, size, mean_source, stats_file)[0]
 
     # The page's events: the visible Target choice decides.
     def ui_edit(source, target_image, target_prompt, theta, alpha, seed, steps, guidance, size, mean_source,
@@ -132,10 +81,7 @@ def build_editor(pipe, *, tiny_random: bool = False, concurrency: int = 1,
                          guidance, size, mean_source, stats_file, target_kind=target_kind)
 
     def details_fn(result, gallery):
-        try:
-            return editor.details(result, gallery)
-        except Exception as err:  # never a bare "Error" badge
-            raise _unexpected(err) from None
+        return call(editor.details, result, gallery)
 
     def show_target(kind):
         return gr.update(visible=kind == "prompt"), gr.update(visible=kind == "image")
@@ -146,19 +92,19 @@ def build_editor(pipe, *, tiny_random: bool = False, concurrency: int = 1,
     with gr.Blocks(title="vslerp editor") as demo:
         gr.Markdown("# vslerp editor\nVertical SLERP in raw CLIP space (Levi & Gilboa, Eq. 12): "
                     "θ moves from the source towards the target, α pulls the path towards the image mean.")
-        if tiny_random:
+        if editor.tiny_random:
             gr.Markdown("⚠️ **Tiny random model — noise-only smoke test.** The images are noise; "
                         "this checks the editor works without model weights.", elem_id="vslerp-banner")
         with gr.Row():
             with gr.Column(scale=1):
-                source = checked_image(label="Source image", height=220,
-                                       sources=["upload", "clipboard", "webcam"], elem_id="vslerp-source")
+                source = gr.Image(label="Source image", height=220, type="filepath",
+                                  sources=["upload", "clipboard", "webcam"], elem_id="vslerp-source")
                 target_kind = gr.Radio(["prompt", "image"], value="prompt", label="Target",
                                        info="what θ moves towards", elem_id="vslerp-target-kind")
                 target_prompt = gr.Textbox(label="Target prompt", placeholder="a photo of a cat",
                                            elem_id="vslerp-prompt")
-                target_image = checked_image(label="Target image", height=180, visible=False,
-                                             sources=["upload", "clipboard", "webcam"], elem_id="vslerp-target")
+                target_image = gr.Image(label="Target image", height=180, visible=False, type="filepath",
+                                        sources=["upload", "clipboard", "webcam"], elem_id="vslerp-target")
             with gr.Column(scale=1):
                 theta = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="θ (towards the target)",
                                   elem_id="vslerp-theta")
@@ -216,42 +162,32 @@ def build_editor(pipe, *, tiny_random: bool = False, concurrency: int = 1,
         result_state = gr.State(None)
         gr.Markdown(f"<small>model: {info.get('decoder')} · prior: {info.get('prior')} · "
                     f"dim {info.get('dim')} · {info.get('dtype')} on {info.get('device')}</small>")
-        api_edit = gr.Button("edit (API)", visible=False)
-        api_sweep = gr.Button("sweep (API)", visible=False)
-        with gr.Column(visible=False):  # the API's numbers, unbounded: the callbacks name a bad value
-            api_theta, api_alpha, api_seed = gr.Number(0.5), gr.Number(0.0), gr.Number(0)
-            api_steps, api_guidance, api_size = gr.Number(steps0), gr.Number(4.0), gr.Number(size0)
 
         common = [seed, steps, guidance, size, mean_source, stats_file]
         edit_inputs = [source, target_image, target_prompt, theta, alpha, *common]
         sweep_inputs = [source, target_image, target_prompt, thetas_text, alphas_text, *common]
         target_kind.change(show_target, target_kind, [target_prompt, target_image], api_name=False)
         edit_events = [run.click(ui_edit, [*edit_inputs, target_kind], [result, result_state], api_name=False,
-                                 **render)]
+                                 preprocess=False, **render)]
         for slider in (theta, alpha):
             edit_events.append(slider.release(ui_edit, [*edit_inputs, target_kind], [result, result_state],
-                                              api_name=False, trigger_mode="always_last", **render))
+                                              api_name=False, trigger_mode="always_last", preprocess=False,
+                                              **render))
         for event in edit_events:
             event.success(details_fn, [result_state, gallery_state],
                           [readout, plot, gallery, gallery_state, downloads], api_name=False)
             event.success(editor.stale_sweep, sweep_readout, [sweep_readout, sweep_img], api_name=False)
             event.success(None, None, None, js=CLEAR_ERRORS_JS, api_name=False)
         swept = sweep_btn.click(ui_sweep, [*sweep_inputs, target_kind], [sweep_img, result_state], api_name=False,
-                                **render)
+                                preprocess=False, **render)
         swept.success(details_fn, [result_state, gallery_state],
                       [sweep_readout, sweep_table, sweep_plot, gallery, gallery_state, sweep_downloads, sweep_img],
                       api_name=False)
         swept.success(None, None, None, js=CLEAR_ERRORS_JS, api_name=False)
         dice.click(editor.roll_seed, None, seed, api_name=False)
-        api_common = [api_seed, api_steps, api_guidance, api_size, mean_source, stats_file]
-        api_edit.click(edit_fn, [source, target_image, target_prompt, api_theta, api_alpha, *api_common], result,
-                       api_name="edit", **render)
-        api_sweep.click(sweep_fn, [source, target_image, target_prompt, thetas_text, alphas_text, *api_common],
-                        sweep_img, api_name="sweep", **render)
+        add_api(editor, steps=steps0, size=size0, **render)
 
     demo.queue(default_concurrency_limit=int(concurrency))
-    demo.vslerp_editor = editor
-    demo.vslerp_css = _CSS
     return demo
 
 

@@ -1,0 +1,224 @@
+"""The CLI's cheap checks, each a one-line :class:`~vslerp.ui.cli.CLIError`, before any model loads.
+
+Inputs (SOURCE/TARGET, value lists, θ, --device, --stats, sizes and cell counts) and outputs
+(writable, not an input, not another run's, stale leftovers of a killed run). Used by grid,
+animate, batch and the stats commands; the model folders are checked by :mod:`vslerp.ui.models`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+
+from vslerp.ui.cli import CLIError
+
+__all__ = ["check_cells", "check_device", "check_limits", "check_main_output", "check_place",
+           "check_stale_sidecar", "check_thetas", "image_ref", "load_stats", "own", "refuse_inputs",
+           "short", "values"]
+
+
+# -- inputs ---------------------------------------------------------------------------------
+def image_ref(name: str, text: str, allow_prompt: bool, base: Path | None = None) -> dict:
+    """SOURCE/TARGET → {"kind": "image", "path", "sha256"} or {"kind": "prompt", "prompt"}
+    (``vslerp.pipelines.inputs.image_path_or_prompt`` decides which; ``base``: relative paths')."""
+    from PIL import Image
+
+    from vslerp.pipelines.inputs import check_prompt, image_path_or_prompt
+    from vslerp.ui.outputs import file_sha256
+
+    if text is None or not str(text).strip():
+        raise CLIError(f"{name} is missing or empty")
+    found = image_path_or_prompt(str(text), base=base)
+    path = found.path
+    if found.kind == "image":
+        try:
+            with Image.open(path) as im:
+                im.verify()
+        except Exception as err:  # PIL raises many kinds on broken files
+            raise CLIError(f"{name} image {path} cannot be read ({err})") from None
+        return {"kind": "image", "path": str(path.resolve()), "sha256": file_sha256(path)}
+    if found.kind == "directory":
+        raise CLIError(f"{name} {path} is a directory, not an image file")
+    if found.kind == "missing" or not allow_prompt:
+        shown = path if path is not None else short(str(text))
+        raise CLIError(f"{name} image not found: {shown}")
+    try:
+        check_prompt(name, str(text))
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    return {"kind": "prompt", "prompt": str(text)}
+
+
+def short(text: str, limit: int = 60) -> str:
+    """``text`` for a one-line message: repr'd (newlines, NULs visible), at most ``limit``."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[:limit - 1]}…"
+
+
+def values(given, name: str, default) -> tuple[float, ...]:
+    """θ or α values: an option's text (``0,0.5,1`` / ``start:stop:count``), a JSON list (a job,
+    a sidecar) or, when None, ``default``; finite, of sane magnitude."""
+    from vslerp.ui.outputs import parse_values
+
+    if given is None:
+        given = list(default)
+    if isinstance(given, (list, tuple)):
+        if not given:
+            raise CLIError(f"{name}: empty list of values")
+        bad = [v for v in given if isinstance(v, bool) or not isinstance(v, (int, float))
+               or not math.isfinite(v)]
+        if bad:
+            raise CLIError(f"{name} must be finite numbers, got {json.dumps(bad[0])}")
+        from vslerp._checks import check_magnitude
+
+        try:
+            check_magnitude(name.rstrip("s"), given)
+        except ValueError as err:
+            raise CLIError(f"{name}: {err}") from None
+        return tuple(float(v) for v in given)
+    if isinstance(given, bool):
+        raise CLIError(f"{name} must be numbers, got {json.dumps(given)}")
+    try:
+        return tuple(parse_values(str(given), name))
+    except ValueError as err:
+        raise CLIError(f"--{err}" if not str(err).startswith("--") else str(err)) from None
+
+
+def check_thetas(thetas, allow_extrapolation: bool, where: str = "--thetas") -> None:
+    """:func:`vslerp.ui.render.check_thetas` as one CLI line naming ``where``."""
+    from vslerp.ui.render import check_thetas as check
+
+    try:
+        check(thetas, allow_extrapolation, hint=" (pass --allow-extrapolation to extrapolate)")
+    except ValueError as err:
+        raise CLIError(f"{where}: {err}") from None
+
+
+def check_device(device) -> None:
+    """A bad ``--device`` (``banana``; ``cuda`` without CUDA) is one line: ``vslerp.stats.parse_device``."""
+    if device is None:
+        return
+    from vslerp.stats.encode import parse_device
+
+    try:
+        parse_device(device)
+    except (ValueError, TypeError) as err:
+        raise CLIError(f"--{err}") from None
+
+
+def check_limits(spec, max_size: int | None, max_cells: int | None, cells: int, where: str = "") -> None:
+    """``spec.size`` by the model's rule and the caps of :mod:`vslerp.pipelines.limits` (lifted by
+    ``--max-size``/``--max-cells``), read from the model folder before it loads."""
+    from vslerp.pipelines import limits
+
+    factor, fixed = limits.size_rule(spec.model)
+    try:
+        if spec.size is not None:
+            limits.check_size("size", spec.size, factor=factor, fixed=fixed,
+                              max_size=max_size or limits.MAX_SIZE, lift="--max-size ")
+        limits.check_cells(cells, max_cells=max_cells or limits.MAX_CELLS, lift="--max-cells ",
+                           what="cells (θ × α)")
+    except ValueError as err:
+        raise CLIError(f"{where}{err}" if where else f"--{err}" if str(err).startswith("size")
+                       else str(err)) from None
+
+
+def load_stats(path: Path | None, origin: str = ""):
+    """The ``--stats`` file, loaded (None: none given); ``origin`` says where it was named."""
+    if path is None:
+        return None
+    import vslerp.stats
+
+    path = Path(path)
+    if path.is_dir():
+        raise CLIError(f"--stats {path} is a directory, not a statistics file{origin}")
+    if not path.is_file():
+        raise CLIError(f"--stats file not found: {path}{origin}")
+    try:
+        return vslerp.stats.load(path)
+    except (OSError, ValueError) as err:
+        raise CLIError(f"--stats {path} cannot be read ({err})") from None
+
+
+# -- outputs --------------------------------------------------------------------------------
+def check_place(path: Path, what: str, folder: bool = False) -> None:
+    """``vslerp.stats.check_writable`` (probed before any model loads), as one CLI line."""
+    from vslerp.stats import check_writable
+
+    try:
+        check_writable(Path(path).expanduser(), folder=folder)
+    except ValueError as err:
+        raise CLIError(f"{what}: {err}") from None
+
+
+def check_main_output(path: Path, overwrite: bool, what: str = "--out") -> None:
+    """The commit point of a render: refused if it exists (unless ``overwrite``)."""
+    check_place(path, what)
+    if path.exists() and not overwrite:
+        raise CLIError(f"output {path} exists (pass --overwrite to replace it)")
+
+
+def refuse_inputs(outputs: dict, inputs: dict) -> None:
+    """An output never replaces a file the run reads (``vslerp.stats.refuse_overwriting_inputs``)."""
+    from vslerp.stats import refuse_overwriting_inputs
+
+    try:
+        refuse_overwriting_inputs(outputs, inputs)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+
+
+def own(*files, folders=()):
+    """Hold ``vslerp.stats.output_lock`` on the outputs for the whole run (a second run on them
+    fails at once, naming the output) and remove what a killed run left of the files after
+    the first (its sidecar): the lock's own cleanup covers the first file and the folders.
+    One lock per output: the first file stands for the files written beside it."""
+    from vslerp.stats import output_lock
+    from vslerp.stats.outputs import remove_stale_temporaries
+
+    @contextlib.contextmanager
+    def owned():
+        with output_lock(*files[:1], folders=tuple(f for f in folders if f is not None)):
+            for other in files[1:]:
+                remove_stale_temporaries(other)
+            yield
+
+    return owned()
+
+
+def check_stale_sidecar(path: Path) -> None:
+    """A sidecar whose main output does not exist is left by an interrupted render: it is
+    replaced. Refused only if it is not a JSON object (not a sidecar at all)."""
+    if path.is_dir():
+        raise CLIError(f"sidecar {path} is a folder")
+    if not path.exists():
+        return
+    try:
+        ok = isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        raise CLIError(f"{path} exists and is not a vslerp sidecar (pass --overwrite to replace it)")
+
+
+def check_cells(cells: list[Path], out: Path) -> None:
+    """Existing cells are replaced when they are stale: written by an interrupted render
+    whose grid PNG does not exist. Cells of another grid that exists are refused."""
+    from vslerp.ui.outputs import read_png_metadata
+
+    for path in cells:
+        if path.is_dir():
+            raise CLIError(f"cell {path} is a folder")
+        if not path.exists():
+            continue
+        try:
+            owner = read_png_metadata(path).get("grid")
+        except (OSError, ValueError, AttributeError):
+            owner = None
+        if not owner:
+            raise CLIError(f"cell {path} exists (pass --overwrite to replace it)")
+        if Path(owner) != out.resolve() and Path(owner).exists():
+            raise CLIError(f"cell {path} belongs to the grid {owner} (pass --overwrite to "
+                           "replace it, or use another --cells-dir)")

@@ -1,0 +1,54 @@
+"""The editor's API endpoints, ``gr.api`` functions: ``/edit`` and ``/sweep`` (``gradio_client``).
+
+Inputs arrive as JSON values and Gradio file payloads (``handle_file``: uploaded first, checked
+to be in Gradio's upload folder), unbounded by any slider: the editor checks and names each
+value. Give a target image or a target prompt, not both. Each returns the image as a PNG that
+carries the editor's sidecar metadata (``vslerp grid --from`` renders it again).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from vslerp.ui.editor.boundary import call, run_event
+
+__all__ = ["add_api"]
+
+
+def _png(editor, image, result) -> dict:
+    """``image`` saved with ``result``'s metadata, as a Gradio file payload (copied to its cache)."""
+    from gradio import FileData
+
+    from vslerp.ui.outputs import save_png
+
+    folder = Path(tempfile.mkdtemp(prefix="api-", dir=editor.out_dir))
+    png = save_png(image, folder / f"vslerp-{result['kind']}.png", result["metadata"], sidecar=False)
+    return FileData(path=str(png), orig_name=png.name).model_dump()
+
+
+def add_api(editor, *, steps: int, size: int, **queue) -> None:
+    """Add ``/edit`` and ``/sweep`` to the ``gr.Blocks`` being built (``queue``: concurrency)."""
+    import gradio as gr
+
+    def edit(source: dict | None, target_image: dict | None, target_prompt: str | None, theta: float,
+             alpha: float, seed: int, steps: int = steps, guidance: float = 4.0, size: int = size,
+             mean_source: str = "startup", stats_file: dict | None = None) -> dict:
+        """One cell: vSLERP(source, target, θ, α) (paper Eq. 12) → the image (PNG with metadata).
+
+        The target is the target image or the target prompt (not both). mean_source: startup,
+        prior clip_mean or statistics file (then stats_file, a .safetensors statistics file)."""
+        image, result = run_event(editor.edit, source, target_image, target_prompt, theta, alpha, seed,
+                                  steps, guidance, size, mean_source, stats_file)
+        return call(_png, editor, image, result)
+
+    def sweep(source: dict | None, target_image: dict | None, target_prompt: str | None, thetas_text: str,
+              alphas_text: str, seed: int, steps: int = steps, guidance: float = 4.0, size: int = size,
+              mean_source: str = "startup", stats_file: dict | None = None) -> dict:
+        """A θ × α grid (θ, α lists as text: "0,0.5,1" or "start:stop:count") → the labelled grid."""
+        grid, result = run_event(editor.sweep, source, target_image, target_prompt, thetas_text, alphas_text,
+                                 seed, steps, guidance, size, mean_source, stats_file)
+        return call(_png, editor, grid, result)
+
+    gr.api(edit, api_name="edit", **queue)
+    gr.api(sweep, api_name="sweep", **queue)

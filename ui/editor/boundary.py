@@ -1,0 +1,72 @@
+"""The Gradio boundary: where the editor's errors become ``gr.Error`` and notes ``gr.Warning``.
+
+Every page and API event calls the editor through :func:`run_event` (or :func:`call`): an
+:class:`~vslerp.ui.editor.messages.EditorError` reaches the page as it is, with no traceback
+on the server; any other exception is a server error, logged with its traceback and shown as a
+short message. :func:`client_gone_probe` lets a render stop once its page is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from vslerp.ui.editor.messages import EditorError
+
+__all__ = ["call", "client_gone_probe", "run_event", "warn"]
+
+log = logging.getLogger("vslerp.ui.editor")
+
+
+def call(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with its errors as ``gr.Error`` (the one place they are made)."""
+    import gradio as gr
+
+    try:
+        return fn(*args, **kwargs)
+    except EditorError as err:  # a user's mistake: a red toast, no server traceback
+        raise gr.Error(str(err), print_exception=False) from None
+    except gr.Error:
+        raise
+    except Exception as err:  # not a user's mistake: say so on the page, log the traceback
+        log.error("vslerp editor: unexpected error", exc_info=err)
+        raise gr.Error(f"Unexpected error ({type(err).__name__}: {' '.join(str(err).split())[:300]}); "
+                       "the server log has the details.", print_exception=False) from None
+
+
+def run_event(method, *args, target_kind: str = "auto", **kwargs):
+    """Call an editor render callback (``Editor.edit`` / ``sweep``) for a page or API event,
+    stopping between denoising steps once the page that asked for it is gone."""
+    return call(method, *args, target_kind=target_kind, should_stop=client_gone_probe(), **kwargs)
+
+
+def warn(message: str) -> None:
+    """A yellow toast on the page (a Python warning outside an event)."""
+    import gradio as gr
+
+    gr.Warning(message)
+
+
+def client_gone_probe():
+    """A callable telling whether the page (session) that started this event has disconnected.
+
+    Gradio keeps running a synchronous function after its page is closed; it only marks the
+    queue's event as not ``alive``, and has no public API to ask. This looks that event up in
+    gradio's internals (``LocalContext``, ``blocks._queue.active_jobs``), here only; None when
+    not inside a queued event or when those internals are not there (another gradio: no early
+    stop, nothing else changes). Tested by tests/test_editor_browser.py (closing a page stops
+    its render) and tests/test_editor.py (outside an event: None).
+    """
+    try:
+        from gradio.context import LocalContext
+
+        blocks = LocalContext.blocks.get(None)
+        event_id = LocalContext.event_id.get(None)
+        if blocks is None or event_id is None:
+            return None
+        for job in list(blocks._queue.active_jobs):
+            for event in job or []:
+                if getattr(event, "_id", None) == event_id and hasattr(event, "alive"):
+                    return lambda: not event.alive
+    except Exception:  # another gradio's internals
+        return None
+    return None

@@ -1,0 +1,330 @@
+"""The editor's callbacks: vSLERP(source, target, θ, α) (paper Eq. 12) from cached embeddings.
+
+:class:`Editor` checks an event's values, encodes through the cache (:mod:`.cache`), and renders
+through the render layer (:func:`vslerp.ui.render.render_many`, concurrent requests batched by
+:mod:`.batching`), each request with its own image mean (per-call statistics: the shared pipeline
+is never changed). What a result shows (read-out, histogram, downloads) is :mod:`.results`'.
+Mistakes raise :class:`~.messages.EditorError`; no Gradio here but the result views'.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from vslerp.ui.editor.batching import RenderQueue
+from vslerp.ui.editor.cache import EditorState
+from vslerp.ui.editor.messages import (
+    EditorError,
+    RenderCancelled,
+    display_name,
+    mentioning,
+    sentence,
+)
+from vslerp.ui.editor.results import ResultViews
+from vslerp.ui.editor.uploads import as_upload
+
+__all__ = ["MAX_BATCH_CELLS", "MAX_CELLS", "MAX_SIZE", "MAX_STEPS", "MEAN_WORDS", "Editor"]
+
+MAX_CELLS = 64  # cells of one sweep
+MAX_BATCH_CELLS = 16  # cells of concurrent requests rendered in one batched call
+MAX_STEPS = 200  # denoising steps of one render
+MAX_SIZE = 2048  # px, the editor's largest render
+_STATS_CACHE_SIZE = 4  # uploaded statistics files kept loaded (each holds a D×D sum)
+_REFERENCE_CACHE_SIZE = 8  # reference conformity arrays kept (one per statistics fingerprint)
+
+# What the statistics' "source" is, in words (the technical names stay in the metadata).
+MEAN_WORDS = {"prior_clip_mean": "the prior's training mean", "dataset": "dataset statistics",
+              "tensor": "a given mean vector"}
+
+
+class Editor(ResultViews):
+    """The editor's callbacks (pure functions of their inputs plus the shared cache).
+
+    pipe: a loaded ``VSlerpPipeline``. spec: the :class:`~vslerp.ui.render.RenderSpec` the editor
+    starts from (models, statistics file, dtype, prior steps, batch size; default: the pipeline's
+    own). statistics: the startup image mean (a Statistics, e.g. ``spec.stats`` loaded; default:
+    the pipeline's), passed to each render: the pipeline is never changed. reference: optional (N, D) raw image embeddings whose conformity is the histogram's
+    reference, scored with each edit's own statistics. tiny_random: label results as the
+    noise-only smoke test. prior_steps, stats_path: override the spec's. ``steps_run`` /
+    ``cancelled`` count denoising steps and cancelled renders; max_batch: cells of concurrent
+    requests rendered in one call (1: one request at a time; ``queue.batches`` counts batches).
+    """
+
+    def __init__(self, pipe, *, spec=None, statistics=None, reference: torch.Tensor | None = None,
+                 tiny_random: bool = False,
+                 prior_steps: int | None = None, out_dir: str | Path | None = None,
+                 stats_path: str | Path | None = None, max_batch: int = MAX_BATCH_CELLS) -> None:
+        from vslerp.ui.render import RenderSpec
+
+        spec = spec or RenderSpec()
+        prior_steps = prior_steps or (2 if tiny_random else spec.prior_steps)  # tiny: a smoke test
+        if stats_path is not None:
+            spec = replace(spec, stats=str(Path(stats_path).resolve()))
+        self.spec = replace(spec, prior_steps=int(prior_steps))
+        self.pipe = pipe
+        self.state = EditorState(pipe, prior_steps=self.spec.prior_steps)
+        self.tiny_random = tiny_random
+        self.default_statistics = pipe.statistics if statistics is None else pipe.check_statistics(statistics)
+        self._stats_cache: OrderedDict[str, object] = OrderedDict()
+        self._reference_cache: OrderedDict[tuple, object] = OrderedDict()
+        self._lock = threading.Lock()  # guards the caches above and the counters
+        self.steps_run = 0  # denoising steps run (all renders)
+        self.cancelled = 0  # renders stopped because their page was closed
+        self.reference = None if reference is None else torch.as_tensor(reference).float()  # (N, D) raw
+        self.reference_conformity = None  # (N,) under the startup statistics
+        if self.reference is not None:
+            self.reference_conformity = self._reference_conformity(self.default_statistics)
+        self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="vslerp-editor-"))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.queue = RenderQueue(self._render_batch, max_cells=max_batch)
+
+    # -- inputs ---------------------------------------------------------------------------
+    def upload(self, payload, name: str):
+        """An event's file value as an :class:`~.uploads.Upload` (data URLs land in ``out_dir``)."""
+        return as_upload(payload, self.out_dir / "uploads", name)
+
+    def _statistics(self, mean_source: str | None, stats_file) -> tuple[object, str, str | None]:
+        """(Statistics, label, path for the metadata) of the chosen mean source, checked against
+        the model (``pipe.check_statistics``: nothing on the pipeline changes)."""
+        from vslerp.stats import Statistics, load
+
+        if mean_source == "prior clip_mean":
+            stats = Statistics.from_prior(self.pipe.prior, model_id=self.pipe.model_ids.get("prior"))
+            label, path = MEAN_WORDS["prior_clip_mean"], None
+        elif mean_source == "statistics file":
+            stats_file = self.upload(stats_file, "statistics file")
+            if not stats_file:
+                raise EditorError("Mean source 'statistics file': upload a .safetensors statistics file "
+                                  "(Advanced → Statistics file).")
+            path, name = str(stats_file), display_name(stats_file)
+            with self._lock:
+                stats = self._stats_cache.get(path)
+            if stats is None:
+                try:
+                    stats = load(path)
+                except (OSError, ValueError) as err:
+                    raise EditorError(f"Cannot read the statistics file: {mentioning(err, path, name)}") from None
+                with self._lock:
+                    self._stats_cache[path] = stats
+                    while len(self._stats_cache) > _STATS_CACHE_SIZE:
+                        self._stats_cache.popitem(last=False)
+            label, path = f"{MEAN_WORDS['dataset']} from {name}", name
+        else:
+            return self.default_statistics, self.startup_mean_label(), self.spec.stats
+        try:
+            return self.pipe.check_statistics(stats), label, path
+        except (ValueError, TypeError) as err:
+            raise EditorError(f"The image mean ({label}) does not fit this model: {sentence(err)}") from None
+
+    def startup_mean_label(self) -> str:
+        """The startup image mean in words: "the prior's training mean", "dataset statistics from F"."""
+        source = self.default_statistics.metadata.get("source")
+        label = MEAN_WORDS.get(source, str(source))
+        if self.spec.stats:
+            label = f"{label} from {Path(self.spec.stats).name}"
+        return label
+
+    def _target(self, kind: str, target_image, prompt: str | None, seed: int) -> tuple[torch.Tensor, dict]:
+        """(raw (D,), input) of the target.
+
+        kind "prompt" / "image" (the page's Target choice) uses that input only; "auto" (the API)
+        takes whichever of the two is given and refuses both.
+        """
+        prompt = (prompt or "").strip()
+        if kind not in ("auto", "prompt", "image"):
+            raise EditorError(f"Target must be 'prompt' or 'image', got {kind!r}.")
+        if kind == "auto":
+            if target_image is not None and prompt:
+                raise EditorError("Give a target image or a target prompt, not both.")
+            kind = "image" if target_image is not None else "prompt"
+        if kind == "image":
+            if target_image is None:
+                raise EditorError("Target is 'image': upload a target image (or choose Target: prompt).")
+            return self.state.upload_embedding(target_image, "target")
+        if not prompt:
+            raise EditorError("No target: type a target prompt (or choose Target: image and upload one).")
+        return self.state.prompt_embedding(prompt, seed), {"kind": "prompt", "prompt": prompt}
+
+    @staticmethod
+    def _seed(seed) -> int:
+        from vslerp.ui.render import check_seed
+
+        if isinstance(seed, str) and seed.strip().isdigit():  # an API caller's "42"
+            seed = int(seed)
+        try:
+            return check_seed(seed, "the seed")
+        except (TypeError, ValueError) as err:
+            raise EditorError(sentence(err)) from None
+
+    @staticmethod
+    def _settings(steps, guidance, size) -> tuple[int, float, int]:
+        """Steps, guidance and size checked as the page's sliders bound them (API callers too)."""
+        from vslerp._checks import check_magnitude
+
+        def whole(name, value, low, high):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise EditorError(f"{name} must be a number, got {value!r}.") from None
+            if not low <= number <= high or number != int(number):  # NaN fails the first test
+                raise EditorError(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
+            return int(number)
+
+        steps = whole("Steps", steps, 1, MAX_STEPS)
+        size = whole("Size", size, 64, MAX_SIZE)
+        if size % 64:
+            raise EditorError(f"Size must be a multiple of 64 px (as the Size slider), got {size}.")
+        try:
+            guidance = float(guidance)
+            check_magnitude("guidance", guidance)
+        except (TypeError, ValueError) as err:
+            raise EditorError(f"Guidance must be a number of at most 1e6, got {guidance!r} ({err}).") from None
+        return steps, guidance, size
+
+    @staticmethod
+    def _axis(name: str, symbol: str, values, lies_in_0_1: bool) -> tuple[float, ...]:
+        from vslerp._checks import check_magnitude
+        from vslerp.ui.render import check_thetas
+
+        out = []
+        for value in values:
+            try:
+                value = float(value)
+                check_magnitude(symbol, value)
+            except TypeError:
+                raise EditorError(f"{name} must be a number, got {value!r}.") from None
+            except ValueError as err:  # "alpha 1e+308 is too large: |alpha| <= 1e+06"
+                raise EditorError(sentence(err)) from None
+            out.append(value)
+        if lies_in_0_1:
+            try:
+                check_thetas(out, hint=". (`vslerp grid --allow-extrapolation` renders θ outside 0..1.)")
+            except ValueError as err:
+                raise EditorError(sentence(err)) from None
+        return tuple(out)
+
+    # -- rendering ------------------------------------------------------------------------
+    def render(self, source, target_image, prompt, thetas, alphas, seed, steps, guidance, size,
+               mean_source=None, stats_file=None, *, target_kind: str = "auto", should_stop=None) -> dict:
+        """Run the render layer on cached embeddings; returns a result dict (images, metadata, ...).
+
+        Requests arriving while the pipeline is busy are rendered in one batched call with the
+        other waiting requests of the same steps, size and guidance (``self.queue``); each keeps
+        its own seed, θ, α and image mean: the pixels are those of the request rendered alone.
+        should_stop: optional callable polled after each denoising step; True stops the render
+        (the page that asked for it was closed): an :class:`EditorError` saying so.
+        """
+        from vslerp.ui.sidecar import sidecar
+
+        seed = self._seed(seed)
+        steps, guidance, size = self._settings(steps, guidance, size)
+        thetas = self._axis("θ", "theta", thetas, True)
+        alphas = self._axis("α", "alpha", alphas, False)
+        source_raw, source_ref = self.state.upload_embedding(self.upload(source, "source"), "source")  # (D,)
+        target_raw, target_ref = self._target(target_kind, self.upload(target_image, "target image"),
+                                              prompt, seed)  # (D,)
+        stats, mean_label, stats_path = self._statistics(mean_source, stats_file)
+        spec = replace(self.spec, source=source_ref, target=target_ref, thetas=thetas, alphas=alphas,
+                       seed=seed, steps=steps, guidance=guidance, size=size, stats=stats_path,
+                       labels=len(thetas) * len(alphas) > 1)
+        job = {"spec": spec, "source": source_raw, "target": target_raw, "statistics": stats,
+               "should_stop": should_stop}
+        try:
+            done = self.queue.submit((steps, size, guidance), spec.cells, job)
+        except RenderCancelled:
+            with self._lock:
+                self.cancelled += 1
+            raise EditorError("Render stopped: the page that asked for it was closed.") from None
+        except (ValueError, TypeError) as err:  # a value the checks above let through
+            raise EditorError(sentence(err)) from None
+        out = done["out"]
+        metadata = sidecar(spec, self.pipe, out, "ui", statistics=stats, tiny_random=self.tiny_random)
+        describe = metadata["pipeline"]
+        return {"images": list(out.images), "thetas": list(out.thetas), "alphas": list(out.alphas),
+                "conformity": out.conformity.float(), "source_conformity": float(done["ends"][0]),
+                "target_conformity": float(done["ends"][1]), "metadata": metadata,
+                "method": describe.get("conformity"), "mean_source": describe.get("mean_source"),
+                "mean_label": mean_label, "reference_conformity": done["reference"]}
+
+    def _reference_conformity(self, stats):
+        """Conformity (N,) of the reference under ``stats`` (cached per fingerprint and method)."""
+        key = (stats.fingerprint, self.pipe.conformity_method(stats))
+        with self._lock:
+            if key in self._reference_cache:
+                self._reference_cache.move_to_end(key)
+                return self._reference_cache[key]
+        values = self.pipe.estimated_conformity(self.reference, statistics=stats).numpy()  # (N,)
+        with self._lock:
+            self._reference_cache[key] = values
+            while len(self._reference_cache) > _REFERENCE_CACHE_SIZE:
+                self._reference_cache.popitem(last=False)
+        return values
+
+    def _step_callback(self, should_stop: list):
+        """Counts steps; stops the batch (RenderCancelled) once every page that asked for it is gone."""
+        def on_step_end(pipe, step, timestep, tensors):
+            with self._lock:
+                self.steps_run += 1
+            if should_stop and all(probe is not None and probe() for probe in should_stop):
+                raise RenderCancelled
+            return {}
+
+        return on_step_end
+
+    def _render_batch(self, jobs: list[dict]) -> list[dict]:
+        """Render jobs sharing steps, size and guidance in one call (the RenderQueue's batch)."""
+        from vslerp.ui.render import render_many
+
+        with self.state.model_lock:
+            outs = render_many(self.pipe, [(job["spec"], job["source"], job["target"], job["statistics"])
+                                           for job in jobs],
+                               callback=self._step_callback([job["should_stop"] for job in jobs]))
+            return [{"out": out,
+                     "ends": self.pipe.estimated_conformity(torch.stack([job["source"], job["target"]]),
+                                                            statistics=job["statistics"]),  # (2,)
+                     "reference": None if self.reference is None else self._reference_conformity(job["statistics"])}
+                    for job, out in zip(jobs, outs, strict=True)]
+
+    # -- event callbacks ------------------------------------------------------------------
+    def edit(self, source, target_image, target_prompt, theta, alpha, seed, steps=2, guidance=4.0,
+             size=64, mean_source=None, stats_file=None, *, target_kind: str = "auto", should_stop=None):
+        """One cell θ, α → (image, result dict). The `/edit` API endpoint."""
+        result = self.render(source, target_image, target_prompt, [theta], [alpha], seed, steps, guidance,
+                             size, mean_source, stats_file, target_kind=target_kind, should_stop=should_stop)
+        result["kind"] = "result"
+        return result["images"][0], result
+
+    def sweep(self, source, target_image, target_prompt, thetas_text, alphas_text, seed, steps=2,
+              guidance=4.0, size=64, mean_source=None, stats_file=None, *, target_kind: str = "auto",
+              should_stop=None):
+        """A θ × α grid in one batched pipeline call → (labelled grid image, result dict).
+
+        θ must lie in 0..1 (the source .. the target); α may leave the paper's useful range
+        −2..2 (research use), which the read-out then notes.
+        """
+        from vslerp.ui.outputs import make_grid, parse_values
+
+        try:
+            thetas = parse_values(str(thetas_text), "θ values")
+            alphas = parse_values(str(alphas_text), "α values")
+        except ValueError as err:
+            raise EditorError(str(err)) from None
+        if len(thetas) * len(alphas) > MAX_CELLS:
+            raise EditorError(f"A sweep has at most {MAX_CELLS} cells, got {len(thetas)}×{len(alphas)}.")
+        result = self.render(source, target_image, target_prompt, thetas, alphas, seed, steps, guidance,
+                             size, mean_source, stats_file, target_kind=target_kind, should_stop=should_stop)
+        result["kind"] = "sweep"
+        grid = make_grid(result["images"], result["thetas"], result["alphas"])
+        result["grid"] = grid
+        return grid, result
+
+    @staticmethod
+    def roll_seed() -> int:
+        return random.randint(0, 2**31 - 1)

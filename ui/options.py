@@ -1,0 +1,187 @@
+"""The CLI's shared argparse pieces: value types, the model and rendering option groups.
+
+Torch-free (``vslerp --help`` imports this): the defaults come from :class:`RenderSpec`
+(:mod:`vslerp.ui.render`) and :mod:`vslerp.defaults`; the limits are read when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+
+from vslerp.defaults import DEFAULT_DECODER, DEFAULT_PRIOR
+
+__all__ = ["DTYPES", "DTYPE_HELP", "add_model_options", "add_render_options", "allow_negative_values",
+           "dtype_arg", "finite_float", "int_at_least", "port_arg", "positive_float", "positive_int",
+           "seed_arg", "value_list"]
+
+# --dtype of every command: the canonical torch name for each accepted spelling
+DTYPES = {"float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float32": "float32", "fp32": "float32"}
+DTYPE_HELP = "float16, bfloat16 or float32; fp16, bf16, fp32 also accepted"
+
+# Value lists and ranges that start with a minus ("-2:2:5", "-1,0,1") are values, not options.
+_NEGATIVE_VALUES = re.compile(r"^-\.?\d[\d.,:eE+-]*$")
+
+
+def allow_negative_values(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Let ``parser`` take ``--alphas -2:2:5`` (a value starting with a minus) without ``=``.
+
+    argparse has no public way to say which dash-strings are values: it reads them with the
+    parser's private ``_negative_number_matcher`` (default: plain numbers like ``-2`` only).
+    This replaces it, here only (tests/test_cli_grid.py::test_negative_value_lists_need_no_equals).
+    """
+    parser._negative_number_matcher = _NEGATIVE_VALUES
+    return parser
+
+
+def int_at_least(low: int):
+    """argparse type: an integer ≥ ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be ≥ {low}, got {value}")
+        return value
+
+    parse.__name__ = f"int ≥ {low}"
+    return parse
+
+
+positive_int = int_at_least(1)
+
+
+def seed_arg(text: str) -> int:
+    """argparse type of ``--seed``: an integer in [0, SEED_LIMIT) (:func:`~vslerp.ui.render.check_seed`)."""
+    from vslerp.ui.render import check_seed
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    try:
+        return check_seed(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number of sane magnitude (|x| ≤ 1e6, ``vslerp._checks``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+    from vslerp._checks import check_magnitude  # imports torch: only once a value is given
+
+    try:
+        check_magnitude("value", value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value:g} is too large: at most 1e+06 in magnitude") from None
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def value_list(name: str):
+    """argparse type: ``a,b,c`` or ``start:stop:count`` → floats (``vslerp.ui.outputs.parse_values``)."""
+    def parse(text: str) -> list[float]:
+        from vslerp.ui.outputs import parse_values
+
+        try:
+            return parse_values(text, name)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = "values"
+    return parse
+
+
+def dtype_arg(text: str) -> str:
+    """argparse type of ``--dtype``: any spelling in :data:`DTYPES` → its torch name."""
+    key = str(text).strip().lower()
+    if key not in DTYPES:
+        raise argparse.ArgumentTypeError(
+            f"must be float16, bfloat16 or float32 (or fp16, bf16, fp32), got {text!r}")
+    return DTYPES[key]
+
+
+def port_arg(text: str) -> int:
+    """argparse type of ``--port``: 1..65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"port must be in 1..65535, got {value}")
+    return value
+
+
+# -- option groups of grid, animate and batch -------------------------------------------------
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """--model, --prior, --stats, --dtype, --device, --batch-size."""
+    from pathlib import Path
+
+    from vslerp.ui.render import RenderSpec
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, metavar="DIR|ID",
+                   help="Kandinsky 2.2 decoder repo or folder, or a folder saved by "
+                   f"VSlerpPipeline.save_pretrained (default: {DEFAULT_DECODER})")
+    g.add_argument("--prior", default=None, metavar="DIR|ID",
+                   help=f"Kandinsky 2.2 prior repo or folder (default: {DEFAULT_PRIOR})")
+    g.add_argument("--stats", type=Path, default=None, metavar="FILE.safetensors",
+                   help="statistics file from `vslerp stats compute` giving the image mean "
+                   "(default: the prior's own clip_mean)")
+    g.add_argument("--dtype", type=dtype_arg, default=None, metavar="DTYPE",
+                   help=f"{DTYPE_HELP} (default: float16 on CUDA, else float32)")
+    g.add_argument("--device", default=None,
+                   help="cuda, cuda:1, mps or cpu (default: cuda, then mps, then cpu, or cpu where "
+                   "ACCELERATE_USE_CPU is set; one per process under accelerate launch)")
+    g.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
+                   help="cells denoised together; lower it if memory runs out "
+                   f"(default: {RenderSpec.batch_size})")
+
+
+def add_render_options(p: argparse.ArgumentParser) -> None:
+    """--steps, --size, --seed, --guidance, --prior-steps, ..., and the limits that lift caps."""
+    from vslerp.ui.render import RenderSpec
+
+    g = p.add_argument_group("rendering")
+    g.add_argument("--steps", type=positive_int, default=None, metavar="N",
+                   help=f"denoising steps (default: {RenderSpec.steps})")
+    g.add_argument("--size", type=positive_int, default=None, metavar="PX",
+                   help="image side in pixels, a multiple of the model's factor (default: the "
+                   "model's, 512 for Kandinsky 2.2; unCLIP/Karlo renders 256 only)")
+    g.add_argument("--seed", type=seed_arg, default=None, metavar="N",
+                   help=f"noise seed shared by every cell (default: {RenderSpec.seed})")
+    g.add_argument("--guidance", type=finite_float, default=None, metavar="G",
+                   help="guidance scale (default: the model's, 4.0 for Kandinsky 2.2, 8.0 for unCLIP)")
+    g.add_argument("--prior-steps", type=int_at_least(2), default=None, metavar="N",
+                   help="prior steps turning a prompt TARGET into an image embedding "
+                   f"(default: {RenderSpec.prior_steps})")
+    g.add_argument("--allow-extrapolation", action="store_true",
+                   help="allow θ outside [0, 1] (default: refused)")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bars on stderr (default: shown)")
+    g = p.add_argument_group("limits (against typos that would run for hours or exhaust memory)")
+    g.add_argument("--max-size", type=positive_int, default=None, metavar="PX",
+                   help="largest --size accepted (default: the pipeline's limit, "
+                   "vslerp.pipelines.limits.MAX_SIZE)")
+    g.add_argument("--max-cells", type=positive_int, default=None, metavar="N",
+                   help="most cells (θ × α) of one grid (default: the pipeline's limit, "
+                   "vslerp.pipelines.limits.MAX_CELLS)")
+    allow_negative_values(p)

@@ -1,0 +1,170 @@
+"""The render layer: a :class:`RenderSpec` says what one render is; this module is the only code
+that loads a pipeline for it, resolves its defaults and calls the pipeline.
+
+`vslerp grid`, `animate`, `batch` (one ``pipe(...)`` per spec: :func:`render`) and the editor
+(many specs in one ``pipe.render_batch(...)``: :func:`render_many`) all render through here;
+:mod:`vslerp.ui.sidecar` writes a spec, with what the pipeline made of it, beside the image.
+Torch-free at import: the CLI's parser reads the defaults of :class:`RenderSpec`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from vslerp.defaults import SEED_LIMIT
+
+__all__ = ["RenderSpec", "check_seed", "check_thetas", "effective_dtype", "load_pipeline", "render",
+           "render_many"]
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """One render: what it shows, how it is denoised, with which models (the sidecar's fields).
+
+    An input is ``{"kind": "image", "path", "sha256"}`` (the editor adds ``pixels_sha256``; its
+    path is the upload's own file name) or ``{"kind": "prompt", "prompt"}``. None where a default
+    applies: :meth:`resolved` fills size and guidance from the loaded pipeline.
+    """
+
+    source: dict | None = None  # the image θ = 0 renders
+    target: dict | None = None  # the image or prompt θ = 1 renders (a prompt through the prior)
+    thetas: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # rows: 0 = source, 1 = target
+    alphas: tuple[float, ...] = (-2.0, -1.0, 0.0, 1.0, 2.0)  # columns: 0 = plain SLERP (Eq. 12)
+    seed: int = 0  # noise seed shared by every cell, 0 ≤ seed < SEED_LIMIT
+    steps: int = 50  # denoising steps
+    size: int | None = None  # px, square; None: the model's (Kandinsky 2.2: 512; unCLIP: 256)
+    guidance: float | None = None  # guidance scale; None: the model's (4.0; unCLIP: 8.0)
+    prior_steps: int = 25  # prior steps turning a prompt target into an image embedding
+    model: str | None = None  # decoder hub id or folder; None: vslerp.defaults.DEFAULT_DECODER
+    prior: str | None = None  # prior hub id or folder; None: vslerp.defaults.DEFAULT_PRIOR
+    stats: str | None = None  # statistics file of the image mean; None: the pipeline's own mean
+    dtype: str | None = None  # float16 | bfloat16 | float32; None: default_dtype(device)
+    device: str | None = None  # cuda | cuda:N | mps | cpu; None: default_device()
+    batch_size: int = 8  # cells denoised together (max_batch_size)
+    allow_extrapolation: bool = False  # θ outside [0, 1] allowed
+    labels: bool = True  # θ/α labels on the grid PNG
+
+    @property
+    def cells(self) -> int:
+        return len(self.thetas) * len(self.alphas)
+
+    def resolved(self, pipe) -> RenderSpec:
+        """This spec with the model's own size and guidance where it says None."""
+        size = pipe.default_size if self.size is None else int(self.size)
+        guidance = pipe.default_guidance_scale if self.guidance is None else self.guidance
+        return replace(self, size=size, guidance=float(guidance))
+
+
+def check_seed(value, name: str = "seed") -> int:
+    """``value`` if it is a whole number in [0, SEED_LIMIT) (torch's manual_seed range), else
+    ``ValueError`` naming ``name`` (``TypeError`` for a non-number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a whole number, got {value!r}")
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    value = int(value)
+    if not 0 <= value < SEED_LIMIT:
+        raise ValueError(f"{name} must be in [0, 2**{SEED_LIMIT.bit_length() - 1}), got {value}")
+    return value
+
+
+def check_thetas(thetas, allow_extrapolation: bool = False, hint: str = "") -> None:
+    """θ lies in [0, 1] (the source .. the target) unless extrapolating; ``ValueError`` naming
+    the first θ outside, followed by ``hint`` (how the caller lifts it)."""
+    outside = [t for t in thetas if not 0.0 <= t <= 1.0]
+    if outside and not allow_extrapolation:
+        raise ValueError(f"θ={outside[0]:g} is outside [0, 1]: θ lies between 0 (the source) and "
+                         f"1 (the target){hint}")
+
+
+def effective_dtype(spec: RenderSpec) -> str:
+    """The dtype a pipeline loaded for ``spec`` gets: its own, else the device's default rule."""
+    if spec.dtype:
+        return spec.dtype
+    from vslerp.stats.encode import default_device, default_dtype, parse_device
+
+    device = parse_device(spec.device) if spec.device else default_device()
+    return str(default_dtype(device)).replace("torch.", "")
+
+
+def load_pipeline(spec: RenderSpec, stats=None, progress: bool = True):
+    """``VSlerpPipeline.from_pretrained`` of the spec's models, dtype and device (None: ``"auto"``).
+
+    stats: the image mean (a loaded Statistics; None: the spec's statistics file, else the
+    pipeline's own). The model libraries' logs are quiet (:func:`~vslerp.ui.runtime.quiet_model_logs`);
+    warnings raised while loading are shown only if loading works. Errors are the loader's.
+    """
+    import warnings
+
+    import torch
+
+    from vslerp.pipelines import VSlerpPipeline
+    from vslerp.ui.runtime import quiet_model_logs
+
+    if stats is None and spec.stats is not None:
+        stats = Path(spec.stats)
+    with quiet_model_logs(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe = VSlerpPipeline.from_pretrained(
+            spec.model, prior=spec.prior, stats=stats,
+            torch_dtype=getattr(torch, spec.dtype) if spec.dtype else None,
+            device=spec.device if spec.device is not None else "auto")
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    pipe.set_progress_bar_config(disable=not progress, desc="denoising")
+    return pipe
+
+
+def _pipeline_input(ref: dict):
+    """A spec's input as ``pipe(...)`` takes it: an image path or a prompt."""
+    return Path(ref["path"]) if ref["kind"] == "image" else ref["prompt"]
+
+
+def render(pipe, spec: RenderSpec, *, statistics=None, callback=None, max_size: int | None = None,
+           max_cells: int | None = None):
+    """``pipe(source, target, ...)`` of ``spec`` (inputs read from their files or prompts).
+
+    statistics: this call's image mean (None: the pipeline's). callback: ``callback_on_step_end``.
+    max_size, max_cells: the limits of :mod:`vslerp.pipelines.limits` (None: its defaults).
+    Returns the pipeline's ``VSlerpPipelineOutput``.
+    """
+    import torch
+
+    from vslerp.pipelines import limits
+
+    spec = spec.resolved(pipe)
+    extra = {"callback_on_step_end": callback} if callback is not None else {}
+    if statistics is not None:
+        extra["statistics"] = statistics
+    return pipe(_pipeline_input(spec.source), _pipeline_input(spec.target), thetas=list(spec.thetas),
+                alphas=list(spec.alphas), num_inference_steps=int(spec.steps), guidance_scale=spec.guidance,
+                height=spec.size, width=spec.size, generator=torch.Generator().manual_seed(int(spec.seed)),
+                max_batch_size=int(spec.batch_size), allow_extrapolation=bool(spec.allow_extrapolation),
+                prior_num_inference_steps=int(spec.prior_steps),
+                max_size=limits.MAX_SIZE if max_size is None else int(max_size),
+                max_cells=limits.MAX_CELLS if max_cells is None else int(max_cells), **extra)
+
+
+def render_many(pipe, jobs, *, callback=None) -> list:
+    """Many specs in one ``pipe.render_batch(...)``; each gets what :func:`render` gives it alone.
+
+    jobs: ``(spec, source_raw (D,), target_raw (D,), statistics or None)`` tuples, the inputs
+    already encoded (the editor's cache). Their specs share steps, size, guidance and batch size
+    (``ValueError`` otherwise); each keeps its own θ, α, seed and image mean. Returns one
+    ``VSlerpPipelineOutput`` per job, in order.
+    """
+    import torch
+
+    specs = [spec.resolved(pipe) for spec, *_ in jobs]
+    shared = {(s.steps, s.size, s.guidance, s.batch_size) for s in specs}
+    if len(shared) > 1:
+        raise ValueError(f"render_many: the jobs differ in steps, size, guidance or batch size: {sorted(shared)}")
+    first = specs[0]
+    requests = [{"source": source, "target": target, "thetas": list(spec.thetas), "alphas": list(spec.alphas),
+                 "generator": torch.Generator().manual_seed(int(spec.seed)), "statistics": statistics}
+                for spec, (_, source, target, statistics) in zip(specs, jobs, strict=True)]
+    extra = {"callback_on_step_end": callback} if callback is not None else {}
+    return pipe.render_batch(requests, num_inference_steps=int(first.steps), guidance_scale=first.guidance,
+                             height=first.size, width=first.size, max_batch_size=int(first.batch_size), **extra)
+

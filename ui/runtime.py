@@ -1,0 +1,58 @@
+"""What a command sets up for its process: quiet model libraries, and accelerate's processes.
+
+One home for the rules every command shares: the model libraries' logs stay off stderr (stderr is for
+vslerp's errors and warnings; ``VSLERP_LOG=1`` shows them), and processes run on the device
+``vslerp.stats.encode.default_device()`` picks (which honours ``ACCELERATE_USE_CPU``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+__all__ = ["accelerate_state", "quiet_model_logs", "runs_on_cpu"]
+
+
+@contextlib.contextmanager
+def quiet_model_logs():
+    """While models load and run: diffusers', transformers' and huggingface_hub's info and
+    warning logs ("Could not reach the Hub ... using cached" offline, the prior's "input was
+    truncated") and load progress bars are off; restored afterwards (the pipeline's own
+    progress bar and vslerp's warnings are not theirs). ``VSLERP_LOG`` set: nothing is silenced."""
+    if os.environ.get("VSLERP_LOG"):
+        yield
+        return
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import logging as hub_logging
+    from transformers.utils import logging as transformers_logging
+
+    libraries = (diffusers_logging, transformers_logging)
+    levels = [lib.get_verbosity() for lib in (*libraries, hub_logging)]
+    bars = [lib.is_progress_bar_enabled() for lib in libraries]
+    for lib in (*libraries, hub_logging):
+        lib.set_verbosity_error()
+    for lib in libraries:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, level in zip((*libraries, hub_logging), levels, strict=True):
+            lib.set_verbosity(level)
+        for lib, bar in zip(libraries, bars, strict=True):
+            if bar:
+                lib.enable_progress_bar()
+
+
+def runs_on_cpu(device: str | None) -> bool:
+    """Whether accelerate's processes run on the CPU (gloo): the given ``--device`` (or
+    ``default_device()``, cpu under ``ACCELERATE_USE_CPU``) is not a CUDA device."""
+    from vslerp.stats.encode import default_device, parse_device
+
+    return (parse_device(device) if device is not None else default_device()).type != "cuda"
+
+
+def accelerate_state(device: str | None):
+    """``accelerate.PartialState`` for this process, on the CPU where :func:`runs_on_cpu`."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=runs_on_cpu(device))

@@ -1,0 +1,170 @@
+"""The sidecar: what a render was, as JSON beside its image (and in a PNG's text chunk).
+
+One schema for grid, animate, batch and the editor's downloads (:func:`sidecar`): the fields of
+:class:`~vslerp.ui.render.RenderSpec` with the pipeline's defaults filled in, plus the command,
+the version, the statistics' fingerprint and mean source, each cell's conformity and
+``pipe.describe()``. ``vslerp grid --from`` reads it back (:func:`read_sidecar`,
+:func:`spec_from_options`, :func:`recorded_inputs`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from vslerp.ui.cli import CLIError
+from vslerp.ui.render import RenderSpec
+
+__all__ = ["REQUIRED_KEYS", "read_sidecar", "recorded_inputs", "sidecar", "spec_from_options"]
+
+REQUIRED_KEYS = ("source", "target", "thetas", "alphas", "seed", "steps")  # what --from needs
+_NUMBERS = ("steps", "size", "seed", "batch_size", "prior_steps")  # integers of the schema
+
+
+def sidecar(spec: RenderSpec, pipe, out, command: str, statistics=None, **extra) -> dict:
+    """The sidecar of ``out`` (the pipeline's output for ``spec``); ``statistics``: the call's
+    image mean (None: the pipeline's). ``extra``: a command's own keys (frames, job, cell, …)."""
+    from vslerp._version import __version__
+    from vslerp.ui.models import model_ref
+
+    spec = spec.resolved(pipe)
+    describe = pipe.describe(statistics)
+    return {
+        "command": command,
+        "vslerp_version": __version__,
+        "model": model_ref(spec.model or describe.get("decoder")),
+        "prior": model_ref(spec.prior or describe.get("prior")),
+        "stats": {"path": spec.stats, "fingerprint": describe.get("stats_fingerprint"),
+                  "mean_source": describe.get("mean_source")},
+        "dtype": spec.dtype,  # as asked; None: the device's default rule
+        "source": spec.source, "target": spec.target,
+        "thetas": [float(t) for t in out.thetas], "alphas": [float(a) for a in out.alphas],
+        "seed": int(spec.seed), "steps": int(spec.steps), "size": int(spec.size),
+        "guidance": float(spec.guidance), "prior_steps": int(spec.prior_steps),
+        "batch_size": int(spec.batch_size), "allow_extrapolation": bool(spec.allow_extrapolation),
+        "labels": bool(spec.labels),
+        "conformity": [[float(c) for c in row] for row in out.conformity.tolist()],
+        "pipeline": describe,
+        **extra,
+    }
+
+
+def read_sidecar(path: Path) -> dict:
+    """A sidecar ``.json`` or a PNG with vslerp metadata, as a dict (one CLI line if it is not one)."""
+    from vslerp.ui.outputs import read_png_metadata
+
+    if path.is_dir():
+        raise CLIError(f"--from {path} is a directory, not a sidecar or PNG")
+    if not path.is_file():
+        raise CLIError(f"--from file not found: {path}")
+    try:
+        if path.suffix.lower() == ".png":
+            meta = read_png_metadata(path)
+        else:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CLIError(f"--from {path} cannot be read ({' '.join(str(err).split())})") from None
+    if not isinstance(meta, dict):
+        raise CLIError(f"--from {path} is not a vslerp sidecar (not a JSON object)")
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise CLIError(f"--from {path} is not a vslerp grid sidecar (missing {missing})")
+    return meta
+
+
+def spec_from_options(args, recorded: dict | None = None) -> RenderSpec:
+    """The settings of a render: the options given, else the sidecar's (``recorded``), else the
+    defaults of :class:`RenderSpec`. Inputs and axes are the caller's (``dataclasses.replace``)."""
+    from vslerp.ui.options import DTYPES
+
+    meta = recorded or {}
+    defaults = {f.name: f.default for f in fields(RenderSpec)}
+
+    def pick(key):
+        given = getattr(args, key, None)
+        if given is not None:
+            return given
+        value = meta.get(key)
+        return defaults[key] if value is None else value
+
+    dtype = args.dtype or meta.get("dtype")
+    if dtype is not None:
+        if str(dtype).lower() not in DTYPES:
+            raise CLIError(f"dtype {dtype!r} is not one of float16, bfloat16, float32")
+        dtype = DTYPES[str(dtype).lower()]
+    stats = args.stats
+    recorded_stats = (meta.get("stats") or {}).get("path")
+    if stats is None and recorded_stats:
+        stats = Path(recorded_stats).expanduser()
+        beside = Path(getattr(args, "from_", None) or ".").parent / stats
+        if not stats.is_absolute() and beside.is_file():  # as the sidecar's images: beside it
+            stats = beside
+    spec = RenderSpec(
+        model=args.model or meta.get("model"), prior=args.prior or meta.get("prior"),
+        stats=str(Path(stats).expanduser().resolve()) if stats else None, dtype=dtype,
+        device=getattr(args, "device", None),
+        allow_extrapolation=bool(args.allow_extrapolation or meta.get("allow_extrapolation")),
+        **{key: pick(key) for key in (*_NUMBERS, "guidance")})
+    for key in _NUMBERS:
+        value = getattr(spec, key)
+        if value is None and key == "size":  # the model's own size
+            continue
+        low = 2 if key == "prior_steps" else int(key != "seed")
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise CLIError(f"--from {getattr(args, 'from_', None)}: {key} {value!r} is not a "
+                           "valid integer")
+    return spec
+
+
+def recorded_inputs(meta: dict, from_path: Path, args) -> tuple[dict, dict]:
+    """SOURCE/TARGET of a sidecar (or the files given instead), checked against its sha256."""
+    from vslerp.pipelines.inputs import image_path_or_prompt
+    from vslerp.ui.checks import image_ref
+
+    refs, missing = {}, []
+    for name, key, given in (("SOURCE", "source", args.source), ("TARGET", "target", args.target)):
+        ref = meta[key]
+        kind = ref.get("kind") if isinstance(ref, dict) else None
+        if kind == "prompt":
+            prompt = ref.get("prompt")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise CLIError(f"--from {from_path}: {key} prompt is missing or empty")
+            if given is not None and given != prompt:
+                raise CLIError(f"--from {from_path}: the {key} was the prompt {prompt!r}: drop "
+                               f"{name} (for another {key}, render without --from)")
+            refs[key] = {"kind": "prompt", "prompt": prompt}
+            continue
+        if kind != "image":
+            raise CLIError(f"--from {from_path}: {key} has no kind image/prompt")
+        recorded = ref.get("sha256")
+        if given is None:
+            recorded_path = ref.get("path")
+            found = None
+            if isinstance(recorded_path, str) and recorded_path:
+                # relative: the editor records the upload's own file name, beside the sidecar
+                found = image_path_or_prompt(recorded_path, base=from_path.parent)
+            if found is None or found.kind != "image":
+                missing.append((key, ref))
+                continue
+            given = str(found.path)
+        new = image_ref(name, given, allow_prompt=False)
+        if recorded and new["sha256"] != recorded:
+            raise CLIError(f"{name} image {new['path']} is not the one {from_path.name} was "
+                           f"rendered with (sha256 {new['sha256'][:12]}…, recorded "
+                           f"{recorded[:12]}…)")
+        refs[key] = new
+    if missing:
+        give = "SOURCE and TARGET" if any(key == "target" for key, _ in missing) else "SOURCE"
+        parts = []
+        for key, ref in missing:
+            path = ref.get("path")
+            label = path or ref.get("name") or "no file name"
+            digest = f", sha256 {ref['sha256'][:12]}…" if ref.get("sha256") else ""
+            if path and Path(path).is_absolute():
+                parts.append(f"{key} image not found: {path}{digest}")
+            else:
+                parts.append(f"{key} was an upload ({label}{digest})")
+        raise CLIError(f"{from_path.name}'s {'; '.join(parts)}: give {give}")
+    return refs["source"], refs["target"]
+
