@@ -1,5 +1,10 @@
 """VSlerpPipeline against diffusers' KandinskyV22Pipeline, side by side in one run.
 
+VSlerpPipeline hands each batch of distinct cells to KandinskyV22Pipeline itself
+(``output_type="latent"``) and decodes; the one-cell row measures what the grid layer adds
+(checks, Eq. 12, conformity, the MoVQ decode), the grid rows what batching and rendering each
+distinct cell once save.
+
 Prints ratios (machines are noisy; ratios are what count), on tiny random Kandinsky 2.2
 components on the CPU (no weights here; see docs/performance.md for what a GPU run shows):
   * one cell (θ=0) vs one KandinskyV22Pipeline call on the same embedding (target ≤ 1.05×);
