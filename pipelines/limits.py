@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vslerp.defaults import MAX_CELLS, MAX_FRAMES, MAX_SIZE  # the numbers' one home
+
 __all__ = [
     "KANDINSKY_FACTOR",
     "MAX_CELLS",
@@ -27,9 +29,6 @@ __all__ = [
     "size_rule",
 ]
 
-MAX_SIZE = 4096  # px per side: larger is a typo on any GPU of today
-MAX_CELLS = 1024  # cells rendered by one call (a grid's θ × α, an animation's frames)
-MAX_FRAMES = 2000  # frames of one animation
 KANDINSKY_FACTOR = 64  # px: Kandinsky 2.2's movq (factor 8) squared, as downscale_height_and_width
 
 

@@ -104,7 +104,7 @@ def test_every_third_party_import_is_a_declared_dependency():
     declared, _ = _declared()
     missing = {}
     for folder in ROOMS.values():
-        for path in (REPO / folder).glob("*.py"):
+        for path in (REPO / folder).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Import):
                     tops = [a.name.split(".")[0] for a in node.names]

@@ -11,6 +11,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from vslerp.defaults import MAX_FRAMES
 from vslerp.ui.cli import CLIError
 from vslerp.ui.options import add_model_options, add_render_options, finite_float, positive_int
 
@@ -37,8 +38,7 @@ def register(subparsers) -> None:
     p.add_argument("--frames", type=positive_int, default=24, metavar="N",
                    help="frames from θ=0 to θ=1, both included: at least 2 (default: 24)")
     p.add_argument("--max-frames", type=positive_int, default=None, metavar="N",
-                   help="most --frames accepted (default: the pipeline's limit, "
-                   "vslerp.pipelines.limits.MAX_FRAMES)")
+                   help=f"most --frames accepted (default: {MAX_FRAMES})")
     p.add_argument("--fps", type=finite_float, default=8.0, metavar="FPS",
                    help="frames per second: GIF stores delays in 1/100 s, so 0.01 < FPS ≤ 50 "
                    "(exact where 100/FPS is an integer); MP4 0.1 ≤ FPS ≤ 240 (default: 8)")

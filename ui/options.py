@@ -10,7 +10,7 @@ import argparse
 import math
 import re
 
-from vslerp.defaults import DEFAULT_DECODER, DEFAULT_PRIOR
+from vslerp.defaults import DEFAULT_DECODER, DEFAULT_PRIOR, MAX_CELLS, MAX_SIZE
 
 __all__ = ["DTYPES", "DTYPE_HELP", "add_model_options", "add_render_options", "allow_negative_values",
            "dtype_arg", "finite_float", "int_at_least", "port_arg", "positive_float", "positive_int",
@@ -179,9 +179,7 @@ def add_render_options(p: argparse.ArgumentParser) -> None:
                    help="no progress bars on stderr (default: shown)")
     g = p.add_argument_group("limits (against typos that would run for hours or exhaust memory)")
     g.add_argument("--max-size", type=positive_int, default=None, metavar="PX",
-                   help="largest --size accepted (default: the pipeline's limit, "
-                   "vslerp.pipelines.limits.MAX_SIZE)")
+                   help=f"largest --size accepted (default: {MAX_SIZE})")
     g.add_argument("--max-cells", type=positive_int, default=None, metavar="N",
-                   help="most cells (θ × α) of one grid (default: the pipeline's limit, "
-                   "vslerp.pipelines.limits.MAX_CELLS)")
+                   help=f"most cells (θ × α) of one grid (default: {MAX_CELLS})")
     allow_negative_values(p)

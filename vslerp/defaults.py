@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "CONFORMITY_COSINE", "CONFORMITY_EXACT", "CONFORMITY_ESTIMATORS", "DEFAULT_DECODER", "DEFAULT_PRIOR",
-    "DEFAULT_UNCLIP", "IMAGE_SUFFIXES", "SEED_LIMIT", "STATISTICS_FILE",
+    "DEFAULT_UNCLIP", "IMAGE_SUFFIXES", "MAX_CELLS", "MAX_FRAMES", "MAX_SIZE", "SEED_LIMIT", "STATISTICS_FILE",
 ]
 
 # --- generators (docs/pipeline.md): the hub ids a bare `VSlerpPipeline.from_pretrained()` and
@@ -31,3 +31,9 @@ CONFORMITY_ESTIMATORS = {
 
 # --- ranges: a seed is in [0, SEED_LIMIT) (torch.Generator.manual_seed takes a signed 64-bit int)
 SEED_LIMIT = 2**63
+
+# --- limits of one render (vslerp.pipelines.limits checks them; each can be raised per call or
+# with --max-size / --max-cells / --max-frames): against typos that would run for hours
+MAX_SIZE = 4096  # px per side: larger is a typo on any GPU of today
+MAX_CELLS = 1024  # cells rendered by one call (a grid's θ × α, an animation's frames)
+MAX_FRAMES = 2000  # frames of one animation
