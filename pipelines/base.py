@@ -244,9 +244,9 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
         :class:`~vslerp.pipelines.limits.RenderOutOfMemory` naming the size and batch.
         Returns :class:`VSlerpPipelineOutput` (images row-major over thetas × alphas).
         """
-        settings = RenderSettings.of_call(self, num_inference_steps, guidance_scale, height, width, max_batch_size, output_type,
-                                  callback_on_step_end, callback_on_step_end_tensor_inputs,
-                                  super_res_num_inference_steps, negative_image_embeds, latents)
+        settings = RenderSettings.of_call(self, num_inference_steps, guidance_scale, height, width, max_batch_size,
+                                          output_type, callback_on_step_end, callback_on_step_end_tensor_inputs,
+                                          super_res_num_inference_steps, negative_image_embeds, latents)
         cb_inputs = self._check_backend(settings, target)
         thetas, alphas = self.check_inputs(source, target, thetas, alphas, num_inference_steps,
                                            settings.guidance_scale, settings.height, settings.width, max_batch_size,
@@ -293,9 +293,9 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
         :meth:`set_statistics` takes it) is its image mean's source; else ``statistics``, else
         the pipeline's own. Returns one :class:`VSlerpPipelineOutput` per request, in order.
         """
-        settings = RenderSettings.of_call(self, num_inference_steps, guidance_scale, height, width, max_batch_size, output_type,
-                                  callback_on_step_end, callback_on_step_end_tensor_inputs,
-                                  super_res_num_inference_steps, negative_image_embeds)
+        settings = RenderSettings.of_call(self, num_inference_steps, guidance_scale, height, width, max_batch_size,
+                                          output_type, callback_on_step_end, callback_on_step_end_tensor_inputs,
+                                          super_res_num_inference_steps, negative_image_embeds)
         if not requests:
             return []
         cb_inputs = self._check_backend(settings, None)

@@ -84,7 +84,8 @@ class VSlerpPipeline(VSlerpBasePipeline):
 
     def _check_backend(self, settings: RenderSettings, target) -> list[str]:
         latents = settings.latents
-        if isinstance(latents, torch.Tensor) and isinstance(settings.height, int) and isinstance(settings.width, int):
+        sized = isinstance(settings.height, int) and isinstance(settings.width, int)  # else check_inputs says
+        if isinstance(latents, torch.Tensor) and sized:
             if latents.ndim == 3:
                 settings.latents = latents = latents[None]
             shape = (1, self.unet.config.in_channels,
@@ -161,7 +162,8 @@ class VSlerpPipeline(VSlerpBasePipeline):
             return out
 
         latents = self._decoder_pipeline()(
-            image_embeds=chunk.to(device=device, dtype=dtype), negative_image_embeds=negative.to(device=device, dtype=dtype),
+            image_embeds=chunk.to(device=device, dtype=dtype),
+            negative_image_embeds=negative.to(device=device, dtype=dtype),
             height=settings.height, width=settings.width, num_inference_steps=settings.num_inference_steps,
             guidance_scale=settings.guidance_scale, generator=generators, latents=latents, output_type="latent",
             callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=settings.callback_tensor_inputs,
