@@ -15,6 +15,12 @@ verbatim, offline. The only changes made to what a block says, for speed on a CP
   command line with the real parser, then `vslerp ui` stops (tests/test_editor*.py run the
   editor) and `accelerate launch` runs its vslerp command in one process.
 
+Bash blocks run in bash, as written. Each `vslerp` command in them, and each python block, runs
+in a process of its own forked from one server that imported torch, diffusers, transformers
+and vslerp before any command (`serve`): fresh process state per command, as a subprocess
+has, without ~10 s of imports each; a command given an environment that differs from the
+server's runs as a real subprocess instead.
+
 A block preceded by `<!-- docs-check: skip: REASON -->` is not run; the reason is required.
 Run it with `python -m pytest -q -m docs tests/test_docs.py` (CI runs it in .ci/lowest).
 """
@@ -25,6 +31,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -64,19 +72,141 @@ def test_every_page_has_runnable_blocks_and_skips_say_why():
     assert len(runnable) >= 20
 
 
-_VSLERP_WRAPPER = """#!{python}
-# docs check stand-in for the `vslerp` console script: 2 steps at 64 px; `ui` only parses.
-import os, sys
-args = sys.argv[1:]
-if args[:1] == ["ui"]:
-    from vslerp.ui.cli import build_parser
-    build_parser().parse_args(args)
-    print("docs-check: vslerp ui parsed:", " ".join(args))
-    sys.exit(0)
-if args[:1] in (["grid"], ["animate"], ["batch"]):
-    args += ["--steps", "2", "--size", "64"]
-os.execv({script!r}, [{script!r}, *args])
+# --- the fork server (see the module docstring): the stand-ins on PATH are tiny clients ---
+
+_CLIENT = """#!{python} -IS
+# docs check stand-in for `{name}`: runs in a fork of the docs check's server
+# (tests/test_docs.py, serve), with this process's argv, cwd, environment and stdio.
+import json, os, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect({sock!r})
+socket.send_fds(s, [b"{name}"], [0, 1, 2])
+s.sendall(json.dumps([sys.argv[1:], os.getcwd(), dict(os.environ)]).encode())
+s.shutdown(socket.SHUT_WR)
+reply = b"".join(iter(lambda: s.recv(64), b""))
+if not reply:
+    print("docs-check: the forked {name} died without an exit status", file=sys.stderr)
+sys.exit(int(reply) if reply else 70)
 """
+
+_PRELOAD = ["vslerp.pipelines", "vslerp.stats", "vslerp.stats.compute", "vslerp.stats.sharded",
+            "vslerp.stats.shards", "vslerp.stats.report", "vslerp.stats.plots",
+            "vslerp.stats.scoring", "matplotlib.pyplot", "sklearn.linear_model"]
+_PRELOAD_ATTRS = {"transformers": ["CLIPVisionModelWithProjection", "CLIPTextModelWithProjection",
+                                   "CLIPTokenizer", "CLIPImageProcessor", "CLIPTextModel"],
+                  "diffusers": ["PriorTransformer", "UNet2DConditionModel", "VQModel",
+                                "DDPMScheduler", "UnCLIPScheduler", "KandinskyV22Pipeline",
+                                "UnCLIPImageVariationPipeline"]}
+_SHELL_VARS = {"PWD", "OLDPWD", "SHLVL", "_", "PS1", "PS2"}  # what bash adds or drops
+
+
+def serve(fd: int) -> None:
+    """Import the heavy modules once (no thread started: safe to fork), then fork per client."""
+    import importlib
+    import threading
+
+    env = {k: v for k, v in os.environ.items() if k not in _SHELL_VARS}  # what imports see
+
+    from vslerp.ui.cli import build_parser
+
+    build_parser()  # imports every subcommand module
+    for name in _PRELOAD:  # what the commands import lazily; only speed depends on this list
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    for module, attrs in _PRELOAD_ATTRS.items():
+        for attr in attrs:
+            getattr(importlib.import_module(module), attr, None)
+    if threading.active_count() != 1:
+        print("docs-check server: threads after imports:", threading.enumerate(), flush=True)
+    listener = socket.socket(fileno=fd)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while True:
+            conn, _ = listener.accept()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            if os.fork() == 0:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                listener.close()
+                try:
+                    _run_forked(conn, env)
+                finally:
+                    os._exit(70)  # no status sent: the client reports the death
+            conn.close()
+            _reap(os.WNOHANG)
+    finally:
+        _reap(0)  # SIGTERM: wait for the forks still running
+
+
+def _reap(flags: int) -> None:
+    try:
+        while os.waitpid(-1, flags)[0]:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def _run_forked(conn: socket.socket, server_env: dict[str, str]) -> None:
+    """In the fork: become the client's process (stdio, cwd, environment), run, send status."""
+    import atexit
+    import traceback
+    import types
+
+    msg, fds, _flags, _addr = socket.recv_fds(conn, 64, 3)
+    argv, cwd, env = json.loads(b"".join(iter(lambda: conn.recv(1 << 16), b"")))
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(cwd)
+    name = msg.decode()
+    parse_only = name == "vslerp" and argv[:1] == ["ui"]  # tests/test_editor*.py run the editor
+    if name == "vslerp" and argv[:1] in (["grid"], ["animate"], ["batch"]):
+        argv = [*argv, "--steps", "2", "--size", "64"]  # the last value wins
+    env_now = {k: v for k, v in env.items() if k not in _SHELL_VARS}
+    changed = {k for k in env_now.keys() | server_env.keys() if env_now.get(k) != server_env.get(k)}
+    if changed and not parse_only:  # an environment the imports did not see: a real subprocess
+        print(f"docs-check: {name} as a subprocess ({', '.join(sorted(changed))} changed)",
+              file=sys.stderr, flush=True)
+        real = str(Path(sys.executable).with_name("vslerp")) if name == "vslerp" else sys.executable
+        code = subprocess.run([real, *argv], env=env).returncode
+        conn.sendall(str(code if code >= 0 else 128 - code).encode())
+        return
+    os.environ.update(env)
+    try:
+        if parse_only:
+            from vslerp.ui.cli import build_parser
+
+            build_parser().parse_args(argv)
+            print("docs-check: vslerp ui parsed:", " ".join(argv))
+            code = 0
+        elif name == "vslerp":
+            from vslerp.ui.cli import main
+
+            sys.argv = ["vslerp", *argv]
+            code = main()
+        else:  # python -c CODE
+            assert argv[0] == "-c", argv
+            main_module = types.ModuleType("__main__")
+            sys.modules["__main__"] = main_module
+            sys.argv, sys.path[0] = ["-c"], ""
+            exec(compile(argv[1], "<string>", "exec"), main_module.__dict__)
+            code = 0
+    except SystemExit as stop:
+        code = stop.code
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    if not isinstance(code, int):
+        if code is not None:
+            print(code, file=sys.stderr)
+        code = 0 if code is None else 1
+    atexit._run_exitfuncs()  # as the interpreter does on exit
+    sys.stdout.flush()
+    sys.stderr.flush()
+    conn.sendall(str(code).encode())
+
 
 _ACCELERATE_WRAPPER = """#!{python}
 # docs check stand-in for `accelerate launch [launch options] (vslerp | -m MODULE) ARGS`.
@@ -149,13 +279,52 @@ def _img2dataset_folders(inputs: Path, rng, shards: int = 4, per_shard: int = 3)
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def stand_ins(tmp_path_factory):
+    """``(base, env)``: the stand-ins in ``base/bin`` (first on PATH in ``env``) and the fork
+    server behind them, started first so that its imports overlap the workspace's setup."""
+    base = tmp_path_factory.mktemp("docs")
+    bin_dir = base / "bin"
+    bin_dir.mkdir()
+    sock_path = str(bin_dir / "docs.sock")
+    for name in ("vslerp", "docs-python"):
+        (bin_dir / name).write_text(_CLIENT.format(python=sys.executable, name=name,
+                                                   sock=sock_path))
+    wrapper = bin_dir / "vslerp"
+    (bin_dir / "accelerate").write_text(_ACCELERATE_WRAPPER.format(python=sys.executable,
+                                                                  wrapper=str(wrapper)))
+    (bin_dir / "pip").write_text(_PIP_WRAPPER)
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    env = {**os.environ, "HF_HOME": str(base / "hf"), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+    env.pop("VSLERP_TEST_KILL_AFTER_SHARDS", None)
+    # The server's socket listens before the server starts: clients queue, never race it.
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(sock_path)
+    listener.listen(16)
+    start = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); import test_docs; "
+             f"sys.path.pop(0); test_docs.serve({listener.fileno()})")
+    server = subprocess.Popen([sys.executable, "-c", start], cwd=base, env=env,
+                              stdin=subprocess.DEVNULL, pass_fds=[listener.fileno()])
+    listener.close()
+    yield base, env
+    server.terminate()  # the server waits for its forks, then exits
+    try:
+        server.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+@pytest.fixture(scope="module")
+def workspace(stand_ins):
     """A folder of example inputs, a fake HF cache with tiny models, and stand-ins on PATH."""
     from PIL import Image
 
     from vslerp.pipelines.testing import make_tiny_kandinsky, make_tiny_unclip
 
-    base = tmp_path_factory.mktemp("docs")
+    base, env = stand_ins
     models = base / "models"
     prior, decoder = make_tiny_kandinsky(models)
     built = {"prior": prior, "decoder": decoder, "unclip": make_tiny_unclip(models / "unclip")}
@@ -187,31 +356,34 @@ def workspace(tmp_path_factory):
     (inputs / "my_captions.txt").write_text("a cat\na dog on a sofa\na red car\n")
     _img2dataset_folders(inputs, rng)
 
-    bin_dir = base / "bin"
-    bin_dir.mkdir()
-    real = str(Path(sys.executable).with_name("vslerp"))
-    wrapper = bin_dir / "vslerp"
-    wrapper.write_text(_VSLERP_WRAPPER.format(python=sys.executable, script=real))
-    (bin_dir / "accelerate").write_text(_ACCELERATE_WRAPPER.format(python=sys.executable,
-                                                                  wrapper=str(wrapper)))
-    (bin_dir / "pip").write_text(_PIP_WRAPPER)
-    for f in bin_dir.iterdir():
-        f.chmod(0o755)
-    env = {**os.environ, "HF_HOME": str(base / "hf"), "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
-    env.pop("VSLERP_TEST_KILL_AFTER_SHARDS", None)
     # Statistics files the pages name without computing them first.
-    subprocess.run([str(wrapper), "stats", "compute", "--images", "val2017", "--captions",
-                    "annotations/captions_val2017.json", "--prior",
+    subprocess.run([str(base / "bin" / "vslerp"), "stats", "compute", "--images", "val2017",
+                    "--captions", "annotations/captions_val2017.json", "--prior",
                     "kandinsky-community/kandinsky-2-2-prior", "--out", "coco_kandinsky.safetensors",
                     "--no-progress"], cwd=inputs, env=env, check=True, capture_output=True)
-    return inputs, env
+    return inputs, env, base / "bin"
+
+
+def test_forked_commands_behave_as_processes(stand_ins):
+    """What a block sees of a forked command: its exit status, stdin, stdout and stderr, cwd,
+    a fresh ``__main__``, and an environment the server did not import with (a subprocess)."""
+    base, env = stand_ins
+    script = """cd "$1"
+    vslerp no-such-command 2> err.txt && exit 9 || [ $? = 2 ]
+    [ "$(wc -l < err.txt)" = 1 ]
+    docs-python -c 'import sys; sys.exit(3)' && exit 9 || [ $? = 3 ]
+    [ "$(echo hi | docs-python -c 'import os, sys; print(sys.stdin.read().strip(), os.getcwd(), __name__)')" = "hi $1 __main__" ]
+    [ "$(FOO=1 docs-python -c 'import os; print(os.environ["FOO"])' 2> note.txt)" = 1 ]
+    grep -q "as a subprocess (FOO changed)" note.txt
+    """
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script, "-", str(base)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
 def test_page_blocks_run(page, workspace, tmp_path):
-    inputs, env = workspace
+    inputs, env, bin_dir = workspace
     cwd = tmp_path / "work"
     shutil.copytree(inputs, cwd)
     ran = 0
@@ -221,7 +393,7 @@ def test_page_blocks_run(page, workspace, tmp_path):
         if lang == "bash":
             cmd = ["bash", "-euo", "pipefail", "-c", _speed(body)]
         else:
-            cmd = [sys.executable, "-c", PRELUDE + textwrap.dedent(body)]
+            cmd = [str(bin_dir / "docs-python"), "-c", PRELUDE + textwrap.dedent(body)]
         proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, (f"{page.name}:{line} ({lang}) failed, exit {proc.returncode}\n"
                                       f"--- block ---\n{body}\n--- stdout ---\n{proc.stdout[-2000:]}\n"

@@ -13,25 +13,39 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 ROOMS = {"vslerp": "vslerp", "vslerp.pipelines": "pipelines", "vslerp.stats": "stats",
          "vslerp.ui": "ui"}
-PROBE = (
-    "import json, vslerp, vslerp.pipelines, vslerp.stats, vslerp.ui, vslerp.ui.cli; "
-    "print(json.dumps({m: __import__(m, fromlist=['_']).__file__ for m in "
-    "['vslerp', 'vslerp.pipelines', 'vslerp.stats', 'vslerp.ui']}))"
-)
+_FILES = ("import json, vslerp, vslerp.pipelines, vslerp.stats, vslerp.ui; "
+          "print(json.dumps({m: __import__(m, fromlist=['_']).__file__ for m in "
+          "['vslerp', 'vslerp.pipelines', 'vslerp.stats', 'vslerp.ui']}), flush=True)")
+PROBE = "import vslerp.ui.cli; " + _FILES
+# ... then, in the same process, what `python -m vslerp.ui.cli ARGS` runs (runpy is how -m
+# runs a module): one interpreter instead of two, each ~10 s of CPU importing torch/diffusers
+PROBE_THEN_CLI = _FILES + (
+    "; import runpy; runpy.run_module('vslerp.ui.cli', run_name='__main__', alter_sys=True)")
 
 
-def _probe(cwd: Path, env_extra: dict[str, str] | None = None) -> dict[str, str]:
+def _probe(cwd: Path, env_extra: dict[str, str] | None = None, *cli_args: str,
+           ) -> tuple[dict[str, str], str]:
+    """``({module: __file__}, what followed on stdout)`` of a fresh interpreter in ``cwd``
+    (with ``cli_args``: that interpreter then runs ``python -m vslerp.ui.cli CLI_ARGS``)."""
     import os
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(env_extra or {})
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=cwd, env=env, check=True,
-                         capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    code = PROBE_THEN_CLI if cli_args else PROBE
+    lines = subprocess.run([sys.executable, "-c", code, *cli_args], cwd=cwd, env=env, check=True,
+                           capture_output=True, text=True).stdout.splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if line.startswith('{"vslerp": '))
+    return json.loads(lines[at]), "".join(lines[at + 1:])
 
 
-def test_installed_package_imports_all_rooms_from_outside_repo(tmp_path):
-    files = _probe(tmp_path)
+@pytest.fixture(scope="module")
+def outside_repo(tmp_path_factory):
+    """From a folder outside the repo: the rooms' files, and `python -m vslerp.ui.cli --help`."""
+    return _probe(tmp_path_factory.mktemp("outside"), None, "--help")
+
+
+def test_installed_package_imports_all_rooms_from_outside_repo(outside_repo):
+    files, _ = outside_repo
     for module, folder in ROOMS.items():
         path = Path(files[module])
         assert path.name == "__init__.py"
@@ -69,15 +83,14 @@ def test_built_wheel_installs_one_namespace_and_imports(tmp_path):
                     str(site), str(wheel)], check=True, capture_output=True)
     assert {p.name for p in site.iterdir() if not p.name.startswith("__")} <= {
         "vslerp", *(p.name for p in site.glob("vslerp-*.dist-info")), "bin"}
-    files = _probe(tmp_path, {"PYTHONPATH": str(site)})
+    files, _ = _probe(tmp_path, {"PYTHONPATH": str(site)})
     for module in ROOMS:
         assert Path(files[module]).is_relative_to(site), (module, files[module])
 
 
-def test_cli_help_lists_subcommands():
-    out = subprocess.run([sys.executable, "-m", "vslerp.ui.cli", "--help"], capture_output=True,
-                         text=True, check=True).stdout
-    assert "info" in out
+def test_cli_help_lists_subcommands(outside_repo):
+    _, out = outside_repo
+    assert out.startswith("usage: vslerp") and "info" in out
     bad = subprocess.run([sys.executable, "-m", "vslerp.ui.cli", "no-such-command"],
                          capture_output=True, text=True)
     assert bad.returncode == 2
