@@ -144,10 +144,18 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
         self._bar_config = dict(kwargs)
 
     def execution_device(self) -> torch.device:
-        """Where the models run: the offload hooks' device after ``enable_model_cpu_offload()``,
-        else the pipeline's. diffusers has no public name for it; its ``_execution_device``
-        is what every diffusers pipeline reads (read here only)."""
-        return self._execution_device
+        """Where the cells render: the offload hooks' device after ``enable_model_cpu_offload()``
+        (or sequential / group offload), else the denoiser's own device.
+
+        diffusers has no public name for either: its ``_execution_device`` is what its pipelines
+        read, but it walks every module of every component (milliseconds per call), so it is
+        read only when the denoiser carries an offload hook (accelerate's ``_hf_hook``,
+        diffusers' ``_diffusers_hook``). The one place that looks at those private attributes.
+        """
+        denoiser = self._denoiser()
+        if hasattr(denoiser, "_hf_hook") or hasattr(denoiser, "_diffusers_hook"):
+            return self._execution_device
+        return denoiser.device
 
     # -- inputs ----------------------------------------------------------------------------------
     def check_inputs(self, source, target, thetas, alphas, num_inference_steps, guidance_scale, height,
