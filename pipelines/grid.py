@@ -17,15 +17,10 @@ from diffusers.utils import BaseOutput
 
 import vslerp
 from vslerp._checks import check_magnitude
-from vslerp.defaults import CONFORMITY_COSINE, CONFORMITY_EXACT
 from vslerp.stats.scoring import estimated_conformity
 
 __all__ = ["Grid", "VSlerpPipelineOutput", "check_axis", "conformity_read_out", "distinct_rows",
            "join_chunks", "make_grid"]
-
-# vslerp.stats.scoring's estimator names → the names sidecars and describe() print. The scorer
-# is being renamed to vslerp.defaults' names; both spellings map to them.
-_METHOD_NAMES = {"exact_identity_unit_mean": CONFORMITY_EXACT, "cosine_to_raw_mean": CONFORMITY_COSINE}
 
 
 @dataclass
@@ -90,7 +85,7 @@ def conformity_read_out(raw: torch.Tensor, modality_stats) -> tuple[torch.Tensor
     statistics, by :func:`vslerp.stats.scoring.estimated_conformity` (the one estimator),
     and its name as :mod:`vslerp.defaults` spells it (``exact_identity`` / ``cosine_to_mean``)."""
     scores, name, _ = estimated_conformity(raw, modality_stats)
-    return scores.float(), _METHOD_NAMES.get(name, name)
+    return scores.float(), name
 
 
 @dataclass
