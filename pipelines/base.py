@@ -31,7 +31,7 @@ from vslerp.stats import Statistics
 from . import limits
 from .encoding import EncodingMixin
 from .grid import VSlerpPipelineOutput, check_axis, join_chunks, make_grid
-from .inputs import check_embedding, check_guidance, check_positive_int
+from .inputs import check_embedding, check_guidance, check_positive_int, init_photo
 from .settings import RenderSettings, clone_generator
 from .statistics import StatisticsMixin
 
@@ -55,6 +55,9 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
     _callback_tensor_inputs: list[str] = []  # what callback_on_step_end may ask for
     _optional_components: list[str] = []
     _bar_config: dict = {}  # set_progress_bar_config's options, handed to diffusers' pipelines
+    # the options of RenderSettings this backend takes away from their defaults: "strength"
+    # (img2img), "prompt", "negative_prompt", "noise_level", "ip_adapter_scale"
+    _backend_options: tuple[str, ...] = ()
 
     def _clip_processor(self):
         """The CLIP image processor of ``image_encoder``."""
@@ -92,15 +95,17 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
 
     def _progress_steps(self, settings: RenderSettings) -> int | None:
         """Steps of one batch on the call's progress bar; None: diffusers' pipeline shows its own."""
-        return settings.num_inference_steps
+        return settings.denoise_steps
 
     def _render_chunk(self, chunk: torch.Tensor, noise: list[torch.Generator], device: torch.device,
-                      settings: RenderSettings, tick: Callable[[], None]):
+                      settings: RenderSettings, tick: Callable[[], None], init: list | None = None):
         """Render one batch of distinct cells (B, D) raw; returns B images as ``output_type`` asks.
 
         noise: B generators, read and not advanced: cell k is rendered as diffusers renders one
         image with ``noise[k]`` (its initial latents and, for stochastic steps, its copies).
-        tick: advance the call's progress bar by one step."""
+        tick: advance the call's progress bar by one step. init: with ``settings.strength`` < 1,
+        the B photos (PIL, RGB) the cells start from, as diffusers' img2img pipeline for the model
+        renders ``image=`` with that strength; else None."""
         raise NotImplementedError
 
     def _advance_generator(self, generator: torch.Generator, settings: RenderSettings) -> None:
@@ -205,10 +210,12 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
     def num_timesteps(self):
         return self._num_timesteps
 
-    def _render(self, cells: torch.Tensor, noise: list[torch.Generator], settings: RenderSettings) -> list:
+    def _render(self, cells: torch.Tensor, noise: list[torch.Generator], settings: RenderSettings,
+                init: list | None = None) -> list:
         """Render distinct cells (N, D) raw in batches of ``max_batch_size``; one output per batch.
 
-        noise: one generator per cell, read and not advanced (see :meth:`_render_chunk`)."""
+        noise: one generator per cell, read and not advanced; init: one photo per cell or None
+        (see :meth:`_render_chunk`)."""
         device = self.execution_device()
         self._guidance_scale = settings.guidance_scale
         starts = range(0, cells.shape[0], settings.max_batch_size)
@@ -219,7 +226,8 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
             tick = progress.update if progress is not None else (lambda: None)
             for start in starts:
                 part = slice(start, start + settings.max_batch_size)
-                outputs.append(self._render_chunk(cells[part], noise[part], device, settings, tick))
+                photos = init[part] if init is not None else None
+                outputs.append(self._render_chunk(cells[part], noise[part], device, settings, tick, photos))
         return outputs
 
     @torch.no_grad()
@@ -230,7 +238,9 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
                  callback_on_step_end_tensor_inputs=("latents",), output_type: str = "pil",
                  prior_num_inference_steps: int = 25, super_res_num_inference_steps: int = 7,
                  return_dict: bool = True, max_size: int = limits.MAX_SIZE,
-                 max_cells: int = limits.MAX_CELLS, statistics=None) -> VSlerpPipelineOutput:
+                 max_cells: int = limits.MAX_CELLS, statistics=None, image=None, strength: float = 1.0,
+                 prompt: str | None = None, negative_prompt: str | None = None, noise_level: int = 0,
+                 ip_adapter_scale: float | None = None) -> VSlerpPipelineOutput:
         """Render the θ × α grid of vSLERP(source, target, θ, α, m) (paper Eq. 12).
 
         source: PIL image | image path | (D,) raw embedding. target: the same, or a prompt
@@ -250,11 +260,20 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
         (pipe, step, timestep, tensors) → dict is called after every step of every batch, with
         this pipeline as ``pipe``. An out-of-memory while rendering raises
         :class:`~vslerp.pipelines.limits.RenderOutOfMemory` naming the size and batch.
+        strength: 1 (default) renders every cell from noise; below 1 every cell starts from the
+        photo (``image``, default the source image) encoded by the backend's VAE/MoVQ and
+        noised to ``strength``, as diffusers' img2img pipelines do — the grid keeps the
+        photo's layout. prompt, negative_prompt: text conditioning (Stable unCLIP, IP-Adapter);
+        noise_level: Stable unCLIP's; ip_adapter_scale: the IP-Adapter's (None: as set). A
+        backend refuses the options it does not take, naming them.
         Returns :class:`VSlerpPipelineOutput` (images row-major over thetas × alphas).
         """
         settings = RenderSettings.of_call(self, num_inference_steps, guidance_scale, height, width, max_batch_size,
                                           output_type, callback_on_step_end, callback_on_step_end_tensor_inputs,
-                                          super_res_num_inference_steps, negative_image_embeds, latents)
+                                          super_res_num_inference_steps, negative_image_embeds, latents,
+                                          strength=strength, prompt=prompt, negative_prompt=negative_prompt,
+                                          noise_level=noise_level, ip_adapter_scale=ip_adapter_scale)
+        settings.check_options(self.backend, self._backend_options)
         cb_inputs = self._check_backend(settings, target)
         thetas, alphas = self.check_inputs(source, target, thetas, alphas, num_inference_steps,
                                            settings.guidance_scale, settings.height, settings.width, max_batch_size,
@@ -263,6 +282,7 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
         limits.check_cells(len(thetas) * len(alphas), max_cells=max_cells)
         settings.check_steps(self._min_steps, prior_num_inference_steps)
         stats = self._statistics_for(statistics)
+        photo = init_photo("", image, source, settings.strength)
         if generator is None:
             generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ()).item()))
 
@@ -273,7 +293,9 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
         settings.negative = self._negative(settings.negative)
         grid = make_grid(source_raw, target_raw, thetas, alphas, stats)
         try:
-            outputs = self._render(grid.distinct, [generator] * grid.distinct.shape[0], settings)
+            count = grid.distinct.shape[0]
+            outputs = self._render(grid.distinct, [generator] * count, settings,
+                                   [photo] * count if photo is not None else None)
         except Exception as err:  # noqa: BLE001 - torch's OOM types differ by device and version
             if not limits.is_out_of_memory(err) or isinstance(err, limits.RenderOutOfMemory):
                 raise
@@ -290,7 +312,9 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
                      height: int | None = None, width: int | None = None, max_batch_size: int = 8,
                      negative_image_embeds=None, callback_on_step_end=None,
                      callback_on_step_end_tensor_inputs=("latents",), output_type: str = "pil",
-                     super_res_num_inference_steps: int = 7, statistics=None) -> list[VSlerpPipelineOutput]:
+                     super_res_num_inference_steps: int = 7, statistics=None, strength: float = 1.0,
+                     prompt: str | None = None, negative_prompt: str | None = None, noise_level: int = 0,
+                     ip_adapter_scale: float | None = None) -> list[VSlerpPipelineOutput]:
         """Render independent requests that share steps, guidance and size in one batched call.
 
         requests: dicts ``{"source": (D,) raw, "target": (D,) raw, "thetas": [...], "alphas": [...],
@@ -299,17 +323,22 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
         generator itself is only read, not advanced), while the denoiser sees all requests'
         distinct cells in ``max_batch_size`` batches. A request's optional ``"statistics"`` (as
         :meth:`set_statistics` takes it) is its image mean's source; else ``statistics``, else
-        the pipeline's own. Returns one :class:`VSlerpPipelineOutput` per request, in order.
+        the pipeline's own. With ``strength`` < 1 each request gives the photo its cells start
+        from as ``"image"`` (PIL or path). The backend options are shared by every request, as
+        in :meth:`__call__`. Returns one :class:`VSlerpPipelineOutput` per request, in order.
         """
         settings = RenderSettings.of_call(self, num_inference_steps, guidance_scale, height, width, max_batch_size,
                                           output_type, callback_on_step_end, callback_on_step_end_tensor_inputs,
-                                          super_res_num_inference_steps, negative_image_embeds)
+                                          super_res_num_inference_steps, negative_image_embeds,
+                                          strength=strength, prompt=prompt, negative_prompt=negative_prompt,
+                                          noise_level=noise_level, ip_adapter_scale=ip_adapter_scale)
         if not requests:
             return []
+        settings.check_options(self.backend, self._backend_options)
         cb_inputs = self._check_backend(settings, None)
         settings.check_size(self.size_rule())
         settings.check_steps(self._min_steps)
-        grids, noise = [], []
+        grids, noise, photos = [], [], []
         call_stats = self._statistics_for(statistics)
         for k, req in enumerate(requests):
             name = f"requests[{k}]"
@@ -328,9 +357,11 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
             grid = make_grid(source_raw, target_raw, thetas, alphas, stats, name=f"{name}: ")
             grids.append(grid)
             noise += [generator] * grid.distinct.shape[0]
+            photos += [init_photo(f"{name}: ", req.get("image"), None, settings.strength)] * grid.distinct.shape[0]
         settings.negative = self._negative(settings.negative)
         flat = torch.cat([grid.distinct for grid in grids])  # (ΣU, D): every request's distinct cells
-        rendered = join_chunks(self._render(flat, noise, settings), output_type)
+        rendered = join_chunks(self._render(flat, noise, settings, photos if settings.strength < 1 else None),
+                               output_type)
         self.maybe_free_model_hooks()
         results, start = [], 0
         for grid in grids:

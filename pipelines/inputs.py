@@ -17,7 +17,7 @@ from pathlib import Path
 from vslerp.defaults import IMAGE_SUFFIXES  # torch-free: the CLI's parser imports this module
 
 __all__ = ["IMAGE_SUFFIXES", "ImageOrPrompt", "check_embedding", "check_guidance", "check_positive_int",
-           "check_prompt", "check_steps", "image_path_or_prompt", "open_named_image"]
+           "check_prompt", "check_steps", "image_path_or_prompt", "init_photo", "open_named_image"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,25 @@ def open_named_image(name: str, path):
         return open_image(path)
     except UnreadableImage as err:
         raise ValueError(f"{name} image {path} cannot be read: {err}") from None
+
+
+def init_photo(name: str, image, source, strength: float):
+    """The photo an img2img render (``strength`` < 1) starts from, as RGB: ``image`` (a PIL
+    image or path), else ``source`` when it is one; None at strength 1. ``ValueError`` naming
+    ``name`` when there is no photo to start from, or ``image`` is given at strength 1."""
+    import PIL.Image
+
+    if strength >= 1.0:
+        if image is not None:
+            raise ValueError(f"{name}image is the photo an img2img render starts from: give it with strength < 1")
+        return None
+    photo = image if image is not None else source
+    if isinstance(photo, PIL.Image.Image):
+        return photo.convert("RGB")
+    if isinstance(photo, (str, Path)):
+        return open_named_image(f"{name}image" if image is not None else f"{name}source", photo)
+    raise ValueError(f"{name}strength < 1 starts from a photo: give the source as an image (or image=), "
+                     f"not {'a ' + type(photo).__name__ if photo is not None else 'nothing'}")
 
 
 def check_embedding(name: str, raw, dim: int):

@@ -48,6 +48,7 @@ class VSlerpPipeline(VSlerpBasePipeline):
     model_cpu_offload_seq = "text_encoder->image_encoder->prior->unet->movq"
     _callback_tensor_inputs = ["latents", "image_embeds", "negative_image_embeds"]  # KandinskyV22Pipeline's
     _min_steps = 1
+    _backend_options = ("strength",)  # img2img through KandinskyV22Img2ImgPipeline
 
     def __init__(self, prior, image_encoder, text_encoder, tokenizer, image_processor,
                  prior_scheduler, unet, scheduler, movq):
@@ -84,6 +85,8 @@ class VSlerpPipeline(VSlerpBasePipeline):
 
     def _check_backend(self, settings: RenderSettings, target) -> list[str]:
         latents = settings.latents
+        if latents is not None and settings.strength < 1.0:
+            raise ValueError("latents cannot be given with strength < 1: img2img starts from the photo's latents")
         sized = isinstance(settings.height, int) and isinstance(settings.width, int)  # else check_inputs says
         if isinstance(latents, torch.Tensor) and sized:
             if latents.ndim == 3:
@@ -131,18 +134,23 @@ class VSlerpPipeline(VSlerpBasePipeline):
                  *_latent_size(settings.height, settings.width, self.movq_scale_factor))
         return randn_tensor(shape, generator=step_from, device=device, dtype=self.unet.dtype), step_from
 
-    def _decoder_pipeline(self):
-        """diffusers' ``KandinskyV22Pipeline`` on this pipeline's unet, scheduler and movq (built
-        per call: a component may have been replaced), its own progress bar off (the call's shows)."""
-        from diffusers import KandinskyV22Pipeline
+    def _decoder_pipeline(self, img2img: bool = False):
+        """diffusers' ``KandinskyV22Pipeline`` (``KandinskyV22Img2ImgPipeline`` for img2img) on
+        this pipeline's unet, scheduler and movq (built per call: a component may have been
+        replaced), its own progress bar off (the call's shows)."""
+        from diffusers import KandinskyV22Img2ImgPipeline, KandinskyV22Pipeline
 
-        decoder = KandinskyV22Pipeline(unet=self.unet, scheduler=self.scheduler, movq=self.movq)
+        kind = KandinskyV22Img2ImgPipeline if img2img else KandinskyV22Pipeline
+        decoder = kind(unet=self.unet, scheduler=self.scheduler, movq=self.movq)
         decoder.set_progress_bar_config(disable=True)
         return decoder
 
-    def _render_chunk(self, chunk, noise, device, settings: RenderSettings, tick):
+    def _render_chunk(self, chunk, noise, device, settings: RenderSettings, tick, init=None):
         batch = chunk.shape[0]
-        dtype = self.unet.dtype
+        if init is not None:  # img2img: diffusers draws each cell's noise from its generator copy
+            start = {"image": list(init), "strength": settings.strength,
+                     "generator": [clone_generator(gen) for gen in noise]}
+            return self._denoise(chunk, device, settings, tick, start)
         drawn: dict[int, tuple] = {}  # generator → (its one-image latents, its copy after drawing them)
         for gen in noise:
             if id(gen) not in drawn:
@@ -152,6 +160,12 @@ class VSlerpPipeline(VSlerpBasePipeline):
         else:  # independent requests: each cell from its own request's noise
             latents = torch.cat([drawn[id(gen)][0] for gen in noise])  # (B, C, h, w)
         generators = [clone_generator(drawn[id(gen)][1]) for gen in noise]  # one copy per cell
+        return self._denoise(chunk, device, settings, tick, {"latents": latents, "generator": generators})
+
+    def _denoise(self, chunk, device, settings: RenderSettings, tick, start: dict):
+        """diffusers' decoder pipeline on a batch of cells from ``start`` (its latents and
+        generators, or img2img's image, strength and generators); images as ``output_type`` asks."""
+        batch, dtype = chunk.shape[0], self.unet.dtype
         negative = settings.negative[None].expand(batch, -1)  # (B, D)
         user_callback = settings.callback_on_step_end
 
@@ -161,11 +175,11 @@ class VSlerpPipeline(VSlerpBasePipeline):
             tick()
             return out
 
-        latents = self._decoder_pipeline()(
+        latents = self._decoder_pipeline(img2img="image" in start)(
             image_embeds=chunk.to(device=device, dtype=dtype),
             negative_image_embeds=negative.to(device=device, dtype=dtype),
             height=settings.height, width=settings.width, num_inference_steps=settings.num_inference_steps,
-            guidance_scale=settings.guidance_scale, generator=generators, latents=latents, output_type="latent",
+            guidance_scale=settings.guidance_scale, **start, output_type="latent",
             callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=settings.callback_tensor_inputs,
         ).images  # (B, C, h, w)
         if settings.output_type == "latent":

@@ -21,13 +21,28 @@ __all__ = ["BACKENDS", "KANDINSKY", "UNCLIP", "auto_device", "backend_by_name", 
            "load_pipeline", "load_unclip_components", "pipeline_class", "read_model_index"]
 
 KANDINSKY, UNCLIP = "kandinsky2.2", "unclip"  # the backends' names (describe(), sidecars)
+STABLE_UNCLIP, IP_ADAPTER_SD, IP_ADAPTER_SDXL = "stable-unclip", "ip-adapter-sd", "ip-adapter-sdxl"
 BACKENDS = {  # model_index.json _class_name → backend (diffusers' own pipelines and ours, saved)
     "KandinskyV22Pipeline": KANDINSKY,
     "VSlerpPipeline": KANDINSKY,
     "UnCLIPImageVariationPipeline": UNCLIP,
     "VSlerpUnCLIPPipeline": UNCLIP,
+    "StableUnCLIPImg2ImgPipeline": STABLE_UNCLIP,
+    "VSlerpStableUnCLIPPipeline": STABLE_UNCLIP,
+    "StableDiffusionPipeline": IP_ADAPTER_SD,
+    "VSlerpIPAdapterPipeline": IP_ADAPTER_SD,
+    "StableDiffusionXLPipeline": IP_ADAPTER_SDXL,
+    "VSlerpIPAdapterXLPipeline": IP_ADAPTER_SDXL,
 }
-_BACKEND_ARGS = {"auto": None, KANDINSKY: KANDINSKY, "kandinsky": KANDINSKY, UNCLIP: UNCLIP}
+_CLASSES = {  # backend → (module, class): the adapter that renders it
+    KANDINSKY: ("vslerp.pipelines.kandinsky", "VSlerpPipeline"),
+    UNCLIP: ("vslerp.pipelines.unclip", "VSlerpUnCLIPPipeline"),
+    STABLE_UNCLIP: ("vslerp.pipelines.stable_unclip", "VSlerpStableUnCLIPPipeline"),
+    IP_ADAPTER_SD: ("vslerp.pipelines.ip_adapter", "VSlerpIPAdapterPipeline"),
+    IP_ADAPTER_SDXL: ("vslerp.pipelines.ip_adapter", "VSlerpIPAdapterXLPipeline"),
+}
+_BACKEND_ARGS = {"auto": None, "kandinsky": KANDINSKY, **{name: name for name in _CLASSES}}
+IP_ADAPTER_ARGS = ("ip_adapter", "ip_adapter_subfolder", "ip_adapter_weight_name")  # from_pretrained's
 
 _UNCLIP_PARTS = {  # component → (library, class) in the Karlo image-variations layout
     "decoder": ("diffusers", "UNet2DConditionModel"),
@@ -83,18 +98,21 @@ def read_model_index(id_or_dir) -> dict | None:
 
 
 def backend_by_name(id_or_dir) -> str | None:
-    """The backend a model id names without reading it: "unclip" for Karlo ids, "kandinsky2.2"
-    for the default Kandinsky ids, else None."""
+    """The backend a model id names without reading it: "unclip" for Karlo ids, "stable-unclip"
+    for Stable unCLIP ids, "kandinsky2.2" for the default Kandinsky ids, else None."""
     name = str(id_or_dir).lower() if id_or_dir is not None else ""
     if "karlo" in name:
         return UNCLIP
+    if "unclip" in name and "stable-diffusion" in name:
+        return STABLE_UNCLIP
     return KANDINSKY if name in (DEFAULT_DECODER, DEFAULT_PRIOR) else None
 
 
 def backend_of(id_or_dir) -> str | None:
-    """The backend of a model (hub id or folder): ``"kandinsky2.2"``, ``"unclip"`` or None (a
+    """The backend of a model (hub id or folder): a name of :data:`BACKENDS` (``"kandinsky2.2"``,
+    ``"unclip"``, ``"stable-unclip"``, ``"ip-adapter-sd"``, ``"ip-adapter-sdxl"``) or None (a
     model_index of another pipeline, or nothing that tells). From ``model_index.json``'s
-    ``_class_name`` (:data:`BACKENDS`), else :func:`backend_by_name`."""
+    ``_class_name``, else :func:`backend_by_name`."""
     index = read_model_index(id_or_dir)
     if index is not None:
         return BACKENDS.get(index.get("_class_name"))
@@ -103,13 +121,10 @@ def backend_of(id_or_dir) -> str | None:
 
 def pipeline_class(backend: str):
     """The pipeline class of a backend name."""
-    if backend == UNCLIP:
-        from .unclip import VSlerpUnCLIPPipeline
+    import importlib
 
-        return VSlerpUnCLIPPipeline
-    from .kandinsky import VSlerpPipeline
-
-    return VSlerpPipeline
+    module, name = _CLASSES[backend]
+    return getattr(importlib.import_module(module), name)
 
 
 def auto_device():
@@ -138,8 +153,12 @@ def load_pipeline(cls, decoder_id_or_dir=None, prior=None, stats=None, torch_dty
         tensor, or None (the saved folder's statistics, else the Kandinsky prior's ``clip_mean``;
         unCLIP needs one).
     torch_dtype: default :func:`vslerp.stats.encode.default_dtype` of the device (float16 on CUDA).
-    backend: "auto" (``VSlerpPipeline``: from ``model_index.json``), "kandinsky2.2" or "unclip";
-        a backend's own class (``VSlerpUnCLIPPipeline``) loads its backend.
+    backend: "auto" (``VSlerpPipeline``: from ``model_index.json``) or a backend's name
+        ("kandinsky2.2", "unclip", "stable-unclip", "ip-adapter-sd", "ip-adapter-sdxl"); a
+        backend's own class (``VSlerpUnCLIPPipeline``, ...) loads its backend.
+    ip_adapter, ip_adapter_subfolder, ip_adapter_weight_name: the IP-Adapter an SD / SDXL base
+        renders through (as diffusers' ``load_ip_adapter``), e.g. ``"h94/IP-Adapter"``,
+        ``"models"``, ``"ip-adapter_sd15.safetensors"``; only for those backends.
     device: "auto" (cuda, then mps, then cpu with a warning), a device, or None (stay on the
         CPU). ``pipe.enable_model_cpu_offload()`` after loading moves every component back to
         the CPU and onto the GPU only while it runs (diffusers' own offload).
@@ -149,7 +168,7 @@ def load_pipeline(cls, decoder_id_or_dir=None, prior=None, stats=None, torch_dty
     from vslerp.stats.encode import clip_image_processor_class, default_dtype, parse_device
 
     if backend not in _BACKEND_ARGS:
-        raise ValueError(f"backend must be 'auto', 'kandinsky2.2' or 'unclip', got {backend!r}")
+        raise ValueError(f"backend must be 'auto' or one of {sorted(_CLASSES)}, got {backend!r}")
     wanted = _BACKEND_ARGS[backend]
     if cls is not pipeline_class(KANDINSKY):  # a backend's own class (or a subclass): its backend
         if wanted not in (None, cls.backend):
@@ -163,8 +182,17 @@ def load_pipeline(cls, decoder_id_or_dir=None, prior=None, stats=None, torch_dty
     target = auto_device() if device == "auto" else (parse_device(device) if device is not None else None)
     dtype = torch_dtype or (default_dtype(target) if target is not None else torch.float32)
     clip_image_processor_class()  # the class without torchvision, resolved without a warning
-    load = _load_unclip if wanted == UNCLIP else _load_kandinsky
-    pipe = load(cls, decoder_id_or_dir, prior, stats, dtype, **kwargs)
+    adapter = {k: kwargs.pop(k) for k in IP_ADAPTER_ARGS if kwargs.get(k) is not None}
+    if wanted in (IP_ADAPTER_SD, IP_ADAPTER_SDXL):
+        kwargs.update(adapter)
+    elif adapter:
+        raise ValueError(f"{', '.join(sorted(adapter))}: an IP-Adapter renders through a Stable Diffusion / "
+                         f"SDXL base, and {decoder_id_or_dir or 'the default model'} is a {wanted} model")
+    load = {KANDINSKY: _load_kandinsky, UNCLIP: _load_unclip}.get(wanted)
+    if load is None:  # a backend that loads itself: its class's ``_load_backend`` classmethod
+        pipe = cls._load_backend(decoder_id_or_dir, prior, stats, dtype, **kwargs)
+    else:
+        pipe = load(cls, decoder_id_or_dir, prior, stats, dtype, **kwargs)
     if target is not None:
         pipe.to(target)
     return pipe

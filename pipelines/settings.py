@@ -7,6 +7,7 @@ with the backend's defaults filled in and checked before any compute.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -41,13 +42,21 @@ class RenderSettings:
     callback_on_step_end: Callable | None = None  # callback(pipe, step, timestep, tensors) -> dict
     callback_tensor_inputs: list[str] = field(default_factory=list)  # the tensors it receives
     super_res_num_inference_steps: int = 7  # unCLIP's super-resolution steps
+    # Backend options (each backend names the ones it takes in ``_backend_options``):
+    strength: float = 1.0  # img2img: < 1 starts from the photo noised to this strength
+    prompt: str | None = None  # text conditioning (Stable unCLIP, IP-Adapter)
+    negative_prompt: str | None = None
+    noise_level: int = 0  # Stable unCLIP's image-embedding noise level
+    ip_adapter_scale: float | None = None  # IP-Adapter's scale (None: as loaded / set)
 
     @classmethod
     def of_call(cls, pipe, num_inference_steps, guidance_scale, height, width, max_batch_size, output_type,
                 callback_on_step_end, callback_on_step_end_tensor_inputs, super_res_num_inference_steps,
-                negative_image_embeds=None, latents=None) -> RenderSettings:
-        """A call's arguments, None → ``pipe``'s backend defaults (guidance, size)."""
-        return cls(
+                negative_image_embeds=None, latents=None, **options) -> RenderSettings:
+        """A call's arguments, None → ``pipe``'s backend defaults (guidance, size); ``options``:
+        the backend options (strength, prompt, negative_prompt, noise_level, ip_adapter_scale),
+        checked by :meth:`check_options`."""
+        return cls(**options,
             num_inference_steps=num_inference_steps,
             guidance_scale=pipe.default_guidance_scale if guidance_scale is None else guidance_scale,
             height=pipe.default_size if height is None else height,
@@ -56,6 +65,47 @@ class RenderSettings:
             negative=negative_image_embeds, callback_on_step_end=callback_on_step_end,
             callback_tensor_inputs=list(callback_on_step_end_tensor_inputs or []),
             super_res_num_inference_steps=super_res_num_inference_steps)
+
+    @property
+    def denoise_steps(self) -> int:
+        """The steps the denoiser runs: all of them, or img2img's ``int(steps × strength)``
+        (diffusers' ``get_timesteps``)."""
+        if self.strength >= 1.0:
+            return self.num_inference_steps
+        return min(int(self.num_inference_steps * self.strength), self.num_inference_steps)
+
+    def check_options(self, backend: str, accepted: tuple[str, ...]) -> None:
+        """The backend options: their types and ranges, and only the ones ``backend`` takes
+        (``accepted``) away from their defaults — each refusal names the option and the backend."""
+        strength = self.strength
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be a number in (0, 1] (1: from pure noise), got {strength!r}")
+        self.strength = float(strength)
+        for name in ("prompt", "negative_prompt"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a string or None, got {type(value).__name__}")
+        level = self.noise_level
+        if isinstance(level, bool) or not isinstance(level, int) or level < 0:
+            raise ValueError(f"noise_level must be an int >= 0, got {level!r}")
+        scale = self.ip_adapter_scale
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                                  or not math.isfinite(scale) or scale < 0):
+            raise ValueError(f"ip_adapter_scale must be a number >= 0, got {scale!r}")
+        given = {"strength": self.strength < 1.0, "prompt": self.prompt is not None,
+                 "negative_prompt": self.negative_prompt is not None, "noise_level": level != 0,
+                 "ip_adapter_scale": scale is not None}
+        why = {"strength": "strength < 1 (img2img)", "prompt": "a text prompt=",
+               "negative_prompt": "negative_prompt=", "noise_level": "noise_level",
+               "ip_adapter_scale": "ip_adapter_scale"}
+        for name, is_given in given.items():
+            if is_given and name not in accepted:
+                hint = " (a prompt as target goes through the prior)" if name == "prompt" and backend == "kandinsky2.2" \
+                    else ""
+                raise ValueError(f"{why[name]} is not supported by the {backend} backend{hint}")
+        if self.strength < 1.0 and self.denoise_steps < 1:
+            raise ValueError(f"strength={self.strength} with num_inference_steps={self.num_inference_steps} "
+                             "leaves no denoising step: int(steps × strength) must be >= 1")
 
     def check_steps(self, min_steps: int, prior_num_inference_steps: int = 25) -> None:
         """Step counts: UnCLIPScheduler (the Kandinsky prior's; unCLIP's decoder and

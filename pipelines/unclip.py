@@ -100,7 +100,7 @@ class VSlerpUnCLIPPipeline(VSlerpBasePipeline):
         pipe.set_progress_bar_config(**self._bar_config)
         return pipe
 
-    def _render_chunk(self, chunk, noise, device, settings: RenderSettings, tick):
+    def _render_chunk(self, chunk, noise, device, settings: RenderSettings, tick, init=None):
         generators = [clone_generator(gen) for gen in noise]  # one copy per cell
         images = self._variation_pipeline()(
             image_embeddings=chunk.to(device=device, dtype=self.decoder.dtype),
