@@ -2,9 +2,9 @@
 
 Each page's blocks run in order in a fresh folder holding the files the examples name
 (cat.png, dog.png, val2017/, annotations/captions_val2017.json, …), with a Hugging Face cache
-in which the default model ids (`kandinsky-community/kandinsky-2-2-prior`, `-decoder`,
-`kakaobrain/karlo-v1-alpha-image-variations`) hold tiny random models, so every command runs
-verbatim, offline. The only changes made to what a block says, for speed on a CPU:
+in which the model ids the pages name (:data:`HUB_IDS`: Kandinsky 2.2, Karlo, Stable unCLIP,
+SD 1.5 / SDXL and `h94/IP-Adapter`) hold tiny random models, so every command runs verbatim,
+offline. The only changes made to what a block says, for speed on a CPU:
 
 - rendering runs 2 denoising steps at 64 px: `--steps N` / `--size N` and the JSON keys
   `"steps"` / `"size"` are set to 2 / 64 in bash blocks, `vslerp grid|animate|batch` get
@@ -46,11 +46,15 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(?P<skip><!-- docs-check: skip(?::\s*(?P<why>.*?))? -->\n)?```(?P<lang>bash|python)\n"
                    r"(?P<body>.*?)^```$", re.M | re.S)
-SHA = "0" * 40
-HUB_IDS = {
+HUB_IDS = {  # hub id → the tiny model (tests/docs_workspace.py) the fake cache holds under it
     "kandinsky-community/kandinsky-2-2-prior": "prior",
     "kandinsky-community/kandinsky-2-2-decoder": "decoder",
     "kakaobrain/karlo-v1-alpha-image-variations": "unclip",
+    "stabilityai/stable-diffusion-2-1-unclip": "stable_unclip",
+    "stabilityai/stable-diffusion-2-1-unclip-small": "stable_unclip",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd15",
+    "stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
+    "h94/IP-Adapter": "ip_adapter",
 }
 
 
@@ -246,38 +250,6 @@ def _speed(body: str) -> str:
     return re.sub(r'"size": \d+', '"size": 64', body)
 
 
-def _img2dataset_folders(inputs: Path, rng, shards: int = 4, per_shard: int = 3) -> None:
-    """``web/0000K.tar`` (KEY.jpg + KEY.txt + KEY.json) and ``pq/0000K.parquet`` (``jpg`` bytes
-    + ``caption``): the layouts img2dataset writes."""
-    import io
-    import tarfile
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from PIL import Image
-
-    (inputs / "web").mkdir()
-    (inputs / "pq").mkdir()
-    for k in range(shards):
-        rows = []
-        with tarfile.open(inputs / "web" / f"{k:05d}.tar", "w") as tar:
-            for j in range(per_shard):
-                key = f"{k:05d}{j:04d}"
-                jpg = io.BytesIO()
-                Image.fromarray((rng.random((40, 40, 3)) * 255).astype("uint8")).save(jpg, "JPEG")
-                caption = f"sample {j} of shard {k}"
-                parts = {"jpg": jpg.getvalue(), "txt": caption.encode(),
-                         "json": json.dumps({"caption": caption, "key": key}).encode()}
-                for ext, data in parts.items():
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-                rows.append((parts["jpg"], caption))
-        table = pa.table({"jpg": pa.array([r[0] for r in rows], pa.binary()),
-                          "caption": [r[1] for r in rows]})
-        pq.write_table(table, inputs / "pq" / f"{k:05d}.parquet")
-
-
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory):
     """``(base, env)``: the stand-ins in ``base/bin`` (first on PATH in ``env``) and the fork
@@ -320,48 +292,10 @@ def stand_ins(tmp_path_factory):
 @pytest.fixture(scope="module")
 def workspace(stand_ins):
     """A folder of example inputs, a fake HF cache with tiny models, and stand-ins on PATH."""
-    from PIL import Image
-
-    from vslerp.pipelines.testing import make_tiny_kandinsky, make_tiny_unclip
+    from docs_workspace import build_workspace
 
     base, env = stand_ins
-    models = base / "models"
-    prior, decoder = make_tiny_kandinsky(models)
-    built = {"prior": prior, "decoder": decoder, "unclip": make_tiny_unclip(models / "unclip")}
-    hub = base / "hf" / "hub"
-    for repo, key in HUB_IDS.items():
-        entry = hub / ("models--" + repo.replace("/", "--"))
-        shutil.copytree(built[key], entry / "snapshots" / SHA)
-        (entry / "refs").mkdir(parents=True)
-        (entry / "refs" / "main").write_text(SHA)
-
-    inputs = base / "inputs"
-    rng = __import__("numpy").random.default_rng(0)
-    def image(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pixels = (rng.random((48, 48, 3)) * 255).astype("uint8")
-        Image.fromarray(pixels).save(path)
-    for name in ["cat.png", "cat.jpg", "dog.png", "dog.jpg"]:
-        image(inputs / name)
-    names = [f"{i:012d}.jpg" for i in range(6)]
-    for i, _name in enumerate(names):
-        image(inputs / "val2017" / _name)
-        image(inputs / "generated" / f"{i:04d}.png")
-    coco = {"images": [{"id": i, "file_name": n} for i, n in enumerate(names)],
-            "annotations": [{"id": 2 * i + k, "image_id": i, "caption": f"photo {i} caption {k}"}
-                            for i in range(len(names)) for k in range(2)]}
-    (inputs / "annotations").mkdir()
-    (inputs / "annotations" / "captions_val2017.json").write_text(json.dumps(coco))
-    (inputs / "captions_val2017.json").write_text(json.dumps(coco))
-    (inputs / "my_captions.txt").write_text("a cat\na dog on a sofa\na red car\n")
-    _img2dataset_folders(inputs, rng)
-
-    # Statistics files the pages name without computing them first.
-    subprocess.run([str(base / "bin" / "vslerp"), "stats", "compute", "--images", "val2017",
-                    "--captions", "annotations/captions_val2017.json", "--prior",
-                    "kandinsky-community/kandinsky-2-2-prior", "--out", "coco_kandinsky.safetensors",
-                    "--no-progress"], cwd=inputs, env=env, check=True, capture_output=True)
-    return inputs, env, base / "bin"
+    return build_workspace(base, env, HUB_IDS), env, base / "bin"
 
 
 def test_forked_commands_behave_as_processes(stand_ins):
