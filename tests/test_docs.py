@@ -9,7 +9,7 @@ offline. The only changes made to what a block says, for speed on a CPU:
 - rendering runs 2 denoising steps at 64 px: `--steps N` / `--size N` and the JSON keys
   `"steps"` / `"size"` are set to 2 / 64 in bash blocks, `vslerp grid|animate|batch` get
   `--steps 2 --size 64` appended (the last value wins), and in Python blocks
-  `VSlerpPipeline.__call__` is wrapped to use 2 steps and 64 px on Kandinsky;
+  the pipelines' `__call__` is wrapped to use 2 steps (and 64 px on Kandinsky);
 - commands that cannot run here are stood in for on PATH: `pip` (CI installs the project
   itself) prints what it would install; `vslerp ui` and `accelerate launch` parse their
   command line with the real parser, then `vslerp ui` stops (tests/test_editor*.py run the
@@ -232,14 +232,14 @@ echo "docs-check: pip $* (not run: CI installs the project itself)"
 """
 
 PRELUDE = """
-import vslerp.pipelines.pipeline as _docs_pipeline
-_docs_call = _docs_pipeline.VSlerpPipeline.__call__
+import vslerp.pipelines.base as _docs_base
+_docs_call = _docs_base.VSlerpBasePipeline.__call__
 def _docs_fast(self, *args, **kwargs):
     kwargs["num_inference_steps"] = 2
     if self.backend == "kandinsky2.2":
         kwargs["height"] = kwargs["width"] = 64
     return _docs_call(self, *args, **kwargs)
-_docs_pipeline.VSlerpPipeline.__call__ = _docs_fast
+_docs_base.VSlerpBasePipeline.__call__ = _docs_fast
 """
 
 
