@@ -1,7 +1,9 @@
-"""VSlerpPipeline: vertical-SLERP editing with diffusers generators (Kandinsky 2.2, unCLIP/Karlo).
+"""VSlerpPipeline: vertical-SLERP editing with diffusers generators (Kandinsky 2.2, unCLIP/Karlo,
+Stable unCLIP, IP-Adapter on SD / SDXL).
 
 Modules: ``grid`` (the θ × α grid, backend-free), ``base`` (the call every backend shares),
-``kandinsky`` / ``unclip`` (the backends: adapters over diffusers' own pipelines), ``loading``
+``kandinsky`` / ``unclip`` / ``stable_unclip`` / ``ip_adapter`` (the backends: adapters over
+diffusers' own pipelines), ``loading``
 (which backend a model is, from its ``model_index.json``, and loading it), ``inputs`` and
 ``limits`` (the checks of a call's inputs), ``tiling`` (tiled MoVQ decode), ``testing`` (tiny
 random models). The names below are imported on first use (PEP 562): ``vslerp.pipelines.limits``
@@ -17,6 +19,7 @@ _EXPORTS = {
     "DEFAULT_DECODER": "vslerp.defaults", "DEFAULT_PRIOR": "vslerp.defaults",
     "DEFAULT_UNCLIP": "vslerp.defaults", "STATISTICS_FILE": "vslerp.defaults",
     "VSlerpPipeline": "vslerp.pipelines.kandinsky", "VSlerpUnCLIPPipeline": "vslerp.pipelines.unclip",
+    "VSlerpStableUnCLIPPipeline": "vslerp.pipelines.stable_unclip",
     "VSlerpPipelineOutput": "vslerp.pipelines.grid",
     "auto_device": "vslerp.pipelines.loading", "backend_of": "vslerp.pipelines.loading",
     "read_model_index": "vslerp.pipelines.loading",
