@@ -47,7 +47,9 @@ def build(name: str, root: str | Path, steps: int, size: int) -> Pair:
     from vslerp.pipelines import VSlerpPipeline
     from vslerp.pipelines import testing as tiny
     from vslerp.pipelines import testing_sd as tiny_sd
+    from vslerp.stats.encode import clip_image_processor_class
 
+    clip_image_processor_class()  # diffusers' loaders then find the class without torchvision, quietly
     root = Path(root)
     render = {"num_inference_steps": steps, "height": size, "width": size, "output_type": "np"}
     stats = _stats(tiny.TINY_DIM, root)
