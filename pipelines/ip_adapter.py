@@ -8,16 +8,19 @@ adapter's ``ImageProjection`` reads), so only the non-"plus" adapters are taken
 (``ip-adapter_sd15``, ``ip-adapter_sdxl``, ``ip-adapter_sdxl_vit-h``); "plus" adapters (a
 resampler over hidden states) and FaceID (face embeddings) are refused. Each batch of B cells
 goes to diffusers' pipeline as ``ip_adapter_image_embeds=[cat([negative, cells])[:, None]]``
-((2B, 1, D) with guidance, the negative the zero vector as diffusers' ``encode_image`` gives
-non-plus adapters), ``prompt=[prompt or ""] * B`` and one copy of the call's generator per
-cell — so a θ=0 cell is diffusers' own render of the source embedding at that seed.
-``strength`` < 1 renders through ``StableDiffusionImg2ImgPipeline`` /
-``StableDiffusionXLImg2ImgPipeline`` from the photo.
+((2B, 1, D) with guidance; the negative is the zero vector, as diffusers' ``encode_image``
+gives non-plus adapters, or ``negative_image_embeds``), ``prompt=[prompt or ""] * B`` and one
+copy of the call's generator per cell — so a θ=0 cell is diffusers' own render of the source
+embedding at that seed. diffusers repeats ``ip_adapter_image_embeds`` for every prompt of a
+batch, so the pipeline it renders with takes them one row per cell (:class:`_EmbedsPerCell`,
+its only change). ``strength`` < 1 renders through ``StableDiffusionImg2ImgPipeline`` /
+``StableDiffusionXLImg2ImgPipeline`` from the photo. The adapter's files:
+:mod:`vslerp.pipelines.ip_adapter_files`.
 
 Saving: diffusers' UNet, once adapted, saves the adapter's weights into its own state dict,
 which a fresh UNet does not take. ``save_pretrained`` therefore saves the components without
 the adapter (its attention processors and image projection set aside for the save, then put
-back), the adapter's weights re-exported from the UNet with the keys of the hub file as
+back: saving does not re-read the weights), the adapter's weights re-exported from the UNet with the keys of the hub file as
 ``ip_adapter/ip-adapter.safetensors`` and ``ip_adapter/vslerp_ip_adapter.json`` naming the
 adapter; ``from_pretrained(folder)`` loads the components and the adapter through
 ``load_ip_adapter`` again (the image encoder is a saved component).
@@ -25,7 +28,6 @@ adapter; ``from_pretrained(folder)`` loads the components and the adapter throug
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 from pathlib import Path
@@ -38,45 +40,18 @@ from vslerp.stats.hub import local_folder, unavailable_model
 
 from .base import RenderSettings, VSlerpBasePipeline, clone_generator
 from .inputs import image_path_or_prompt
+from .ip_adapter_files import (
+    ADAPTER_WHY,
+    SAVED_FOLDER,
+    SAVED_JSON,
+    SAVED_WEIGHT,
+    adapter_state_dict,
+    check_adapter_file,
+    split_adapter_id,
+    without_adapter,
+)
 
-__all__ = ["VSlerpIPAdapterPipeline", "VSlerpIPAdapterXLPipeline", "check_adapter_keys"]
-
-SAVED_FOLDER, SAVED_WEIGHT, SAVED_JSON = "ip_adapter", "ip-adapter.safetensors", "vslerp_ip_adapter.json"
-_PLAIN_KEYS = {"image_proj.proj.weight", "image_proj.proj.bias", "image_proj.norm.weight", "image_proj.norm.bias"}
-_WHY = ("vSLERP edits the projected CLIP image embedding, which only the non-plus adapters "
-        "(ip-adapter_sd15, ip-adapter_sdxl, ip-adapter_sdxl_vit-h) read; plus adapters consume the "
-        "encoder's hidden states, FaceID adapters face embeddings")
-
-
-def check_adapter_keys(keys, name: str) -> None:
-    """Refuse an adapter file whose ``image_proj`` is not diffusers' ``ImageProjection`` (plain
-    IP-Adapter: ``proj`` + ``norm``), from its safetensors keys, before any weight is loaded."""
-    proj = {k for k in keys if k.startswith("image_proj.")}
-    lora = any("lora" in k for k in keys)
-    if proj != _PLAIN_KEYS or lora:
-        kind = "a plus (resampler)" if any(".latents" in k or "proj_in" in k for k in proj) else \
-            ("a FaceID" if lora or any("perceiver" in k or k.startswith("image_proj.proj.0") for k in proj)
-             else "an unknown")
-        raise ValueError(f"{name} is {kind} IP-Adapter: {_WHY}")
-
-
-def _adapter_file(source: str, subfolder: str, weight_name: str, **kwargs) -> Path:
-    """The adapter's weight file: in a local folder, else from the hub (cache first)."""
-    folder = local_folder(source)
-    if folder is not None:
-        path = folder / subfolder / weight_name
-        if not path.is_file():
-            raise ValueError(f"IP-Adapter weights not found: {path}")
-        return path
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(source, weight_name, subfolder=subfolder or None,
-                                    cache_dir=kwargs.get("cache_dir"), token=kwargs.get("token")))
-    except Exception as err:  # noqa: BLE001 - offline, no such repo / file
-        raise unavailable_model(source, "--ip-adapter") or ValueError(
-            f"cannot load the IP-Adapter {source}:{subfolder}/{weight_name}: {err}") from None
-
+__all__ = ["VSlerpIPAdapterPipeline", "VSlerpIPAdapterXLPipeline"]
 
 class _EmbedsPerCell:
     """diffusers' pipeline with ``ip_adapter_image_embeds`` taken one row per image.
@@ -152,14 +127,12 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
             pipe.model_ids = {"decoder": info.get("decoder") or source, "prior": None,
                               "ip_adapter": info.get("ip_adapter")}
         else:
-            subfolder = ip_adapter_subfolder if ip_adapter_subfolder is not None else cls._example_subfolder
-            weight = ip_adapter_weight_name or cls._example_weight
+            ip_adapter, subfolder, weight = split_adapter_id(str(ip_adapter), ip_adapter_subfolder,
+                                                             ip_adapter_weight_name)
+            subfolder = cls._example_subfolder if subfolder is None else subfolder
+            weight = weight or cls._example_weight
             adapter_id = f"{ip_adapter}:{subfolder}/{weight}" if subfolder else f"{ip_adapter}:{weight}"
-            if weight.endswith(".safetensors"):  # refuse plus / FaceID before loading anything
-                from safetensors import safe_open
-
-                with safe_open(str(_adapter_file(str(ip_adapter), subfolder, weight, **kwargs)), "pt") as f:
-                    check_adapter_keys(list(f.keys()), adapter_id)
+            check_adapter_file(str(ip_adapter), subfolder, weight, adapter_id, **kwargs)  # plus / FaceID: refused
             try:
                 base = cls._diffusers_class().from_pretrained(source, dtype=dtype, **kwargs)
             except (OSError, ValueError) as err:
@@ -181,50 +154,15 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
         if len(layers) != 1 or not isinstance(layers[0], ImageProjection):
             kinds = [type(layer).__name__ for layer in layers] or ["none"]
             raise ValueError(f"{name}: the UNet's image projection is {', '.join(kinds)}, not one ImageProjection: "
-                             f"{_WHY}")
-
-    def _adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """The adapter's weights from the UNet, with the keys of the hub file (``image_proj.proj``,
-        ``image_proj.norm``, ``ip_adapter.N.to_{k,v}_ip.weight``, N = 1, 3, 5, … over the
-        cross-attention processors, as diffusers' ``_convert_ip_adapter_attn_to_diffusers`` reads them)."""
-        proj = self.unet.encoder_hid_proj.image_projection_layers[0]
-        out = {f"image_proj.{k.replace('image_embeds', 'proj')}": v for k, v in proj.state_dict().items()}
-        key_id = 1
-        for name, proc in self.unet.attn_processors.items():
-            if name.endswith("attn1.processor") or "motion_modules" in name:
-                continue
-            out[f"ip_adapter.{key_id}.to_k_ip.weight"] = proc.to_k_ip[0].weight
-            out[f"ip_adapter.{key_id}.to_v_ip.weight"] = proc.to_v_ip[0].weight
-            key_id += 2
-        return {k: v.detach().cpu().contiguous() for k, v in out.items()}
-
-    @contextlib.contextmanager
-    def _without_adapter(self):
-        """The UNet as before ``load_ip_adapter`` (plain attention processors, no image
-        projection), put back on exit — what ``save_pretrained`` writes."""
-        from diffusers.models.attention_processor import AttnProcessor2_0
-
-        unet = self.unet
-        procs, hid = unet.attn_processors, unet.encoder_hid_proj
-        hid_type = unet.config.encoder_hid_dim_type
-        unet.set_attn_processor({name: AttnProcessor2_0() if hasattr(proc, "to_k_ip") else proc
-                                 for name, proc in procs.items()})
-        unet.encoder_hid_proj = None
-        unet.config.encoder_hid_dim_type = unet.config.get("encoder_hid_dim_type")  # the saved config's
-        try:
-            yield
-        finally:
-            unet.set_attn_processor(procs)
-            unet.encoder_hid_proj = hid
-            unet.config.encoder_hid_dim_type = hid_type
+                             f"{ADAPTER_WHY}")
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """The components without the adapter (diffusers' layout), the statistics, and the
         adapter as ``ip_adapter/ip-adapter.safetensors`` + ``ip_adapter/vslerp_ip_adapter.json``."""
         from safetensors.torch import save_file
 
-        state = self._adapter_state_dict()
-        with self._without_adapter():
+        state = adapter_state_dict(self.unet)
+        with without_adapter(self.unet):
             super().save_pretrained(save_directory, *args, **kwargs)
         out = Path(save_directory) / SAVED_FOLDER
         out.mkdir(parents=True, exist_ok=True)
@@ -249,6 +187,10 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
         """The adapter's image encoder and processor (the base's text encoder is not CLIP-projected)."""
         return ClipEncoders(self.image_encoder, self.feature_extractor,
                             model_id=self.model_ids.get("ip_adapter") or self.model_ids.get("decoder"))
+
+    def encode_text(self, prompts) -> torch.Tensor:
+        raise ValueError(f"the {self.backend} backend has no CLIP text encoder in the image encoder's space "
+                         "(the base's text encoder is unprojected): text embeddings are not available")
 
     def _default_statistics(self) -> Statistics:
         raise ValueError(f"the {self.backend} backend needs statistics of the adapter's image encoder "

@@ -232,3 +232,19 @@ def test_errors_before_denoising(pipes, models, tmp_path):
             pipe.prompt_to_image_embedding(["a red bicycle"])
     finally:
         hook.remove()
+
+
+def test_adapter_named_in_one_string(pipes, models):
+    from vslerp.pipelines.ip_adapter_files import split_adapter_id
+
+    assert split_adapter_id("h94/IP-Adapter:models/ip-adapter_sd15.safetensors") == (
+        "h94/IP-Adapter", "models", "ip-adapter_sd15.safetensors")
+    assert split_adapter_id("h94/IP-Adapter", "models", None) == ("h94/IP-Adapter", "models", None)
+    with pytest.raises(ValueError, match="names its weight file already"):
+        split_adapter_id("h94/IP-Adapter:models/ip-adapter_sd15.safetensors", "models")
+    base, adapter = models["sd15"]
+    pipe = VSlerpPipeline.from_pretrained(base, ip_adapter=f"{adapter}:models/ip-adapter_sd15.safetensors",
+                                          stats=_emb(0), device=None)  # as describe() names it
+    assert pipe.describe()["ip_adapter"] == pipes["sd15"].describe()["ip_adapter"]
+    with pytest.raises(ValueError, match="no CLIP text encoder"):
+        pipe.encode_text("a cat")
