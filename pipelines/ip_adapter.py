@@ -47,6 +47,7 @@ from .ip_adapter_files import (
     SAVED_WEIGHT,
     adapter_state_dict,
     check_adapter_file,
+    encoder_folder_of,
     split_adapter_id,
     without_adapter,
 )
@@ -97,8 +98,10 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
 
     @classmethod
     def _load_backend(cls, source, prior, stats, dtype, ip_adapter=None, ip_adapter_subfolder=None,
-                      ip_adapter_weight_name=None, **kwargs):
-        """Load a saved folder, or the base ``source`` with the adapter (see :mod:`.loading`)."""
+                      ip_adapter_weight_name=None, image_encoder_folder=None, **kwargs):
+        """Load a saved folder, or the base ``source`` with the adapter (see :mod:`.loading`).
+        image_encoder_folder: as diffusers' ``load_ip_adapter`` takes it; default
+        :func:`~vslerp.pipelines.ip_adapter_files.encoder_folder_of`."""
         if prior is not None:
             raise ValueError(f"the {cls.backend} backend takes no prior")
         if source is None:
@@ -139,7 +142,8 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
                 raise unavailable_model(source, "--model") or ValueError(
                     f"cannot load the {cls._base_name} base {source!r}: {err}") from None
             pipe = cls(**base.components)
-            pipe.load_ip_adapter(str(ip_adapter), subfolder=subfolder, weight_name=weight)
+            pipe.load_ip_adapter(str(ip_adapter), subfolder=subfolder, weight_name=weight,
+                                 image_encoder_folder=image_encoder_folder or encoder_folder_of(subfolder, weight))
             pipe.model_ids = {"decoder": source, "prior": None, "ip_adapter": adapter_id}
         pipe._check_projection(pipe.model_ids["ip_adapter"])
         pipe.set_statistics(stats)

@@ -19,7 +19,7 @@ import torch
 from vslerp.stats.hub import local_folder, unavailable_model
 
 __all__ = ["ADAPTER_WHY", "SAVED_FOLDER", "SAVED_JSON", "SAVED_WEIGHT", "adapter_state_dict", "check_adapter_file",
-           "check_adapter_keys", "split_adapter_id", "without_adapter"]
+           "check_adapter_keys", "encoder_folder_of", "split_adapter_id", "without_adapter"]
 
 SAVED_FOLDER, SAVED_WEIGHT, SAVED_JSON = "ip_adapter", "ip-adapter.safetensors", "vslerp_ip_adapter.json"
 _PLAIN_KEYS = {"image_proj.proj.weight", "image_proj.proj.bias", "image_proj.norm.weight", "image_proj.norm.bias"}
@@ -41,6 +41,15 @@ def split_adapter_id(ip_adapter: str, subfolder: str | None = None, weight_name:
                          "or ip_adapter_weight_name")
     folder, _, weight = rest.rpartition("/")
     return repo, folder, weight
+
+
+def encoder_folder_of(subfolder: str, weight_name: str) -> str:
+    """Where ``load_ip_adapter`` finds the adapter's image encoder: ``SUBFOLDER/image_encoder``,
+    except for h94's SDXL adapters trained on ViT-H/14 (``sdxl_models/ip-adapter_sdxl_vit-h``,
+    ``..._plus_vit-h``), whose encoder is ``models/image_encoder`` (as diffusers' docs load them)."""
+    if "vit-h" in weight_name.lower() and subfolder != "models":
+        return "models/image_encoder"
+    return "image_encoder"
 
 
 def check_adapter_keys(keys, name: str) -> None:

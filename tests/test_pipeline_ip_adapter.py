@@ -248,3 +248,15 @@ def test_adapter_named_in_one_string(pipes, models):
     assert pipe.describe()["ip_adapter"] == pipes["sd15"].describe()["ip_adapter"]
     with pytest.raises(ValueError, match="no CLIP text encoder"):
         pipe.encode_text("a cat")
+
+
+def test_sdxl_vit_h_adapter_reads_the_vit_h_encoder(models, tmp_path):
+    """h94's sdxl_models/ip-adapter_sdxl_vit-h takes models/image_encoder (ViT-H), not sdxl_models'."""
+    base, _ = models["sdxl"]
+    weight = "ip-adapter_sdxl_vit-h.safetensors"
+    adapter = make_tiny_ip_adapter(tmp_path, base, "sdxl_models", weight, seed=1)
+    (adapter / "models").mkdir()
+    (adapter / "sdxl_models" / "image_encoder").rename(adapter / "models" / "image_encoder")
+    pipe = VSlerpPipeline.from_pretrained(base, ip_adapter=f"{adapter}:sdxl_models/{weight}", stats=_emb(0),
+                                          device=None)
+    assert type(pipe) is VSlerpIPAdapterXLPipeline and pipe._dim() == TINY_DIM
