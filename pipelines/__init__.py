@@ -1,7 +1,7 @@
 """VSlerpPipeline: vertical-SLERP editing with diffusers generators (Kandinsky 2.2, unCLIP/Karlo).
 
 Modules: ``grid`` (the θ × α grid, backend-free), ``base`` (the call every backend shares),
-``kandinsky`` / ``unclip`` (the backends: adapters over diffusers' own pipelines), ``loading``
+``kandinsky`` / ``unclip`` / ``ip_adapter`` (the backends: adapters over diffusers' own pipelines), ``loading``
 (which backend a model is, from its ``model_index.json``, and loading it), ``inputs`` and
 ``limits`` (the checks of a call's inputs), ``tiling`` (tiled MoVQ decode), ``testing`` (tiny
 random models). The names below are imported on first use (PEP 562): ``vslerp.pipelines.limits``
@@ -18,6 +18,7 @@ _EXPORTS = {
     "DEFAULT_UNCLIP": "vslerp.defaults", "STATISTICS_FILE": "vslerp.defaults",
     "VSlerpPipeline": "vslerp.pipelines.kandinsky", "VSlerpUnCLIPPipeline": "vslerp.pipelines.unclip",
     "VSlerpPipelineOutput": "vslerp.pipelines.grid",
+    "VSlerpIPAdapterPipeline": "vslerp.pipelines.ip_adapter", "VSlerpIPAdapterXLPipeline": "vslerp.pipelines.ip_adapter",
     "auto_device": "vslerp.pipelines.loading", "backend_of": "vslerp.pipelines.loading",
     "read_model_index": "vslerp.pipelines.loading",
 }

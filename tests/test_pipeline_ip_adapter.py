@@ -112,12 +112,19 @@ def test_theta_zero_and_alpha_zero_equal_diffusers_renders(pipes, refs, kind):
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_max_batch_size_changes_no_pixel(pipes, kind):
+def test_max_batch_size_and_render_batch_change_no_pixel(pipes, kind):
     kw = dict(thetas=[0.0, 0.5, 1.0], alphas=[0.0, 1.0], **RENDER)
     batched = pipes[kind](_emb(3), _emb(4), generator=_gen(1), max_batch_size=6, **kw)
     single = pipes[kind](_emb(3), _emb(4), generator=_gen(1), max_batch_size=1, **kw)
     np.testing.assert_allclose(batched.images, single.images, atol=ATOL)
     assert np.abs(batched.images[0] - batched.images[-1]).max() > 100 * ATOL
+    requests = [{"source": _emb(3), "target": _emb(4), "thetas": [0.0, 0.5, 1.0], "alphas": [0.0, 1.0],
+                 "generator": _gen(1)}, {"source": _emb(5), "target": _emb(4), "thetas": [0.5], "alphas": [1.0],
+                                         "generator": _gen(2)}]
+    first, second = pipes[kind].render_batch(requests, max_batch_size=4, **RENDER)  # cells of both in one batch
+    np.testing.assert_allclose(first.images, batched.images, atol=ATOL)
+    alone = pipes[kind](_emb(5), _emb(4), thetas=[0.5], alphas=[1.0], generator=_gen(2), **RENDER)
+    np.testing.assert_allclose(second.images, alone.images, atol=ATOL)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
