@@ -216,6 +216,9 @@ def test_errors_before_denoising(pipes, models, tmp_path):
                                        device=None)
     with pytest.raises(ValueError, match="give ip_adapter="):
         VSlerpPipeline.from_pretrained(base, stats=_emb(0), device=None)
+    with pytest.raises(ValueError, match="needs stats="):
+        VSlerpPipeline.from_pretrained(base, ip_adapter=f"{models['sd15'][1]}:models/ip-adapter_sd15.safetensors",
+                                       device=None)
     with pytest.raises(ValueError, match="dim"):
         VSlerpPipeline.from_pretrained(base, ip_adapter=models["sd15"][1], ip_adapter_subfolder="models",
                                        ip_adapter_weight_name="ip-adapter_sd15.safetensors",
