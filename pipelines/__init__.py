@@ -21,6 +21,7 @@ _EXPORTS = {
     "VSlerpPipeline": "vslerp.pipelines.kandinsky", "VSlerpUnCLIPPipeline": "vslerp.pipelines.unclip",
     "VSlerpStableUnCLIPPipeline": "vslerp.pipelines.stable_unclip",
     "VSlerpPipelineOutput": "vslerp.pipelines.grid",
+    "VSlerpIPAdapterPipeline": "vslerp.pipelines.ip_adapter", "VSlerpIPAdapterXLPipeline": "vslerp.pipelines.ip_adapter",
     "auto_device": "vslerp.pipelines.loading", "backend_of": "vslerp.pipelines.loading",
     "read_model_index": "vslerp.pipelines.loading",
 }
