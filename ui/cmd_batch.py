@@ -190,9 +190,12 @@ def _params(spec, stats) -> dict:
     # the backend options only where they are not the defaults: a batch rendered before they
     # existed keeps its fingerprints (and resumes)
     defaults = RenderSpec()
-    for key in (*_OPTION_KEYS, "ip_adapter"):
+    for key in _OPTION_KEYS:
         if getattr(spec, key) != getattr(defaults, key):
             params[key] = getattr(spec, key)
+    if spec.ip_adapter is not None:
+        repo, subfolder, weight = spec.ip_adapter
+        params["ip_adapter"] = [model_ref(repo), subfolder, weight]
     return json.loads(json.dumps(params))
 
 

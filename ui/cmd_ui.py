@@ -98,6 +98,9 @@ def run(args) -> int:
     if args.stats is not None and not args.stats.is_file():
         raise CLIError(f"--stats: no such file {args.stats}")
     check_device(args.device)
+    if args.tiny_random and args.ip_adapter:
+        raise CLIError("--ip-adapter needs a Stable Diffusion 1.5 / SDXL --model, and --tiny-random builds a "
+                       "Kandinsky 2.2")
     if not args.tiny_random:
         from vslerp.ui.models import check_backend_options
 

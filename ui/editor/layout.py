@@ -107,6 +107,8 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
     startup_mean = editor.startup_mean_label()
     mean_choices = [(f"as started: {startup_mean}", "startup"), ("the prior's training mean", "prior clip_mean"),
                     ("a statistics file", "statistics file")]
+    if getattr(editor.pipe, "prior", None) is None:  # a backend without a Kandinsky prior: no clip_mean
+        mean_choices.pop(1)
     with gr.Blocks(title="vslerp editor") as demo:
         gr.Markdown("# vslerp editor\nVertical SLERP in raw CLIP space (Levi & Gilboa, Eq. 12): "
                     "θ moves from the source towards the target, α pulls the path towards the image mean.")
