@@ -107,8 +107,10 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
     startup_mean = editor.startup_mean_label()
     mean_choices = [(f"as started: {startup_mean}", "startup"), ("the prior's training mean", "prior clip_mean"),
                     ("a statistics file", "statistics file")]
-    if getattr(editor.pipe, "prior", None) is None:  # a backend without a Kandinsky prior: no clip_mean
-        mean_choices.pop(1)
+    kind0 = "prompt"  # the Target choice the page starts with
+    if getattr(editor.pipe, "prior", None) is None:  # a backend without a Kandinsky prior: no clip_mean,
+        mean_choices.pop(1)  # and a target prompt has no prior to become an image embedding through
+        kind0 = "image"
     with gr.Blocks(title="vslerp editor") as demo:
         gr.Markdown("# vslerp editor\nVertical SLERP in raw CLIP space (Levi & Gilboa, Eq. 12): "
                     "θ moves from the source towards the target, α pulls the path towards the image mean.")
@@ -119,11 +121,11 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
             with gr.Column(scale=1):
                 source = gr.Image(label="Source image", height=220, type="filepath",
                                   sources=["upload", "clipboard", "webcam"], elem_id="vslerp-source")
-                target_kind = gr.Radio(["prompt", "image"], value="prompt", label="Target",
+                target_kind = gr.Radio(["prompt", "image"], value=kind0, label="Target",
                                        info="what θ moves towards", elem_id="vslerp-target-kind")
                 target_prompt = gr.Textbox(label="Target prompt", placeholder="a photo of a cat",
-                                           elem_id="vslerp-prompt")
-                target_image = gr.Image(label="Target image", height=180, visible=False, type="filepath",
+                                           visible=kind0 == "prompt", elem_id="vslerp-prompt")
+                target_image = gr.Image(label="Target image", height=180, visible=kind0 == "image", type="filepath",
                                         sources=["upload", "clipboard", "webcam"], elem_id="vslerp-target")
             with gr.Column(scale=1):
                 theta = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="θ (towards the target)",
