@@ -54,6 +54,9 @@ def work(tmp_path_factory, tiny_kandinsky):
     sd = root / "sd15"
     sd.mkdir()
     (sd / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    saved = root / "saved_ip"
+    saved.mkdir()
+    (saved / "model_index.json").write_text(json.dumps({"_class_name": "VSlerpIPAdapterPipeline"}))
     for name, job in _BAD_JOBS.items():
         (root / f"jobs_{name}.jsonl").write_text(json.dumps({"source": "src.png", "target": "tgt.png", **job}) + "\n")
     prior, decoder = tiny_kandinsky
@@ -133,6 +136,8 @@ def _bad_cases(root, model, sd):
         "adapter on the default model": ([*grid, "--ip-adapter", "h94/IP-Adapter:models/ip.safetensors"],
                                          "--ip-adapter needs a Stable Diffusion 1.5 / SDXL --model"),
         "sd without adapter": ([*grid, "--model", sd], "is a Stable Diffusion base (ip-adapter-sd): it renders"),
+        "adapter on a saved adapter folder": ([*grid, "--model", sd.parent / "saved_ip", "--ip-adapter",
+                                               "h94/IP-Adapter:models/ip.bin"], "is a folder saved with its IP-Adapter"),
         "prompt on kandinsky": ([*grid, *model, "--prompt", "a cat"],
                                 "--prompt (text conditioning) is not supported by the kandinsky2.2 backend (a prompt "
                                 "as TARGET goes through its prior)"),

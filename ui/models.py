@@ -85,6 +85,7 @@ def check_backend_options(spec, origin: str = "") -> None:
         KANDINSKY,
         backend_of,
         pipeline_class,
+        read_model_index,
     )
 
     if spec.strength < 1:
@@ -96,13 +97,16 @@ def check_backend_options(spec, origin: str = "") -> None:
                            f"(int(steps × strength) must be ≥ 1): raise --steps or --strength{origin}")
     try:
         backend = backend_of(spec.model) if spec.model is not None else KANDINSKY
+        index = read_model_index(spec.model) if spec.model is not None else None
     except ValueError:  # an unreadable model_index.json: check_model_source names it
         return
     sd = (IP_ADAPTER_SD, IP_ADAPTER_SDXL)
-    if spec.ip_adapter is not None and backend is not None and backend not in sd:
+    saved = (index or {}).get("_class_name", "").startswith("VSlerp")  # save_pretrained's: adapter inside
+    if spec.ip_adapter is not None and backend is not None and (backend not in sd or saved):
+        what = "a folder saved with its IP-Adapter" if saved else f"a {backend} model"
         raise CLIError(f"--ip-adapter needs a Stable Diffusion 1.5 / SDXL --model (the adapter conditions its "
-                       f"UNet), and {spec.model or 'the default model'} is a {backend} model{origin}")
-    if backend in sd and spec.ip_adapter is None:
+                       f"UNet), and {spec.model or 'the default model'} is {what}{origin}")
+    if backend in sd and spec.ip_adapter is None and not saved:
         raise CLIError(f"--model {spec.model} is a Stable Diffusion base ({backend}): it renders image "
                        "embeddings through an IP-Adapter, give --ip-adapter REPO_OR_DIR:SUBFOLDER/WEIGHT "
                        f"(e.g. h94/IP-Adapter:models/ip-adapter_sd15.safetensors){origin}")
