@@ -111,3 +111,24 @@ def test_the_editor_renders_stable_unclip_with_its_text_prompt(work, pipe):
                                           if getattr(b, "elem_id", None) == "vslerp-mean-source").choices]
     assert choices == ["startup", "statistics file"]  # no Kandinsky prior: no clip_mean to offer
     json.dumps(result["metadata"])  # the sidecar is JSON
+
+
+def test_vslerp_ui_loads_stable_unclip_with_its_statistics(work, capsys, monkeypatch):
+    """`vslerp ui --model <Stable unCLIP> --stats FILE` serves (Stable unCLIP has no mean of its own)."""
+    gr = pytest.importorskip("gradio")
+    import socket
+
+    root, model, stats = work
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    seen = {}
+
+    def block_thread(self):  # instead of waiting for Ctrl-C: look at the page that was built
+        seen["ids"] = {b.elem_id: b.visible for b in self.blocks.values() if getattr(b, "elem_id", None)}
+
+    monkeypatch.setattr(gr.Blocks, "block_thread", block_thread)
+    assert main(["ui", "--model", str(model), "--stats", str(stats), "--device", "cpu", "--port", str(port)]) == 0, \
+        capsys.readouterr().err
+    assert f"serving on http://127.0.0.1:{port}" in capsys.readouterr().err
+    assert seen["ids"]["vslerp-text-prompt"] and seen["ids"]["vslerp-noise-level"]

@@ -164,8 +164,13 @@ def _serve(args, tmp: str, CLIError) -> int:  # noqa: N803 - the CLI's exception
         raise CLIError(f"the editor needs gradio ({err}); install vslerp[ui]") from None
     stats, reference = _inputs(args, CLIError)
     spec = model_spec(args, tmp)
+    from vslerp.pipelines.loading import KANDINSKY, backend_of
+
+    # Kandinsky 2.2 loads with its prior's clip_mean (--stats is checked against it below, to name
+    # it); the other backends have no mean of their own: they load with --stats
+    own_mean = args.tiny_random or spec.model is None or backend_of(spec.model) in (None, KANDINSKY)
     try:
-        pipe = load_pipeline(spec)
+        pipe = load_pipeline(spec, stats=None if own_mean else stats)
     except (OSError, ValueError, TypeError, RuntimeError) as err:  # the loader's message names the model
         raise CLIError(_one_line(err)) from None
     if stats is not None:  # the editor's startup mean, passed to each render (the pipe is not changed)
