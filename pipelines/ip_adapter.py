@@ -1,0 +1,361 @@
+"""The IP-Adapter backends: :class:`VSlerpIPAdapterPipeline` (Stable Diffusion 1.5 / 2.x) and
+:class:`VSlerpIPAdapterXLPipeline` (SDXL), thin adapters over diffusers' own pipelines.
+
+The base's components (as ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline``) with an
+IP-Adapter loaded by diffusers' own ``load_ip_adapter`` (which also loads the adapter's CLIP
+``image_encoder``): vSLERP edits the encoder's projected ``image_embeds`` (the space the
+adapter's ``ImageProjection`` reads), so only the non-"plus" adapters are taken
+(``ip-adapter_sd15``, ``ip-adapter_sdxl``, ``ip-adapter_sdxl_vit-h``); "plus" adapters (a
+resampler over hidden states) and FaceID (face embeddings) are refused. Each batch of B cells
+goes to diffusers' pipeline as ``ip_adapter_image_embeds=[cat([negative, cells])[:, None]]``
+((2B, 1, D) with guidance; the negative is the zero vector, as diffusers' ``encode_image``
+gives non-plus adapters, or ``negative_image_embeds``), ``prompt=[prompt or ""] * B`` and one
+copy of the call's generator per cell — so a θ=0 cell is diffusers' own render of the source
+embedding at that seed. diffusers repeats ``ip_adapter_image_embeds`` for every prompt of a
+batch, so the pipeline it renders with takes them one row per cell (:class:`_EmbedsPerCell`,
+its only change). ``strength`` < 1 renders through ``StableDiffusionImg2ImgPipeline`` /
+``StableDiffusionXLImg2ImgPipeline`` from the photo. The adapter's files:
+:mod:`vslerp.pipelines.ip_adapter_files`.
+
+Saving: diffusers' UNet, once adapted, saves the adapter's weights into its own state dict,
+which a fresh UNet does not take. ``save_pretrained`` therefore saves the components without
+the adapter (its attention processors and image projection set aside for the save, then put
+back: saving does not re-read the weights), the adapter's weights re-exported from the UNet with the keys of the hub file as
+``ip_adapter/ip-adapter.safetensors`` and ``ip_adapter/vslerp_ip_adapter.json`` naming the
+adapter; ``from_pretrained(folder)`` loads the components and the adapter through
+``load_ip_adapter`` again (the image encoder is a saved component).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import torch
+from diffusers.loaders import IPAdapterMixin
+
+from vslerp.stats import ClipEncoders, Statistics
+from vslerp.stats.hub import local_folder, unavailable_model
+
+from .base import RenderSettings, VSlerpBasePipeline, clone_generator
+from .inputs import image_path_or_prompt
+from .ip_adapter_files import (
+    ADAPTER_WHY,
+    SAVED_FOLDER,
+    SAVED_JSON,
+    SAVED_WEIGHT,
+    adapter_state_dict,
+    check_adapter_file,
+    split_adapter_id,
+    without_adapter,
+)
+
+__all__ = ["VSlerpIPAdapterPipeline", "VSlerpIPAdapterXLPipeline"]
+
+class _EmbedsPerCell:
+    """diffusers' pipeline with ``ip_adapter_image_embeds`` taken one row per image.
+
+    diffusers' ``prepare_ip_adapter_image_embeds`` repeats the given embeds for every prompt
+    of the batch (one reference image for all), so a batch of B cells with B different
+    embeddings cannot be given through it. This override returns them as given —
+    ``[cat([negatives, cells])]``, (2B, 1, D), which for B = 1 is exactly what diffusers' own
+    method returns — and leaves the rest of the pipeline (its denoising loop) diffusers'.
+    """
+
+    def prepare_ip_adapter_image_embeds(self, ip_adapter_image, ip_adapter_image_embeds, device,
+                                        num_images_per_prompt, do_classifier_free_guidance):
+        return [embeds.to(device=device) for embeds in ip_adapter_image_embeds]
+
+
+@functools.cache
+def _per_cell(pipeline_class):
+    """``pipeline_class`` (a diffusers SD / SDXL pipeline) with :class:`_EmbedsPerCell`'s method."""
+    return type(f"{pipeline_class.__name__}PerCell", (_EmbedsPerCell, pipeline_class), {})
+
+
+class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
+    """What the SD and SDXL IP-Adapter backends share (every method but the components)."""
+
+    _base_name = ""  # the diffusers pipeline of the base, in messages
+    _min_steps = 1
+    _backend_options = ("strength", "prompt", "negative_prompt", "ip_adapter_scale")
+
+    def _init_common(self):
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.model_ids = {"decoder": None, "prior": None, "ip_adapter": None}
+
+    @property
+    def default_size(self) -> int:
+        """diffusers' default: the UNet's sample size × the VAE's factor."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    # -- loading and saving ------------------------------------------------------------------------
+    @classmethod
+    def _diffusers_class(cls, img2img: bool = False):
+        raise NotImplementedError
+
+    @classmethod
+    def _load_backend(cls, source, prior, stats, dtype, ip_adapter=None, ip_adapter_subfolder=None,
+                      ip_adapter_weight_name=None, **kwargs):
+        """Load a saved folder, or the base ``source`` with the adapter (see :mod:`.loading`)."""
+        if prior is not None:
+            raise ValueError(f"the {cls.backend} backend takes no prior")
+        if source is None:
+            raise ValueError(f"the {cls.backend} backend needs a base model (e.g. {cls._example_base})")
+        source = str(source)
+        folder = local_folder(source)
+        saved = folder is not None and (folder / SAVED_FOLDER / SAVED_JSON).is_file()
+        if saved:
+            if ip_adapter is not None:
+                raise ValueError(f"{source} was saved with its IP-Adapter; give no ip_adapter")
+            from .loading import _saved_stats
+
+            stats = _saved_stats(folder, stats)
+        elif ip_adapter is None:
+            raise ValueError(f"the {cls.backend} backend renders through an IP-Adapter: give ip_adapter= "
+                             f"(e.g. ip_adapter='h94/IP-Adapter', ip_adapter_subfolder='{cls._example_subfolder}', "
+                             f"ip_adapter_weight_name='{cls._example_weight}')")
+        if stats is None:
+            raise ValueError(f"the {cls.backend} backend needs stats= (a statistics file of the adapter's image "
+                             "encoder, from `vslerp stats compute`, a Statistics or a (D,) mean tensor): there "
+                             "is no prior clip_mean to fall back on")
+        if saved:
+            pipe = cls._load_saved(folder, dtype, **kwargs)
+            info = json.loads((folder / SAVED_FOLDER / SAVED_JSON).read_text(encoding="utf-8"))
+            pipe.load_ip_adapter(str(folder), subfolder=SAVED_FOLDER, weight_name=SAVED_WEIGHT)
+            pipe.model_ids = {"decoder": info.get("decoder") or source, "prior": None,
+                              "ip_adapter": info.get("ip_adapter")}
+        else:
+            ip_adapter, subfolder, weight = split_adapter_id(str(ip_adapter), ip_adapter_subfolder,
+                                                             ip_adapter_weight_name)
+            subfolder = cls._example_subfolder if subfolder is None else subfolder
+            weight = weight or cls._example_weight
+            adapter_id = f"{ip_adapter}:{subfolder}/{weight}" if subfolder else f"{ip_adapter}:{weight}"
+            check_adapter_file(str(ip_adapter), subfolder, weight, adapter_id, **kwargs)  # plus / FaceID: refused
+            try:
+                base = cls._diffusers_class().from_pretrained(source, dtype=dtype, **kwargs)
+            except (OSError, ValueError) as err:
+                raise unavailable_model(source, "--model") or ValueError(
+                    f"cannot load the {cls._base_name} base {source!r}: {err}") from None
+            pipe = cls(**base.components)
+            pipe.load_ip_adapter(str(ip_adapter), subfolder=subfolder, weight_name=weight)
+            pipe.model_ids = {"decoder": source, "prior": None, "ip_adapter": adapter_id}
+        pipe._check_projection(pipe.model_ids["ip_adapter"])
+        pipe.set_statistics(stats)
+        return pipe
+
+    def _check_projection(self, name) -> None:
+        """One adapter whose image projection is diffusers' ``ImageProjection`` (after loading)."""
+        from diffusers.models.embeddings import ImageProjection
+
+        hid = getattr(self.unet, "encoder_hid_proj", None)
+        layers = list(getattr(hid, "image_projection_layers", []) or [])
+        if len(layers) != 1 or not isinstance(layers[0], ImageProjection):
+            kinds = [type(layer).__name__ for layer in layers] or ["none"]
+            raise ValueError(f"{name}: the UNet's image projection is {', '.join(kinds)}, not one ImageProjection: "
+                             f"{ADAPTER_WHY}")
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """The components without the adapter (diffusers' layout), the statistics, and the
+        adapter as ``ip_adapter/ip-adapter.safetensors`` + ``ip_adapter/vslerp_ip_adapter.json``."""
+        from safetensors.torch import save_file
+
+        state = adapter_state_dict(self.unet)
+        with without_adapter(self.unet):
+            super().save_pretrained(save_directory, *args, **kwargs)
+        out = Path(save_directory) / SAVED_FOLDER
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(out / SAVED_WEIGHT))
+        info = {"ip_adapter": self.model_ids.get("ip_adapter"), "decoder": self.model_ids.get("decoder")}
+        (out / SAVED_JSON).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+    def describe(self, statistics=None) -> dict:
+        return {**super().describe(statistics), "ip_adapter": self.model_ids.get("ip_adapter")}
+
+    # -- backend interface -----------------------------------------------------------------------
+    def _clip_processor(self):
+        return self.feature_extractor
+
+    def _denoiser(self):
+        return self.unet
+
+    def _main_scheduler(self):
+        return self.scheduler
+
+    def clip_encoders(self) -> ClipEncoders:
+        """The adapter's image encoder and processor (the base's text encoder is not CLIP-projected)."""
+        return ClipEncoders(self.image_encoder, self.feature_extractor,
+                            model_id=self.model_ids.get("ip_adapter") or self.model_ids.get("decoder"))
+
+    def encode_text(self, prompts) -> torch.Tensor:
+        raise ValueError(f"the {self.backend} backend has no CLIP text encoder in the image encoder's space "
+                         "(the base's text encoder is unprojected): text embeddings are not available")
+
+    def _default_statistics(self) -> Statistics:
+        raise ValueError(f"the {self.backend} backend needs statistics of the adapter's image encoder "
+                         "(`vslerp stats compute`): there is no prior clip_mean")
+
+    def _default_negative(self) -> torch.Tensor:
+        """The zero vector (D,): diffusers' ``encode_image`` negative for non-plus adapters."""
+        return torch.zeros(self._dim())
+
+    def size_rule(self) -> tuple[int, int | None]:
+        return 8, None  # diffusers' check_inputs: height and width divisible by 8
+
+    def prompt_to_image_embedding(self, prompts, generator=None, num_inference_steps: int = 25,
+                                  guidance_scale: float = 4.0) -> torch.Tensor:
+        raise ValueError(f"the {self.backend} backend has no prior: a prompt cannot become an image embedding; "
+                         "give an image or a (D,) embedding as target (prompt= conditions the UNet on text)")
+
+    def _check_backend(self, settings: RenderSettings, target) -> list[str]:
+        if isinstance(target, str) and image_path_or_prompt(target).kind == "prompt":
+            raise ValueError(f"target image not found: {target} (the {self.backend} backend takes no prompt as "
+                             "target; give prompt= for text conditioning)")
+        latents = settings.latents
+        if latents is not None and settings.strength < 1.0:
+            raise ValueError("latents cannot be given with strength < 1: img2img starts from the photo's latents")
+        sized = isinstance(settings.height, int) and isinstance(settings.width, int)  # else check_inputs says
+        if isinstance(latents, torch.Tensor) and sized:
+            shape = (1, self.unet.config.in_channels, settings.height // self.vae_scale_factor,
+                     settings.width // self.vae_scale_factor)
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"latents must have shape {shape} (one image), got {tuple(latents.shape)}")
+        return settings.callback_tensor_inputs
+
+    # -- rendering -------------------------------------------------------------------------------
+    def _diffusers_pipeline(self, img2img: bool):
+        """diffusers' own pipeline for the base on this pipeline's components (its bar off),
+        taking one IP-Adapter embedding per cell (:class:`_EmbedsPerCell`)."""
+        pipe = _per_cell(self._diffusers_class(img2img))(**self.components, **self._pipeline_config())
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def _render(self, cells, noise, settings: RenderSettings, init=None):
+        """The base's render, with ``ip_adapter_scale`` set for this call and put back after."""
+        if settings.ip_adapter_scale is None:
+            return super()._render(cells, noise, settings, init)
+        procs = {n: p for n, p in self.unet.attn_processors.items() if hasattr(p, "to_k_ip")}
+        before = {n: list(p.scale) for n, p in procs.items()}
+        self.set_ip_adapter_scale(float(settings.ip_adapter_scale))
+        try:
+            return super()._render(cells, noise, settings, init)
+        finally:
+            for name, proc in procs.items():
+                proc.scale = before[name]
+
+    def _render_chunk(self, chunk, noise, device, settings: RenderSettings, tick, init=None):
+        batch, dtype = chunk.shape[0], self.unet.dtype
+        embeds = chunk.to(device=device, dtype=dtype)[:, None]  # (B, 1, D)
+        if settings.guidance_scale > 1:
+            negative = settings.negative.to(device=device, dtype=dtype)[None, None].expand(batch, -1, -1)
+            embeds = torch.cat([negative, embeds])  # (2B, 1, D): negatives first, as prepare_ip_adapter_image_embeds
+        user_callback = settings.callback_on_step_end
+
+        def on_step_end(pipe, step, timestep, tensors):
+            self._num_timesteps = pipe.num_timesteps
+            out = (user_callback(self, step, timestep, tensors) or {}) if user_callback is not None else {}
+            tick()
+            return out
+
+        kwargs = {"prompt": [settings.prompt or ""] * batch, "ip_adapter_image_embeds": [embeds],
+                  "num_inference_steps": settings.num_inference_steps, "guidance_scale": settings.guidance_scale,
+                  "generator": [clone_generator(gen) for gen in noise],  # one copy per cell
+                  "output_type": "np" if settings.output_type == "pt" else settings.output_type,
+                  "callback_on_step_end": on_step_end,
+                  "callback_on_step_end_tensor_inputs": settings.callback_tensor_inputs}
+        if settings.negative_prompt is not None:
+            kwargs["negative_prompt"] = [settings.negative_prompt] * batch
+        if init is not None:  # img2img: the photos at the call's size (diffusers' own resize)
+            from diffusers.image_processor import VaeImageProcessor
+
+            resize = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor).resize
+            kwargs.update(strength=settings.strength, image=[
+                photo if photo.size == (settings.width, settings.height)
+                else resize(photo, settings.height, settings.width) for photo in init])
+        else:
+            kwargs.update(height=settings.height, width=settings.width)
+            if settings.latents is not None:
+                kwargs["latents"] = settings.latents.to(device=device, dtype=dtype).expand(batch, -1, -1, -1)
+        images = self._diffusers_pipeline(init is not None)(**kwargs).images
+        if settings.output_type == "pt":  # the project's convention: (B, 3, H, W) in [−1, 1]
+            images = torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1
+        return images
+
+
+class VSlerpIPAdapterPipeline(_IPAdapterBackend):
+    """vSLERP through an IP-Adapter on Stable Diffusion 1.5 / 2.x (``StableDiffusionPipeline``).
+
+    Components as diffusers' ``StableDiffusionPipeline`` with the adapter loaded: vae,
+    text_encoder, tokenizer, unet (with the adapter's processors), scheduler, safety_checker
+    (as the base has it), feature_extractor, image_encoder (the adapter's). Guidance 7.5 and
+    the base's size by default (512 px for SD 1.5); statistics are needed (no prior).
+    """
+
+    backend = "ip-adapter-sd"
+    _base_name = "Stable Diffusion"
+    _example_base, _example_subfolder, _example_weight = (
+        "stable-diffusion-v1-5/stable-diffusion-v1-5", "models", "ip-adapter_sd15.safetensors")
+    default_guidance_scale = 7.5  # StableDiffusionPipeline's
+    model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
+    _optional_components = ["safety_checker", "feature_extractor", "image_encoder"]
+    _exclude_from_cpu_offload = ["safety_checker"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]  # diffusers' (both)
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, safety_checker=None, feature_extractor=None,
+                 image_encoder=None, requires_safety_checker: bool = False):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                              safety_checker=safety_checker, feature_extractor=feature_extractor,
+                              image_encoder=image_encoder)
+        self.register_to_config(requires_safety_checker=requires_safety_checker)
+        self._init_common()
+
+    @classmethod
+    def _diffusers_class(cls, img2img: bool = False):
+        from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+
+        return StableDiffusionImg2ImgPipeline if img2img else StableDiffusionPipeline
+
+    def _pipeline_config(self) -> dict:
+        return {"requires_safety_checker": False}  # the safety checker runs when the base has one
+
+
+class VSlerpIPAdapterXLPipeline(_IPAdapterBackend):
+    """vSLERP through an IP-Adapter on SDXL (``StableDiffusionXLPipeline``).
+
+    Components as diffusers' ``StableDiffusionXLPipeline`` with the adapter loaded: vae,
+    text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler, image_encoder (the
+    adapter's), feature_extractor. Guidance 5.0 and the base's size by default (1024 px).
+    """
+
+    backend = "ip-adapter-sdxl"
+    _base_name = "SDXL"
+    _example_base, _example_subfolder, _example_weight = (
+        "stabilityai/stable-diffusion-xl-base-1.0", "sdxl_models", "ip-adapter_sdxl.safetensors")
+    default_guidance_scale = 5.0  # StableDiffusionXLPipeline's
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->unet->vae"
+    _optional_components = ["tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "image_encoder",
+                            "feature_extractor"]
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "add_text_embeds", "add_time_ids"]  # diffusers' (both)
+
+    def __init__(self, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler,
+                 image_encoder=None, feature_extractor=None, force_zeros_for_empty_prompt: bool = True,
+                 add_watermarker: bool | None = None):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+                              tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, image_encoder=image_encoder,
+                              feature_extractor=feature_extractor)
+        self.register_to_config(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
+        self._add_watermarker = add_watermarker
+        self._init_common()
+
+    @classmethod
+    def _diffusers_class(cls, img2img: bool = False):
+        from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+        return StableDiffusionXLImg2ImgPipeline if img2img else StableDiffusionXLPipeline
+
+    def _pipeline_config(self) -> dict:
+        return {"force_zeros_for_empty_prompt": self.config.force_zeros_for_empty_prompt,
+                "add_watermarker": self._add_watermarker}
