@@ -1,8 +1,7 @@
 """`vslerp grid` and the editor on a tiny random SD 1.5 base with a tiny IP-Adapter:
 ``--ip-adapter DIR:models/ip-adapter_sd15.safetensors`` loads it, --prompt, --ip-adapter-scale and
 --strength reach the pipeline (the pixels are its own at the same seed), the sidecar records
-them, --from renders them again, and `vslerp ui` / the editor load it with its controls.
-Skipped where the IP-Adapter backend (``vslerp.pipelines.ip_adapter``) is not installed."""
+them, --from renders them again, and `vslerp ui` / the editor load it with its controls."""
 
 from __future__ import annotations
 
@@ -14,10 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("vslerp.pipelines.ip_adapter")
-
-from vslerp.ui.cli import main  # noqa: E402
-from vslerp.ui.outputs import read_png_metadata  # noqa: E402
+from vslerp.ui.cli import main
+from vslerp.ui.outputs import read_png_metadata
 
 SIZE = 64
 WEIGHT = "models/ip-adapter_sd15.safetensors"
