@@ -198,3 +198,16 @@ def test_the_edit_endpoint_takes_the_strength(pipe, images):
             client.predict(*args, "startup", None, 1.0, "a cat", api_name="/edit")
     finally:
         demo.close()
+
+
+def test_the_pages_edit_event_passes_the_strength_and_drops_hidden_controls(editor, pipe, images):
+    """The page's own Edit event (not an endpoint): the Strength slider's value reaches the render;
+    the controls Kandinsky 2.2 does not take are hidden, and whatever they hold is not sent."""
+    from vslerp.ui.editor import build_page
+
+    demo = build_page(editor)
+    ui_edit = next(f.fn for f in demo.fns.values() if getattr(f, "name", "") == "ui_edit")
+    image, result = ui_edit(str(images["source"]), str(images["target"]), "", 0.0, 0.0, 0, STEPS, 4.0, SIZE,
+                            "startup", None, 0.5, "a hidden text prompt", "", 100, 1.0, "image")
+    assert result["metadata"]["strength"] == 0.5 and result["metadata"]["prompt"] is None
+    np.testing.assert_array_equal(_pixels(image), _alone(pipe, images, 0.5))
