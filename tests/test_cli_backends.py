@@ -19,7 +19,7 @@ from PIL import Image
 
 from vslerp.pipelines import VSlerpPipeline
 from vslerp.ui.cli import main
-from vslerp.ui.ip_adapter_arg import format_ip_adapter, parse_ip_adapter
+from vslerp.ui.ip_adapter_arg import parse_ip_adapter
 from vslerp.ui.outputs import read_png_metadata
 
 SIZE = 64
@@ -89,18 +89,20 @@ def _cell(root, name, r=0, c=0):
     return np.asarray(Image.open(root / name / f"r{r:02d}_c{c:02d}.png").convert("RGB"), dtype=np.int16)
 
 
-# -- --ip-adapter's text ---------------------------------------------------------------------------
+# -- --ip-adapter's text (vslerp.ui.ip_adapter_arg, tested in tests/test_stats_encoders.py too) -----
 @pytest.mark.parametrize(("text", "parsed"), [
     ("h94/IP-Adapter:models/ip-adapter_sd15.safetensors", ("h94/IP-Adapter", "models", "ip-adapter_sd15.safetensors")),
     ("h94/IP-Adapter:sdxl_models/ip-adapter_sdxl_vit-h.bin", ("h94/IP-Adapter", "sdxl_models",
                                                               "ip-adapter_sdxl_vit-h.bin")),
-    ("/data/adapters/tiny:ip.safetensors", ("/data/adapters/tiny", "", "ip.safetensors")),
-    ("C:\\adapters\\tiny:models\\ip.safetensors", ("C:\\adapters\\tiny", "models", "ip.safetensors")),
+    ("/data/adapters/tiny:models/ip.safetensors", ("/data/adapters/tiny", "models", "ip.safetensors")),
     ("./tiny:a/b/ip.bin", ("./tiny", "a/b", "ip.bin")),
 ])
-def test_ip_adapter_text_names_repo_subfolder_and_weight(text, parsed):
+def test_ip_adapter_text_names_repo_subfolder_and_weight(text, parsed, capsys):
+    from vslerp.ui.cli import build_parser
+
     assert parse_ip_adapter(text) == parsed
-    assert parse_ip_adapter(format_ip_adapter(*parsed)) == parsed
+    args = build_parser().parse_args(["grid", "a.png", "b.png", "--out", "g.png", "--ip-adapter", text])
+    assert args.ip_adapter == parsed
 
 
 # -- every bad value: one stderr line, exit 2, no model loaded ----------------------------------------
@@ -122,15 +124,17 @@ def _bad_cases(root, model, sd):
         "noise level fraction": ([*grid, *model, "--noise-level", "1.5"], "argument --noise-level: must be an integer"),
         "scale negative": ([*grid, *model, "--ip-adapter-scale", "-1"], "argument --ip-adapter-scale: must be"),
         "scale inf": ([*grid, *model, "--ip-adapter-scale", "inf"], "argument --ip-adapter-scale: must be"),
-        "adapter no colon": ([*grid, *model, "--ip-adapter", "h94/IP-Adapter"], "argument --ip-adapter: no ':'"),
+        "adapter no colon": ([*grid, *model, "--ip-adapter", "h94/IP-Adapter"], "argument --ip-adapter: must be REPO_OR_DIR:SUBFOLDER/WEIGHT.safetensors, got 'h94/IP-Adapter' (no ':'"),
+        "adapter no subfolder": ([*grid, *model, "--ip-adapter", "h94/IP-Adapter:ip.safetensors"],
+                                 "(no SUBFOLDER/ before the weight file)"),
         "adapter no weight": ([*grid, *model, "--ip-adapter", "h94/IP-Adapter:models/"],
-                              "argument --ip-adapter: no weight file"),
+                              "(the weight file must end in .safetensors or .bin)"),
         "adapter no repo": ([*grid, *model, "--ip-adapter", ":models/ip.safetensors"],
-                            "argument --ip-adapter: the repo or folder before ':' is empty"),
+                            "(no repo or folder before ':')"),
         "adapter weight kind": ([*grid, *model, "--ip-adapter", "h94/IP-Adapter:models/ip.txt"],
-                                "argument --ip-adapter: the weight file 'ip.txt' must end in"),
-        "adapter outside": ([*grid, *model, "--ip-adapter", "h94/IP-Adapter:../ip.bin"],
-                            "argument --ip-adapter: the weight's path must lie inside"),
+                                "(the weight file must end in .safetensors or .bin)"),
+        "adapter outside": ([*grid, *model, "--ip-adapter", "h94/IP-Adapter:models/../ip.bin"],
+                            "(the subfolder must be a plain relative path)"),
         "adapter on kandinsky": ([*grid, *model, "--ip-adapter", "h94/IP-Adapter:models/ip.safetensors"],
                                  "--ip-adapter needs a Stable Diffusion 1.5 / SDXL --model"),
         "adapter on the default model": ([*grid, "--ip-adapter", "h94/IP-Adapter:models/ip.safetensors"],
@@ -160,7 +164,7 @@ def _bad_cases(root, model, sd):
         "ui adapter on kandinsky": (["ui", "--model", model[1], "--ip-adapter", "h94/IP-Adapter:models/ip.bin"],
                                     "--ip-adapter needs a Stable Diffusion 1.5 / SDXL --model"),
         "ui sd without adapter": (["ui", "--model", sd], "is a Stable Diffusion base (ip-adapter-sd)"),
-        "ui adapter malformed": (["ui", "--ip-adapter", "nothing"], "argument --ip-adapter: no ':'"),
+        "ui adapter malformed": (["ui", "--ip-adapter", "nothing"], "argument --ip-adapter: must be"),
     }
 
 

@@ -1,47 +1,47 @@
-"""``--ip-adapter REPO_OR_DIR:SUBFOLDER/WEIGHT``: which IP-Adapter weights an SD / SDXL base loads.
+"""``--ip-adapter REPO_OR_DIR:SUBFOLDER/WEIGHT``: the one parser of that value (no torch).
 
-Torch-free (the CLI's parser uses it): the text names the three arguments of diffusers'
-``load_ip_adapter`` (``pretrained_model_name_or_path``, ``subfolder``, ``weight_name``), e.g.
 ``h94/IP-Adapter:models/ip-adapter_sd15.safetensors`` → ``("h94/IP-Adapter", "models",
-"ip-adapter_sd15.safetensors")``; a weight at the top of the repo or folder has subfolder ``""``.
+"ip-adapter_sd15.safetensors")``: the three arguments of diffusers' ``load_ip_adapter``
+(``pretrained_model_name_or_path_or_dict``, ``subfolder``, ``weight_name``). The split is at the
+last ``:`` before the ``SUBFOLDER/WEIGHT`` part, so a Windows drive (``C:\\adapters:models/...``)
+stays in the folder; the subfolder may be nested (``a/b/w.safetensors`` → ``"a/b"``).
 """
 
 from __future__ import annotations
 
-__all__ = ["WEIGHT_SUFFIXES", "format_ip_adapter", "parse_ip_adapter"]
+__all__ = ["IP_ADAPTER_FORMAT", "parse_ip_adapter"]
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin")  # the weight files load_ip_adapter reads
+IP_ADAPTER_FORMAT = "REPO_OR_DIR:SUBFOLDER/WEIGHT.safetensors"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
-_FORM = "REPO_OR_DIR:SUBFOLDER/WEIGHT, e.g. h94/IP-Adapter:models/ip-adapter_sd15.safetensors"
 
-
-def parse_ip_adapter(text: str) -> tuple[str, str, str]:
+def parse_ip_adapter(text) -> tuple[str, str, str]:
     """``"REPO_OR_DIR:SUBFOLDER/WEIGHT"`` → ``(repo_or_dir, subfolder, weight_name)``.
 
-    The last ``:`` separates the repo or folder (which may hold one, as ``C:\\models``) from the
-    weight's path inside it; the weight's last ``/`` its subfolder (``""``: none) from the file
-    name, which must end in ``.safetensors`` or ``.bin``. ``ValueError`` naming what is wrong.
+    Raises ``ValueError`` with one line (``--ip-adapter must be REPO_OR_DIR:SUBFOLDER/WEIGHT.safetensors,
+    got ...``, and what is missing) for anything else: no ``:``, an empty part, no subfolder,
+    a weight file that is not ``.safetensors`` / ``.bin``.
     """
     if not isinstance(text, str):
-        raise TypeError(f"--ip-adapter must be text ({_FORM}), got {type(text).__name__}")
-    if ":" not in text:
-        raise ValueError(f"--ip-adapter {text!r}: no ':' before the weight file: give {_FORM}")
-    repo, inside = text.rsplit(":", 1)
-    repo, inside = repo.strip(), inside.strip().replace("\\", "/")
+        raise TypeError(f"--ip-adapter must be a string, got {type(text).__name__}")
+    value = text.strip()
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"--ip-adapter must be {IP_ADAPTER_FORMAT}, got {text!r} ({why}); "
+                          "e.g. h94/IP-Adapter:models/ip-adapter_sd15.safetensors")
+
+    repo, sep, rest = value.rpartition(":")
+    if not sep:
+        raise bad("no ':' between the repo or folder and SUBFOLDER/WEIGHT")
+    repo, rest = repo.strip(), rest.strip().replace("\\", "/")
     if not repo:
-        raise ValueError(f"--ip-adapter {text!r}: the repo or folder before ':' is empty: give {_FORM}")
-    subfolder, _, weight = inside.rpartition("/")
-    parts = [p for p in subfolder.split("/") if p]
-    if not weight:
-        raise ValueError(f"--ip-adapter {text!r}: no weight file after ':': give {_FORM}")
-    if not weight.lower().endswith(WEIGHT_SUFFIXES):
-        raise ValueError(f"--ip-adapter {text!r}: the weight file {weight!r} must end in .safetensors or .bin")
-    if ".." in parts or inside.startswith("/"):
-        raise ValueError(f"--ip-adapter {text!r}: the weight's path must lie inside the repo or folder")
-    return repo, "/".join(parts), weight
-
-
-def format_ip_adapter(repo: str, subfolder: str | None, weight_name: str) -> str:
-    """The text :func:`parse_ip_adapter` reads back into ``(repo, subfolder, weight_name)``."""
-    inside = f"{subfolder.strip('/')}/{weight_name}" if subfolder else weight_name
-    return f"{repo}:{inside}"
+        raise bad("no repo or folder before ':'")
+    subfolder, slash, weight = rest.rpartition("/")
+    subfolder = subfolder.strip("/")
+    if not slash or not subfolder:
+        raise bad("no SUBFOLDER/ before the weight file")
+    if not weight or not weight.lower().endswith(_WEIGHT_SUFFIXES):
+        raise bad("the weight file must end in .safetensors or .bin")
+    if any(part in ("", ".", "..") for part in subfolder.split("/")):
+        raise bad("the subfolder must be a plain relative path")
+    return repo, subfolder, weight

@@ -126,7 +126,7 @@ def ip_adapter_arg(text: str) -> tuple[str, str, str]:
     try:
         return parse_ip_adapter(text)
     except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err).removeprefix(f"--ip-adapter {text!r}: ")) from None
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--ip-adapter ")) from None
 
 
 def value_list(name: str):
