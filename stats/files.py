@@ -367,23 +367,29 @@ def load(path: str | Path) -> Statistics:
         raise ValueError(f"{path}: {err}") from None
 
 
-def check_compatible(stats: Statistics, *, dim: int, fingerprint: str | None) -> None:
+def check_compatible(stats: Statistics, *, dim: int, fingerprint: str | None,
+                     model: str | None = None) -> None:
     """Raise ``ValueError`` if ``stats`` were not computed in this embedding space.
 
     ``dim``: the encoder's embedding dimension; ``fingerprint``: its
-    :func:`vslerp.stats.encoder_fingerprint` (None, or a file without one, skips that check).
+    :func:`vslerp.stats.encoder_fingerprint` (None, or a file without one, skips that check);
+    ``model``: what this encoder belongs to, for the message. Statistics are keyed by the
+    encoder, never by a model id: a file computed under any id (a Kandinsky prior, a CLIP, an
+    IP-Adapter's encoder) fits every model whose image encoder has its fingerprint.
     """
     if not isinstance(stats, Statistics):
         raise TypeError(f"stats must be a vslerp.stats.Statistics, got {type(stats).__name__}")
+    theirs_model = stats.metadata.get("model_id")
+    ours = f" ({model})" if model else ""
+    redo = f"`vslerp stats compute --model {model or 'MODEL'} ...`"
     if stats.dim != dim:
         raise ValueError(
-            f"statistics have embedding dim {stats.dim} (model {stats.metadata.get('model_id')!r}) "
-            f"but this encoder's is {dim}: they were computed with a different CLIP"
-        )
+            f"statistics have embedding dim {stats.dim} (model {theirs_model!r}) but this "
+            f"encoder's is {dim}{ours}: they were computed with a different CLIP; recompute "
+            f"them with {redo}")
     theirs = stats.metadata.get("encoder_fingerprint")
     if fingerprint is not None and theirs is not None and theirs != fingerprint:
         raise ValueError(
-            f"statistics were computed with image encoder {theirs[:12]} (model "
-            f"{stats.metadata.get('model_id')!r}) but this encoder is {fingerprint[:12]}: "
-            "recompute them with `vslerp stats compute --prior` of this model"
-        )
+            f"statistics were computed with image encoder {theirs[:12]} (model {theirs_model!r}) "
+            f"but this encoder{ours} is {fingerprint[:12]}: another embedding space; recompute "
+            f"them with {redo}")

@@ -28,7 +28,8 @@ STEPS, SIZE = 2, 64
 # The keys of `vslerp grid`'s sidecar (vslerp.ui.sidecar), which `vslerp grid --from` reads.
 CLI_SIDECAR_KEYS = {"command", "vslerp_version", "model", "prior", "stats", "dtype", "source", "target", "thetas",
                     "alphas", "seed", "steps", "size", "guidance", "prior_steps", "batch_size",
-                    "allow_extrapolation", "labels", "conformity", "pipeline"}
+                    "allow_extrapolation", "labels", "conformity", "pipeline", "strength", "prompt",
+                    "negative_prompt", "noise_level", "ip_adapter", "ip_adapter_scale"}
 
 
 def _free_port() -> int:
@@ -137,7 +138,8 @@ def test_api_lists_edit_and_sweep(client):
     assert {"/edit", "/sweep"} <= set(api)
     names = [p["parameter_name"] for p in api["/edit"]["parameters"]]
     assert names == ["source", "target_image", "target_prompt", "theta", "alpha", "seed", "steps", "guidance",
-                     "size", "mean_source", "stats_file"]
+                     "size", "mean_source", "stats_file", "strength", "text_prompt", "negative_prompt",
+                     "noise_level", "ip_adapter_scale"]  # the backend options last, all optional
     assert len(api["/edit"]["returns"]) == 1  # the image only (state outputs are not API values)
     assert not any("ui_" in name for name in api)  # the page's own events are not endpoints
 

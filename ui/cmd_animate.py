@@ -13,7 +13,13 @@ from pathlib import Path
 
 from vslerp.defaults import MAX_FRAMES
 from vslerp.ui.cli import CLIError
-from vslerp.ui.options import add_model_options, add_render_options, finite_float, positive_int
+from vslerp.ui.options import (
+    add_backend_options,
+    add_model_options,
+    add_render_options,
+    finite_float,
+    positive_int,
+)
 
 __all__ = ["ANIMATE_DESCRIPTION", "register", "run_animate"]
 
@@ -51,6 +57,7 @@ def register(subparsers) -> None:
                    help="replace an existing --out (default: refused)")
     add_render_options(p)
     add_model_options(p)
+    add_backend_options(p)
     p.set_defaults(func=run_animate)
 
 
@@ -66,7 +73,7 @@ def run_animate(args) -> int:
         own,
         refuse_inputs,
     )
-    from vslerp.ui.models import check_model_source
+    from vslerp.ui.models import check_backend_options, check_model_source
     from vslerp.ui.outputs import check_fps, sidecar_path
     from vslerp.ui.sidecar import spec_from_options
 
@@ -99,6 +106,7 @@ def run_animate(args) -> int:
     check_device(spec.device)
     check_model_source(spec.model, "--model")
     check_model_source(spec.prior, "--prior")
+    check_backend_options(spec)
     stats = load_stats(spec.stats)
     with own(args.out, sidecar):
         check_main_output(args.out, args.overwrite)  # owned now: checked again

@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from vslerp.ui.cli import CLIError
-from vslerp.ui.options import add_model_options, add_render_options
+from vslerp.ui.options import add_backend_options, add_model_options, add_render_options
 
 __all__ = ["register", "run_batch"]
 
@@ -27,8 +27,9 @@ a line, e.g.
   {"source": "a.png", "target": "b.png", "thetas": "0:1:3", "alphas": [-1, 0, 1],
    "seed": 0, "name": "a-b"}
 TARGET may be a prompt; optional "name" (default jobNNNN, the line number),
-"steps", "size", "guidance" (default: the options below); relative paths are
-relative to JOBS.jsonl. Each job writes OUT_DIR/NAME.png + NAME.json. A job
+"steps", "size", "guidance", and the backend options "strength", "prompt",
+"negative_prompt", "noise_level", "ip_adapter_scale" (default: the options
+below); relative paths are relative to JOBS.jsonl. Each job writes OUT_DIR/NAME.png + NAME.json. A job
 already rendered with the same parameters is skipped, so a stopped batch
 resumes; one rendered with other parameters is refused, naming its line
 (--overwrite renders it again). Under `accelerate launch --num_processes N`
@@ -56,11 +57,14 @@ def register(subparsers) -> None:
                    "parameters (default: refused)")
     add_render_options(p)
     add_model_options(p)
+    add_backend_options(p)
     p.set_defaults(func=run_batch)
 
 
 # -- jobs -----------------------------------------------------------------------------------
-_JOB_KEYS = ("source", "target", "thetas", "alphas", "seed", "name", "steps", "size", "guidance")
+_OPTION_KEYS = ("strength", "prompt", "negative_prompt", "noise_level", "ip_adapter_scale")  # backend options
+_JOB_KEYS = ("source", "target", "thetas", "alphas", "seed", "name", "steps", "size", "guidance",
+             *_OPTION_KEYS)
 _RENDERED = ("thetas", "alphas", "seed", "steps", "size", "guidance")  # a job's own, in its fingerprint
 
 
@@ -87,6 +91,18 @@ def _job_number(job: dict, key: str, default, where: str):
     if key in ("steps", "size") and value < 1:
         raise CLIError(f"{where}: {key} must be ≥ 1, got {value}")
     return value
+
+
+def _job_options(job: dict, where: str) -> dict:
+    """A job's backend options (JSON; absent: the options'), checked as the options are."""
+    from vslerp.ui.sidecar import recorded_options
+
+    given = {key: job[key] for key in _OPTION_KEYS if key in job}
+    for key in ("strength", "noise_level"):
+        if key in given and given[key] is None:
+            raise CLIError(f"{where}: {key} must be a number, got null")
+    checked = recorded_options({"strength": 1.0, "noise_level": 0, **given}, where)
+    return {key: checked[key] for key in given}
 
 
 def _read_jobs(path: Path, args, base) -> list[dict]:
@@ -138,7 +154,8 @@ def _read_jobs(path: Path, args, base) -> list[dict]:
         names[name] = number
         numbers = {key: _job_number(job, key, getattr(base, key), where)
                    for key in ("seed", "steps", "size", "guidance")}
-        spec = replace(base, source=source, target=target, thetas=thetas, alphas=alphas, **numbers)
+        spec = replace(base, source=source, target=target, thetas=thetas, alphas=alphas, **numbers,
+                       **_job_options(job, where))
         check_limits(spec, args.max_size, args.max_cells, spec.cells, where=f"{where}: ")
         jobs.append({"line": number, "name": name, "spec": spec})
     if not jobs:
@@ -161,7 +178,7 @@ def _params(spec, stats) -> dict:
     """What a job's output depends on (its fingerprint's contents), as read back from a sidecar."""
     from vslerp.defaults import DEFAULT_DECODER, DEFAULT_PRIOR
     from vslerp.ui.models import model_ref
-    from vslerp.ui.render import effective_dtype
+    from vslerp.ui.render import RenderSpec, effective_dtype
 
     params = {"model": model_ref(spec.model or DEFAULT_DECODER),
               "prior": model_ref(spec.prior or DEFAULT_PRIOR),
@@ -170,6 +187,15 @@ def _params(spec, stats) -> dict:
               "source": _input_id(spec.source), "target": _input_id(spec.target),
               **{key: getattr(spec, key) for key in _RENDERED}}
     params["thetas"], params["alphas"] = list(spec.thetas), list(spec.alphas)
+    # the backend options only where they are not the defaults: a batch rendered before they
+    # existed keeps its fingerprints (and resumes)
+    defaults = RenderSpec()
+    for key in _OPTION_KEYS:
+        if getattr(spec, key) != getattr(defaults, key):
+            params[key] = getattr(spec, key)
+    if spec.ip_adapter is not None:
+        repo, subfolder, weight = spec.ip_adapter
+        params["ip_adapter"] = [model_ref(repo), subfolder, weight]
     return json.loads(json.dumps(params))
 
 
@@ -216,7 +242,7 @@ class _CellProgress:
 
 def run_batch(args) -> int:
     from vslerp.ui.checks import check_device, check_place, load_stats, own, refuse_inputs
-    from vslerp.ui.models import check_model_source
+    from vslerp.ui.models import check_backend_options, check_model_source
     from vslerp.ui.sidecar import spec_from_options
 
     base = replace(spec_from_options(args), labels=not args.no_labels)
@@ -234,6 +260,8 @@ def run_batch(args) -> int:
     check_device(base.device)
     check_model_source(base.model, "--model")
     check_model_source(base.prior, "--prior")
+    for job in jobs:
+        check_backend_options(job["spec"], f" ({args.jobs}:{job['line']})")
     stats = load_stats(base.stats)
     with own(folders=(args.out_dir,)):
         return _batch(args, jobs, stats)

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from vslerp.ui.cli import CLIError
-from vslerp.ui.options import add_model_options, add_render_options
+from vslerp.ui.options import add_backend_options, add_model_options, add_render_options
 
 __all__ = ["GRID_DESCRIPTION", "register", "run_grid"]
 
@@ -30,6 +30,7 @@ examples:
       --alphas -2:2:5 --out grid.png
   vslerp grid --from grid.png --out again.png
   vslerp grid --from editor-download.png cat.png dog.png --out again.png
+  vslerp grid cat.png dog.png --strength 0.6 --out layout.png   # keeps cat.png's layout
 """
 
 
@@ -61,6 +62,7 @@ def register(subparsers) -> None:
                    help="replace an existing --out and its cells (default: refused)")
     add_render_options(p)
     add_model_options(p)
+    add_backend_options(p)
     p.set_defaults(func=run_grid)
 
 
@@ -103,7 +105,7 @@ def run_grid(args) -> int:
         own,
         refuse_inputs,
     )
-    from vslerp.ui.models import check_model_source
+    from vslerp.ui.models import check_backend_options, check_model_source
     from vslerp.ui.outputs import sidecar_path
 
     spec, meta, origin = _spec(args)
@@ -130,6 +132,7 @@ def run_grid(args) -> int:
     check_device(spec.device)
     check_model_source(spec.model, "--model", origin if args.model is None else "")
     check_model_source(spec.prior, "--prior", origin if args.prior is None else "")
+    check_backend_options(spec, origin)
     stats = load_stats(spec.stats, origin if args.stats is None else "")
     with own(args.out, sidecar, folders=(args.cells_dir,)):
         # owned now: checked again, as another run may have finished in between

@@ -2,11 +2,14 @@
 
 Reads an MS-COCO set (--images val2017 --captions annotations/captions_val2017.json), a
 plain image folder and/or a text file of captions (one a line), encodes them with the
-image and text encoders of a Kandinsky 2.2 prior or an unCLIP/Karlo repo (--prior), and
-writes the per-modality moment sums (mean, mean of unit vectors, covariance and the §4
+image and text encoders of a generator (--model: a Kandinsky 2.2 prior or decoder, an
+unCLIP/Karlo repo, Stable unCLIP, an SD / SDXL base with --ip-adapter; --prior as before) or
+of a CLIP model (--clip), and writes the per-modality moment sums (mean, mean of unit vectors, covariance and the §4
 measures follow from them) to one safetensors file. Works under `accelerate launch
 --num_processes N` (rank 0 writes). --from-prior-mean writes a Kandinsky prior's own
-clip_mean instead (zero data).
+clip_mean instead (zero data). A generator without a projected text encoder (Stable unCLIP,
+IP-Adapter) takes its text side from --clip, only if that CLIP's vision tower is its image
+encoder; without --clip its statistics have the image modality only.
 """
 
 from __future__ import annotations
@@ -18,6 +21,14 @@ from pathlib import Path
 
 from vslerp.defaults import DEFAULT_PRIOR, DEFAULT_UNCLIP
 from vslerp.ui.cli import CLIError
+from vslerp.ui.cmd_stats_models import (
+    add_model_arguments,
+    check_model_args,
+    load_run_encoders,
+    metadata_of,
+    model_inputs,
+    model_label,
+)
 from vslerp.ui.options import DTYPE_HELP, dtype_arg, int_at_least, positive_int
 
 __all__ = ["check_output", "print_skipped", "register", "run_compute"]
@@ -27,14 +38,19 @@ _PRIOR_HELP = ("generator repo (hub id) or local folder whose CLIP encoders to u
                "prior (image_encoder/, image_processor/, text_encoder/, tokenizer/; e.g. "
                f"{DEFAULT_PRIOR}) or an unCLIP/Karlo image-variations "
                "repo (feature_extractor/ instead of image_processor/; e.g. "
-               f"{DEFAULT_UNCLIP})")
+               f"{DEFAULT_UNCLIP})")  # `stats conformity` / `conformity` --prior (vslerp.ui.cmd_report)
 
 _EXAMPLES = f"""
 examples:
   vslerp stats compute --images val2017 --captions annotations/captions_val2017.json \\
-      --prior {DEFAULT_PRIOR} --out coco.safetensors
+      --model {DEFAULT_PRIOR} --out coco.safetensors
   vslerp stats compute --images val2017 --captions annotations/captions_val2017.json \\
-      --prior {DEFAULT_UNCLIP} --out coco_karlo.safetensors
+      --model {DEFAULT_UNCLIP} --out coco_karlo.safetensors
+  vslerp stats compute --images val2017 --captions annotations/captions_val2017.json \\
+      --model stabilityai/stable-diffusion-2-1-unclip \\
+      --clip laion/CLIP-ViT-H-14-laion2B-s32B-b79K --out coco_sd21_unclip.safetensors
+  vslerp stats compute --images val2017 --model stable-diffusion-v1-5/stable-diffusion-v1-5 \\
+      --ip-adapter h94/IP-Adapter:models/ip-adapter_sd15.safetensors --out coco_vit_h.safetensors
   vslerp stats compute --prior {DEFAULT_PRIOR} --from-prior-mean \\
       --out prior_mean.safetensors
   vslerp stats compute --webdataset "laion/{{00000..00999}}.tar" --save-embeddings laion_emb/ \\
@@ -74,7 +90,7 @@ def register(subparsers) -> None:
     p.add_argument("--caption-column", default=None, metavar="NAME",
                    help="--parquet caption column (default: auto: caption, text, txt, ... or "
                    "the only text column)")
-    p.add_argument("--prior", required=True, metavar="DIR|ID", help=_PRIOR_HELP + " (required)")
+    add_model_arguments(p)
     p.add_argument("--out", required=True, type=Path, metavar="FILE.safetensors",
                    help="statistics file to write (required)")
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
@@ -219,18 +235,17 @@ def _check_paths(args) -> None:
 
     input_file("--captions", args.captions)
     input_folder("--images", args.images)
-    prior = Path(str(args.prior)).expanduser()
-    prior = prior if prior.is_dir() else None
+    models = model_inputs(args)
     outputs = {"--out": args.out, "--save-embeddings": args.save_embeddings}
-    refuse_inputs(outputs, {"--captions": args.captions, "--images": args.images,
-                            "--prior": prior})
+    refuse_inputs(outputs, {"--captions": args.captions, "--images": args.images, **models})
     if args.save_embeddings is not None and (
             args.out.expanduser().resolve() == args.save_embeddings.expanduser().resolve()):
         raise CLIError(f"--out and --save-embeddings name one path ({args.out}): give two")
     out = args.out.expanduser()
-    if prior is not None and out.is_file() and prior.resolve() in out.resolve().parents:
-        raise CLIError(f"--out {args.out} is a file of the --prior folder {args.prior} this run "
-                       "reads: an output never replaces an input; choose another path")
+    for option, folder in models.items():
+        if out.is_file() and folder.resolve() in out.resolve().parents:
+            raise CLIError(f"--out {args.out} is a file of the {option} folder {folder} this run "
+                           "reads: an output never replaces an input; choose another path")
 
 
 @contextlib.contextmanager
@@ -263,6 +278,7 @@ def run_compute(args: argparse.Namespace, *, on_shard=None) -> int:
     from vslerp.stats import forget_inputs
     from vslerp.ui.checks import check_device
 
+    check_model_args(args)  # a malformed --ip-adapter: one line, nothing read
     forget_inputs()  # a new run: what earlier runs in this process read is not its input
     check_output("--out", args.out, args.overwrite, suffix=".safetensors")
     check_device(args.device)
@@ -289,21 +305,23 @@ def run_compute(args: argparse.Namespace, *, on_shard=None) -> int:
 def _compute_owned(args, state, on_shard) -> int:
     import torch
 
-    from vslerp.stats import load_encoders
     from vslerp.stats.compute import compute_statistics, dataset_digest
     from vslerp.stats.embeddings import EmbeddingStore
     from vslerp.ui.cmd_report import refuse_listed_inputs
-    from vslerp.ui.runtime import quiet_model_logs
 
     images, captions, dataset_name = _read_dataset(args)
     refuse_listed_inputs({"--out": args.out}, (i.path for i in images), "--images files")
     main = state.is_main_process
     device = args.device or (str(state.device) if state.num_processes > 1 else None)
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    with quiet_model_logs():
-        encoders = load_encoders(args.prior, device=device, dtype=dtype, text=bool(captions))
-    metadata = {"dataset": dataset_name, "prior": str(args.prior),
-                "shard_size": args.shard_size}
+    loaded = load_run_encoders(args, device=device, dtype=dtype, text=bool(captions))
+    encoders = loaded.encoders
+    if captions and encoders.text_encoder is None:
+        captions = []  # the note said why: image statistics only
+        if not images:
+            raise CLIError(f"--captions only, and {model_label(args)} has no text encoder to encode "
+                           "them with: give --clip, or --images")
+    metadata = {"dataset": dataset_name, **metadata_of(loaded), "shard_size": args.shard_size}
     store = None
     if args.save_embeddings is not None:
         plan = {"metadata": {**metadata, "model_id": encoders.model_id,
@@ -321,7 +339,7 @@ def _compute_owned(args, state, on_shard) -> int:
     if main:
         what = " and ".join(f"{n} {w}" for n, w in ((len(images), "images"),
                                                     (len(captions), "captions")) if n)
-        print(f"encoding {what} of {dataset_name!r} with {args.prior} on {encoders.device} "
+        print(f"encoding {what} of {dataset_name!r} with {model_label(args)} on {encoders.device} "
               f"({str(encoders.dtype).replace('torch.', '')}"
               + (f", {state.num_processes} processes" if state.num_processes > 1 else "")
               + ")", flush=True)

@@ -49,11 +49,12 @@ def run_shard_compute(args: argparse.Namespace, *, on_shard=None) -> int:
     the outputs are owned, as a folder run's, and never one of the shards)."""
     import torch
 
-    from vslerp.stats import load_encoders, refuse_overwriting_inputs
+    from vslerp.stats import refuse_overwriting_inputs
     from vslerp.stats.embeddings import INPUT_SHARD, EmbeddingStore
     from vslerp.stats.sharded import compute_shard_statistics
     from vslerp.ui.cmd_stats import _own_outputs, print_skipped
-    from vslerp.ui.runtime import accelerate_state, quiet_model_logs
+    from vslerp.ui.cmd_stats_models import load_run_encoders, metadata_of, model_label
+    from vslerp.ui.runtime import accelerate_state
 
     source = read_source(args)
     option = "--webdataset" if args.webdataset else "--parquet"
@@ -68,9 +69,10 @@ def run_shard_compute(args: argparse.Namespace, *, on_shard=None) -> int:
         main = state.is_main_process
         device = args.device or (str(state.device) if state.num_processes > 1 else None)
         dtype = getattr(torch, args.dtype) if args.dtype else None
-        with quiet_model_logs():
-            encoders = load_encoders(args.prior, device=device, dtype=dtype, text=True)
-        metadata = {"dataset": name, "prior": str(args.prior), "shard_size": INPUT_SHARD}
+        loaded = load_run_encoders(args, device=device, dtype=dtype, text=True)
+        encoders = loaded.encoders
+        captions = encoders.text_encoder is not None  # else image statistics only (the note said so)
+        metadata = {"dataset": name, **metadata_of(loaded), "shard_size": INPUT_SHARD}
         if source.kind == "parquet":
             metadata["parquet_columns"] = {"image": source.columns[0], "caption": source.columns[1]}
         store = None
@@ -86,11 +88,11 @@ def run_shard_compute(args: argparse.Namespace, *, on_shard=None) -> int:
                 store.prepare(overwrite=args.overwrite)
             state.wait_for_everyone()
         if main:
-            print(f"encoding {len(source)} {source.kind} shard(s) of {name!r} with {args.prior} on "
+            print(f"encoding {len(source)} {source.kind} shard(s) of {name!r} with {model_label(args)} on "
                   f"{encoders.device} ({str(encoders.dtype).replace('torch.', '')}"
                   + (f", {state.num_processes} processes" if state.num_processes > 1 else "")
                   + ")", flush=True)
-        result = compute_shard_statistics(encoders, source, batch_size=args.batch_size,
+        result = compute_shard_statistics(encoders, source, captions=captions, batch_size=args.batch_size,
                                           num_workers=args.num_workers, store=store, state=state,
                                           progress=not args.no_progress, metadata=metadata,
                                           on_shard=on_shard)

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from vslerp.defaults import DEFAULT_DECODER, DEFAULT_PRIOR
-from vslerp.ui.options import DTYPE_HELP, dtype_arg, port_arg, positive_int
+from vslerp.ui.options import DTYPE_HELP, add_ip_adapter_option, dtype_arg, port_arg, positive_int
 
 __all__ = ["load_pipeline", "model_spec", "register", "run"]
 
@@ -21,10 +21,12 @@ def register(subparsers) -> None:
     p.add_argument("--share", action="store_true",
                    help="also open a public *.gradio.live link (off by default)")
     p.add_argument("--model", default=None, metavar="DIR|ID",
-                   help=f"Kandinsky 2.2 decoder (default {DEFAULT_DECODER}) "
-                        "or a folder saved by VSlerpPipeline.save_pretrained")
+                   help=f"Kandinsky 2.2 decoder (default {DEFAULT_DECODER}), an unCLIP/Karlo or Stable "
+                        "unCLIP model, a Stable Diffusion 1.5 / SDXL base (with --ip-adapter), or a folder "
+                        "saved by save_pretrained")
     p.add_argument("--prior", default=None, metavar="DIR|ID",
                    help=f"Kandinsky 2.2 prior (default {DEFAULT_PRIOR})")
+    add_ip_adapter_option(p)
     p.add_argument("--stats", type=Path, default=None, metavar="FILE",
                    help="statistics file for the image mean (default: the prior's clip_mean)")
     p.add_argument("--reference", type=Path, default=None, metavar="DIR",
@@ -55,7 +57,8 @@ def model_spec(args, tmp_root: str | Path | None = None):
         prior, model = (str(path) for path in make_tiny_kandinsky(root))
         device = device or "cpu"
     stats = str(Path(args.stats).expanduser().resolve()) if args.stats is not None else None
-    return RenderSpec(model=model, prior=prior, stats=stats, dtype=args.dtype, device=device)
+    return RenderSpec(model=model, prior=prior, stats=stats, dtype=args.dtype, device=device,
+                      ip_adapter=getattr(args, "ip_adapter", None))
 
 
 def load_pipeline(spec, stats=None):
@@ -95,8 +98,17 @@ def run(args) -> int:
     if args.stats is not None and not args.stats.is_file():
         raise CLIError(f"--stats: no such file {args.stats}")
     check_device(args.device)
+    if args.tiny_random and args.ip_adapter:
+        raise CLIError("--ip-adapter needs a Stable Diffusion 1.5 / SDXL --model, and --tiny-random builds a "
+                       "Kandinsky 2.2")
+    if not args.tiny_random:
+        from vslerp.ui.models import check_backend_options
+
+        check_backend_options(model_spec(args))  # --ip-adapter with an SD / SDXL --model only
     _check_port(args.host, args.port, CLIError)
     what = ("a tiny random model (noise-only smoke test)" if args.tiny_random else
+            f"model {args.model}" + (f" with IP-Adapter {args.ip_adapter[0]}" if args.ip_adapter else "")
+            if args.model and not args.prior else
             f"decoder {args.model or DEFAULT_DECODER}, prior {args.prior or DEFAULT_PRIOR}")
     print(f"vslerp ui: loading {what} — this can take a minute…", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="vslerp-ui-") as tmp:  # the tiny model, removed at exit
@@ -152,8 +164,13 @@ def _serve(args, tmp: str, CLIError) -> int:  # noqa: N803 - the CLI's exception
         raise CLIError(f"the editor needs gradio ({err}); install vslerp[ui]") from None
     stats, reference = _inputs(args, CLIError)
     spec = model_spec(args, tmp)
+    from vslerp.pipelines.loading import KANDINSKY, backend_of
+
+    # Kandinsky 2.2 loads with its prior's clip_mean (--stats is checked against it below, to name
+    # it); the other backends have no mean of their own: they load with --stats
+    own_mean = args.tiny_random or spec.model is None or backend_of(spec.model) in (None, KANDINSKY)
     try:
-        pipe = load_pipeline(spec)
+        pipe = load_pipeline(spec, stats=None if own_mean else stats)
     except (OSError, ValueError, TypeError, RuntimeError) as err:  # the loader's message names the model
         raise CLIError(_one_line(err)) from None
     if stats is not None:  # the editor's startup mean, passed to each render (the pipe is not changed)

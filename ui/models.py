@@ -11,14 +11,21 @@ from pathlib import Path
 
 from vslerp.ui.cli import CLIError
 
-__all__ = ["check_model_source", "looks_like_folder", "model_ref"]
+__all__ = ["check_backend_options", "check_model_source", "looks_like_folder", "model_ref"]
 
 _PRIOR_CLASSES = ("KandinskyV22PriorPipeline",)  # what --prior accepts (--model: loading.BACKENDS)
 _CLASS_NAMES = {"KandinskyV22Pipeline": "a Kandinsky 2.2 decoder",
                 "KandinskyV22PriorPipeline": "a Kandinsky 2.2 prior",
                 "VSlerpPipeline": "a saved VSlerpPipeline",
                 "UnCLIPImageVariationPipeline": "an unCLIP image-variation model",
-                "VSlerpUnCLIPPipeline": "a saved VSlerpUnCLIPPipeline"}
+                "VSlerpUnCLIPPipeline": "a saved VSlerpUnCLIPPipeline",
+                "StableUnCLIPImg2ImgPipeline": "a Stable unCLIP model",
+                "StableDiffusionPipeline": "a Stable Diffusion 1.5 base",
+                "StableDiffusionXLPipeline": "an SDXL base"}
+# the flags of the backend options (RenderSpec.options), as the CLI names them in a refusal
+_OPTION_FLAGS = {"strength": "--strength below 1 (img2img)", "prompt": "--prompt (text conditioning)",
+                 "negative_prompt": "--negative-prompt", "noise_level": "--noise-level",
+                 "ip_adapter_scale": "--ip-adapter-scale"}
 
 
 def looks_like_folder(ident: str) -> bool:
@@ -44,7 +51,7 @@ def check_model_source(ident, option: str, origin: str = "") -> None:
     from vslerp.pipelines.loading import BACKENDS, read_model_index
 
     accepted, what = ((_PRIOR_CLASSES, "Kandinsky 2.2 prior") if option == "--prior" else
-                      (tuple(BACKENDS), "Kandinsky 2.2 decoder (or unCLIP)"))
+                      (tuple(BACKENDS), "Kandinsky 2.2 decoder (or unCLIP, Stable unCLIP, SD 1.5 / SDXL)"))
     path = Path(str(ident)).expanduser()
     if path.is_file():
         raise CLIError(f"{option} {ident} is a file, not a model folder{origin}")
@@ -63,3 +70,57 @@ def check_model_source(ident, option: str, origin: str = "") -> None:
         return
     if looks_like_folder(str(ident)):
         raise CLIError(f"{option} {ident}: no such folder{origin}")
+
+
+def check_backend_options(spec, origin: str = "") -> None:
+    """The backend options and ``--ip-adapter`` of ``spec`` against the backend its ``--model`` is
+    (:func:`vslerp.pipelines.loading.backend_of`: ``model_index.json``, else the id), before any
+    model loads: an IP-Adapter only on an SD 1.5 / SDXL base and such a base only with one; only
+    the options that backend takes (its class's ``_backend_options``); ``--strength`` below 1
+    with a SOURCE photo and at least one denoising step. A backend that cannot be told (a hub id
+    offline) or whose module is not installed is left to the pipeline's own checks."""
+    from vslerp.pipelines.loading import (
+        IP_ADAPTER_SD,
+        IP_ADAPTER_SDXL,
+        KANDINSKY,
+        backend_of,
+        pipeline_class,
+        read_model_index,
+    )
+
+    if spec.strength < 1:
+        if (spec.source or {}).get("kind") != "image":
+            raise CLIError(f"--strength {spec.strength:g} starts every cell from the SOURCE photo: "
+                           f"give SOURCE as an image{origin}")
+        if int(spec.steps * spec.strength) < 1:
+            raise CLIError(f"--strength {spec.strength:g} with --steps {spec.steps} leaves no denoising step "
+                           f"(int(steps × strength) must be ≥ 1): raise --steps or --strength{origin}")
+    try:
+        backend = backend_of(spec.model) if spec.model is not None else KANDINSKY
+        index = read_model_index(spec.model) if spec.model is not None else None
+    except ValueError:  # an unreadable model_index.json: check_model_source names it
+        return
+    sd = (IP_ADAPTER_SD, IP_ADAPTER_SDXL)
+    saved = (index or {}).get("_class_name", "").startswith("VSlerp")  # save_pretrained's: adapter inside
+    if spec.ip_adapter is not None and backend is not None and (backend not in sd or saved):
+        what = "a folder saved with its IP-Adapter" if saved else f"a {backend} model"
+        raise CLIError(f"--ip-adapter needs a Stable Diffusion 1.5 / SDXL --model (the adapter conditions its "
+                       f"UNet), and {spec.model or 'the default model'} is {what}{origin}")
+    if backend in sd and spec.ip_adapter is None and not saved:
+        raise CLIError(f"--model {spec.model} is a Stable Diffusion base ({backend}): it renders image "
+                       "embeddings through an IP-Adapter, give --ip-adapter REPO_OR_DIR:SUBFOLDER/WEIGHT "
+                       f"(e.g. h94/IP-Adapter:models/ip-adapter_sd15.safetensors){origin}")
+    if backend is None:
+        return
+    try:
+        accepted = pipeline_class(backend)._backend_options
+    except ImportError:  # that backend's module is not part of this install: the pipeline decides
+        return
+    given = {"strength": spec.strength < 1, "prompt": spec.prompt is not None,
+             "negative_prompt": spec.negative_prompt is not None, "noise_level": spec.noise_level != 0,
+             "ip_adapter_scale": spec.ip_adapter_scale is not None}
+    for name, is_given in given.items():
+        if is_given and name not in accepted:
+            hint = (" (a prompt as TARGET goes through its prior)" if name == "prompt" and backend == KANDINSKY
+                    else "")
+            raise CLIError(f"{_OPTION_FLAGS[name]} is not supported by the {backend} backend{hint}{origin}")

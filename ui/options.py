@@ -12,9 +12,9 @@ import re
 
 from vslerp.defaults import DEFAULT_DECODER, DEFAULT_PRIOR, MAX_CELLS, MAX_SIZE
 
-__all__ = ["DTYPES", "DTYPE_HELP", "add_model_options", "add_render_options", "allow_negative_values",
-           "dtype_arg", "finite_float", "int_at_least", "port_arg", "positive_float", "positive_int",
-           "seed_arg", "value_list"]
+__all__ = ["DTYPES", "DTYPE_HELP", "add_backend_options", "add_ip_adapter_option", "add_model_options", "add_render_options",
+           "allow_negative_values", "dtype_arg", "finite_float", "int_at_least", "ip_adapter_arg", "port_arg",
+           "positive_float", "positive_int", "scale_arg", "seed_arg", "strength_arg", "value_list"]
 
 # --dtype of every command: the canonical torch name for each accepted spelling
 DTYPES = {"float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -96,6 +96,39 @@ def positive_float(text: str) -> float:
     return value
 
 
+def strength_arg(text: str) -> float:
+    """argparse type of ``--strength``: a number in (0, 1] (1: every cell from pure noise)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (1: from pure noise; below 1 keeps the "
+                                         f"photo's layout), got {text}")
+    return value
+
+
+def scale_arg(text: str) -> float:
+    """argparse type of ``--ip-adapter-scale``: a finite number ≥ 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1e6):
+        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
+    return value
+
+
+def ip_adapter_arg(text: str) -> tuple[str, str, str]:
+    """argparse type of ``--ip-adapter``: :func:`vslerp.ui.ip_adapter_arg.parse_ip_adapter`."""
+    from vslerp.ui.ip_adapter_arg import parse_ip_adapter
+
+    try:
+        return parse_ip_adapter(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--ip-adapter ")) from None
+
+
 def value_list(name: str):
     """argparse type: ``a,b,c`` or ``start:stop:count`` → floats (``vslerp.ui.outputs.parse_values``)."""
     def parse(text: str) -> list[float]:
@@ -139,8 +172,9 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, metavar="DIR|ID",
-                   help="Kandinsky 2.2 decoder repo or folder, or a folder saved by "
-                   f"VSlerpPipeline.save_pretrained (default: {DEFAULT_DECODER})")
+                   help="Kandinsky 2.2 decoder repo or folder, an unCLIP/Karlo or Stable unCLIP repo or "
+                   "folder, a Stable Diffusion 1.5 / SDXL base (with --ip-adapter), or a folder saved by "
+                   f"save_pretrained (default: {DEFAULT_DECODER})")
     g.add_argument("--prior", default=None, metavar="DIR|ID",
                    help=f"Kandinsky 2.2 prior repo or folder (default: {DEFAULT_PRIOR})")
     g.add_argument("--stats", type=Path, default=None, metavar="FILE.safetensors",
@@ -154,6 +188,38 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                    help="cells denoised together; lower it if memory runs out "
                    f"(default: {RenderSpec.batch_size})")
+
+
+def add_backend_options(p: argparse.ArgumentParser, ip_adapter: bool = True) -> None:
+    """--strength, --prompt, --negative-prompt, --noise-level, --ip-adapter-scale (and --ip-adapter,
+    a model option, unless ``ip_adapter`` is False): each backend takes some of them."""
+    g = p.add_argument_group(
+        "backend options",
+        "Each backend takes some of these; the others are refused, by name. --prompt is text "
+        "conditioning of the UNet (Stable unCLIP, IP-Adapter), not the TARGET: a prompt TARGET "
+        "is turned into an image embedding by the prior (Kandinsky 2.2).")
+    g.add_argument("--strength", type=strength_arg, default=None, metavar="S",
+                   help="img2img strength in (0, 1]: below 1 every cell starts from the SOURCE photo "
+                   "noised to S, so the grid keeps the photo's layout (default: 1, from pure noise)")
+    g.add_argument("--prompt", default=None, metavar="TEXT",
+                   help="text conditioning of the UNet besides the image embedding (Stable unCLIP, "
+                   "IP-Adapter; not Kandinsky 2.2, whose TARGET may be a prompt)")
+    g.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                   help="negative text conditioning (Stable unCLIP, IP-Adapter)")
+    g.add_argument("--noise-level", type=int_at_least(0), default=None, metavar="N",
+                   help="noise added to the image embedding (Stable unCLIP; default: 0)")
+    if ip_adapter:
+        add_ip_adapter_option(g)
+    g.add_argument("--ip-adapter-scale", type=scale_arg, default=None, metavar="X",
+                   help="how strongly the IP-Adapter's image embedding conditions the UNet "
+                   "(IP-Adapter; default: 1.0)")
+
+
+def add_ip_adapter_option(g) -> None:
+    """--ip-adapter: the adapter an SD 1.5 / SDXL --model renders through."""
+    g.add_argument("--ip-adapter", type=ip_adapter_arg, default=None, metavar="REPO_OR_DIR:SUBFOLDER/WEIGHT",
+                   help="IP-Adapter weights for a Stable Diffusion 1.5 / SDXL --model, e.g. "
+                   "h94/IP-Adapter:models/ip-adapter_sd15.safetensors (needed with such a model)")
 
 
 def add_render_options(p: argparse.ArgumentParser) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vslerp.defaults import SEED_LIMIT
 
-__all__ = ["RenderSpec", "check_seed", "check_thetas", "effective_dtype", "load_pipeline", "render",
+__all__ = ["RenderSpec", "batch_key", "check_seed", "check_thetas", "effective_dtype", "load_pipeline", "render",
            "render_many"]
 
 
@@ -44,10 +44,23 @@ class RenderSpec:
     batch_size: int = 8  # cells denoised together (max_batch_size)
     allow_extrapolation: bool = False  # θ outside [0, 1] allowed
     labels: bool = True  # θ/α labels on the grid PNG
+    # Backend options (a backend refuses, by name, those it does not take: pipe._backend_options)
+    strength: float = 1.0  # img2img: < 1 starts every cell from the source photo noised to it
+    prompt: str | None = None  # text conditioning of the UNet (Stable unCLIP, IP-Adapter); not the target
+    negative_prompt: str | None = None  # its negative (Stable unCLIP, IP-Adapter)
+    noise_level: int = 0  # Stable unCLIP's noise on the image embedding
+    ip_adapter: tuple[str, str, str] | None = None  # (repo or folder, subfolder, weight) on an SD/SDXL base
+    ip_adapter_scale: float | None = None  # the IP-Adapter's scale; None: as loaded (1.0)
 
     @property
     def cells(self) -> int:
         return len(self.thetas) * len(self.alphas)
+
+    @property
+    def options(self) -> dict:
+        """The backend options as ``pipe(...)`` and ``pipe.render_batch(...)`` take them."""
+        return {"strength": float(self.strength), "prompt": self.prompt, "negative_prompt": self.negative_prompt,
+                "noise_level": int(self.noise_level), "ip_adapter_scale": self.ip_adapter_scale}
 
     def resolved(self, pipe) -> RenderSpec:
         """This spec with the model's own size and guidance where it says None."""
@@ -89,7 +102,8 @@ def effective_dtype(spec: RenderSpec) -> str:
 
 
 def load_pipeline(spec: RenderSpec, stats=None, progress: bool = True):
-    """``VSlerpPipeline.from_pretrained`` of the spec's models, dtype and device (None: ``"auto"``).
+    """``VSlerpPipeline.from_pretrained`` of the spec's models, dtype and device (None: ``"auto"``),
+    with the spec's IP-Adapter on an SD / SDXL base.
 
     stats: the image mean (a loaded Statistics; None: the spec's statistics file, else the
     pipeline's own). The model libraries' logs are quiet (:func:`~vslerp.ui.runtime.quiet_model_logs`);
@@ -104,12 +118,16 @@ def load_pipeline(spec: RenderSpec, stats=None, progress: bool = True):
 
     if stats is None and spec.stats is not None:
         stats = Path(spec.stats)
+    adapter = {}
+    if spec.ip_adapter is not None:
+        repo, subfolder, weight = spec.ip_adapter
+        adapter = {"ip_adapter": repo, "ip_adapter_subfolder": subfolder or "", "ip_adapter_weight_name": weight}
     with quiet_model_logs(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pipe = VSlerpPipeline.from_pretrained(
             spec.model, prior=spec.prior, stats=stats,
             torch_dtype=getattr(torch, spec.dtype) if spec.dtype else None,
-            device=spec.device if spec.device is not None else "auto")
+            device=spec.device if spec.device is not None else "auto", **adapter)
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     pipe.set_progress_bar_config(disable=not progress, desc="denoising")
@@ -123,7 +141,8 @@ def _pipeline_input(ref: dict):
 
 def render(pipe, spec: RenderSpec, *, statistics=None, callback=None, max_size: int | None = None,
            max_cells: int | None = None):
-    """``pipe(source, target, ...)`` of ``spec`` (inputs read from their files or prompts).
+    """``pipe(source, target, ...)`` of ``spec`` (inputs read from their files or prompts), with its
+    backend options (strength < 1: every cell starts from the source photo).
 
     statistics: this call's image mean (None: the pipeline's). callback: ``callback_on_step_end``.
     max_size, max_cells: the limits of :mod:`vslerp.pipelines.limits` (None: its defaults).
@@ -143,28 +162,43 @@ def render(pipe, spec: RenderSpec, *, statistics=None, callback=None, max_size: 
                 max_batch_size=int(spec.batch_size), allow_extrapolation=bool(spec.allow_extrapolation),
                 prior_num_inference_steps=int(spec.prior_steps),
                 max_size=limits.MAX_SIZE if max_size is None else int(max_size),
-                max_cells=limits.MAX_CELLS if max_cells is None else int(max_cells), **extra)
+                max_cells=limits.MAX_CELLS if max_cells is None else int(max_cells), **spec.options, **extra)
 
 
 def render_many(pipe, jobs, *, callback=None) -> list:
     """Many specs in one ``pipe.render_batch(...)``; each gets what :func:`render` gives it alone.
 
-    jobs: ``(spec, source_raw (D,), target_raw (D,), statistics or None)`` tuples, the inputs
-    already encoded (the editor's cache). Their specs share steps, size, guidance and batch size
-    (``ValueError`` otherwise); each keeps its own θ, α, seed and image mean. Returns one
+    jobs: ``(spec, source_raw (D,), target_raw (D,), statistics or None[, photo])`` tuples, the
+    inputs already encoded (the editor's cache); photo: the source photo (PIL or path) cells
+    start from when ``spec.strength`` < 1 (default: the spec's source path). Their specs share
+    steps, size, guidance, batch size and backend options (:func:`batch_key`; ``ValueError``
+    otherwise); each keeps its own θ, α, seed, image mean and photo. Returns one
     ``VSlerpPipelineOutput`` per job, in order.
     """
     import torch
 
     specs = [spec.resolved(pipe) for spec, *_ in jobs]
-    shared = {(s.steps, s.size, s.guidance, s.batch_size) for s in specs}
+    shared = {batch_key(s) for s in specs}
     if len(shared) > 1:
-        raise ValueError(f"render_many: the jobs differ in steps, size, guidance or batch size: {sorted(shared)}")
+        raise ValueError("render_many: the jobs differ in steps, size, guidance, batch size or backend options: "
+                         f"{sorted(shared, key=repr)}")
     first = specs[0]
-    requests = [{"source": source, "target": target, "thetas": list(spec.thetas), "alphas": list(spec.alphas),
-                 "generator": torch.Generator().manual_seed(int(spec.seed)), "statistics": statistics}
-                for spec, (_, source, target, statistics) in zip(specs, jobs, strict=True)]
+    requests = []
+    for spec, (_, source, target, statistics, *photo) in zip(specs, jobs, strict=True):
+        request = {"source": source, "target": target, "thetas": list(spec.thetas), "alphas": list(spec.alphas),
+                   "generator": torch.Generator().manual_seed(int(spec.seed)), "statistics": statistics}
+        if spec.strength < 1:
+            request["image"] = photo[0] if photo and photo[0] is not None else _pipeline_input(spec.source)
+        requests.append(request)
     extra = {"callback_on_step_end": callback} if callback is not None else {}
     return pipe.render_batch(requests, num_inference_steps=int(first.steps), guidance_scale=first.guidance,
-                             height=first.size, width=first.size, max_batch_size=int(first.batch_size), **extra)
+                             height=first.size, width=first.size, max_batch_size=int(first.batch_size),
+                             **first.options, **extra)
+
+
+def batch_key(spec: RenderSpec) -> tuple:
+    """What specs rendered in one ``render_many`` call share: steps, size, guidance, batch size and
+    the backend options (two requests that differ in strength are never one batch)."""
+    options = spec.options
+    return (spec.steps, spec.size, spec.guidance, spec.batch_size, *(options[k] for k in sorted(options)))
 

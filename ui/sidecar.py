@@ -16,7 +16,8 @@ from pathlib import Path
 from vslerp.ui.cli import CLIError
 from vslerp.ui.render import RenderSpec
 
-__all__ = ["REQUIRED_KEYS", "read_sidecar", "recorded_inputs", "sidecar", "spec_from_options"]
+__all__ = ["REQUIRED_KEYS", "read_sidecar", "recorded_inputs", "recorded_options", "sidecar",
+           "spec_from_options"]
 
 REQUIRED_KEYS = ("source", "target", "thetas", "alphas", "seed", "steps")  # what --from needs
 _NUMBERS = ("steps", "size", "seed", "batch_size", "prior_steps")  # integers of the schema
@@ -44,10 +45,56 @@ def sidecar(spec: RenderSpec, pipe, out, command: str, statistics=None, **extra)
         "guidance": float(spec.guidance), "prior_steps": int(spec.prior_steps),
         "batch_size": int(spec.batch_size), "allow_extrapolation": bool(spec.allow_extrapolation),
         "labels": bool(spec.labels),
+        "strength": float(spec.strength), "prompt": spec.prompt, "negative_prompt": spec.negative_prompt,
+        "noise_level": int(spec.noise_level), "ip_adapter": _adapter_record(spec.ip_adapter),
+        "ip_adapter_scale": None if spec.ip_adapter_scale is None else float(spec.ip_adapter_scale),
         "conformity": [[float(c) for c in row] for row in out.conformity.tolist()],
         "pipeline": describe,
         **extra,
     }
+
+
+def _adapter_record(adapter) -> dict | None:
+    """The spec's IP-Adapter as the sidecar records it (a local folder as an absolute path)."""
+    from vslerp.ui.models import model_ref
+
+    if adapter is None:
+        return None
+    repo, subfolder, weight = adapter
+    return {"source": model_ref(repo), "subfolder": subfolder or "", "weight_name": weight}
+
+
+def recorded_options(meta: dict, where: str) -> dict:
+    """The backend options a sidecar records (an older sidecar without them: the defaults),
+    each checked: one CLI line naming the bad one."""
+    out = {}
+    strength = meta.get("strength", 1.0)
+    if strength is not None:
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+            raise CLIError(f"{where}: strength {strength!r} is not a number in (0, 1]")
+        out["strength"] = float(strength)
+    for key in ("prompt", "negative_prompt"):
+        value = meta.get(key)
+        if value is not None and not isinstance(value, str):
+            raise CLIError(f"{where}: {key} {value!r} is not text")
+        out[key] = value
+    level = meta.get("noise_level", 0)
+    if level is not None:
+        if isinstance(level, bool) or not isinstance(level, int) or level < 0:
+            raise CLIError(f"{where}: noise_level {level!r} is not an integer ≥ 0")
+        out["noise_level"] = level
+    scale = meta.get("ip_adapter_scale")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 <= scale):
+        raise CLIError(f"{where}: ip_adapter_scale {scale!r} is not a number ≥ 0")
+    out["ip_adapter_scale"] = None if scale is None else float(scale)
+    adapter = meta.get("ip_adapter")
+    if adapter is not None:
+        parts = [adapter.get(k) if isinstance(adapter, dict) else None
+                 for k in ("source", "subfolder", "weight_name")]
+        if not all(isinstance(v, str) for v in parts) or not parts[0] or not parts[2]:
+            raise CLIError(f"{where}: ip_adapter {adapter!r} is not {{source, subfolder, weight_name}}")
+        out["ip_adapter"] = tuple(parts)
+    return out
 
 
 def read_sidecar(path: Path) -> dict:
@@ -75,7 +122,8 @@ def read_sidecar(path: Path) -> dict:
 
 def spec_from_options(args, recorded: dict | None = None) -> RenderSpec:
     """The settings of a render: the options given, else the sidecar's (``recorded``), else the
-    defaults of :class:`RenderSpec`. Inputs and axes are the caller's (``dataclasses.replace``)."""
+    defaults of :class:`RenderSpec` (a sidecar older than the backend options: strength 1, no
+    text prompt, ...). Inputs and axes are the caller's (``dataclasses.replace``)."""
     from vslerp.ui.options import DTYPES
 
     meta = recorded or {}
@@ -100,7 +148,15 @@ def spec_from_options(args, recorded: dict | None = None) -> RenderSpec:
         beside = Path(getattr(args, "from_", None) or ".").parent / stats
         if not stats.is_absolute() and beside.is_file():  # as the sidecar's images: beside it
             stats = beside
+    recorded = recorded_options(meta, f"--from {getattr(args, 'from_', None)}") if meta else {}
+    options = {}
+    for key in ("strength", "prompt", "negative_prompt", "noise_level", "ip_adapter", "ip_adapter_scale"):
+        given = getattr(args, key, None)
+        value = given if given is not None else recorded.get(key)
+        if value is not None:
+            options[key] = value
     spec = RenderSpec(
+        **options,
         model=args.model or meta.get("model"), prior=args.prior or meta.get("prior"),
         stats=str(Path(stats).expanduser().resolve()) if stats else None, dtype=dtype,
         device=getattr(args, "device", None),

@@ -28,14 +28,13 @@ from vslerp.ui.editor.messages import (
     sentence,
 )
 from vslerp.ui.editor.results import ResultViews
-from vslerp.ui.editor.uploads import as_upload
+from vslerp.ui.editor.uploads import as_upload, open_upload
+from vslerp.ui.editor.values import MAX_SIZE, MAX_STEPS, axis, backend_options, seed_value, settings
 
 __all__ = ["MAX_BATCH_CELLS", "MAX_CELLS", "MAX_SIZE", "MAX_STEPS", "MEAN_WORDS", "Editor"]
 
 MAX_CELLS = 64  # cells of one sweep
 MAX_BATCH_CELLS = 16  # cells of concurrent requests rendered in one batched call
-MAX_STEPS = 200  # denoising steps of one render
-MAX_SIZE = 2048  # px, the editor's largest render
 _STATS_CACHE_SIZE = 4  # uploaded statistics files kept loaded (each holds a D×D sum)
 _REFERENCE_CACHE_SIZE = 8  # reference conformity arrays kept (one per statistics fingerprint)
 
@@ -152,92 +151,45 @@ class Editor(ResultViews):
             raise EditorError("No target: type a target prompt (or choose Target: image and upload one).")
         return self.state.prompt_embedding(prompt, seed), {"kind": "prompt", "prompt": prompt}
 
-    @staticmethod
-    def _seed(seed) -> int:
-        from vslerp.ui.render import check_seed
-
-        if isinstance(seed, str) and seed.strip().isdigit():  # an API caller's "42"
-            seed = int(seed)
-        try:
-            return check_seed(seed, "the seed")
-        except (TypeError, ValueError) as err:
-            raise EditorError(sentence(err)) from None
-
-    @staticmethod
-    def _settings(steps, guidance, size) -> tuple[int, float, int]:
-        """Steps, guidance and size checked as the page's sliders bound them (API callers too)."""
-        from vslerp._checks import check_magnitude
-
-        def whole(name, value, low, high):
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                raise EditorError(f"{name} must be a number, got {value!r}.") from None
-            if not low <= number <= high or number != int(number):  # NaN fails the first test
-                raise EditorError(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
-            return int(number)
-
-        steps = whole("Steps", steps, 1, MAX_STEPS)
-        size = whole("Size", size, 64, MAX_SIZE)
-        if size % 64:
-            raise EditorError(f"Size must be a multiple of 64 px (as the Size slider), got {size}.")
-        try:
-            guidance = float(guidance)
-            check_magnitude("guidance", guidance)
-        except (TypeError, ValueError) as err:
-            raise EditorError(f"Guidance must be a number of at most 1e6, got {guidance!r} ({err}).") from None
-        return steps, guidance, size
-
-    @staticmethod
-    def _axis(name: str, symbol: str, values, lies_in_0_1: bool) -> tuple[float, ...]:
-        from vslerp._checks import check_magnitude
-        from vslerp.ui.render import check_thetas
-
-        out = []
-        for value in values:
-            try:
-                value = float(value)
-                check_magnitude(symbol, value)
-            except TypeError:
-                raise EditorError(f"{name} must be a number, got {value!r}.") from None
-            except ValueError as err:  # "alpha 1e+308 is too large: |alpha| <= 1e+06"
-                raise EditorError(sentence(err)) from None
-            out.append(value)
-        if lies_in_0_1:
-            try:
-                check_thetas(out, hint=". (`vslerp grid --allow-extrapolation` renders θ outside 0..1.)")
-            except ValueError as err:
-                raise EditorError(sentence(err)) from None
-        return tuple(out)
-
     # -- rendering ------------------------------------------------------------------------
     def render(self, source, target_image, prompt, thetas, alphas, seed, steps, guidance, size,
-               mean_source=None, stats_file=None, *, target_kind: str = "auto", should_stop=None) -> dict:
+               mean_source=None, stats_file=None, *, target_kind: str = "auto", should_stop=None,
+               strength=1.0, text_prompt=None, negative_prompt=None, noise_level=0,
+               ip_adapter_scale=None) -> dict:
         """Run the render layer on cached embeddings; returns a result dict (images, metadata, ...).
 
-        Requests arriving while the pipeline is busy are rendered in one batched call with the
-        other waiting requests of the same steps, size and guidance (``self.queue``); each keeps
-        its own seed, θ, α and image mean: the pixels are those of the request rendered alone.
-        should_stop: optional callable polled after each denoising step; True stops the render
-        (the page that asked for it was closed): an :class:`EditorError` saying so.
+        ``prompt`` is the target prompt (through the prior); ``text_prompt`` / ``negative_prompt``
+        the UNet's text conditioning, with strength (below 1: from the source photo), noise level
+        and IP-Adapter scale the backend options (:func:`~.values.backend_options`: refused, by
+        name, where the backend does not take them). Requests arriving while the pipeline is busy
+        are rendered in one batched call with the other waiting requests of the same steps, size,
+        guidance and backend options (``self.queue``); each keeps its own seed, θ, α, image mean
+        and photo: the pixels are those of the request rendered alone. should_stop: optional
+        callable polled after each denoising step; True stops the render (the page that asked
+        for it was closed): an :class:`EditorError` saying so.
         """
+        from vslerp.ui.render import batch_key
         from vslerp.ui.sidecar import sidecar
 
-        seed = self._seed(seed)
-        steps, guidance, size = self._settings(steps, guidance, size)
-        thetas = self._axis("θ", "theta", thetas, True)
-        alphas = self._axis("α", "alpha", alphas, False)
-        source_raw, source_ref = self.state.upload_embedding(self.upload(source, "source"), "source")  # (D,)
+        seed = seed_value(seed)
+        steps, guidance, size = settings(steps, guidance, size)
+        options = backend_options(self.pipe, steps, strength, text_prompt, negative_prompt, noise_level,
+                                  ip_adapter_scale)
+        thetas = axis("θ", "theta", thetas, True)
+        alphas = axis("α", "alpha", alphas, False)
+        upload = self.upload(source, "source")
+        source_raw, source_ref = self.state.upload_embedding(upload, "source")  # (D,)
         target_raw, target_ref = self._target(target_kind, self.upload(target_image, "target image"),
                                               prompt, seed)  # (D,)
         stats, mean_label, stats_path = self._statistics(mean_source, stats_file)
         spec = replace(self.spec, source=source_ref, target=target_ref, thetas=thetas, alphas=alphas,
                        seed=seed, steps=steps, guidance=guidance, size=size, stats=stats_path,
-                       labels=len(thetas) * len(alphas) > 1)
+                       labels=len(thetas) * len(alphas) > 1, **options)
         job = {"spec": spec, "source": source_raw, "target": target_raw, "statistics": stats,
+               "photo": open_upload(upload, "source") if spec.strength < 1 else None,  # checked, decoded
                "should_stop": should_stop}
         try:
-            done = self.queue.submit((steps, size, guidance), spec.cells, job)
+            done = self.queue.submit(batch_key(spec.resolved(self.pipe)), spec.cells, job)
         except RenderCancelled:
             with self._lock:
                 self.cancelled += 1
@@ -279,12 +231,13 @@ class Editor(ResultViews):
         return on_step_end
 
     def _render_batch(self, jobs: list[dict]) -> list[dict]:
-        """Render jobs sharing steps, size and guidance in one call (the RenderQueue's batch)."""
+        """Render jobs sharing steps, size, guidance and backend options in one call (the
+        RenderQueue's batch); with strength below 1 each starts from its own source photo."""
         from vslerp.ui.render import render_many
 
         with self.state.model_lock:
-            outs = render_many(self.pipe, [(job["spec"], job["source"], job["target"], job["statistics"])
-                                           for job in jobs],
+            outs = render_many(self.pipe, [(job["spec"], job["source"], job["target"], job["statistics"],
+                                            job["photo"]) for job in jobs],
                                callback=self._step_callback([job["should_stop"] for job in jobs]))
             return [{"out": out,
                      "ends": self.pipe.estimated_conformity(torch.stack([job["source"], job["target"]]),
@@ -294,16 +247,19 @@ class Editor(ResultViews):
 
     # -- event callbacks ------------------------------------------------------------------
     def edit(self, source, target_image, target_prompt, theta, alpha, seed, steps=2, guidance=4.0,
-             size=64, mean_source=None, stats_file=None, *, target_kind: str = "auto", should_stop=None):
-        """One cell θ, α → (image, result dict). The `/edit` API endpoint."""
+             size=64, mean_source=None, stats_file=None, *, target_kind: str = "auto", should_stop=None,
+             **options):
+        """One cell θ, α → (image, result dict). The `/edit` API endpoint. options: the backend
+        options of :meth:`render` (strength, text_prompt, negative_prompt, noise_level, ...)."""
         result = self.render(source, target_image, target_prompt, [theta], [alpha], seed, steps, guidance,
-                             size, mean_source, stats_file, target_kind=target_kind, should_stop=should_stop)
+                             size, mean_source, stats_file, target_kind=target_kind, should_stop=should_stop,
+                             **options)
         result["kind"] = "result"
         return result["images"][0], result
 
     def sweep(self, source, target_image, target_prompt, thetas_text, alphas_text, seed, steps=2,
               guidance=4.0, size=64, mean_source=None, stats_file=None, *, target_kind: str = "auto",
-              should_stop=None):
+              should_stop=None, **options):
         """A θ × α grid in one batched pipeline call → (labelled grid image, result dict).
 
         θ must lie in 0..1 (the source .. the target); α may leave the paper's useful range
@@ -319,7 +275,8 @@ class Editor(ResultViews):
         if len(thetas) * len(alphas) > MAX_CELLS:
             raise EditorError(f"A sweep has at most {MAX_CELLS} cells, got {len(thetas)}×{len(alphas)}.")
         result = self.render(source, target_image, target_prompt, thetas, alphas, seed, steps, guidance,
-                             size, mean_source, stats_file, target_kind=target_kind, should_stop=should_stop)
+                             size, mean_source, stats_file, target_kind=target_kind, should_stop=should_stop,
+                             **options)
         result["kind"] = "sweep"
         grid = make_grid(result["images"], result["thetas"], result["alphas"])
         result["grid"] = grid

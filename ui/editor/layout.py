@@ -19,12 +19,18 @@ from vslerp.ui.editor.api import add_api
 from vslerp.ui.editor.boundary import call, run_event
 from vslerp.ui.editor.callbacks import MAX_BATCH_CELLS, Editor
 from vslerp.ui.editor.results import USEFUL_ALPHA
+from vslerp.ui.editor.values import MIN_STRENGTH
 
 __all__ = ["build_editor", "build_page", "launch_kwargs"]
 
 # Closes the error toasts still on the page once a render succeeds (the mistake is fixed).
 CLEAR_ERRORS_JS = ("() => { document.querySelectorAll('.toast-body.error [data-testid=\"toast-close\"]')"
                    ".forEach(button => button.click()); }")
+
+# the backend controls' callback arguments → the option of pipe._backend_options each one sets
+_OPTION_KEYS = {"strength": "strength", "text_prompt": "prompt", "negative_prompt": "negative_prompt",
+                "noise_level": "noise_level", "ip_adapter_scale": "ip_adapter_scale"}
+_OPTION_ARGS = tuple(_OPTION_KEYS)
 
 _CSS = """
 #vslerp-banner {background: #fff4ce; border: 1px solid #e0b400; border-radius: 6px; padding: 4px 10px;}
@@ -51,8 +57,10 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
     """The page of ``editor``'s callbacks as a ``gr.Blocks`` (not launched).
 
     API endpoints (``gradio_client``): ``/edit`` (source image, target image, target prompt,
-    theta, alpha, seed[, steps, guidance, size, mean source, statistics file] → image) and
-    ``/sweep`` (…, thetas text, alphas text, … → labelled grid image). Renders that arrive
+    theta, alpha, seed[, steps, guidance, size, mean source, statistics file, strength, text
+    prompt, negative prompt, noise level, IP-Adapter scale] → image) and ``/sweep`` (…, thetas
+    text, alphas text, … → labelled grid image). The strength, text-prompt, noise-level and
+    IP-Adapter-scale controls are shown only where the model's backend takes them. Renders that arrive
     together are batched by ``editor.queue``; ``concurrency``: events Gradio runs at once.
     The page starts at ``default_steps`` and ``default_size`` (default: 50 and 512; 2 and 64
     for a tiny random model).
@@ -69,16 +77,26 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
     render_limit = int(concurrency) if max_batch <= 1 else max(int(concurrency), 2 * max_batch)
     render = dict(concurrency_limit=render_limit, concurrency_id="vslerp-render")
 
+    accepted = tuple(getattr(editor.pipe, "_backend_options", ()))  # the backend options this model takes
+
+    def taken(*values) -> dict:
+        """The backend controls' values, for the options this backend takes only (the others are hidden)."""
+        return {key: value for key, value in zip(_OPTION_ARGS, values, strict=True) if _OPTION_KEYS[key] in accepted}
+
     # The page's events: the visible Target choice decides.
     def ui_edit(source, target_image, target_prompt, theta, alpha, seed, steps, guidance, size, mean_source,
-                stats_file, target_kind, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - gradio API
+                stats_file, strength, text_prompt, negative_prompt, noise_level, ip_scale, target_kind,
+                progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - gradio API
         return run_event(editor.edit, source, target_image, target_prompt, theta, alpha, seed, steps, guidance,
-                         size, mean_source, stats_file, target_kind=target_kind)
+                         size, mean_source, stats_file, target_kind=target_kind,
+                         **taken(strength, text_prompt, negative_prompt, noise_level, ip_scale))
 
     def ui_sweep(source, target_image, target_prompt, thetas_text, alphas_text, seed, steps, guidance, size,
-                 mean_source, stats_file, target_kind, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+                 mean_source, stats_file, strength, text_prompt, negative_prompt, noise_level, ip_scale, target_kind,
+                 progress=gr.Progress(track_tqdm=True)):  # noqa: B008
         return run_event(editor.sweep, source, target_image, target_prompt, thetas_text, alphas_text, seed, steps,
-                         guidance, size, mean_source, stats_file, target_kind=target_kind)
+                         guidance, size, mean_source, stats_file, target_kind=target_kind,
+                         **taken(strength, text_prompt, negative_prompt, noise_level, ip_scale))
 
     def details_fn(result, gallery):
         return call(editor.details, result, gallery)
@@ -89,6 +107,10 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
     startup_mean = editor.startup_mean_label()
     mean_choices = [(f"as started: {startup_mean}", "startup"), ("the prior's training mean", "prior clip_mean"),
                     ("a statistics file", "statistics file")]
+    kind0 = "prompt"  # the Target choice the page starts with
+    if getattr(editor.pipe, "prior", None) is None:  # a backend without a Kandinsky prior: no clip_mean,
+        mean_choices.pop(1)  # and a target prompt has no prior to become an image embedding through
+        kind0 = "image"
     with gr.Blocks(title="vslerp editor") as demo:
         gr.Markdown("# vslerp editor\nVertical SLERP in raw CLIP space (Levi & Gilboa, Eq. 12): "
                     "θ moves from the source towards the target, α pulls the path towards the image mean.")
@@ -99,11 +121,11 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
             with gr.Column(scale=1):
                 source = gr.Image(label="Source image", height=220, type="filepath",
                                   sources=["upload", "clipboard", "webcam"], elem_id="vslerp-source")
-                target_kind = gr.Radio(["prompt", "image"], value="prompt", label="Target",
+                target_kind = gr.Radio(["prompt", "image"], value=kind0, label="Target",
                                        info="what θ moves towards", elem_id="vslerp-target-kind")
                 target_prompt = gr.Textbox(label="Target prompt", placeholder="a photo of a cat",
-                                           elem_id="vslerp-prompt")
-                target_image = gr.Image(label="Target image", height=180, visible=False, type="filepath",
+                                           visible=kind0 == "prompt", elem_id="vslerp-prompt")
+                target_image = gr.Image(label="Target image", height=180, visible=kind0 == "image", type="filepath",
                                         sources=["upload", "clipboard", "webcam"], elem_id="vslerp-target")
             with gr.Column(scale=1):
                 theta = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="θ (towards the target)",
@@ -117,6 +139,20 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
                     steps = gr.Slider(1, 100, value=steps0, step=1, label="Steps", elem_id="vslerp-steps")
                     guidance = gr.Slider(1.0, 12.0, value=4.0, step=0.5, label="Guidance")
                 size = gr.Slider(64, 1024, value=size0, step=64, label="Size (px)", elem_id="vslerp-size")
+                strength = gr.Slider(MIN_STRENGTH, 1.0, value=1.0, step=0.05, label="Strength",
+                                     info="below 1 keeps the photo's layout (img2img)",
+                                     visible="strength" in accepted, elem_id="vslerp-strength")
+                with gr.Group(visible="prompt" in accepted or "negative_prompt" in accepted):
+                    text_prompt = gr.Textbox(label="Text prompt (conditions the UNet; not the target)",
+                                             visible="prompt" in accepted, elem_id="vslerp-text-prompt")
+                    negative_prompt = gr.Textbox(label="Negative prompt", visible="negative_prompt" in accepted,
+                                                 elem_id="vslerp-negative-prompt")
+                noise_level = gr.Slider(0, 1000, value=0, step=1, label="Noise level",
+                                        info="noise added to the image embedding (Stable unCLIP)",
+                                        visible="noise_level" in accepted, elem_id="vslerp-noise-level")
+                ip_scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="IP-Adapter scale",
+                                     info="how strongly the image embedding conditions the UNet",
+                                     visible="ip_adapter_scale" in accepted, elem_id="vslerp-ip-scale")
                 with gr.Accordion("Advanced", open=False):
                     mean_source = gr.Radio(
                         mean_choices, value="startup", label="Image mean (what α pulls towards)",
@@ -163,13 +199,14 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
         gr.Markdown(f"<small>model: {info.get('decoder')} · prior: {info.get('prior')} · "
                     f"dim {info.get('dim')} · {info.get('dtype')} on {info.get('device')}</small>")
 
-        common = [seed, steps, guidance, size, mean_source, stats_file]
+        common = [seed, steps, guidance, size, mean_source, stats_file, strength, text_prompt, negative_prompt,
+                  noise_level, ip_scale]
         edit_inputs = [source, target_image, target_prompt, theta, alpha, *common]
         sweep_inputs = [source, target_image, target_prompt, thetas_text, alphas_text, *common]
         target_kind.change(show_target, target_kind, [target_prompt, target_image], api_name=False)
         edit_events = [run.click(ui_edit, [*edit_inputs, target_kind], [result, result_state], api_name=False,
                                  preprocess=False, **render)]
-        for slider in (theta, alpha):
+        for slider in (theta, alpha, strength):
             edit_events.append(slider.release(ui_edit, [*edit_inputs, target_kind], [result, result_state],
                                               api_name=False, trigger_mode="always_last", preprocess=False,
                                               **render))

@@ -1,0 +1,79 @@
+"""A tiny random transformers ``CLIPModel`` folder, from configs (for ``--clip`` tests).
+
+``make_tiny_clip_model(root, vision_from=folder)`` writes a ``CLIPModel`` (both towers with
+their projections), its ``CLIPImageProcessor`` and ``CLIPTokenizer`` in the layout of a hub
+CLIP repo (``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``, ``openai/clip-vit-large-patch14``), so
+``CLIPVisionModelWithProjection.from_pretrained(folder)`` and
+``CLIPTextModelWithProjection.from_pretrained(folder)`` read it. With ``vision_from`` (a
+``CLIPVisionModelWithProjection`` folder, or a generator / IP-Adapter folder holding one in
+``image_encoder/``) its vision tower *is* that encoder — same config, same weights, so the
+same :func:`vslerp.stats.encoder_fingerprint` — and only the text tower is new.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .testing import TINY_DIM, TINY_IMAGE_SIZE, make_tiny_clip_tokenizer
+
+__all__ = ["make_tiny_clip_model"]
+
+_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def _vision_folder(folder: Path) -> Path:
+    folder = Path(folder)
+    return folder / "image_encoder" if (folder / "image_encoder").is_dir() else folder
+
+
+def make_tiny_clip_model(root: str | Path, vision_from: str | Path | None = None, seed: int = 0,
+                         name: str = "clip") -> Path:
+    """A tiny random ``CLIPModel`` folder ``root``/``name``; returns its path.
+
+    vision_from: None (a new random ``TINY_DIM``-d vision tower) or a folder whose
+    ``CLIPVisionModelWithProjection`` becomes the vision tower, weights included.
+    """
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPTextConfig,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    root = Path(root)
+    out = root / name
+    torch.manual_seed(seed)
+    tokenizer = make_tiny_clip_tokenizer(root / f"_{name}_tokenizer")
+    vision = None
+    if vision_from is not None:
+        vision = CLIPVisionModelWithProjection.from_pretrained(_vision_folder(vision_from))
+        vision_config = vision.config
+    else:
+        vision_config = CLIPVisionConfig(
+            hidden_size=TINY_DIM, projection_dim=TINY_DIM, num_hidden_layers=2,
+            num_attention_heads=4, image_size=TINY_IMAGE_SIZE, intermediate_size=37,
+            patch_size=8, num_channels=3)
+    dim = int(vision_config.projection_dim)
+    text_config = CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, hidden_size=32, projection_dim=dim,
+        intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2,
+        vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length)
+    model = CLIPModel(CLIPConfig(text_config=text_config.to_dict(),
+                                 vision_config=vision_config.to_dict(), projection_dim=dim)).eval()
+    if vision is not None:
+        with torch.no_grad():
+            model.vision_model.load_state_dict(vision.vision_model.state_dict())
+            model.visual_projection.load_state_dict(vision.visual_projection.state_dict())
+    model.save_pretrained(out)
+    size = int(vision_config.image_size)
+    CLIPImageProcessor(crop_size=size, size=size, do_center_crop=True, do_normalize=True,
+                       do_resize=True, image_mean=_CLIP_MEAN, image_std=_CLIP_STD,
+                       resample=3).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
