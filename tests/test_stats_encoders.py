@@ -316,3 +316,14 @@ def test_clip_sub_configs_without_projection_dim(models, data, tmp_path):
 def test_clip_must_be_a_clip_model(models, data, tmp_path, capsys):
     rc, _ = _run(tmp_path, "--clip", models["stable_unclip"] / "image_encoder", images=data[0])
     assert rc != 0 and "not a transformers CLIPModel" in capsys.readouterr().err
+
+
+def test_image_only_embeddings_report_says_what_is_missing(models, data, tmp_path, capsys):
+    emb = tmp_path / "emb"
+    rc, _ = _run(tmp_path, "--model", models["stable_unclip"], "--save-embeddings", emb, images=data[0],
+                 captions=data[1])
+    assert rc == 0 and vs.read_embeddings(emb).text.shape[0] == 0
+    capsys.readouterr()
+    assert main(["stats", "report", "--embeddings", str(emb), "--out-dir", str(tmp_path / "rep")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds 0 text embedding(s)" in err[0], err
