@@ -218,6 +218,9 @@ def load_generator_encoders(model=None, *, prior=None, ip_adapter=None, clip=Non
     if layout == CLIP:
         return load_generator_encoders(None, clip=model, device=device, dtype=dtype, text=text)
     if layout in (None, KANDINSKY_PRIOR, KANDINSKY_DECODER, UNCLIP):
+        if clip is not None:  # a folder of its own layout (no model_index.json): its own text side
+            raise ValueError(f"--clip is for a generator without a projected text encoder; {model} "
+                             "is read as a Kandinsky 2.2 prior / unCLIP folder: drop --clip")
         source = model
         if layout == KANDINSKY_DECODER:
             source = str(prior or DEFAULT_PRIOR)
