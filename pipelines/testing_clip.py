@@ -18,7 +18,7 @@ import torch
 
 from .testing import TINY_DIM, TINY_IMAGE_SIZE, make_tiny_clip_tokenizer
 
-__all__ = ["make_tiny_clip_model"]
+__all__ = ["make_tiny_clip_model", "make_tiny_encoder_repos"]
 
 _CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -77,3 +77,42 @@ def make_tiny_clip_model(root: str | Path, vision_from: str | Path | None = None
                        resample=3).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def make_tiny_encoder_repos(root: str | Path) -> dict[str, Path]:
+    """Tiny folders for the hub ids of ``docs/statistics.md``'s encoder examples, consistent as
+    the real ones are: ``{hub_id: folder}``.
+
+    ``stabilityai/stable-diffusion-2-1-unclip``'s image encoder is also ``h94/IP-Adapter``'s
+    ``models/image_encoder`` and the vision tower of ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``;
+    ``h94/IP-Adapter``'s ``sdxl_models/image_encoder`` is that of
+    ``laion/CLIP-ViT-bigG-14-laion2B-39B-b160k``; ``stabilityai/stable-diffusion-2-1-unclip-small``'s
+    is that of ``openai/clip-vit-large-patch14``. ``sdxl_models`` holds ``ip-adapter_sdxl`` and
+    ``ip-adapter_sdxl_vit-h`` weights (for the tiny SD 1.5 UNet: they are never rendered with).
+    The SD / SDXL base ids need no folder (``stats compute`` reads only the adapter).
+    """
+    import shutil
+
+    from .testing_sd import make_tiny_ip_adapter, make_tiny_sd, make_tiny_stable_unclip
+
+    root = Path(root)
+    vit_h = make_tiny_stable_unclip(root / "vit_h")
+    vit_l = make_tiny_stable_unclip(root / "vit_l", seed=1)
+    sd = make_tiny_sd(root / "sd")
+    ip = make_tiny_ip_adapter(root, sd)
+    shutil.rmtree(ip / "models" / "image_encoder")
+    shutil.copytree(vit_h / "image_encoder", ip / "models" / "image_encoder")
+    sdxl = make_tiny_ip_adapter(root / "sdxl", sd, subfolder="sdxl_models",
+                                weight_name="ip-adapter_sdxl.safetensors", seed=2)
+    shutil.copytree(sdxl / "sdxl_models", ip / "sdxl_models")
+    shutil.copy(ip / "sdxl_models" / "ip-adapter_sdxl.safetensors",
+                ip / "sdxl_models" / "ip-adapter_sdxl_vit-h.safetensors")
+    return {
+        "stabilityai/stable-diffusion-2-1-unclip": vit_h,
+        "stabilityai/stable-diffusion-2-1-unclip-small": vit_l,
+        "h94/IP-Adapter": ip,
+        "laion/CLIP-ViT-H-14-laion2B-s32B-b79K": make_tiny_clip_model(root, vision_from=vit_h, name="vit_h_clip"),
+        "openai/clip-vit-large-patch14": make_tiny_clip_model(root, vision_from=vit_l, name="vit_l_clip"),
+        "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k": make_tiny_clip_model(root, vision_from=ip / "sdxl_models",
+                                                                          name="vit_bigg_clip"),
+    }

@@ -1,9 +1,12 @@
 """Modality statistics, the geometry report and conformity scoring (paper §4–7).
 
 Reading datasets (COCO captions json, image folders, caption text files), encoding them with
-a generator's own CLIP encoders (a Kandinsky 2.2 prior or an unCLIP/Karlo repo), and the
-statistics files (moment sums per modality) that the pipeline shifts by. Never imports
-``vslerp.pipelines`` or ``vslerp.ui``.
+a generator's own CLIP encoders (a Kandinsky 2.2 prior or an unCLIP/Karlo repo:
+``load_encoders``; any generator, an IP-Adapter's encoder or a CLIPModel:
+``load_generator_encoders``), and the statistics files (moment sums per modality) that the
+pipeline shifts by. Never imports ``vslerp.ui``, nor ``vslerp.pipelines`` at import time
+(``generator_layout`` reads a ``model_index.json`` through ``vslerp.pipelines.loading``, which
+imports no diffusers, when called).
 """
 
 from .data import (
@@ -26,6 +29,7 @@ from .encode import (
     parse_device,
 )
 from .files import ModalityStats, Statistics, check_compatible, load
+from .generators import generator_layout, load_generator_encoders
 from .outputs import (
     OutputBusy,
     atomic_write,
@@ -52,10 +56,12 @@ __all__ = [
     "default_dtype",
     "encoder_fingerprint",
     "forget_inputs",
+    "generator_layout",
     "iter_images",
     "list_images",
     "load",
     "load_encoders",
+    "load_generator_encoders",
     "note_input",
     "open_image",
     "output_lock",

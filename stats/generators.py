@@ -116,6 +116,7 @@ def _clip_towers(clip: str, dtype, *, text: bool, processor: bool):
     """(source, vision, processor, text_encoder, tokenizer) of a CLIPModel id/folder (the
     processor None unless ``processor``, the text parts None unless ``text``)."""
     from transformers import (
+        CLIPConfig,
         CLIPTextModelWithProjection,
         CLIPTokenizer,
         CLIPVisionModelWithProjection,
@@ -123,11 +124,26 @@ def _clip_towers(clip: str, dtype, *, text: bool, processor: bool):
 
     clip = _check_source(clip, "--clip")
     part = _loader(clip, "--clip", "CLIP model")
-    vision = part(CLIPVisionModelWithProjection, **{_dtype_kwarg(): dtype})
+    # Each tower projects to the CLIPModel's projection_dim (a sub-config saved without one
+    # would get transformers' default of 512 and not fit the projection's weights).
+    try:
+        model_type = CLIPConfig.get_config_dict(clip)[0].get("model_type")
+    except Exception:  # noqa: BLE001 - no config.json, not cached: part() says it in one line
+        model_type = "clip"
+    if model_type != "clip":
+        raise ValueError(f"--clip {clip}: not a transformers CLIPModel (its config.json is a "
+                         f"{model_type!r}); give a CLIP repo with both towers, e.g. "
+                         "laion/CLIP-ViT-H-14-laion2B-s32B-b79K")
+    config = part(CLIPConfig)
+    towers = {}
+    for name, sub in (("vision", config.vision_config), ("text", config.text_config)):
+        sub.projection_dim = config.projection_dim
+        towers[name] = {"config": sub, _dtype_kwarg(): dtype}
+    vision = part(CLIPVisionModelWithProjection, **towers["vision"])
     processor = part(clip_image_processor_class()) if processor else None
     text_encoder = tokenizer = None
     if text:
-        text_encoder = part(CLIPTextModelWithProjection, **{_dtype_kwarg(): dtype})
+        text_encoder = part(CLIPTextModelWithProjection, **towers["text"])
         tokenizer = part(CLIPTokenizer)
         _check_tokenizer(tokenizer, text_encoder, clip)
     return clip, vision, processor, text_encoder, tokenizer
@@ -142,20 +158,26 @@ def _ip_adapter_encoder(ip_adapter, dtype):
     folder = local_folder(repo)
     if folder is not None and not (folder / subfolder / weight).is_file():
         raise ValueError(f"--ip-adapter: {folder / subfolder / weight} is not a file")
-    encoder_sub = f"{subfolder}/image_encoder"
+    encoder_sub, note = f"{subfolder}/image_encoder", None
+    parent, _, last = subfolder.rpartition("/")
+    if last == "sdxl_models" and "vit-h" in weight.lower():  # h94/IP-Adapter's SDXL _vit-h adapters
+        encoder_sub = f"{parent}/models/image_encoder".lstrip("/")
+        note = (f"{weight} is an SDXL adapter on the ViT-H/14 encoder: image encoder {encoder_sub} "
+                "(as h94/IP-Adapter documents it)")
     part = _loader(repo, "--ip-adapter", "IP-Adapter")
     image_encoder = part(CLIPVisionModelWithProjection, encoder_sub, **{_dtype_kwarg(): dtype})
     size = int(image_encoder.config.image_size)  # as load_ip_adapter: CLIPImageProcessor(size, crop_size)
     processor = clip_image_processor_class()(size=size, crop_size=size)
-    return f"{repo}:{encoder_sub}", image_encoder, processor
+    return f"{repo}:{encoder_sub}", image_encoder, processor, note
 
 
 def _refuse_options(layout: str, model: str, prior, ip_adapter, clip) -> None:
+    what = f"a {layout} model" if layout != "unknown" else "not a model vslerp knows"
     if prior is not None and layout != KANDINSKY_DECODER:
-        raise ValueError(f"--prior is for a Kandinsky 2.2 decoder; {model} is a {layout} model "
+        raise ValueError(f"--prior is for a Kandinsky 2.2 decoder; {model} is {what} "
                          "(give it alone as --model)")
     if ip_adapter is not None and layout not in (SD, SDXL):
-        raise ValueError(f"--ip-adapter is for a Stable Diffusion / SDXL base; {model} is a {layout} model")
+        raise ValueError(f"--ip-adapter is for a Stable Diffusion / SDXL base; {model} is {what}")
     if ip_adapter is None and layout in (SD, SDXL):
         raise ValueError(f"{model} is a Stable Diffusion{' XL' if layout == SDXL else ''} base: its image "
                          "encoder is an IP-Adapter's; give --ip-adapter REPO_OR_DIR:SUBFOLDER/WEIGHT.safetensors "
@@ -190,10 +212,15 @@ def load_generator_encoders(model=None, *, prior=None, ip_adapter=None, clip=Non
         return LoadedEncoders(encoders, CLIP, {"clip": source, "text_source": source if text else None}, notes)
     model = str(model)
     layout = generator_layout(model)
+    if layout is None and ip_adapter is not None:  # the base is not read: only the adapter's encoder
+        layout = SDXL if "xl" in model.lower() else SD
     _refuse_options(layout or "unknown", model, prior, ip_adapter, clip)
     if layout == CLIP:
         return load_generator_encoders(None, clip=model, device=device, dtype=dtype, text=text)
     if layout in (None, KANDINSKY_PRIOR, KANDINSKY_DECODER, UNCLIP):
+        if clip is not None:  # a folder of its own layout (no model_index.json): its own text side
+            raise ValueError(f"--clip is for a generator without a projected text encoder; {model} "
+                             "is read as a Kandinsky 2.2 prior / unCLIP folder: drop --clip")
         source = model
         if layout == KANDINSKY_DECODER:
             source = str(prior or DEFAULT_PRIOR)
@@ -212,7 +239,8 @@ def load_generator_encoders(model=None, *, prior=None, ip_adapter=None, clip=Non
         processor = part(clip_image_processor_class(), "feature_extractor")
         image_source = source
     elif layout in (SD, SDXL):
-        image_source, image_encoder, processor = _ip_adapter_encoder(ip_adapter, dtype)
+        image_source, image_encoder, processor, note = _ip_adapter_encoder(ip_adapter, dtype)
+        notes += [note] if note else []
     else:
         raise ValueError(f"--model {model}: a {layout} model has no CLIP image encoder vslerp reads")
     meta = {"model": model, "ip_adapter": ":".join((ip_adapter[0], f"{ip_adapter[1]}/{ip_adapter[2]}"))

@@ -71,14 +71,17 @@ def _run(tmp_path, *args, captions=None, images=None, name="s.safetensors"):
     return main(argv), out
 
 
-@torch.no_grad()
-def _vision_mean(folder, subfolder=None, processor=None) -> torch.Tensor:
-    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+def _encoder(folder, subfolder=None):
+    from transformers import CLIPVisionModelWithProjection
 
     where = {"subfolder": subfolder} if subfolder else {}
-    encoder = CLIPVisionModelWithProjection.from_pretrained(folder, **where).eval()
-    return encoder, processor or CLIPImageProcessor.from_pretrained(
-        folder, **({"subfolder": "feature_extractor"} if subfolder else {}))
+    return CLIPVisionModelWithProjection.from_pretrained(folder, **where).eval()
+
+
+def _processor(folder, subfolder=None):
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor.from_pretrained(folder, **({"subfolder": subfolder} if subfolder else {}))
 
 
 @torch.no_grad()
@@ -140,8 +143,8 @@ def test_kandinsky_prior_and_decoder(models, data, tmp_path, capsys):
     rc, out = _run(tmp_path, "--model", models["prior"], images=images, captions=captions)
     assert rc == 0
     stats = vs.load(out)
-    _close(stats.image.mean, _image_mean(*_vision_mean(models["prior"], "image_encoder", _kandinsky_processor(models)),
-                                         images))
+    _close(stats.image.mean, _image_mean(_encoder(models["prior"], "image_encoder"),
+                                         _processor(models["prior"], "image_processor"), images))
     _close(stats.text.mean, _text_mean(models["prior"], subfolder=True))
     assert stats.metadata["layout"] == "kandinsky2.2-prior"
     capsys.readouterr()
@@ -149,12 +152,6 @@ def test_kandinsky_prior_and_decoder(models, data, tmp_path, capsys):
                     name="d.safetensors")
     assert rc == 0 and "is a Kandinsky 2.2 decoder: its CLIP encoders are its prior's" in capsys.readouterr().out
     assert torch.equal(vs.load(out2).image.mean, stats.image.mean)
-
-
-def _kandinsky_processor(models):
-    from transformers import CLIPImageProcessor
-
-    return CLIPImageProcessor.from_pretrained(models["prior"], subfolder="image_processor")
 
 
 def test_stable_unclip_image_only_with_a_note(models, data, tmp_path, capsys):
@@ -165,7 +162,8 @@ def test_stable_unclip_image_only_with_a_note(models, data, tmp_path, capsys):
     assert stdout.count("note: ") == 1 and "text side skipped, image statistics only" in stdout
     stats = vs.load(out)
     assert stats.text is None and stats.metadata["layout"] == "stable-unclip"
-    _close(stats.image.mean, _image_mean(*_vision_mean(models["stable_unclip"], "image_encoder"), images))
+    _close(stats.image.mean, _image_mean(_encoder(models["stable_unclip"], "image_encoder"),
+                                         _processor(models["stable_unclip"], "feature_extractor"), images))
     with pytest.raises(ValueError, match="needs image and text statistics; these have only image"):
         stats.separability()
 
@@ -176,7 +174,8 @@ def test_stable_unclip_text_from_a_matching_clip(models, data, tmp_path):
                    images=images, captions=captions)
     assert rc == 0
     stats = vs.load(out)
-    _close(stats.image.mean, _image_mean(*_vision_mean(models["stable_unclip"], "image_encoder"), images))
+    _close(stats.image.mean, _image_mean(_encoder(models["stable_unclip"], "image_encoder"),
+                                         _processor(models["stable_unclip"], "feature_extractor"), images))
     _close(stats.text.mean, _text_mean(models["clip_su"]))
     assert stats.metadata["clip"] == str(models["clip_su"]) and stats.text.count == len(CAPTIONS)
 
@@ -274,3 +273,57 @@ def test_statistics_fit_every_model_with_that_encoder(models, data, tmp_path):
     fp = other.metadata["encoder_fingerprint"][:12]
     with pytest.raises(ValueError, match=f"image encoder {fp} .* but this encoder \\(x\\) is"):
         vs.check_compatible(other, dim=32, fingerprint=vs.encoder_fingerprint(same), model="x")
+
+
+def test_sdxl_vit_h_adapter_uses_the_vit_h_encoder(models, data, tmp_path, capsys):
+    """h94/IP-Adapter's sdxl_models/*_vit-h* adapters run on models/image_encoder (ViT-H/14)."""
+    import shutil
+
+    ip = tmp_path / "ip"
+    shutil.copytree(models["ip"], ip)
+    (ip / "sdxl_models").mkdir()
+    shutil.copy(ip / "models" / WEIGHT, ip / "sdxl_models" / "ip-adapter_sdxl_vit-h.safetensors")
+    base = tmp_path / "sdxl"
+    base.mkdir()
+    (base / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    rc, out = _run(tmp_path, "--model", base, "--ip-adapter", f"{ip}:sdxl_models/ip-adapter_sdxl_vit-h.safetensors",
+                   images=data[0])
+    assert rc == 0 and "image encoder models/image_encoder" in capsys.readouterr().out
+    stats = vs.load(out)
+    assert stats.metadata["layout"] == "ip-adapter-sdxl"
+    from transformers import CLIPImageProcessor
+
+    encoder = _encoder(ip, "models/image_encoder")  # load_ip_adapter's processor for it:
+    _close(stats.image.mean, _image_mean(encoder, CLIPImageProcessor(size=32, crop_size=32), data[0]))
+
+
+def test_clip_sub_configs_without_projection_dim(models, data, tmp_path):
+    """A CLIPModel config.json whose sub-configs omit projection_dim: both towers still project to
+    the model's projection_dim (not transformers' default 512)."""
+    import shutil
+
+    clip = tmp_path / "clip"
+    shutil.copytree(models["clip_su"], clip)
+    config = json.loads((clip / "config.json").read_text())
+    for sub in ("vision_config", "text_config"):
+        config[sub].pop("projection_dim", None)
+    (clip / "config.json").write_text(json.dumps(config))
+    rc, out = _run(tmp_path, "--model", models["stable_unclip"], "--clip", clip, images=data[0],
+                   captions=data[1])
+    assert rc == 0 and vs.load(out).text.dim == 32
+
+
+def test_clip_must_be_a_clip_model(models, data, tmp_path, capsys):
+    rc, _ = _run(tmp_path, "--clip", models["stable_unclip"] / "image_encoder", images=data[0])
+    assert rc != 0 and "not a transformers CLIPModel" in capsys.readouterr().err
+
+
+def test_image_only_embeddings_report_says_what_is_missing(models, data, tmp_path, capsys):
+    emb = tmp_path / "emb"
+    rc, _ = _run(tmp_path, "--model", models["stable_unclip"], "--save-embeddings", emb, images=data[0],
+                 captions=data[1])
+    assert rc == 0 and vs.read_embeddings(emb).text.shape[0] == 0
+    capsys.readouterr()
+    assert main(["stats", "report", "--embeddings", str(emb), "--out-dir", str(tmp_path / "rep")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds 0 text embedding(s)" in err[0], err

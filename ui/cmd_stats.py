@@ -4,8 +4,8 @@ Reads an MS-COCO set (--images val2017 --captions annotations/captions_val2017.j
 plain image folder and/or a text file of captions (one a line), encodes them with the
 image and text encoders of a generator (--model: a Kandinsky 2.2 prior or decoder, an
 unCLIP/Karlo repo, Stable unCLIP, an SD / SDXL base with --ip-adapter; --prior as before) or
-of a CLIP model (--clip), and writes the per-modality moment sums (mean, mean of unit vectors, covariance and the §4
-measures follow from them) to one safetensors file. Works under `accelerate launch
+of a CLIP model (--clip), and writes the per-modality moment sums (mean, mean of unit
+vectors, covariance and the §4 measures follow from them) to one safetensors file. Works under `accelerate launch
 --num_processes N` (rank 0 writes). --from-prior-mean writes a Kandinsky prior's own
 clip_mean instead (zero data). A generator without a projected text encoder (Stable unCLIP,
 IP-Adapter) takes its text side from --clip, only if that CLIP's vision tower is its image
