@@ -17,35 +17,35 @@ SHA = "0" * 40
 
 
 def _tiny_models(models: Path) -> dict[str, Path]:
-    """Every tiny model a hub id may name, by key (the values of test_docs.HUB_IDS)."""
+    """``{hub id: tiny model folder}`` for every hub id the pages name, in that repo's layout.
+
+    The encoders are consistent as the real ones are (``make_tiny_encoder_repos``): Stable
+    unCLIP 2.1's image encoder is h94/IP-Adapter's ``models/image_encoder`` and the vision
+    tower of the ViT-H/14 CLIP, so one statistics file serves both; the SD 1.5 base is the one
+    the ``models/ip-adapter_sd15`` weights were made for."""
     from vslerp.pipelines.testing import make_tiny_kandinsky, make_tiny_unclip
-    from vslerp.pipelines.testing_sd import (
-        make_tiny_ip_adapter,
-        make_tiny_sd,
-        make_tiny_sdxl,
-        make_tiny_stable_unclip,
-    )
+    from vslerp.pipelines.testing_clip import make_tiny_encoder_repos
+    from vslerp.pipelines.testing_sd import make_tiny_sdxl
 
     prior, decoder = make_tiny_kandinsky(models)
-    built = {"prior": prior, "decoder": decoder, "unclip": make_tiny_unclip(models / "unclip"),
-             "stable_unclip": make_tiny_stable_unclip(models), "sd15": make_tiny_sd(models),
-             "sdxl": make_tiny_sdxl(models)}
-    # h94/IP-Adapter: models/ (SD 1.5) and sdxl_models/ (SDXL) in one repo.
-    make_tiny_ip_adapter(models, built["sd15"], "models", "ip-adapter_sd15.safetensors")
-    built["ip_adapter"] = make_tiny_ip_adapter(models, built["sdxl"], "sdxl_models",
-                                               "ip-adapter_sdxl.safetensors")
-    return built
+    return {
+        "kandinsky-community/kandinsky-2-2-prior": prior,
+        "kandinsky-community/kandinsky-2-2-decoder": decoder,
+        "kakaobrain/karlo-v1-alpha-image-variations": make_tiny_unclip(models / "unclip"),
+        **make_tiny_encoder_repos(models / "encoders"),  # Stable unCLIP, h94/IP-Adapter, the CLIPs
+        "stable-diffusion-v1-5/stable-diffusion-v1-5": models / "encoders" / "sd" / "sd15",
+        "stabilityai/stable-diffusion-xl-base-1.0": make_tiny_sdxl(models),
+    }
 
 
-def build_workspace(base: Path, env: dict, hub_ids: dict[str, str]) -> Path:
+def build_workspace(base: Path, env: dict) -> Path:
     """The inputs folder under ``base`` (returned) and ``base``/hf/hub, as the pages expect."""
     from PIL import Image
 
-    built = _tiny_models(base / "models")
     hub = base / "hf" / "hub"
-    for repo, key in hub_ids.items():
+    for repo, folder in _tiny_models(base / "models").items():
         entry = hub / ("models--" + repo.replace("/", "--"))
-        shutil.copytree(built[key], entry / "snapshots" / SHA)
+        shutil.copytree(folder, entry / "snapshots" / SHA)
         (entry / "refs").mkdir(parents=True)
         (entry / "refs" / "main").write_text(SHA)
 
@@ -70,11 +70,15 @@ def build_workspace(base: Path, env: dict, hub_ids: dict[str, str]) -> Path:
     (inputs / "my_captions.txt").write_text("a cat\na dog on a sofa\na red car\n")
     _img2dataset_folders(inputs, rng)
 
-    # Statistics files the pages name without computing them first.
-    subprocess.run([str(base / "bin" / "vslerp"), "stats", "compute", "--images", "val2017",
-                    "--captions", "annotations/captions_val2017.json", "--prior",
-                    "kandinsky-community/kandinsky-2-2-prior", "--out", "coco_kandinsky.safetensors",
-                    "--no-progress"], cwd=inputs, env=env, check=True, capture_output=True)
+    # Statistics files the pages name without computing them first (ViT-H/14: one file serves
+    # Stable unCLIP 2.1 and the SD 1.5 IP-Adapter, as their encoders' fingerprints agree).
+    for name, model in (("coco_kandinsky", ["--prior", "kandinsky-community/kandinsky-2-2-prior"]),
+                        ("vit_h", ["--model", "stabilityai/stable-diffusion-2-1-unclip",
+                                        "--clip", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"])):
+        subprocess.run([str(base / "bin" / "vslerp"), "stats", "compute", "--images", "val2017",
+                        "--captions", "annotations/captions_val2017.json", *model,
+                        "--out", f"{name}.safetensors", "--no-progress"],
+                       cwd=inputs, env=env, check=True, capture_output=True)
     return inputs
 
 

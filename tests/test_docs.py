@@ -2,9 +2,9 @@
 
 Each page's blocks run in order in a fresh folder holding the files the examples name
 (cat.png, dog.png, val2017/, annotations/captions_val2017.json, …), with a Hugging Face cache
-in which the model ids the pages name (:data:`HUB_IDS`: Kandinsky 2.2, Karlo, Stable unCLIP,
-SD 1.5 / SDXL and `h94/IP-Adapter`) hold tiny random models, so every command runs verbatim,
-offline. The only changes made to what a block says, for speed on a CPU:
+in which the model ids the pages name (Kandinsky 2.2, Karlo, Stable unCLIP, SD 1.5 / SDXL,
+`h94/IP-Adapter` and the CLIPs to pair with them: `tests/docs_workspace.py`) hold tiny random
+models, so every command runs verbatim, offline. The only changes made to what a block says, for speed on a CPU:
 
 - rendering runs 2 denoising steps at 64 px: `--steps N` / `--size N` and the JSON keys
   `"steps"` / `"size"` are set to 2 / 64 in bash blocks, `vslerp grid|animate|batch` get
@@ -46,16 +46,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(?P<skip><!-- docs-check: skip(?::\s*(?P<why>.*?))? -->\n)?```(?P<lang>bash|python)\n"
                    r"(?P<body>.*?)^```$", re.M | re.S)
-HUB_IDS = {  # hub id → the tiny model (tests/docs_workspace.py) the fake cache holds under it
-    "kandinsky-community/kandinsky-2-2-prior": "prior",
-    "kandinsky-community/kandinsky-2-2-decoder": "decoder",
-    "kakaobrain/karlo-v1-alpha-image-variations": "unclip",
-    "stabilityai/stable-diffusion-2-1-unclip": "stable_unclip",
-    "stabilityai/stable-diffusion-2-1-unclip-small": "stable_unclip",
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd15",
-    "stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
-    "h94/IP-Adapter": "ip_adapter",
-}
 
 
 def blocks(page: Path):
@@ -295,7 +285,7 @@ def workspace(stand_ins):
     from docs_workspace import build_workspace
 
     base, env = stand_ins
-    return build_workspace(base, env, HUB_IDS), env, base / "bin"
+    return build_workspace(base, env), env, base / "bin"
 
 
 def test_forked_commands_behave_as_processes(stand_ins):
