@@ -327,3 +327,33 @@ def test_image_only_embeddings_report_says_what_is_missing(models, data, tmp_pat
     assert main(["stats", "report", "--embeddings", str(emb), "--out-dir", str(tmp_path / "rep")]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds 0 text embedding(s)" in err[0], err
+
+
+def test_conformity_scores_through_any_generator(models, data, tmp_path, capsys):
+    """`vslerp conformity --model` takes the generators `stats compute` does: images scored
+    through Stable unCLIP's encoder equal the estimator on that encoder's embeddings; captions
+    need a text side (--clip) there, one line otherwise."""
+    from vslerp.stats.scoring import estimated_conformity
+
+    images, captions = data
+    code, stats = _run(tmp_path, "--model", models["stable_unclip"], images=images)
+    assert code == 0
+    out = tmp_path / "scores.csv"
+    argv = ["conformity", "--stats", str(stats), "--model", str(models["stable_unclip"]), "--out", str(out),
+            "--no-progress", "--num-workers", "0", "--device", "cpu"]
+    assert main([*argv, "--images", str(images)]) == 0
+    rows = [line.split(",") for line in out.read_text().splitlines() if line and not line.startswith("#")][1:]
+    encoders = vs.ClipEncoders(_encoder(models["stable_unclip"], "image_encoder"),
+                               vs.encode.clip_image_processor_class().from_pretrained(
+                                   models["stable_unclip"], subfolder="feature_extractor"))
+    expected, _, _ = estimated_conformity(encoders.encode_images(_images(images)), vs.load(stats).image)
+    torch.testing.assert_close(torch.tensor([float(r[-1]) for r in rows]), expected, rtol=1e-4, atol=1e-5)
+    code, both = _run(tmp_path, "--model", models["stable_unclip"], "--clip", models["clip_su"], images=images,
+                      captions=captions, name="both.safetensors")
+    assert code == 0
+    argv[2] = str(both)
+    capsys.readouterr()
+    assert main([*argv, "--captions", str(captions), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no projected text encoder" in err[0] and "--clip" in err[0]
+    assert main([*argv, "--captions", str(captions), "--overwrite", "--clip", str(models["clip_su"])]) == 0

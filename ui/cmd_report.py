@@ -40,6 +40,8 @@ example:
   vslerp conformity --stats coco.safetensors --images generated/ \\
       --prior {DEFAULT_PRIOR} --out scores.csv --hist hist.png \\
       --reference-embeddings coco_emb/
+  vslerp conformity --stats vit_h.safetensors --images generated/ \\
+      --model stabilityai/stable-diffusion-2-1-unclip --out scores.csv
 """
 
 
@@ -74,7 +76,7 @@ def register_stats_subcommands(stats_subparsers) -> None:
 
 def register(subparsers) -> None:
     """Add the top-level ``vslerp conformity`` command."""
-    from vslerp.ui.cmd_stats import _PRIOR_HELP
+    from vslerp.ui.cmd_stats_models import add_model_arguments
 
     p = subparsers.add_parser(
         "conformity", help="score images or captions by estimated conformity (§7.1)",
@@ -87,8 +89,7 @@ def register(subparsers) -> None:
                       help="folder of images to score (this or --captions)")
     what.add_argument("--captions", type=Path, metavar="FILE",
                       help="captions to score: .txt (one a line) or COCO .json (this or --images)")
-    p.add_argument("--prior", required=True, metavar="DIR|ID",
-                   help=_PRIOR_HELP + "; the one whose encoders made the statistics (required)")
+    add_model_arguments(p)  # --model / --prior / --ip-adapter / --clip, as `stats compute` takes them
     p.add_argument("--out", required=True, type=Path, metavar="scores.csv",
                    help="CSV of name,conformity to write (required)")
     p.add_argument("--hist", type=Path, default=None, metavar="hist.png",
@@ -232,6 +233,9 @@ def run_conformity(args: argparse.Namespace) -> int:
     if args.hist is not None:
         check_output("--hist", args.hist, args.overwrite, suffix=".png")
     check_device(args.device)
+    from vslerp.ui.cmd_stats_models import check_model_args
+
+    check_model_args(args)  # one of --model/--prior/--clip, a well-formed --ip-adapter: nothing read yet
     with output_lock(args.out, args.hist, what="conformity output"):
         return _conformity_locked(args)
 
@@ -243,7 +247,7 @@ def _same_path(a: Path, b: Path) -> bool:
 def _conformity_locked(args) -> int:
     import torch
 
-    from vslerp.stats import check_compatible, load, load_encoders, read_embeddings
+    from vslerp.stats import check_compatible, load, read_embeddings
     from vslerp.stats.compute import encode_stream
     from vslerp.stats.outputs import atomic_write
     from vslerp.stats.plots import conformity_histogram, save
@@ -255,7 +259,7 @@ def _conformity_locked(args) -> int:
         write_scores_csv,
     )
     from vslerp.ui.cmd_stats import print_skipped
-    from vslerp.ui.runtime import quiet_model_logs
+    from vslerp.ui.cmd_stats_models import load_run_encoders, model_label
 
     stats = load(args.stats)
     modality, images, captions = _list_items(args)
@@ -274,8 +278,10 @@ def _conformity_locked(args) -> int:
                            f"2 {modality} embeddings")
         check_compatible(stats, dim=int(ref_raw.shape[1]),
                          fingerprint=emb.metadata.get("encoder_fingerprint"))
-    with quiet_model_logs():
-        encoders = load_encoders(args.prior, device=args.device, text=modality == "text")
+    encoders = load_run_encoders(args, device=args.device, dtype=None, text=modality == "text").encoders
+    if modality == "text" and encoders.text_encoder is None:
+        raise CLIError(f"{model_label(args)} has no projected text encoder: give --clip (a CLIPModel whose "
+                       "vision tower is its image encoder) to score captions")
     check_compatible(stats, dim=encoders.dim, fingerprint=encoders.fingerprint)
     # Stream: one chunk of embeddings at a time; only the names and one float per item stay.
     names: list[str] = []
