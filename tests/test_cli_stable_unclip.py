@@ -107,6 +107,10 @@ def test_the_editor_renders_stable_unclip_with_its_text_prompt(work, pipe):
     assert shown["vslerp-text-prompt"] and shown["vslerp-negative-prompt"] and shown["vslerp-noise-level"]
     assert not shown["vslerp-strength"] and not shown["vslerp-ip-scale"]
     assert shown["vslerp-target"] and not shown["vslerp-prompt"]  # no prior: the target is an image
+    kind = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "vslerp-target-kind")
+    assert [value for _, value in kind.choices] == ["image"] and not kind.visible  # and never a prompt
+    guidance = next(b for b in demo.blocks.values() if getattr(b, "label", None) == "Guidance")
+    assert guidance.value == pipe.default_guidance_scale == 10.0  # the backend's default, not Kandinsky's
     choices = [value for _, value in next(b for b in demo.blocks.values()
                                           if getattr(b, "elem_id", None) == "vslerp-mean-source").choices]
     assert choices == ["startup", "statistics file"]  # no Kandinsky prior: no clip_mean to offer

@@ -27,12 +27,13 @@ def _png(editor, image, result) -> dict:
     return FileData(path=str(png), orig_name=png.name).model_dump()
 
 
-def add_api(editor, *, steps: int, size: int, **queue) -> None:
-    """Add ``/edit`` and ``/sweep`` to the ``gr.Blocks`` being built (``queue``: concurrency)."""
+def add_api(editor, *, steps: int, size: int, guidance: float, **queue) -> None:
+    """Add ``/edit`` and ``/sweep`` to the ``gr.Blocks`` being built (``queue``: concurrency;
+    steps, size, guidance: the defaults of the page's controls)."""
     import gradio as gr
 
     def edit(source: dict | None, target_image: dict | None, target_prompt: str | None, theta: float,
-             alpha: float, seed: int, steps: int = steps, guidance: float = 4.0, size: int = size,
+             alpha: float, seed: int, steps: int = steps, guidance: float = guidance, size: int = size,
              mean_source: str = "startup", stats_file: dict | None = None, strength: float = 1.0,
              text_prompt: str | None = None, negative_prompt: str | None = None, noise_level: int = 0,
              ip_adapter_scale: float | None = None) -> dict:
@@ -50,7 +51,7 @@ def add_api(editor, *, steps: int, size: int, **queue) -> None:
         return call(_png, editor, image, result)
 
     def sweep(source: dict | None, target_image: dict | None, target_prompt: str | None, thetas_text: str,
-              alphas_text: str, seed: int, steps: int = steps, guidance: float = 4.0, size: int = size,
+              alphas_text: str, seed: int, steps: int = steps, guidance: float = guidance, size: int = size,
               mean_source: str = "startup", stats_file: dict | None = None, strength: float = 1.0,
               text_prompt: str | None = None, negative_prompt: str | None = None, noise_level: int = 0,
               ip_adapter_scale: float | None = None) -> dict:

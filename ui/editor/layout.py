@@ -107,10 +107,11 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
     startup_mean = editor.startup_mean_label()
     mean_choices = [(f"as started: {startup_mean}", "startup"), ("the prior's training mean", "prior clip_mean"),
                     ("a statistics file", "statistics file")]
-    kind0 = "prompt"  # the Target choice the page starts with
+    kind0, kinds = "prompt", ["prompt", "image"]  # the Target choices the page starts with
     if getattr(editor.pipe, "prior", None) is None:  # a backend without a Kandinsky prior: no clip_mean,
         mean_choices.pop(1)  # and a target prompt has no prior to become an image embedding through
-        kind0 = "image"
+        kind0, kinds = "image", ["image"]
+    guidance0 = float(editor.pipe.default_guidance_scale)  # the backend's (diffusers') default
     with gr.Blocks(title="vslerp editor") as demo:
         gr.Markdown("# vslerp editor\nVertical SLERP in raw CLIP space (Levi & Gilboa, Eq. 12): "
                     "θ moves from the source towards the target, α pulls the path towards the image mean.")
@@ -121,7 +122,7 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
             with gr.Column(scale=1):
                 source = gr.Image(label="Source image", height=220, type="filepath",
                                   sources=["upload", "clipboard", "webcam"], elem_id="vslerp-source")
-                target_kind = gr.Radio(["prompt", "image"], value=kind0, label="Target",
+                target_kind = gr.Radio(kinds, value=kind0, label="Target", visible=len(kinds) > 1,
                                        info="what θ moves towards", elem_id="vslerp-target-kind")
                 target_prompt = gr.Textbox(label="Target prompt", placeholder="a photo of a cat",
                                            visible=kind0 == "prompt", elem_id="vslerp-prompt")
@@ -137,8 +138,9 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
                     dice = gr.Button("Random seed", scale=1, min_width=60, size="sm")
                 with gr.Row():
                     steps = gr.Slider(1, 100, value=steps0, step=1, label="Steps", elem_id="vslerp-steps")
-                    guidance = gr.Slider(1.0, 12.0, value=4.0, step=0.5, label="Guidance")
-                size = gr.Slider(64, 1024, value=size0, step=64, label="Size (px)", elem_id="vslerp-size")
+                    guidance = gr.Slider(1.0, max(12.0, guidance0), value=guidance0, step=0.5, label="Guidance")
+                size = gr.Slider(min(64, size0), max(1024, size0), value=size0, step=min(64, size0), label="Size (px)",
+                                 elem_id="vslerp-size")
                 strength = gr.Slider(MIN_STRENGTH, 1.0, value=1.0, step=0.05, label="Strength",
                                      info="below 1 keeps the photo's layout (img2img)",
                                      visible="strength" in accepted, elem_id="vslerp-strength")
@@ -222,7 +224,7 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
                       api_name=False)
         swept.success(None, None, None, js=CLEAR_ERRORS_JS, api_name=False)
         dice.click(editor.roll_seed, None, seed, api_name=False)
-        add_api(editor, steps=steps0, size=size0, **render)
+        add_api(editor, steps=steps0, size=size0, guidance=guidance0, **render)
 
     demo.queue(default_concurrency_limit=int(concurrency))
     return demo
