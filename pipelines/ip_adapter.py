@@ -33,9 +33,9 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers.loaders import IPAdapterMixin
 
 from vslerp.stats import ClipEncoders, Statistics
+from vslerp.stats.encode import quiet_torchvision_fallback
 from vslerp.stats.hub import local_folder, unavailable_model
 
 from .base import RenderSettings, VSlerpBasePipeline, clone_generator
@@ -51,6 +51,9 @@ from .ip_adapter_files import (
     split_adapter_id,
     without_adapter,
 )
+
+with quiet_torchvision_fallback():  # diffusers' IP-Adapter loader imports CLIP/Siglip processors by name
+    from diffusers.loaders import IPAdapterMixin
 
 __all__ = ["VSlerpIPAdapterPipeline", "VSlerpIPAdapterXLPipeline"]
 

@@ -9,6 +9,7 @@ attention_mask).text_embeds``. Both return *raw* embeddings (before L2 normalisa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -19,7 +20,7 @@ import torch
 from .hub import ModelUnavailable, is_repo_id, unavailable_model
 
 __all__ = ["PROCESSOR_SUBFOLDERS", "ClipEncoders", "clip_image_processor_class", "default_device",
-           "encoder_fingerprint", "load_encoders", "parse_device"]
+           "encoder_fingerprint", "load_encoders", "parse_device", "quiet_torchvision_fallback"]
 
 # Config fields that define the function an image encoder computes (not bookkeeping fields
 # such as dtype or transformers version, which differ between loads of the same weights).
@@ -217,8 +218,6 @@ def clip_image_processor_class():
     once, quietly, so diffusers' loaders (which look the class up by the name in
     ``model_index.json``) find it resolved, and returns the class to load processors with.
     """
-    import logging
-
     import transformers
 
     try:
@@ -227,14 +226,26 @@ def clip_image_processor_class():
         return transformers.CLIPImageProcessor
     if is_torchvision_available() or not hasattr(transformers, "CLIPImageProcessorPil"):
         return transformers.CLIPImageProcessor
+    with quiet_torchvision_fallback():
+        transformers.CLIPImageProcessor  # noqa: B018 - resolves the name to the PIL class
+    return transformers.CLIPImageProcessorPil
+
+
+@contextlib.contextmanager
+def quiet_torchvision_fallback():
+    """Within: transformers' "``XImageProcessor`` requires torchvision ... falling back to
+    ``XImageProcessorPil``" warnings are not logged (the logger of exactly that fallback, raised
+    to ERROR). For code that resolves processor names itself — e.g. diffusers'
+    ``load_ip_adapter`` (``CLIPImageProcessor``, ``SiglipImageProcessor``)."""
+    import logging
+
     logger = logging.getLogger("transformers.utils.import_utils")
     level = logger.level
-    logger.setLevel(logging.ERROR)  # exactly the fallback's warning, during this lookup only
+    logger.setLevel(logging.ERROR)
     try:
-        transformers.CLIPImageProcessor  # noqa: B018 - resolves the name to the PIL class
+        yield
     finally:
         logger.setLevel(level)
-    return transformers.CLIPImageProcessorPil
 
 
 def _first_line(err: BaseException) -> str:
