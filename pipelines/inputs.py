@@ -17,7 +17,8 @@ from pathlib import Path
 from vslerp.defaults import IMAGE_SUFFIXES  # torch-free: the CLI's parser imports this module
 
 __all__ = ["IMAGE_SUFFIXES", "ImageOrPrompt", "check_embedding", "check_guidance", "check_positive_int",
-           "check_prompt", "check_steps", "image_path_or_prompt", "init_photo", "open_named_image"]
+           "check_prompt", "check_steps", "image_path_or_prompt", "init_photo", "open_named_image", "options_given",
+           "refused_option", "OPTION_NAMES"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,29 @@ def open_named_image(name: str, path):
         return open_image(path)
     except UnreadableImage as err:
         raise ValueError(f"{name} image {path} cannot be read: {err}") from None
+
+
+OPTION_NAMES = {"strength": "strength < 1 (img2img)", "prompt": "a text prompt=",  # API names of the
+                "negative_prompt": "negative_prompt=", "noise_level": "noise_level",  # backend options
+                "ip_adapter_scale": "ip_adapter_scale"}
+
+
+def options_given(strength, prompt, negative_prompt, noise_level, ip_adapter_scale) -> dict[str, bool]:
+    """Which backend options a call sets away from their defaults."""
+    return {"strength": strength < 1.0, "prompt": prompt is not None, "negative_prompt": negative_prompt is not None,
+            "noise_level": noise_level != 0, "ip_adapter_scale": ip_adapter_scale is not None}
+
+
+def refused_option(backend: str, accepted, given: dict[str, bool], names: dict[str, str] = OPTION_NAMES) -> str | None:
+    """The message for the first option in ``given`` that ``backend`` does not take (``accepted``:
+    its ``_backend_options``), named as ``names`` says (the API's, or the CLI's flags); None if
+    it takes them all. The one rule of the pipeline's and the CLI's checks."""
+    for name, is_given in given.items():
+        if is_given and name not in accepted:
+            hint = " (a prompt as target goes through the prior)" if name == "prompt" and backend == "kandinsky2.2" \
+                else ""
+            return f"{names[name]} is not supported by the {backend} backend{hint}"
+    return None
 
 
 def init_photo(name: str, image, source, strength: float):

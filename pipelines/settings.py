@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import limits
-from .inputs import check_steps
+from .inputs import check_steps, options_given, refused_option
 
 __all__ = ["RenderSettings", "clone_generator"]
 
@@ -92,17 +92,10 @@ class RenderSettings:
         if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
                                   or not math.isfinite(scale) or scale < 0):
             raise ValueError(f"ip_adapter_scale must be a number >= 0, got {scale!r}")
-        given = {"strength": self.strength < 1.0, "prompt": self.prompt is not None,
-                 "negative_prompt": self.negative_prompt is not None, "noise_level": level != 0,
-                 "ip_adapter_scale": scale is not None}
-        why = {"strength": "strength < 1 (img2img)", "prompt": "a text prompt=",
-               "negative_prompt": "negative_prompt=", "noise_level": "noise_level",
-               "ip_adapter_scale": "ip_adapter_scale"}
-        for name, is_given in given.items():
-            if is_given and name not in accepted:
-                hint = " (a prompt as target goes through the prior)" if name == "prompt" and backend == "kandinsky2.2" \
-                    else ""
-                raise ValueError(f"{why[name]} is not supported by the {backend} backend{hint}")
+        refusal = refused_option(backend, accepted, options_given(
+            self.strength, self.prompt, self.negative_prompt, level, scale))
+        if refusal is not None:
+            raise ValueError(refusal)
         if self.strength < 1.0 and self.denoise_steps < 1:
             raise ValueError(f"strength={self.strength} with num_inference_steps={self.num_inference_steps} "
                              "leaves no denoising step: int(steps × strength) must be >= 1")

@@ -82,6 +82,10 @@ def test_grid_with_a_text_prompt_renders_the_pipelines_cells_and_records_them(wo
     assert main([str(a) for a in [*argv, "--strength", "0.5", "--out", root / "never.png"]]) == 2
     assert capsys.readouterr().err.strip() == \
         "vslerp grid: error: --strength below 1 (img2img) is not supported by the stable-unclip backend"
+    prompt_target = [str(a) if a != root / "tgt.png" else "a watercolor painting" for a in argv]
+    assert main([*prompt_target, "--out", str(root / "never.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "TARGET is a prompt, and the stable-unclip backend has no prior" in err[0]
     assert not (root / "never.png").exists()
 
 

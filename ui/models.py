@@ -79,6 +79,7 @@ def check_backend_options(spec, origin: str = "") -> None:
     the options that backend takes (its class's ``_backend_options``); ``--strength`` below 1
     with a SOURCE photo and at least one denoising step. A backend that cannot be told (a hub id
     offline) or whose module is not installed is left to the pipeline's own checks."""
+    from vslerp.pipelines.inputs import options_given, refused_option
     from vslerp.pipelines.loading import (
         IP_ADAPTER_SD,
         IP_ADAPTER_SDXL,
@@ -116,11 +117,10 @@ def check_backend_options(spec, origin: str = "") -> None:
         accepted = pipeline_class(backend)._backend_options
     except ImportError:  # that backend's module is not part of this install: the pipeline decides
         return
-    given = {"strength": spec.strength < 1, "prompt": spec.prompt is not None,
-             "negative_prompt": spec.negative_prompt is not None, "noise_level": spec.noise_level != 0,
-             "ip_adapter_scale": spec.ip_adapter_scale is not None}
-    for name, is_given in given.items():
-        if is_given and name not in accepted:
-            hint = (" (a prompt as TARGET goes through its prior)" if name == "prompt" and backend == KANDINSKY
-                    else "")
-            raise CLIError(f"{_OPTION_FLAGS[name]} is not supported by the {backend} backend{hint}{origin}")
+    refusal = refused_option(backend, accepted, options_given(spec.strength, spec.prompt, spec.negative_prompt,
+                                                              spec.noise_level, spec.ip_adapter_scale), _OPTION_FLAGS)
+    if refusal is not None:
+        raise CLIError(refusal.replace("a prompt as target goes through the prior", "a prompt as TARGET goes through its prior") + origin)
+    if (spec.target or {}).get("kind") == "prompt" and backend != KANDINSKY:
+        raise CLIError(f"TARGET is a prompt, and the {backend} backend has no prior to turn it into an image "
+                       f"embedding: give TARGET as an image (--prompt conditions the UNet instead){origin}")
