@@ -11,6 +11,7 @@ size and batch and what to lower.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from vslerp.defaults import MAX_CELLS, MAX_FRAMES, MAX_SIZE  # the numbers' one home
@@ -95,8 +96,9 @@ def check_frames(frames, *, max_frames: int = MAX_FRAMES, lift: str = "--max-fra
 
 def size_rule(decoder: str | Path | None) -> tuple[int, int | None]:
     """``(factor, fixed)`` of a model before it loads, from its local configs: a Kandinsky
-    2.2 decoder's movq factor squared, or the one size of an unCLIP/Karlo folder. A hub id
-    (or an unreadable folder) gets Kandinsky 2.2's rule; the loaded pipeline checks again."""
+    2.2 decoder's movq factor squared, the one size of an unCLIP/Karlo folder, or the VAE
+    rule of a Stable unCLIP / Stable Diffusion folder (multiples of 8 and of the VAE's factor). A hub id gets its
+    backend's rule (Kandinsky 2.2's when it cannot be told); the loaded pipeline checks again."""
     folder = Path(str(decoder)).expanduser() if decoder else None
     try:
         if folder is not None and folder.is_dir():
@@ -107,12 +109,22 @@ def size_rule(decoder: str | Path | None) -> tuple[int, int | None]:
             if movq.is_file():
                 blocks = json.loads(movq.read_text(encoding="utf-8"))["block_out_channels"]
                 return (2 ** (len(blocks) - 1)) ** 2, None
+            vae = folder / "vae" / "config.json"
+            if vae.is_file():  # diffusers' check (multiples of 8) and its vae_scale_factor
+                blocks = json.loads(vae.read_text(encoding="utf-8"))["block_out_channels"]
+                return math.lcm(8, 2 ** (len(blocks) - 1)), None
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    from .loading import UNCLIP, backend_by_name
+    from .loading import KANDINSKY, UNCLIP, backend_by_name, backend_of
 
-    if backend_by_name(decoder) == UNCLIP:
+    try:
+        backend = backend_of(decoder) if decoder is not None else KANDINSKY
+    except ValueError:  # an unreadable model_index.json: the pipeline names it
+        backend = backend_by_name(decoder)
+    if backend == UNCLIP:
         return 1, 256
+    if backend not in (None, KANDINSKY):  # Stable unCLIP, SD / SDXL: their VAE's factor
+        return 8, None
     return KANDINSKY_FACTOR, None
 
 

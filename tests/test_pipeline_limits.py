@@ -138,6 +138,20 @@ def test_one_size_rule_for_pipeline_and_cli(pipe, tiny_kandinsky):
     assert size_rule(decoder_dir) == pipe.size_rule() == (4, None)
     assert size_rule("kandinsky-community/kandinsky-2-2-decoder") == (64, None)
     assert size_rule("kakaobrain/karlo-v1-alpha-image-variations") == (1, 256)
+    assert size_rule("stabilityai/stable-diffusion-2-1-unclip") == (8, None)  # by its name, offline
+
+
+def test_stable_diffusion_folders_have_the_pipelines_size_rule(tmp_path):
+    """The CLI's check before loading agrees with the loaded Stable unCLIP / SD pipeline's."""
+    from vslerp.pipelines.testing_sd import make_tiny_sd, make_tiny_stable_unclip
+
+    folder = make_tiny_stable_unclip(tmp_path)
+    pipe = VSlerpPipeline.from_pretrained(folder, stats=torch.randn(TINY_DIM), device=None)
+    assert size_rule(folder) == pipe.size_rule() == (8, None)
+    assert size_rule(make_tiny_sd(tmp_path)) == (8, None)
+
+
+def test_sizes_are_checked_by_the_rule_of_their_model():
     with pytest.raises(ValueError, match="renders 256×256 px only"):
         check_size("size", 512, factor=1, fixed=256)
 
