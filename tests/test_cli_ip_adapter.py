@@ -113,3 +113,27 @@ def test_vslerp_ui_loads_the_adapter_and_the_editor_renders_through_it(work, pip
     shown = seen["ids"]
     assert shown["vslerp-strength"] and shown["vslerp-text-prompt"] and shown["vslerp-ip-scale"]
     assert not shown["vslerp-noise-level"]
+
+
+def test_grid_through_an_sdxl_ip_adapter(work, capsys):
+    """The SDXL base: its backend from model_index.json, the adapter from its sdxl_models folder,
+    the grid's cells the pipeline's own (img2img at --strength 0.5 through the SDXL img2img)."""
+    from vslerp.pipelines import VSlerpPipeline
+    from vslerp.pipelines.testing_sd import make_tiny_ip_adapter, make_tiny_sdxl
+
+    root, _, _, stats = work
+    base = make_tiny_sdxl(root)
+    adapter = make_tiny_ip_adapter(root / "xl", base, "sdxl_models", "ip-adapter_sdxl.safetensors")
+    argv = ["grid", root / "src.png", root / "tgt.png", "--thetas", "0,1", "--alphas", "0", "--model", base,
+            "--ip-adapter", f"{adapter}:sdxl_models/ip-adapter_sdxl.safetensors", "--stats", stats, "--steps", 2,
+            "--size", SIZE, "--seed", 3, "--no-progress", "--prompt", "a photo", "--strength", 0.5,
+            "--out", root / "xl.png", "--cells-dir", root / "xl"]
+    assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
+    assert read_png_metadata(root / "xl.png")["pipeline"]["backend"] == "ip-adapter-sdxl"
+    pipe = VSlerpPipeline.from_pretrained(base, stats=stats, device="cpu",
+                                          ip_adapter=f"{adapter}:sdxl_models/ip-adapter_sdxl.safetensors")
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(root / "src.png", root / "tgt.png", thetas=[0.0, 1.0], alphas=[0.0], num_inference_steps=2,
+               height=SIZE, width=SIZE, generator=torch.Generator().manual_seed(3), prompt="a photo", strength=0.5)
+    for cell, image in zip(_cells(root, "xl"), out.images, strict=True):
+        np.testing.assert_array_equal(cell, np.asarray(image.convert("RGB")))
