@@ -290,6 +290,19 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
         return images
 
 
+    def _advance_generator(self, generator: torch.Generator, settings: RenderSettings) -> None:
+        """As after diffusers' pipeline (stochastic steps' noise aside): text-to-image drew one
+        image's initial latents (unless ``latents`` were given); img2img drew the VAE posterior's
+        sample of the photo, then the noise added to it — each one image's latents' worth."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        shape = (1, int(self.unet.config.in_channels), settings.height // self.vae_scale_factor,
+                 settings.width // self.vae_scale_factor)
+        draws = 2 if settings.strength < 1.0 else (0 if settings.latents is not None else 1)
+        for _ in range(draws):
+            randn_tensor(shape, generator=generator, device=generator.device, dtype=self.unet.dtype)
+
+
 class VSlerpIPAdapterPipeline(_IPAdapterBackend):
     """vSLERP through an IP-Adapter on Stable Diffusion 1.5 / 2.x (``StableDiffusionPipeline``).
 

@@ -98,9 +98,11 @@ def test_auto_backend_and_describe(pipes, models, kind):
 def test_theta_zero_and_alpha_zero_equal_diffusers_renders(pipes, refs, kind):
     pipe, ref = pipes[kind], refs[kind]
     source, target = _photo(1), _emb(2)
-    out = pipe(source, target, thetas=[0.0, 0.6], alphas=[0.0, 1.5], generator=_gen(5), **RENDER)
+    generator, ref_generator = _gen(5), _gen(5)
+    out = pipe(source, target, thetas=[0.0, 0.6], alphas=[0.0, 1.5], generator=generator, **RENDER)
     assert out.images.shape == (4, SIZE, SIZE, 3)
-    expected = ref(prompt="", ip_adapter_image=source, generator=_gen(5), **RENDER).images  # diffusers encodes
+    expected = ref(prompt="", ip_adapter_image=source, generator=ref_generator, **RENDER).images  # diffusers encodes
+    assert torch.equal(generator.get_state(), ref_generator.get_state())  # left as diffusers leaves it
     for k in (0, 1):  # the θ=0 row
         np.testing.assert_allclose(out.images[k], expected[0], atol=ATOL)
     source_raw = out.embeddings[0, 0]
@@ -156,10 +158,12 @@ def test_strength_equals_diffusers_img2img(pipes, refs, kind):
     img2img.set_progress_bar_config(disable=True)
     source = _photo(7)
     steps = {"num_inference_steps": 4, "output_type": "np"}
-    out = pipe(source, _emb(8), thetas=[0.0, 1.0], alphas=[0.0], strength=0.5, generator=_gen(3), height=SIZE,
+    generator, ref_generator = _gen(3), _gen(3)
+    out = pipe(source, _emb(8), thetas=[0.0, 1.0], alphas=[0.0], strength=0.5, generator=generator, height=SIZE,
                width=SIZE, **steps)
-    expected = img2img(prompt="", image=source, ip_adapter_image=source, strength=0.5, generator=_gen(3),
+    expected = img2img(prompt="", image=source, ip_adapter_image=source, strength=0.5, generator=ref_generator,
                        **steps).images
+    assert torch.equal(generator.get_state(), ref_generator.get_state())  # left as diffusers leaves it
     np.testing.assert_allclose(out.images[0], expected[0], atol=ATOL)
     assert np.abs(out.images[1] - expected[0]).max() > 100 * ATOL
 
