@@ -51,8 +51,15 @@ class StatisticsMixin:
         if stats.image is None:
             raise ValueError("the statistics have no image modality: vSLERP needs the image mean")
         fp = encoder_fingerprint(self.image_encoder) if stats.metadata.get("encoder_fingerprint") else None
-        check_compatible(stats, dim=dim, fingerprint=fp)
+        check_compatible(stats, dim=dim, fingerprint=fp, model=self._stats_model_args())
         return stats
+
+    def _stats_model_args(self) -> str | None:
+        """How ``vslerp stats compute`` names this pipeline's model: ``--model``'s value (and the
+        IP-Adapter, ``--ip-adapter``'s), for the message of mismatched statistics."""
+        model = self.model_ids.get("prior") or self.model_ids.get("decoder")
+        adapter = self.model_ids.get("ip_adapter")
+        return f"{model} --ip-adapter {adapter}" if model and adapter else model
 
     def _statistics_for(self, statistics) -> Statistics:
         """A call's statistics: ``None`` → the pipeline's own (:attr:`statistics`), else checked."""

@@ -223,10 +223,12 @@ def test_errors_before_denoising(pipes, models, tmp_path):
     with pytest.raises(ValueError, match="needs stats="):
         VSlerpPipeline.from_pretrained(base, ip_adapter=f"{models['sd15'][1]}:models/ip-adapter_sd15.safetensors",
                                        device=None)
-    with pytest.raises(ValueError, match="dim"):
+    with pytest.raises(ValueError, match="dim") as err:
         VSlerpPipeline.from_pretrained(base, ip_adapter=models["sd15"][1], ip_adapter_subfolder="models",
                                        ip_adapter_weight_name="ip-adapter_sd15.safetensors",
                                        stats=torch.randn(TINY_DIM + 3), device=None)
+    redo = f"vslerp stats compute --model {base} --ip-adapter {models['sd15'][1]}:models/ip-adapter_sd15.safetensors"
+    assert redo in str(err.value)  # the command that computes matching statistics
 
     def denoiser_never_runs(*args, **kwargs):
         raise AssertionError("denoising started")
