@@ -37,6 +37,7 @@ import torch
 from vslerp.stats import ClipEncoders, Statistics
 from vslerp.stats.encode import quiet_torchvision_fallback
 from vslerp.stats.hub import local_folder, unavailable_model
+from vslerp.stats.models import ip_adapter_encoder_subfolder
 
 from .base import RenderSettings, VSlerpBasePipeline, clone_generator
 from .inputs import image_path_or_prompt
@@ -47,7 +48,6 @@ from .ip_adapter_files import (
     SAVED_WEIGHT,
     adapter_state_dict,
     check_adapter_file,
-    encoder_folder_of,
     split_adapter_id,
     without_adapter,
 )
@@ -104,7 +104,7 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
                       ip_adapter_weight_name=None, image_encoder_folder=None, **kwargs):
         """Load a saved folder, or the base ``source`` with the adapter (see :mod:`.loading`).
         image_encoder_folder: as diffusers' ``load_ip_adapter`` takes it; default
-        :func:`~vslerp.pipelines.ip_adapter_files.encoder_folder_of`."""
+        :func:`vslerp.stats.models.ip_adapter_encoder_subfolder` (the rule statistics are computed by)."""
         if prior is not None:
             raise ValueError(f"the {cls.backend} backend takes no prior")
         if source is None:
@@ -146,7 +146,7 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
                     f"cannot load the {cls._base_name} base {source!r}: {err}") from None
             pipe = cls(**base.components)
             pipe.load_ip_adapter(str(ip_adapter), subfolder=subfolder, weight_name=weight,
-                                 image_encoder_folder=image_encoder_folder or encoder_folder_of(subfolder, weight))
+                                 image_encoder_folder=image_encoder_folder or ip_adapter_encoder_subfolder(subfolder, weight))
             pipe.model_ids = {"decoder": source, "prior": None, "ip_adapter": adapter_id}
         pipe._check_projection(pipe.model_ids["ip_adapter"])
         pipe.set_statistics(stats)

@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 
 from vslerp.stats.hub import local_folder, unavailable_model
+from vslerp.stats.models import WEIGHT_SUFFIXES, parse_ip_adapter
 
 __all__ = ["ADAPTER_WHY", "SAVED_FOLDER", "SAVED_JSON", "SAVED_WEIGHT", "adapter_state_dict", "check_adapter_file",
-           "check_adapter_keys", "encoder_folder_of", "split_adapter_id", "without_adapter"]
+           "check_adapter_keys", "split_adapter_id", "without_adapter"]
 
 SAVED_FOLDER, SAVED_WEIGHT, SAVED_JSON = "ip_adapter", "ip-adapter.safetensors", "vslerp_ip_adapter.json"
 _PLAIN_KEYS = {"image_proj.proj.weight", "image_proj.proj.bias", "image_proj.norm.weight", "image_proj.norm.bias"}
-_WEIGHT_SUFFIXES = (".safetensors", ".bin")
 ADAPTER_WHY = ("vSLERP edits the projected CLIP image embedding, which only the non-plus adapters "
                "(ip-adapter_sd15, ip-adapter_sdxl, ip-adapter_sdxl_vit-h) read; plus adapters consume the "
                "encoder's hidden states, FaceID adapters face embeddings")
@@ -31,25 +31,16 @@ ADAPTER_WHY = ("vSLERP edits the projected CLIP image embedding, which only the 
 
 def split_adapter_id(ip_adapter: str, subfolder: str | None = None, weight_name: str | None = None):
     """``"h94/IP-Adapter:models/ip-adapter_sd15.safetensors"`` → ``("h94/IP-Adapter", "models",
-    "ip-adapter_sd15.safetensors")``; a plain repo id or folder comes back with the given
-    ``subfolder`` and ``weight_name`` (None where not given). Both forms at once is an error."""
+    "ip-adapter_sd15.safetensors")`` (:func:`vslerp.stats.models.parse_ip_adapter`, the CLI's
+    parser too); a plain repo id or folder comes back with the given ``subfolder`` and
+    ``weight_name`` (None where not given). Both forms at once is an error."""
     repo, sep, rest = ip_adapter.rpartition(":")
-    if not sep or not rest.endswith(_WEIGHT_SUFFIXES) or not repo:
+    if not sep or not rest.endswith(WEIGHT_SUFFIXES) or not repo:
         return ip_adapter, subfolder, weight_name
     if subfolder is not None or weight_name is not None:
         raise ValueError(f"ip_adapter={ip_adapter!r} names its weight file already: give no ip_adapter_subfolder "
                          "or ip_adapter_weight_name")
-    folder, _, weight = rest.rpartition("/")
-    return repo, folder, weight
-
-
-def encoder_folder_of(subfolder: str, weight_name: str) -> str:
-    """Where ``load_ip_adapter`` finds the adapter's image encoder: ``SUBFOLDER/image_encoder``,
-    except for h94's SDXL adapters trained on ViT-H/14 (``sdxl_models/ip-adapter_sdxl_vit-h``,
-    ``..._plus_vit-h``), whose encoder is ``models/image_encoder`` (as diffusers' docs load them)."""
-    if "vit-h" in weight_name.lower() and subfolder != "models":
-        return "models/image_encoder"
-    return "image_encoder"
+    return parse_ip_adapter(ip_adapter, "ip_adapter")
 
 
 def check_adapter_keys(keys, name: str) -> None:

@@ -1,8 +1,9 @@
 """Loading: which backend a model is, and loading it — the one place for both.
 
 The backend comes from ``model_index.json``'s ``_class_name``, as diffusers' ``AutoPipeline``
-reads it (:func:`read_model_index`, :func:`backend_of`); a hub id whose index cannot be read
-(offline and not cached) is told by its name. Hub id vs local folder is
+reads it (:func:`read_model_index`, :func:`backend_of`, :data:`BACKENDS`: defined in
+:mod:`vslerp.stats.models`, the room below, so that the statistics layer reads them too); a
+hub id whose index cannot be read (offline and not cached) is told by its name. Hub id vs local folder is
 :func:`vslerp.stats.hub.local_folder` / :func:`~vslerp.stats.hub.is_repo_id`. Each backend's
 components are loaded here: Kandinsky 2.2 from its two repos (prior + decoder), unCLIP/Karlo
 class by class, and either from a folder saved by ``save_pretrained``. Models are imported
@@ -11,29 +12,25 @@ only when a pipeline loads (reading an index imports no diffusers).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from vslerp.defaults import DEFAULT_DECODER, DEFAULT_PRIOR, DEFAULT_UNCLIP, STATISTICS_FILE
-from vslerp.stats.hub import is_repo_id, local_folder, offline, unavailable_model
+from vslerp.stats.hub import local_folder, unavailable_model
+from vslerp.stats.models import (  # what a model is, read without loading it (one home: stats/models.py)
+    BACKENDS,
+    IP_ADAPTER_SD,
+    IP_ADAPTER_SDXL,
+    KANDINSKY,
+    STABLE_UNCLIP,
+    UNCLIP,
+    backend_by_name,
+    backend_of,
+    read_model_index,
+)
 
 __all__ = ["BACKENDS", "KANDINSKY", "UNCLIP", "auto_device", "backend_by_name", "backend_of",
-           "load_pipeline", "load_unclip_components", "pipeline_class", "read_model_index"]
+           "load_pipeline", "load_unclip_components", "pipeline_class", "read_model_index"]  # (re-exported)
 
-KANDINSKY, UNCLIP = "kandinsky2.2", "unclip"  # the backends' names (describe(), sidecars)
-STABLE_UNCLIP, IP_ADAPTER_SD, IP_ADAPTER_SDXL = "stable-unclip", "ip-adapter-sd", "ip-adapter-sdxl"
-BACKENDS = {  # model_index.json _class_name → backend (diffusers' own pipelines and ours, saved)
-    "KandinskyV22Pipeline": KANDINSKY,
-    "VSlerpPipeline": KANDINSKY,
-    "UnCLIPImageVariationPipeline": UNCLIP,
-    "VSlerpUnCLIPPipeline": UNCLIP,
-    "StableUnCLIPImg2ImgPipeline": STABLE_UNCLIP,
-    "VSlerpStableUnCLIPPipeline": STABLE_UNCLIP,
-    "StableDiffusionPipeline": IP_ADAPTER_SD,
-    "VSlerpIPAdapterPipeline": IP_ADAPTER_SD,
-    "StableDiffusionXLPipeline": IP_ADAPTER_SDXL,
-    "VSlerpIPAdapterXLPipeline": IP_ADAPTER_SDXL,
-}
 _CLASSES = {  # backend → (module, class): the adapter that renders it
     KANDINSKY: ("vslerp.pipelines.kandinsky", "VSlerpPipeline"),
     UNCLIP: ("vslerp.pipelines.unclip", "VSlerpUnCLIPPipeline"),
@@ -57,66 +54,6 @@ _UNCLIP_PARTS = {  # component → (library, class) in the Karlo image-variation
     "super_res_scheduler": ("diffusers", "UnCLIPScheduler"),
 }
 _WEIGHTED = ("decoder", "text_proj", "super_res_first", "super_res_last", "text_encoder", "image_encoder")
-
-
-def _hub_index(repo_id: str) -> Path | None:
-    """model_index.json of a hub repo: from the local cache, else downloaded (unless offline)."""
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError:  # pragma: no cover - a dependency of diffusers
-        return None
-    for local_only in (True, False) if not offline() else (True,):
-        try:
-            return Path(hf_hub_download(repo_id, "model_index.json", local_files_only=local_only))
-        except Exception:  # noqa: BLE001 - not cached, no network, no such repo: no index
-            continue
-    return None
-
-
-def read_model_index(id_or_dir) -> dict | None:
-    """The ``model_index.json`` of a local folder or hub id, as a dict; None when there is none
-    (a folder without one, a hub id neither cached nor downloadable). A file that is there but
-    not a JSON object raises ``ValueError`` naming it."""
-    folder = local_folder(id_or_dir)
-    if folder is not None:
-        path = folder / "model_index.json"
-        if not path.is_file():
-            return None
-    elif id_or_dir is not None and is_repo_id(str(id_or_dir)):
-        path = _hub_index(str(id_or_dir))
-        if path is None:
-            return None
-    else:
-        return None
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path} cannot be read as JSON: {err}") from None
-    if not isinstance(index, dict):
-        raise ValueError(f"{path} is not a JSON object")
-    return index
-
-
-def backend_by_name(id_or_dir) -> str | None:
-    """The backend a model id names without reading it: "unclip" for Karlo ids, "stable-unclip"
-    for Stable unCLIP ids, "kandinsky2.2" for the default Kandinsky ids, else None."""
-    name = str(id_or_dir).lower() if id_or_dir is not None else ""
-    if "karlo" in name:
-        return UNCLIP
-    if "unclip" in name and "stable-diffusion" in name:
-        return STABLE_UNCLIP
-    return KANDINSKY if name in (DEFAULT_DECODER, DEFAULT_PRIOR) else None
-
-
-def backend_of(id_or_dir) -> str | None:
-    """The backend of a model (hub id or folder): a name of :data:`BACKENDS` (``"kandinsky2.2"``,
-    ``"unclip"``, ``"stable-unclip"``, ``"ip-adapter-sd"``, ``"ip-adapter-sdxl"``) or None (a
-    model_index of another pipeline, or nothing that tells). From ``model_index.json``'s
-    ``_class_name``, else :func:`backend_by_name`."""
-    index = read_model_index(id_or_dir)
-    if index is not None:
-        return BACKENDS.get(index.get("_class_name"))
-    return backend_by_name(id_or_dir)
 
 
 def pipeline_class(backend: str):

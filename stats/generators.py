@@ -1,8 +1,8 @@
 """The CLIP encoders of any generator (``vslerp stats compute --model``), one layout at a time.
 
-Which layout a model is comes from its ``model_index.json`` (:func:`vslerp.pipelines.loading.read_model_index`,
-:func:`~vslerp.pipelines.loading.backend_of`, which import no diffusers); the encoders are the
-ones the generator itself conditions on:
+Which layout a model is comes from its ``model_index.json`` (:func:`vslerp.stats.models.read_model_index`,
+:data:`~vslerp.stats.models.BACKENDS`, which import no diffusers); the encoders are the ones the
+generator itself conditions on:
 
 - a Kandinsky 2.2 prior → its ``image_encoder`` / ``image_processor`` / ``text_encoder`` / ``tokenizer``;
   a Kandinsky 2.2 decoder → those of its prior (``prior=``, default ``DEFAULT_PRIOR``);
@@ -38,6 +38,7 @@ from .encode import (
     parse_device,
 )
 from .hub import is_repo_id, local_folder, unavailable_model
+from .models import BACKENDS, backend_by_name, ip_adapter_encoder_subfolder, read_model_index
 
 __all__ = ["KANDINSKY_PRIOR", "LoadedEncoders", "generator_layout", "load_generator_encoders"]
 
@@ -63,8 +64,6 @@ def generator_layout(model) -> str | None:
     """The encoder layout of a generator (hub id or folder): ``"kandinsky2.2-prior"``,
     ``"kandinsky2.2-decoder"``, ``"unclip"``, ``"stable-unclip"``, ``"ip-adapter-sd"``,
     ``"ip-adapter-sdxl"``, ``"clip"`` (a transformers CLIPModel folder) or None (nothing tells)."""
-    from vslerp.pipelines.loading import BACKENDS, backend_by_name, read_model_index
-
     index = read_model_index(model)
     if index is not None:
         name = index.get("_class_name")
@@ -158,10 +157,8 @@ def _ip_adapter_encoder(ip_adapter, dtype):
     folder = local_folder(repo)
     if folder is not None and not (folder / subfolder / weight).is_file():
         raise ValueError(f"--ip-adapter: {folder / subfolder / weight} is not a file")
-    encoder_sub, note = f"{subfolder}/image_encoder", None
-    parent, _, last = subfolder.rpartition("/")
-    if last == "sdxl_models" and "vit-h" in weight.lower():  # h94/IP-Adapter's SDXL _vit-h adapters
-        encoder_sub = f"{parent}/models/image_encoder".lstrip("/")
+    encoder_sub, note = ip_adapter_encoder_subfolder(subfolder, weight), None  # the pipeline's own rule
+    if encoder_sub != f"{subfolder}/image_encoder":  # h94/IP-Adapter's SDXL _vit-h adapters
         note = (f"{weight} is an SDXL adapter on the ViT-H/14 encoder: image encoder {encoder_sub} "
                 "(as h94/IP-Adapter documents it)")
     part = _loader(repo, "--ip-adapter", "IP-Adapter")
@@ -194,7 +191,7 @@ def load_generator_encoders(model=None, *, prior=None, ip_adapter=None, clip=Non
     model: hub id or folder (None: ``clip`` alone, a CLIPModel's two towers); prior: the
     Kandinsky 2.2 prior of a decoder (default ``DEFAULT_PRIOR``); ip_adapter:
     ``(repo_or_dir, subfolder, weight_name)`` for an SD / SDXL base
-    (:func:`vslerp.ui.ip_adapter_arg.parse_ip_adapter`); clip: a CLIPModel id/folder for the text
+    (:func:`vslerp.stats.models.parse_ip_adapter`); clip: a CLIPModel id/folder for the text
     side of a generator without a projected text encoder; text: load a text side at all.
     Raises ``ValueError`` with one line naming what is wrong, before any encoding.
     """

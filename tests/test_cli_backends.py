@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from vslerp.pipelines import VSlerpPipeline
+from vslerp.stats.models import parse_ip_adapter
 from vslerp.ui.cli import main
-from vslerp.ui.ip_adapter_arg import parse_ip_adapter
 from vslerp.ui.outputs import read_png_metadata
 
 SIZE = 64
@@ -89,7 +89,7 @@ def _cell(root, name, r=0, c=0):
     return np.asarray(Image.open(root / name / f"r{r:02d}_c{c:02d}.png").convert("RGB"), dtype=np.int16)
 
 
-# -- --ip-adapter's text (vslerp.ui.ip_adapter_arg, tested in tests/test_stats_encoders.py too) -----
+# -- --ip-adapter's text (vslerp.stats.models, tested in tests/test_stats_encoders.py too) -----
 @pytest.mark.parametrize(("text", "parsed"), [
     ("h94/IP-Adapter:models/ip-adapter_sd15.safetensors", ("h94/IP-Adapter", "models", "ip-adapter_sd15.safetensors")),
     ("h94/IP-Adapter:sdxl_models/ip-adapter_sdxl_vit-h.bin", ("h94/IP-Adapter", "sdxl_models",

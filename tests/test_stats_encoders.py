@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 import vslerp.stats as vs
+from vslerp.stats.models import parse_ip_adapter
 from vslerp.ui.cli import main
-from vslerp.ui.ip_adapter_arg import parse_ip_adapter
 
 WEIGHT = "ip-adapter_sd15.safetensors"
 CAPTIONS = ["a red square", "two blue circles", "noise"]

@@ -43,7 +43,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 def check_model_args(args) -> None:
     """Before anything is read: one of --model/--prior/--clip, a well-formed --ip-adapter
     (parsed into ``args.ip_adapter_parts``), and --from-prior-mean with a Kandinsky model only."""
-    from vslerp.ui.ip_adapter_arg import parse_ip_adapter
+    from vslerp.stats.models import parse_ip_adapter
 
     args.ip_adapter_parts = None
     if args.ip_adapter is not None:

@@ -85,43 +85,29 @@ def finite_float(text: str) -> float:
     return value
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+def _float_where(ok, rule: str, number: str = "a number"):
+    """An argparse type: a finite float for which ``ok(value)``; else "must be ``rule``"."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {number}, got {text!r}") from None
+        if not (math.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+    return parse
 
 
-def strength_arg(text: str) -> float:
-    """argparse type of ``--strength``: a number in (0, 1] (1: every cell from pure noise)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
-    if not (math.isfinite(value) and 0.0 < value <= 1.0):
-        raise argparse.ArgumentTypeError(f"must be in (0, 1] (1: from pure noise; below 1 keeps the "
-                                         f"photo's layout), got {text}")
-    return value
-
-
-def scale_arg(text: str) -> float:
-    """argparse type of ``--ip-adapter-scale``: a finite number ≥ 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not (math.isfinite(value) and 0.0 <= value <= 1e6):
-        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
-    return value
+positive_float = _float_where(lambda v: v > 0, "a positive number")  # argparse type: a finite number > 0
+# --strength: in (0, 1] (1: every cell from pure noise)
+strength_arg = _float_where(lambda v: 0.0 < v <= 1.0, "in (0, 1] (1: from pure noise; below 1 keeps the "
+                            "photo's layout)", number="a number in (0, 1]")
+scale_arg = _float_where(lambda v: 0.0 <= v <= 1e6, "a finite number ≥ 0")  # --ip-adapter-scale
 
 
 def ip_adapter_arg(text: str) -> tuple[str, str, str]:
-    """argparse type of ``--ip-adapter``: :func:`vslerp.ui.ip_adapter_arg.parse_ip_adapter`."""
-    from vslerp.ui.ip_adapter_arg import parse_ip_adapter
+    """argparse type of ``--ip-adapter``: :func:`vslerp.stats.models.parse_ip_adapter`."""
+    from vslerp.stats.models import parse_ip_adapter
 
     try:
         return parse_ip_adapter(text)
