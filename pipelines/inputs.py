@@ -18,7 +18,7 @@ from vslerp.defaults import IMAGE_SUFFIXES  # torch-free: the CLI's parser impor
 
 __all__ = ["IMAGE_SUFFIXES", "ImageOrPrompt", "check_embedding", "check_guidance", "check_positive_int",
            "check_prompt", "check_steps", "image_path_or_prompt", "init_photo", "open_named_image", "options_given",
-           "refused_option", "OPTION_NAMES"]
+           "first_refused", "refused_option", "OPTION_NAMES"]
 
 
 @dataclass(frozen=True)
@@ -123,16 +123,21 @@ def options_given(strength, prompt, negative_prompt, noise_level, ip_adapter_sca
             "noise_level": noise_level != 0, "ip_adapter_scale": ip_adapter_scale is not None}
 
 
+def first_refused(accepted, given: dict[str, bool]) -> str | None:
+    """The first option set in ``given`` (:func:`options_given`) that a backend does not take
+    (``accepted``: its ``_backend_options``), or None. The one rule of the pipeline's, the CLI's
+    and the editor's checks; each names the option in its own words."""
+    return next((name for name, is_given in given.items() if is_given and name not in accepted), None)
+
+
 def refused_option(backend: str, accepted, given: dict[str, bool], names: dict[str, str] = OPTION_NAMES) -> str | None:
-    """The message for the first option in ``given`` that ``backend`` does not take (``accepted``:
-    its ``_backend_options``), named as ``names`` says (the API's, or the CLI's flags); None if
-    it takes them all. The one rule of the pipeline's and the CLI's checks."""
-    for name, is_given in given.items():
-        if is_given and name not in accepted:
-            hint = " (a prompt as target goes through the prior)" if name == "prompt" and backend == "kandinsky2.2" \
-                else ""
-            return f"{names[name]} is not supported by the {backend} backend{hint}"
-    return None
+    """The message for :func:`first_refused`'s option, named as ``names`` says (the API's, or the
+    CLI's flags); None if ``backend`` takes them all."""
+    name = first_refused(accepted, given)
+    if name is None:
+        return None
+    hint = " (a prompt as target goes through the prior)" if name == "prompt" and backend == "kandinsky2.2" else ""
+    return f"{names[name]} is not supported by the {backend} backend{hint}"
 
 
 def init_photo(name: str, image, source, strength: float):

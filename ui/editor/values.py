@@ -119,11 +119,9 @@ def backend_options(pipe, steps: int, strength=1.0, prompt=None, negative_prompt
         raise EditorError(f"Noise level must be a whole number, got {noise_level!r}.")
     scale = None if ip_adapter_scale in (None, "") else _number("IP-Adapter scale", ip_adapter_scale, 0.0, 1e6)
     options = {"strength": strength, **texts, "noise_level": int(level), "ip_adapter_scale": scale}
-    given = {"strength": strength < 1, "prompt": texts["prompt"] is not None,
-             "negative_prompt": texts["negative_prompt"] is not None, "noise_level": int(level) != 0,
-             "ip_adapter_scale": scale is not None}
-    accepted = getattr(pipe, "_backend_options", ())
-    for key, is_given in given.items():
-        if is_given and key not in accepted:
-            raise EditorError(f"{OPTION_LABELS[key]} is not supported by this model ({pipe.backend}).")
+    from vslerp.pipelines.inputs import first_refused, options_given
+
+    refused = first_refused(getattr(pipe, "_backend_options", ()), options_given(**options))
+    if refused is not None:
+        raise EditorError(f"{OPTION_LABELS[refused]} is not supported by this model ({pipe.backend}).")
     return options
