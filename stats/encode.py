@@ -20,7 +20,7 @@ import torch
 from .hub import ModelUnavailable, is_repo_id, unavailable_model
 
 __all__ = ["PROCESSOR_SUBFOLDERS", "ClipEncoders", "clip_image_processor_class", "default_device",
-           "encoder_fingerprint", "load_encoders", "parse_device", "quiet_torchvision_fallback"]
+           "encoder_fingerprint", "load_encoders", "parse_device", "part_loader", "quiet_torchvision_fallback"]
 
 # Config fields that define the function an image encoder computes (not bookkeeping fields
 # such as dtype or transformers version, which differ between loads of the same weights).
@@ -266,6 +266,22 @@ def _check_tokenizer(tokenizer, text_encoder, source: str) -> None:
                          f"text_encoder takes at most {positions}")
 
 
+def part_loader(source: str, option: str, what: str):
+    """``part(cls, sub=None, **kwargs)``: ``cls.from_pretrained(source, subfolder=sub)``, any failure
+    one ``ValueError`` naming the part and ``what`` (or :class:`ModelUnavailable` for ``option``)."""
+    def part(cls, sub: str | None = None, **kwargs):
+        where = {"subfolder": sub} if sub else {}
+        try:
+            return cls.from_pretrained(source, **where, **kwargs)
+        except Exception as err:  # noqa: BLE001 - OSError, SafetensorError, ...: one message
+            unavailable = unavailable_model(source, option)
+            if unavailable is not None:
+                raise unavailable from None
+            name = sub or cls.__name__
+            raise ValueError(f"cannot load the {name} of {what} {source!r}: {_first_line(err)}") from None
+    return part
+
+
 def load_encoders(prior: str | Path, *, device=None, dtype: torch.dtype | None = None,
                   text: bool = True) -> ClipEncoders:
     """Load the CLIP encoders of a generator repo (hub id or local folder).
@@ -309,21 +325,12 @@ def load_encoders(prior: str | Path, *, device=None, dtype: torch.dtype | None =
             raise ValueError(f"cannot load the image processor of prior {source!r}: it has "
                              f"neither {PROCESSOR_SUBFOLDERS[0]}/ nor {PROCESSOR_SUBFOLDERS[1]}/")
 
-    def part(sub: str, cls, **kwargs):
-        try:
-            return cls.from_pretrained(source, subfolder=sub, **kwargs)
-        except Exception as err:  # noqa: BLE001 - OSError, SafetensorError, ...: one message
-            unavailable = unavailable_model(source, "--prior")
-            if unavailable is not None:
-                raise unavailable from None
-            raise ValueError(f"cannot load the {sub} of prior {source!r}: {_first_line(err)}") \
-                from None
-
-    image_encoder = part("image_encoder", CLIPVisionModelWithProjection, **{dtype_kwarg: dtype})
+    part = part_loader(source, "--prior", "prior")
+    image_encoder = part(CLIPVisionModelWithProjection, "image_encoder", **{dtype_kwarg: dtype})
     image_processor, errors = None, []
     for sub in processors:  # a hub id: try both layouts
         try:
-            image_processor = part(sub, clip_image_processor_class())
+            image_processor = part(clip_image_processor_class(), sub)
             break
         except ModelUnavailable:
             raise
@@ -335,8 +342,8 @@ def load_encoders(prior: str | Path, *, device=None, dtype: torch.dtype | None =
                          f"{' or '.join(f'{p}/' for p in processors)}")
     text_encoder = tokenizer = None
     if text:
-        text_encoder = part("text_encoder", CLIPTextModelWithProjection, **{dtype_kwarg: dtype})
-        tokenizer = part("tokenizer", CLIPTokenizer)
+        text_encoder = part(CLIPTextModelWithProjection, "text_encoder", **{dtype_kwarg: dtype})
+        tokenizer = part(CLIPTokenizer, "tokenizer")
         _check_tokenizer(tokenizer, text_encoder, source)
     try:
         return ClipEncoders(image_encoder, image_processor, text_encoder, tokenizer,

@@ -36,8 +36,9 @@ from .encode import (
     encoder_fingerprint,
     load_encoders,
     parse_device,
+    part_loader,
 )
-from .hub import is_repo_id, local_folder, unavailable_model
+from .hub import is_repo_id, local_folder
 from .models import BACKENDS, backend_by_name, ip_adapter_encoder_subfolder, read_model_index
 
 __all__ = ["KANDINSKY_PRIOR", "LoadedEncoders", "generator_layout", "load_generator_encoders"]
@@ -86,20 +87,6 @@ def generator_layout(model) -> str | None:
     return KANDINSKY_DECODER if backend == "kandinsky2.2" else backend
 
 
-def _loader(source: str, option: str, what: str):
-    def part(cls, sub: str | None = None, **kwargs):
-        where = {"subfolder": sub} if sub else {}
-        try:
-            return cls.from_pretrained(source, **where, **kwargs)
-        except Exception as err:  # noqa: BLE001 - OSError, SafetensorError, ...: one message
-            unavailable = unavailable_model(source, option)
-            if unavailable is not None:
-                raise unavailable from None
-            name = sub or cls.__name__
-            raise ValueError(f"cannot load the {name} of {what} {source!r}: {_first_line(err)}") from None
-    return part
-
-
 def _check_source(source: str, option: str) -> str:
     folder = local_folder(source)
     if folder is not None:
@@ -122,7 +109,7 @@ def _clip_towers(clip: str, dtype, *, text: bool, processor: bool):
     )
 
     clip = _check_source(clip, "--clip")
-    part = _loader(clip, "--clip", "CLIP model")
+    part = part_loader(clip, "--clip", "CLIP model")
     # Each tower projects to the CLIPModel's projection_dim (a sub-config saved without one
     # would get transformers' default of 512 and not fit the projection's weights).
     try:
@@ -161,7 +148,7 @@ def _ip_adapter_encoder(ip_adapter, dtype):
     if encoder_sub != f"{subfolder}/image_encoder":  # h94/IP-Adapter's SDXL _vit-h adapters
         note = (f"{weight} is an SDXL adapter on the ViT-H/14 encoder: image encoder {encoder_sub} "
                 "(as h94/IP-Adapter documents it)")
-    part = _loader(repo, "--ip-adapter", "IP-Adapter")
+    part = part_loader(repo, "--ip-adapter", "IP-Adapter")
     image_encoder = part(CLIPVisionModelWithProjection, encoder_sub, **{_dtype_kwarg(): dtype})
     size = int(image_encoder.config.image_size)  # as load_ip_adapter: CLIPImageProcessor(size, crop_size)
     processor = clip_image_processor_class()(size=size, crop_size=size)
@@ -229,7 +216,7 @@ def load_generator_encoders(model=None, *, prior=None, ip_adapter=None, clip=Non
         return LoadedEncoders(encoders, layout or KANDINSKY_PRIOR, meta, notes)
     if layout == STABLE_UNCLIP:
         source = _check_source(model, "--model")
-        part = _loader(source, "--model", "Stable unCLIP model")
+        part = part_loader(source, "--model", "Stable unCLIP model")
         from transformers import CLIPVisionModelWithProjection
 
         image_encoder = part(CLIPVisionModelWithProjection, "image_encoder", **{_dtype_kwarg(): dtype})
