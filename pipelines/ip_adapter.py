@@ -57,6 +57,7 @@ with quiet_torchvision_fallback():  # diffusers' IP-Adapter loader imports CLIP/
 
 __all__ = ["VSlerpIPAdapterPipeline", "VSlerpIPAdapterXLPipeline"]
 
+
 class _EmbedsPerCell:
     """diffusers' pipeline with ``ip_adapter_image_embeds`` taken one row per image.
 
