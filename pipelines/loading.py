@@ -264,8 +264,17 @@ def checkpoint_mean(model: str):
 
     source = str(model)
     folder = local_folder(source)
-    index = read_model_index(folder or source) or {}
-    if "prior" in index or (folder is not None and (folder / "prior").is_dir()):
+    index = read_model_index(folder or source)
+    if index is None:
+        missing = unavailable_model(source, "--compare-mean")
+        if missing is not None:
+            raise missing
+        index = {}
+
+    def holds(name: str) -> bool:  # a component of model_index.json that was saved (not [null, null])
+        return bool(index.get(name)) and index[name][0] is not None
+
+    if holds("prior"):
         from diffusers import PriorTransformer
 
         try:
@@ -274,7 +283,7 @@ def checkpoint_mean(model: str):
             raise unavailable_model(source, "--compare-mean") or ValueError(
                 f"cannot load the prior of {source!r}: {err}") from None
         return Statistics.from_prior(prior, model_id=source)
-    if "image_normalizer" in index:
+    if holds("image_normalizer"):
         from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import (
             StableUnCLIPImageNormalizer,
         )

@@ -233,7 +233,7 @@ def test_stats_report_compares_with_the_checkpoint_mean(karlo, sd_models, tmp_pa
     # what holds no mean, or another space, is one line naming --compare-mean
     small, identity = sd_models
     for model, expect in ((identity, "identity"), (karlo[1], "karlo-v1-alpha"), (small, None),
-                          (tmp_path / "nowhere", "no such folder")):
+                          (tmp_path / "nowhere", "no such folder"), ("nobody/no-such-prior", "not in the local cache")):
         shutil.rmtree(out, ignore_errors=True)
         code, err = _cli(["stats", "report", "--embeddings", tmp_path / "emb", "--out-dir", out, "--alphas", "0",
                           "--compare-mean", model])
