@@ -28,8 +28,11 @@ from vslerp.stats.models import (  # what a model is, read without loading it (o
     read_model_index,
 )
 
-__all__ = ["BACKENDS", "KANDINSKY", "UNCLIP", "auto_device", "backend_by_name", "backend_of",
-           "load_pipeline", "load_unclip_components", "pipeline_class", "read_model_index"]  # (re-exported)
+__all__ = ["BACKENDS", "DEFAULT_KARLO_PRIOR", "KANDINSKY", "UNCLIP", "auto_device", "backend_by_name", "backend_of",
+           "checkpoint_mean", "load_karlo_prior", "load_pipeline", "load_unclip_components", "pipeline_class",
+           "read_model_index"]  # (re-exported)
+
+DEFAULT_KARLO_PRIOR = "kakaobrain/karlo-v1-alpha"  # Karlo's text-to-image repo: prior/ (clip_mean) for unCLIP
 
 _CLASSES = {  # backend → (module, class): the adapter that renders it
     KANDINSKY: ("vslerp.pipelines.kandinsky", "VSlerpPipeline"),
@@ -53,7 +56,11 @@ _UNCLIP_PARTS = {  # component → (library, class) in the Karlo image-variation
     "decoder_scheduler": ("diffusers", "UnCLIPScheduler"),
     "super_res_scheduler": ("diffusers", "UnCLIPScheduler"),
 }
-_WEIGHTED = ("decoder", "text_proj", "super_res_first", "super_res_last", "text_encoder", "image_encoder")
+_KARLO_PRIOR_PARTS = {  # component → class in kakaobrain/karlo-v1-alpha (as diffusers' UnCLIPPipeline loads it)
+    "prior": "PriorTransformer",
+    "prior_scheduler": "UnCLIPScheduler",
+}
+_WEIGHTED = ("decoder", "text_proj", "super_res_first", "super_res_last", "text_encoder", "image_encoder", "prior")
 
 
 def pipeline_class(backend: str):
@@ -84,11 +91,12 @@ def load_pipeline(cls, decoder_id_or_dir=None, prior=None, stats=None, torch_dty
     decoder_id_or_dir: the generator — a Kandinsky 2.2 decoder (default
         ``kandinsky-community/kandinsky-2-2-decoder``), an unCLIP/Karlo image-variations repo, or
         a folder written by ``save_pretrained`` (then ``prior`` is not needed).
-    prior: the Kandinsky 2.2 prior (default ``kandinsky-community/kandinsky-2-2-prior``); unCLIP
-        has none.
+    prior: the Kandinsky 2.2 prior (default ``kandinsky-community/kandinsky-2-2-prior``), or for
+        unCLIP/Karlo the text-to-image repo whose ``prior/`` and ``prior_scheduler/`` are loaded
+        (default ``kakaobrain/karlo-v1-alpha``: its ``clip_mean`` and prompt targets).
     stats: a statistics file path, a :class:`~vslerp.stats.Statistics`, a (D,) raw image-mean
-        tensor, or None (the saved folder's statistics, else the Kandinsky prior's ``clip_mean``;
-        unCLIP needs one).
+        tensor, or None (the saved folder's statistics, else the mean the checkpoint holds: the
+        Kandinsky or Karlo prior's ``clip_mean``, Stable unCLIP's ``image_normalizer`` mean).
     torch_dtype: default :func:`vslerp.stats.encode.default_dtype` of the device (float16 on CUDA).
     backend: "auto" (``VSlerpPipeline``: from ``model_index.json``) or a backend's name
         ("kandinsky2.2", "unclip", "stable-unclip", "ip-adapter-sd", "ip-adapter-sdxl"); a
@@ -199,16 +207,100 @@ def load_unclip_components(source: str, dtype, **kwargs) -> dict:
     return out
 
 
+def load_karlo_prior(source: str, dtype, **kwargs) -> dict:
+    """``{"prior": PriorTransformer, "prior_scheduler": UnCLIPScheduler}`` of a Karlo text-to-image
+    repo/folder (``kakaobrain/karlo-v1-alpha``'s ``prior/`` and ``prior_scheduler/``, as diffusers'
+    ``UnCLIPPipeline`` loads them); a hub id that is not available is :class:`ModelUnavailable`."""
+    import diffusers
+
+    out = {}
+    for name, class_name in _KARLO_PRIOR_PARTS.items():
+        extra = {"dtype": dtype} if name in _WEIGHTED else {}
+        try:
+            out[name] = getattr(diffusers, class_name).from_pretrained(source, subfolder=name, **extra, **kwargs)
+        except (OSError, ValueError) as err:
+            raise unavailable_model(source, "--prior") or ValueError(
+                f"cannot load the {name} of the Karlo prior {source!r}: {err}") from None
+    return out
+
+
 def _load_unclip(cls, decoder_id_or_dir, prior, stats, dtype, **kwargs):
-    if prior is not None:
-        raise ValueError("the unCLIP backend takes no prior (Karlo image variations has none)")
+    """The image-variations components, plus Karlo's prior: ``prior``, else a saved folder's own
+    ``prior/``, else :data:`DEFAULT_KARLO_PRIOR`. Only the default may be missing (not cached
+    offline), and only when ``stats`` are given: the pipeline then renders without prompt targets."""
+    from vslerp.stats.hub import ModelUnavailable
+
     source = str(decoder_id_or_dir or DEFAULT_UNCLIP)
     folder = local_folder(source)
     stats = _saved_stats(folder, stats)
-    if stats is None:
-        raise ValueError("the unCLIP backend needs stats= (a statistics file, Statistics or a (D,) mean "
-                         "tensor): Karlo has no prior clip_mean to fall back on")
-    pipe = cls(**load_unclip_components(str(folder) if folder is not None else source, dtype, **kwargs))
-    pipe.model_ids = {"decoder": source, "prior": None}
+    if prior is None and folder is not None and (folder / "prior").is_dir():
+        prior = folder  # save_pretrained of a pipeline with a prior: prior/ and prior_scheduler/ inside
+    prior_src = str(prior or DEFAULT_KARLO_PRIOR)
+    prior_folder = local_folder(prior_src)
+    try:
+        prior_parts = load_karlo_prior(str(prior_folder or prior_src), dtype, **kwargs)
+    except ModelUnavailable as err:
+        if prior is not None:
+            raise
+        if stats is None:
+            raise ValueError(f"the unCLIP backend needs stats= (a statistics file, Statistics or a (D,) mean "
+                             f"tensor) or Karlo's prior for its clip_mean: {err}") from None
+        prior_parts, prior_src = {"prior": None, "prior_scheduler": None}, None
+    parts = load_unclip_components(str(folder) if folder is not None else source, dtype, **kwargs)
+    pipe = cls(**parts, **prior_parts)
+    pipe.model_ids = {"decoder": source, "prior": prior_src}
     pipe.set_statistics(stats)
     return pipe
+
+
+def checkpoint_mean(model: str):
+    """The image mean a checkpoint holds, as :class:`~vslerp.stats.Statistics` (no data): a
+    Kandinsky 2.2 or Karlo prior's ``clip_mean`` (a repo/folder with ``prior/``), or a Stable
+    unCLIP model's ``image_normalizer`` mean; ``ValueError`` (one line) when it holds none —
+    an identity normaliser (mean 0, std 1, Stable unCLIP-H), a decoder, another model."""
+    import torch
+
+    from vslerp.stats import Statistics
+
+    source = str(model)
+    folder = local_folder(source)
+    index = read_model_index(folder or source)
+    if index is None:
+        missing = unavailable_model(source, "--compare-mean")
+        if missing is not None:
+            raise missing
+        index = {}
+
+    def holds(name: str) -> bool:  # a component of model_index.json that was saved (not [null, null])
+        return bool(index.get(name)) and index[name][0] is not None
+
+    if holds("prior"):
+        from diffusers import PriorTransformer
+
+        try:
+            prior = PriorTransformer.from_pretrained(str(folder or source), subfolder="prior", dtype=torch.float32)
+        except (OSError, ValueError) as err:
+            raise unavailable_model(source, "--compare-mean") or ValueError(
+                f"cannot load the prior of {source!r}: {err}") from None
+        return Statistics.from_prior(prior, model_id=source)
+    if holds("image_normalizer"):
+        from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import (
+            StableUnCLIPImageNormalizer,
+        )
+
+        from .stable_unclip import image_normalizer_statistics
+
+        try:
+            normalizer = StableUnCLIPImageNormalizer.from_pretrained(str(folder or source),
+                                                                     subfolder="image_normalizer")
+        except (OSError, ValueError) as err:
+            raise unavailable_model(source, "--compare-mean") or ValueError(
+                f"cannot load the image_normalizer of {source!r}: {err}") from None
+        stats = image_normalizer_statistics(normalizer, model_id=source)
+        if stats is None:
+            raise ValueError(f"{source}: its image_normalizer is the identity (mean 0, std 1): it holds no "
+                             "image mean (Stable unCLIP-H's has none; -small's is Karlo's ViT-L/14 mean)")
+        return stats
+    hint = f" (its prior, {DEFAULT_KARLO_PRIOR}, does)" if backend_of(folder or source) == UNCLIP else ""
+    raise ValueError(f"{source} holds no image mean{hint}: give a Kandinsky 2.2 or Karlo prior, or a Stable "
+                     "unCLIP model")

@@ -8,6 +8,13 @@
 and one copy of the call's generator per cell: every cell draws what a single render with that
 generator draws (the embedding's noise, then the initial latents), so a θ=0 cell equals
 diffusers' render of the source embedding at the same seed.
+
+The default image mean is the ``image_normalizer``'s ``mean`` (:func:`image_normalizer_statistics`):
+diffusers' conversion (``convert_from_ckpt.stable_unclip_image_noising_components``) fills it,
+with ``std``, from the original config's ``clip_stats_path`` — Karlo's ``ViT-L-14_stats.th``
+(``clip_mean``, ``clip_std`` of raw CLIP ViT-L/14 image embeddings) in the ``-l`` (``-small``)
+config — and leaves the identity (mean 0, std 1) where the config names none, as the ViT-H
+(``-h``) config does: that is no mean, and ``stats=`` stays required.
 The grid, statistics, checks and the call itself: :class:`~vslerp.pipelines.base.VSlerpBasePipeline`.
 """
 
@@ -18,15 +25,30 @@ import math
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from vslerp.stats import ModalityStats, Statistics
+
 from .base import RenderSettings, VSlerpBasePipeline, clone_generator
 from .inputs import image_path_or_prompt
 
-__all__ = ["DEFAULT_STABLE_UNCLIP", "VSlerpStableUnCLIPPipeline"]
+__all__ = ["DEFAULT_STABLE_UNCLIP", "VSlerpStableUnCLIPPipeline", "image_normalizer_statistics"]
 
 DEFAULT_STABLE_UNCLIP = "stabilityai/stable-diffusion-2-1-unclip"  # ViT-H/14; "-small": ViT-L/14
 _NEEDS_STATS = ("the stable-unclip backend needs stats= (a statistics file, Statistics or a (D,) mean tensor): "
-                "Stable unCLIP has no prior clip_mean; compute one with `vslerp stats compute --model "
-                "{model}` (the image encoder's own space)")
+                "{model}'s image_normalizer is the identity (mean 0, std 1: no image mean, as Stable unCLIP-H's); "
+                "compute one with `vslerp stats compute --model {model}` (the image encoder's own space)")
+
+
+def image_normalizer_statistics(normalizer, model_id: str | None = None) -> Statistics | None:
+    """The image mean a ``StableUnCLIPImageNormalizer`` holds (its ``mean``, ``std``: (1, D)), as
+    :class:`Statistics` with ``source="image_normalizer_mean"``; None for the identity (mean all
+    zeros and std all ones: diffusers' initial values, kept where the original config had no
+    ``clip_stats_path``)."""
+    mean = normalizer.mean.detach().to("cpu", torch.float64).reshape(-1)  # (D,)
+    std = normalizer.std.detach().to("cpu", torch.float64).reshape(-1)  # (D,)
+    if not bool(mean.any()) and bool((std == 1).all()):
+        return None
+    return Statistics(ModalityStats.from_mean(mean, std), None,
+                      {"source": "image_normalizer_mean", "model_id": model_id})
 
 
 class VSlerpStableUnCLIPPipeline(VSlerpBasePipeline):
@@ -42,7 +64,8 @@ class VSlerpStableUnCLIPPipeline(VSlerpBasePipeline):
     ``encode_text`` is refused); ``prompt`` / ``negative_prompt`` condition the UNet of every
     cell instead (default the empty prompt, as diffusers); ``noise_level`` (0 ..
     ``image_noising_scheduler.config.num_train_timesteps`` − 1, default 0) is the noise diffusers
-    adds to each cell's embedding; the image mean must come from ``stats`` (no ``clip_mean``);
+    adds to each cell's embedding; without ``stats`` the image mean is the ``image_normalizer``'s
+    (``-small``: Karlo's ViT-L/14 mean), refused where that is the identity (the ViT-H model);
     guidance defaults to 10 and the size to the UNet's (768 px), any multiple of 8;
     ``negative_image_embeds`` is refused (diffusers guides against the all-zeros embedding);
     ``latents`` (1, C, H/8, W/8) start every cell (diffusers does not scale given latents by
@@ -77,8 +100,9 @@ class VSlerpStableUnCLIPPipeline(VSlerpBasePipeline):
     @classmethod
     def _load_backend(cls, source, prior, stats, dtype, **kwargs):
         """A folder saved by :meth:`save_pretrained`, else diffusers'
-        ``StableUnCLIPImg2ImgPipeline.from_pretrained(source)``; ``stats`` is required (or the
-        saved folder's statistics file)."""
+        ``StableUnCLIPImg2ImgPipeline.from_pretrained(source)``; without ``stats`` (and no saved
+        statistics file) the image normaliser is read first, and an identity one is refused
+        before the rest of the model loads."""
         from vslerp.stats.hub import local_folder, unavailable_model
 
         from .loading import _saved_stats, read_model_index
@@ -90,7 +114,7 @@ class VSlerpStableUnCLIPPipeline(VSlerpBasePipeline):
         folder = local_folder(source)
         stats = _saved_stats(folder, stats)
         if stats is None:
-            raise ValueError(_NEEDS_STATS.format(model=source))
+            cls._check_normalizer(str(folder or source), source)
         index = read_model_index(folder) if folder is not None else None
         if index is not None and index.get("_class_name") in ("VSlerpStableUnCLIPPipeline", cls.__name__):
             pipe = cls._load_saved(folder, dtype, **kwargs)
@@ -107,6 +131,23 @@ class VSlerpStableUnCLIPPipeline(VSlerpBasePipeline):
         pipe.set_statistics(stats)
         return pipe
 
+    @classmethod
+    def _check_normalizer(cls, location: str, source: str) -> None:
+        """Only the (tiny) image normaliser of ``location``: an identity one is :data:`_NEEDS_STATS`."""
+        from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import (
+            StableUnCLIPImageNormalizer,
+        )
+
+        from vslerp.stats.hub import unavailable_model
+
+        try:
+            normalizer = StableUnCLIPImageNormalizer.from_pretrained(location, subfolder="image_normalizer")
+        except (OSError, ValueError) as err:
+            raise unavailable_model(source, "--model") or ValueError(
+                f"cannot load the image_normalizer of Stable unCLIP model {source!r}: {err}") from None
+        if image_normalizer_statistics(normalizer) is None:
+            raise ValueError(_NEEDS_STATS.format(model=source))
+
     # -- backend interface -----------------------------------------------------------------------
     def _clip_processor(self):
         return self.feature_extractor
@@ -117,8 +158,13 @@ class VSlerpStableUnCLIPPipeline(VSlerpBasePipeline):
     def _main_scheduler(self):
         return self.scheduler
 
-    def _default_statistics(self):
-        raise ValueError(_NEEDS_STATS.format(model=self.model_ids.get("decoder") or DEFAULT_STABLE_UNCLIP))
+    def _default_statistics(self) -> Statistics:
+        """The ``image_normalizer``'s mean (:func:`image_normalizer_statistics`); the identity is refused."""
+        model = self.model_ids.get("decoder") or DEFAULT_STABLE_UNCLIP
+        stats = image_normalizer_statistics(self.image_normalizer, model_id=model)
+        if stats is None:
+            raise ValueError(_NEEDS_STATS.format(model=model))
+        return stats
 
     def _default_negative(self):
         return None  # diffusers' StableUnCLIPImg2ImgPipeline guides against zeros

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TINY_DIM", "make_tiny_clip_tokenizer", "make_tiny_kandinsky", "make_tiny_unclip"]
+__all__ = ["TINY_DIM", "make_tiny_clip_tokenizer", "make_tiny_kandinsky", "make_tiny_karlo", "make_tiny_unclip"]
 
 TINY_DIM = 32  # embedding dim of the tiny CLIP encoders (1280 for the real ViT-bigG/14)
 TINY_IMAGE_SIZE = 32  # CLIP input size of the tiny vision encoder (224 for the real one)
@@ -191,12 +191,46 @@ def make_tiny_unclip(root: str | Path, seed: int = 0) -> Path:
     ``UnCLIPImageVariationPipeline.from_pretrained``; configs as diffusers' own fast tests.
     Embedding dim ``TINY_DIM``; the decoder renders 32 px, super-resolution 64 px.
     """
+    from diffusers import UnCLIPImageVariationPipeline
+
+    out_dir = Path(root) / "unclip"
+    UnCLIPImageVariationPipeline(**_tiny_unclip_parts(Path(root), seed)).save_pretrained(out_dir)
+    return out_dir
+
+
+def make_tiny_karlo(root: str | Path, seed: int = 0) -> tuple[Path, Path]:
+    """Tiny random Karlo text-to-image and image-variation repos under ``root``: ``(karlo, unclip)``.
+
+    ``root``/karlo has the layout of ``kakaobrain/karlo-v1-alpha`` (diffusers' ``UnCLIPPipeline``:
+    ``prior/`` a ``PriorTransformer`` with a random, non-zero ``clip_mean``, ``prior_scheduler/``,
+    and the decoder side); ``root``/unclip is :func:`make_tiny_unclip`'s, built from the same
+    decoder, text encoder and tokenizer (as diffusers' ``convert_unclip_txt2img_to_image_variation.py``).
+    """
     from diffusers import (
+        PriorTransformer,
         UnCLIPImageVariationPipeline,
+        UnCLIPPipeline,
         UnCLIPScheduler,
-        UNet2DConditionModel,
-        UNet2DModel,
     )
+
+    root = Path(root)
+    parts = _tiny_unclip_parts(root, seed)
+    UnCLIPImageVariationPipeline(**parts).save_pretrained(root / "unclip")
+    torch.manual_seed(seed + 1)
+    prior = PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=TINY_DIM, num_layers=1)
+    with torch.no_grad():
+        prior.clip_std.copy_(torch.rand_like(prior.clip_std) + 0.5)
+        prior.clip_mean.copy_(torch.randn_like(prior.clip_mean) * 0.5 + 0.25)
+    prior_scheduler = UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample",
+                                      num_train_timesteps=1000, clip_sample=True, clip_sample_range=5.0)
+    txt2img = {k: v for k, v in parts.items() if k not in ("feature_extractor", "image_encoder")}
+    UnCLIPPipeline(prior=prior, prior_scheduler=prior_scheduler, **txt2img).save_pretrained(root / "karlo")
+    return root / "karlo", root / "unclip"
+
+
+def _tiny_unclip_parts(root: Path, seed: int) -> dict:
+    """The components of a tiny image-variation pipeline (``UnCLIPImageVariationPipeline``'s)."""
+    from diffusers import UnCLIPScheduler, UNet2DConditionModel, UNet2DModel
     from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
     from transformers import (
         CLIPImageProcessor,
@@ -206,8 +240,6 @@ def make_tiny_unclip(root: str | Path, seed: int = 0) -> Path:
         CLIPVisionModelWithProjection,
     )
 
-    root = Path(root)
-    out_dir = root / "unclip"
     dim = TINY_DIM
     torch.manual_seed(seed)
     tokenizer = make_tiny_clip_tokenizer(root / "_unclip_tokenizer")
@@ -240,7 +272,7 @@ def make_tiny_unclip(root: str | Path, seed: int = 0) -> Path:
                            up_block_types=("ResnetUpsampleBlock2D", "ResnetUpsampleBlock2D"),
                            in_channels=6, out_channels=3)
 
-    UnCLIPImageVariationPipeline(
+    return dict(
         decoder=decoder, text_encoder=text_encoder, tokenizer=tokenizer, text_proj=text_proj,
         feature_extractor=feature_extractor, image_encoder=image_encoder, super_res_first=super_res(),
         super_res_last=super_res(),
@@ -248,5 +280,4 @@ def make_tiny_unclip(root: str | Path, seed: int = 0) -> Path:
                                           num_train_timesteps=1000),
         super_res_scheduler=UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="epsilon",
                                             num_train_timesteps=1000),
-    ).save_pretrained(out_dir)
-    return out_dir
+    )

@@ -97,7 +97,7 @@ def make_tiny_encoder_repos(root: str | Path) -> dict[str, Path]:
 
     root = Path(root)
     vit_h = make_tiny_stable_unclip(root / "vit_h")
-    vit_l = make_tiny_stable_unclip(root / "vit_l", seed=1)
+    vit_l = make_tiny_stable_unclip(root / "vit_l", seed=1, clip_stats=True)  # -small: Karlo's mean
     sd = make_tiny_sd(root / "sd")
     ip = make_tiny_ip_adapter(root, sd)
     shutil.rmtree(ip / "models" / "image_encoder")

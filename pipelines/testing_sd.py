@@ -66,13 +66,15 @@ def _vae(blocks=(32, 64), sample_size: int = 64):
                          sample_size=sample_size)
 
 
-def make_tiny_stable_unclip(root: str | Path, seed: int = 0) -> Path:
+def make_tiny_stable_unclip(root: str | Path, seed: int = 0, clip_stats: bool = False) -> Path:
     """A tiny random Stable unCLIP 2.1 (img2img) folder under ``root``/stable_unclip.
 
     Components as ``stabilityai/stable-diffusion-2-1-unclip``: feature_extractor, image_encoder
     (``TINY_DIM``-d projected ``image_embeds``), image_normalizer, image_noising_scheduler,
     tokenizer, text_encoder, unet (``class_embed_type="projection"`` over the noised image
     embedding and its noise-level embedding), scheduler (v-prediction DDIM), vae. Renders 64 px.
+    The image normaliser is the identity (mean 0, std 1), as the ViT-H model's; ``clip_stats``:
+    a random non-zero mean and positive std instead, as ``-small``'s (Karlo's ViT-L/14 statistics).
     """
     from diffusers import (
         DDIMScheduler,
@@ -93,9 +95,15 @@ def make_tiny_stable_unclip(root: str | Path, seed: int = 0) -> Path:
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(32, 64), attention_head_dim=(2, 4),
         class_embed_type="projection", projection_class_embeddings_input_dim=TINY_DIM * 2,
         cross_attention_dim=32, layers_per_block=1, upcast_attention=True, use_linear_projection=True)
+    normalizer = StableUnCLIPImageNormalizer(embedding_dim=TINY_DIM)
+    if clip_stats:  # its own generator: the other weights are those of the identity variant
+        gen = torch.Generator().manual_seed(seed + 100)
+        with torch.no_grad():
+            normalizer.mean.copy_(torch.randn(1, TINY_DIM, generator=gen) * 0.5 + 0.25)
+            normalizer.std.copy_(torch.rand(1, TINY_DIM, generator=gen) + 0.5)
     StableUnCLIPImg2ImgPipeline(
         feature_extractor=_image_processor(), image_encoder=_image_encoder(),
-        image_normalizer=StableUnCLIPImageNormalizer(embedding_dim=TINY_DIM),
+        image_normalizer=normalizer,
         image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
         tokenizer=tokenizer, text_encoder=_text_encoder(tokenizer), unet=unet,
         scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,

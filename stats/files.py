@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 FORMAT = "vslerp-statistics/1"  # bumped when the layout above changes
-SOURCES = ("dataset", "prior_clip_mean", "tensor")
+SOURCES = ("dataset", "prior_clip_mean", "image_normalizer_mean", "tensor")
 MODALITIES = ("image", "text")
 _F64 = torch.float64
 

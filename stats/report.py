@@ -4,7 +4,9 @@
 text ``(Nt, D)``, pairs ``(P, 2)`` — into one JSON-able dict: separability (Eq. 5), ODD
 (Eq. 6), thin shell and offsets (§4), exact conformity (Eq. 10) against its estimate (Eq. 11,
 by :func:`vslerp.stats.scoring.estimated_conformity`), the CLIP loss under the mean shift
-(Eq. 7–9) and the conformity KL (Fig. 11), plus a 2-feature linear SVM (scikit-learn).
+(Eq. 7–9) and the conformity KL (Fig. 11), plus a 2-feature linear SVM (scikit-learn) and,
+given a checkpoint's image mean (a prior's ``clip_mean``, Stable unCLIP's normaliser),
+:func:`compare_means` of the embeddings' mean with it.
 :func:`write_report` (from :mod:`vslerp.stats.report_files`) writes it out.
 
 ``clip_loss``, ``loss_vs_alpha``, ``conformity_kl_vs_alpha`` and ``kl_divergence`` are the
@@ -40,6 +42,7 @@ from .scoring import estimated_conformity
 __all__ = [
     "DEFAULT_ALPHAS",
     "clip_loss",
+    "compare_means",
     "conformity_estimates",
     "conformity_kl_vs_alpha",
     "geometry_report",
@@ -96,6 +99,20 @@ def conformity_kl_vs_alpha(image: torch.Tensor, text: torch.Tensor, image_mean: 
 
 
 # -- small helpers ---------------------------------------------------------------------------
+def compare_means(computed: torch.Tensor, checkpoint: torch.Tensor) -> dict:
+    """How far a computed image mean (D,) is from a checkpoint's (D,): ``relative_difference``
+    ‖m_computed − m_checkpoint‖ / ‖m_checkpoint‖ and ``cosine`` cos(m_computed, m_checkpoint),
+    in float64 (None where the checkpoint's mean is zero)."""
+    a, b = (torch.as_tensor(v).detach().to("cpu", _F64).reshape(-1) for v in (computed, checkpoint))  # (D,)
+    if a.shape != b.shape:
+        raise ValueError(f"the means have different dims ({a.shape[0]} vs {b.shape[0]}): another embedding space")
+    norm = float(torch.linalg.vector_norm(b))
+    if norm == 0.0 or not math.isfinite(norm):
+        return {"relative_difference": None, "cosine": None}
+    return {"relative_difference": float(torch.linalg.vector_norm(a - b)) / norm,
+            "cosine": float(cosine_to_mean(a[None], b)[0])}
+
+
 def _matrix(name: str, x) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -228,7 +245,7 @@ def _modality_geometry(x: torch.Tensor, acc: MomentAccumulator, bins: int) -> di
 # -- everything ------------------------------------------------------------------------------
 def geometry_report(emb, *, alphas=DEFAULT_ALPHAS, logit_scale: float = 100.0,
                     max_pairs: int | None = None, chunk_size: int = 1024, top_k: int = 10,
-                    bins: int = 100, seed: int = 0) -> dict:
+                    bins: int = 100, seed: int = 0, checkpoint_mean=None) -> dict:
     """The paper's §4–6 measurements of stored embeddings, as one JSON-able dict.
 
     ``emb``: anything with ``.image`` (Ni, D), ``.text`` (Nt, D) raw float tensors,
@@ -240,7 +257,9 @@ def geometry_report(emb, *, alphas=DEFAULT_ALPHAS, logit_scale: float = 100.0,
     ``modalities`` (thin shell, variance tail, ODD, offset per modality), ``conformity``,
     ``loss_vs_alpha``, ``kl_vs_alpha``, ``notes`` (what was left out and why: no pairs,
     an empty loss group, a degenerate fit) and, for the figures, ``plots``. Never NaN:
-    undefined values are None.
+    undefined values are None. ``checkpoint_mean``: a :class:`~vslerp.stats.Statistics` of a
+    checkpoint's image mean (``Statistics.from_prior``, ...): adds ``mean_comparison`` (its
+    ``model_id`` and ``source`` and :func:`compare_means` of the embeddings' image mean with it).
     """
     image = _matrix("emb.image", getattr(emb, "image", None))
     text = _matrix("emb.text", getattr(emb, "text", None))
@@ -314,6 +333,11 @@ def geometry_report(emb, *, alphas=DEFAULT_ALPHAS, logit_scale: float = 100.0,
         notes.append(no_loss_reason(int(pairs.shape[0])))
     kl = conformity_kl_vs_alpha(image, text, acc["image"].mean, alphas, bins=bins)
     meta = dict(getattr(emb, "metadata", None) or {})
+    extra = {}
+    if checkpoint_mean is not None:
+        extra["mean_comparison"] = {"model": checkpoint_mean.metadata.get("model_id"),
+                                    "source": checkpoint_mean.metadata.get("source"),
+                                    **compare_means(acc["image"].mean, checkpoint_mean.image.mean)}
     return {
         "metadata": {k: meta.get(k) for k in ("model_id", "encoder_fingerprint", "dim",
                                               "dataset") if k in meta},
@@ -330,5 +354,6 @@ def geometry_report(emb, *, alphas=DEFAULT_ALPHAS, logit_scale: float = 100.0,
         "loss_vs_alpha": loss,
         "kl_vs_alpha": kl,
         "notes": notes,
+        **extra,
         "plots": plots,
     }

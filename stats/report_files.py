@@ -58,6 +58,10 @@ def _markdown(report: dict, figures: list[str]) -> str:
         lines += [", ".join(f"{k}: `{v}`" for k, v in meta.items()), ""]
     lines += [f"{c['image']} images, {c['text']} captions, {c['pairs']} pairs "
               f"({c['loss_pairs']} in the loss batch, one caption per image), D = {c['dim']}.", ""]
+    cmp = report.get("mean_comparison")
+    if cmp:
+        lines += [f"Image mean vs the checkpoint's (`{cmp['model']}`, {cmp['source']}): ‖Δ‖/‖m‖ = "
+                  f"{_fmt(cmp['relative_difference'])}, cosine {_fmt(cmp['cosine'])}.", ""]
     sep = report["separability"]
     svm = report["svm"]
     lines += ["## Modality tags (Eq. 5)", "",

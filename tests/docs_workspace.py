@@ -23,15 +23,17 @@ def _tiny_models(models: Path) -> dict[str, Path]:
     unCLIP 2.1's image encoder is h94/IP-Adapter's ``models/image_encoder`` and the vision
     tower of the ViT-H/14 CLIP, so one statistics file serves both; the SD 1.5 base is the one
     the ``models/ip-adapter_sd15`` weights were made for."""
-    from vslerp.pipelines.testing import make_tiny_kandinsky, make_tiny_unclip
+    from vslerp.pipelines.testing import make_tiny_kandinsky, make_tiny_karlo
     from vslerp.pipelines.testing_clip import make_tiny_encoder_repos
     from vslerp.pipelines.testing_sd import make_tiny_sdxl
 
     prior, decoder = make_tiny_kandinsky(models)
+    karlo, karlo_variations = make_tiny_karlo(models / "unclip")  # one text encoder, as the real two repos
     return {
         "kandinsky-community/kandinsky-2-2-prior": prior,
         "kandinsky-community/kandinsky-2-2-decoder": decoder,
-        "kakaobrain/karlo-v1-alpha-image-variations": make_tiny_unclip(models / "unclip"),
+        "kakaobrain/karlo-v1-alpha": karlo,  # prior/ (clip_mean) + prior_scheduler/, UnCLIPPipeline's layout
+        "kakaobrain/karlo-v1-alpha-image-variations": karlo_variations,
         **make_tiny_encoder_repos(models / "encoders"),  # Stable unCLIP, h94/IP-Adapter, the CLIPs
         "stable-diffusion-v1-5/stable-diffusion-v1-5": models / "encoders" / "sd" / "sd15",
         "stabilityai/stable-diffusion-xl-base-1.0": make_tiny_sdxl(models),
@@ -73,6 +75,7 @@ def build_workspace(base: Path, env: dict) -> Path:
     # Statistics files the pages name without computing them first (ViT-H/14: one file serves
     # Stable unCLIP 2.1 and the SD 1.5 IP-Adapter, as their encoders' fingerprints agree).
     for name, model in (("coco_kandinsky", ["--prior", "kandinsky-community/kandinsky-2-2-prior"]),
+                        ("coco_karlo", ["--model", "kakaobrain/karlo-v1-alpha-image-variations"]),
                         ("vit_h", ["--model", "stabilityai/stable-diffusion-2-1-unclip",
                                         "--clip", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"])):
         subprocess.run([str(base / "bin" / "vslerp"), "stats", "compute", "--images", "val2017",

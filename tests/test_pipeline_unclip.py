@@ -39,7 +39,8 @@ def pipe(unclip_dir):
 def _reference(pipe, image_embeddings, seed):
     from diffusers import UnCLIPImageVariationPipeline
 
-    ref = UnCLIPImageVariationPipeline(**pipe.components)
+    parts = {k: v for k, v in pipe.components.items() if k not in ("prior", "prior_scheduler")}  # Karlo's prior
+    ref = UnCLIPImageVariationPipeline(**parts)
     ref.set_progress_bar_config(disable=True)
     return ref(image_embeddings=image_embeddings, decoder_num_inference_steps=2, super_res_num_inference_steps=2,
                generator=_gen(seed), output_type="np").images  # (N, H, W, 3)

@@ -27,6 +27,8 @@ offsets, conformity exact vs estimated, CLIP loss and conformity KL vs the image
 
 example:
   vslerp stats report --embeddings coco_emb/ --out-dir coco_report/ --alphas -2:2:41
+  vslerp stats report --embeddings coco_emb/ --out-dir coco_report/ \\
+      --compare-mean kandinsky-community/kandinsky-2-2-prior
 """
 
 _CONFORMITY_DESCRIPTION = f"""\
@@ -66,6 +68,10 @@ def register_stats_subcommands(stats_subparsers) -> None:
     p.add_argument("--chunk-size", type=int_at_least(1), default=1024, metavar="N",
                    help="image rows per logits chunk of the loss: memory grows with N × pairs, "
                    "never pairs² (default: 1024)")
+    p.add_argument("--compare-mean", default=None, metavar="DIR|ID",
+                   help="also compare the embeddings' image mean with the one a checkpoint holds "
+                   "(‖Δ‖/‖m‖ and cosine): a Kandinsky 2.2 or Karlo prior (clip_mean) or a Stable "
+                   "unCLIP model (image_normalizer) (default: none)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing report (default: refuse)")
     p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -177,14 +183,18 @@ def _report_locked(args) -> int:
 
     if not args.overwrite and any((args.out_dir / n).exists() for n in ("report.json", "report.md")):
         raise CLIError(f"--out-dir {args.out_dir} already holds a report; pass --overwrite")
+    reference = _checkpoint_mean(args.compare_mean) if args.compare_mean is not None else None
     emb = read_embeddings(args.embeddings)
     for name in ("image", "text"):
         if getattr(emb, name).shape[0] < 2:
             raise CLIError(f"--embeddings {args.embeddings} holds {getattr(emb, name).shape[0]} "
                            f"{name} embedding(s); the report needs at least 2 of each")
+    if reference is not None and reference.dim != emb.image.shape[1]:
+        raise CLIError(f"--compare-mean {args.compare_mean}: its image mean has dim {reference.dim}, the "
+                       f"embeddings {emb.image.shape[1]}: another embedding space")
     report = geometry_report(emb, alphas=args.alphas or DEFAULT_ALPHAS,
                              logit_scale=args.logit_scale, max_pairs=args.max_pairs,
-                             chunk_size=args.chunk_size)
+                             chunk_size=args.chunk_size, checkpoint_mean=reference)
     written = write_report(report, args.out_dir, overwrite=args.overwrite)
     img = report["modalities"]["image"]
     kl0 = min(report["kl_vs_alpha"], key=lambda r: abs(r["alpha"]))
@@ -192,9 +202,28 @@ def _report_locked(args) -> int:
           f"thin shell rel. error {100 * img['thin_shell']['rel_error']:.2f} %, offsets "
           f"{img['offset']:.2f} image / {report['modalities']['text']['offset']:.2f} text, "
           f"KL(α={kl0['alpha']:g}) {kl0['kl']:.3f}")
+    cmp = report.get("mean_comparison")
+    if cmp is not None and cmp["cosine"] is not None:
+        print(f"image mean vs {args.compare_mean}'s {cmp['source']}: ‖Δ‖/‖m‖ {cmp['relative_difference']:.4f}, "
+              f"cosine {cmp['cosine']:.4f}")
     for note in report.get("notes", []):
         print(f"note: {note}")
     return 0
+
+
+def _checkpoint_mean(model: str):
+    """``--compare-mean``'s image mean (:func:`vslerp.pipelines.loading.checkpoint_mean`), its
+    refusals one line naming the option."""
+    from vslerp.pipelines.loading import checkpoint_mean
+    from vslerp.ui.models import looks_like_folder
+
+    if looks_like_folder(model) and not Path(model).expanduser().is_dir():
+        raise CLIError(f"--compare-mean {model}: no such folder")
+    try:
+        return checkpoint_mean(model)
+    except ValueError as err:
+        text = " ".join(str(err).split())
+        raise CLIError(text if "--compare-mean" in text else f"--compare-mean {text}") from None
 
 
 def _list_items(args) -> tuple[str, list, list]:

@@ -13,9 +13,10 @@ from vslerp.ui.cli import CLIError
 
 __all__ = ["check_backend_options", "check_model_source", "looks_like_folder", "model_ref"]
 
-_PRIOR_CLASSES = ("KandinskyV22PriorPipeline",)  # what --prior accepts (--model: loading.BACKENDS)
+_PRIOR_CLASSES = ("KandinskyV22PriorPipeline", "UnCLIPPipeline")  # --prior: Kandinsky's, Karlo's (--model: BACKENDS)
 _CLASS_NAMES = {"KandinskyV22Pipeline": "a Kandinsky 2.2 decoder",
                 "KandinskyV22PriorPipeline": "a Kandinsky 2.2 prior",
+                "UnCLIPPipeline": "a Karlo text-to-image model (its prior)",
                 "VSlerpPipeline": "a saved VSlerpPipeline",
                 "UnCLIPImageVariationPipeline": "an unCLIP image-variation model",
                 "VSlerpUnCLIPPipeline": "a saved VSlerpUnCLIPPipeline",
@@ -50,7 +51,7 @@ def check_model_source(ident, option: str, origin: str = "") -> None:
         return
     from vslerp.pipelines.loading import BACKENDS, read_model_index
 
-    accepted, what = ((_PRIOR_CLASSES, "Kandinsky 2.2 prior") if option == "--prior" else
+    accepted, what = ((_PRIOR_CLASSES, "Kandinsky 2.2 prior (or Karlo's)") if option == "--prior" else
                       (tuple(BACKENDS), "Kandinsky 2.2 decoder (or unCLIP, Stable unCLIP, SD 1.5 / SDXL)"))
     path = Path(str(ident)).expanduser()
     if path.is_file():
@@ -84,6 +85,7 @@ def check_backend_options(spec, origin: str = "") -> None:
         IP_ADAPTER_SD,
         IP_ADAPTER_SDXL,
         KANDINSKY,
+        UNCLIP,
         backend_of,
         pipeline_class,
         read_model_index,
@@ -121,6 +123,6 @@ def check_backend_options(spec, origin: str = "") -> None:
                                                               spec.noise_level, spec.ip_adapter_scale), _OPTION_FLAGS)
     if refusal is not None:
         raise CLIError(refusal.replace("a prompt as target goes through the prior", "a prompt as TARGET goes through its prior") + origin)
-    if (spec.target or {}).get("kind") == "prompt" and backend != KANDINSKY:
+    if (spec.target or {}).get("kind") == "prompt" and backend not in (KANDINSKY, UNCLIP):  # UNCLIP: Karlo's prior
         raise CLIError(f"TARGET is a prompt, and the {backend} backend has no prior to turn it into an image "
                        f"embedding: give TARGET as an image (--prompt conditions the UNet instead){origin}")

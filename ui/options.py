@@ -162,10 +162,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    "folder, a Stable Diffusion 1.5 / SDXL base (with --ip-adapter), or a folder saved by "
                    f"save_pretrained (default: {DEFAULT_DECODER})")
     g.add_argument("--prior", default=None, metavar="DIR|ID",
-                   help=f"Kandinsky 2.2 prior repo or folder (default: {DEFAULT_PRIOR})")
+                   help=f"Kandinsky 2.2 prior repo or folder (default: {DEFAULT_PRIOR}); with an "
+                   "unCLIP/Karlo --model, Karlo's text-to-image repo (default: kakaobrain/karlo-v1-alpha)")
     g.add_argument("--stats", type=Path, default=None, metavar="FILE.safetensors",
                    help="statistics file from `vslerp stats compute` giving the image mean "
-                   "(default: the prior's own clip_mean)")
+                   "(default: the mean the checkpoint holds: the prior's clip_mean, Stable unCLIP's "
+                   "image_normalizer)")
     g.add_argument("--dtype", type=dtype_arg, default=None, metavar="DTYPE",
                    help=f"{DTYPE_HELP} (default: float16 on CUDA, else float32)")
     g.add_argument("--device", default=None,
@@ -183,7 +185,7 @@ def add_backend_options(p: argparse.ArgumentParser, ip_adapter: bool = True) -> 
         "backend options",
         "Each backend takes some of these; the others are refused, by name. --prompt is text "
         "conditioning of the UNet (Stable unCLIP, IP-Adapter), not the TARGET: a prompt TARGET "
-        "is turned into an image embedding by the prior (Kandinsky 2.2).")
+        "is turned into an image embedding by the prior (Kandinsky 2.2, Karlo).")
     g.add_argument("--strength", type=strength_arg, default=None, metavar="S",
                    help="img2img strength in (0, 1]: below 1 every cell starts from the SOURCE photo "
                    "noised to S, so the grid keeps the photo's layout (default: 1, from pure noise)")
