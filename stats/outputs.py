@@ -15,6 +15,7 @@
   them, whoever calls it (CLI, editor or the Python API), and the CLI checks its options up
   front, before models load.
 - :func:`check_writable`: can an output be written at all (checked before expensive work).
+- :func:`spreadsheet_safe`: a text cell of a CSV never starts a spreadsheet formula.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ __all__ = [
     "output_lock",
     "refuse_overwriting_inputs",
     "remove_stale_temporaries",
+    "spreadsheet_safe",
 ]
 
 TEMP_MARK = ".vslerp-tmp-"  # in every temporary name atomic_write makes
@@ -149,6 +151,17 @@ def check_regular_output(path: str | Path) -> None:
     kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
     raise ValueError(f"{path} exists and is {kind}: vslerp writes only regular files; choose "
                      "another output path")
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP "CSV injection"
+
+
+def spreadsheet_safe(text: str) -> str:
+    """A CSV text cell as OWASP recommends against formula injection: one starting with ``=``,
+    ``+``, ``-``, ``@``, a tab or a carriage return gets a leading ``'`` (spreadsheets then show
+    it as text, and hide the quote). For text cells only: a negative number stays a number."""
+    text = str(text)
+    return f"'{text}" if text.startswith(_FORMULA_STARTS) else text
 
 
 def check_writable(path: str | Path, *, folder: bool = False) -> Path:
