@@ -263,12 +263,12 @@ def atomic_write(path: str | Path, write) -> Path:
 def _remove_if_stale(candidate: Path) -> bool:
     """Remove ``candidate`` (a temporary file) unless its writer is alive: it holds the file's
     ``flock`` (:func:`_create_locked`). Anything that cannot be checked is left alone."""
-    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    flags = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)  # POSIX only
     try:
-        fd = os.open(candidate, os.O_RDWR | os.O_NONBLOCK | nofollow)
+        fd = os.open(candidate, os.O_RDWR | flags)
     except PermissionError:  # another account's file: flock needs only a descriptor
         try:
-            fd = os.open(candidate, os.O_RDONLY | os.O_NONBLOCK | nofollow)
+            fd = os.open(candidate, os.O_RDONLY | flags)
         except OSError:
             return False
     except OSError:  # gone, a link, not a file
