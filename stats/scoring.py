@@ -23,7 +23,7 @@ import torch
 from vslerp import conformity, cosine_to_mean, exact_conformity_coefficients, kl_divergence
 from vslerp.defaults import CONFORMITY_COSINE, CONFORMITY_EXACT
 
-from .outputs import atomic_write
+from .outputs import atomic_write, spreadsheet_safe
 
 __all__ = ["ESTIMATORS", "estimated_conformity", "reference_conformity", "score_kl",
            "write_scores_csv"]
@@ -64,7 +64,8 @@ def score_kl(scores: torch.Tensor, reference: torch.Tensor, bins: int = 100) -> 
 
 def write_scores_csv(path: str | Path, names: list[str], scores: torch.Tensor, *,
                      header: dict[str, str]) -> Path:
-    """Write ``name,conformity`` rows (atomically) after ``# key: value`` comment lines."""
+    """Write ``name,conformity`` rows (atomically) after ``# key: value`` comment lines; a name
+    that would start a spreadsheet formula is quoted with a leading ``'`` (spreadsheet_safe)."""
     path = Path(path)
     buf = io.StringIO()
     for key, value in header.items():
@@ -72,5 +73,5 @@ def write_scores_csv(path: str | Path, names: list[str], scores: torch.Tensor, *
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["name", "conformity"])
     for name, score in zip(names, scores.tolist(), strict=True):
-        writer.writerow([name, f"{score:.6f}"])
+        writer.writerow([spreadsheet_safe(name), f"{score:.6f}"])
     return atomic_write(path, lambda tmp: tmp.write_text(buf.getvalue(), encoding="utf-8", newline=""))

@@ -308,8 +308,8 @@ def test_killed_grid_leaves_no_blocker(work, grid, tmp_path, capsys):
                           text=True, timeout=300,
                           env={**os.environ, "VSLERP_TEST_KILL_BEFORE": "k.png"})
     assert proc.returncode == -9, proc.stderr
-    assert not out.exists() and out.with_suffix(".json").is_file()
-    assert len(list(cells.glob("*.png"))) == 4  # written before the commit point
+    assert not out.exists() and not out.with_suffix(".json").exists()  # the sidecar comes last
+    assert len(list(cells.glob("*.png"))) == 4  # written before the grid
     code, _, err = cli(capsys, *args)  # no --overwrite needed: those files were stale
     assert code == 0, err
     assert read_png_metadata(out) == json.loads(out.with_suffix(".json").read_text("utf-8"))

@@ -117,6 +117,35 @@ def test_save_png_commit_point_is_the_png(tmp_path):
     assert read_png_metadata(path) == {"seed": 2}
 
 
+@pytest.mark.parametrize("fails", ["image", "sidecar"])
+def test_a_failed_write_leaves_neither_image_nor_sidecar(tmp_path, monkeypatch, fails):
+    """The image first, the sidecar last: a full disk on either leaves no sidecar describing an
+    image that is not there (an old pair is kept when the image itself could not be written)."""
+    import errno
+
+    import vslerp.ui.outputs as outputs
+
+    path = tmp_path / "g.png"
+    save_png(_cells(1)[0], path, {"seed": 1})
+    before = path.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if fails == "image":
+        monkeypatch.setattr(Image.Image, "save", full)
+    else:
+        monkeypatch.setattr(outputs, "save_json", full)
+    with pytest.raises(OSError, match="No space left on device"):
+        save_png(_cells(1, seed=1)[0], path, {"seed": 2}, overwrite=True)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    if fails == "image":  # nothing was replaced
+        assert left == ["g.json", "g.png"] and path.read_bytes() == before
+        assert json.loads(path.with_suffix(".json").read_text(encoding="utf-8")) == {"seed": 1}
+    else:  # the new image is gone, and so is the old sidecar: it described the replaced image
+        assert left == []
+
+
 def test_sidecar_paths_never_collide():
     assert sidecar_path("a/grid.png").as_posix() == "a/grid.json"
     assert sidecar_path("a.gif").name == "a.gif.json" and sidecar_path("a.mp4").name == "a.mp4.json"

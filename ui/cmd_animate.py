@@ -1,8 +1,8 @@
 """`vslerp animate`: the path θ = 0 → 1 at one α (vSLERP, paper Eq. 12) as a GIF or an MP4.
 
-The frames are one render (:mod:`vslerp.ui.render`) of a one-column grid; the sidecar
-(``FILE.gif.json`` / ``FILE.mp4.json``, :mod:`vslerp.ui.sidecar`) is written first and the
-animation last: it is the commit point, as a grid's PNG is.
+The frames are one render (:mod:`vslerp.ui.render`) of a one-column grid; the animation is
+written first and its sidecar (``FILE.gif.json`` / ``FILE.mp4.json``, :mod:`vslerp.ui.sidecar`)
+last, as a grid's: a failed write (a full disk) leaves neither.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ def run_animate(args) -> int:
         check_device,
         check_limits,
         check_main_output,
+        check_place,
         check_stale_sidecar,
         image_ref,
         load_stats,
@@ -94,6 +95,7 @@ def run_animate(args) -> int:
     refuse_inputs({"--out": args.out, "the sidecar": sidecar},
                   {"SOURCE": source.get("path"), "TARGET": target.get("path"), "--stats": spec.stats})
     check_main_output(args.out, args.overwrite)
+    check_place(sidecar, "the sidecar")  # a FIFO there is refused, never read
     if not args.overwrite:
         check_stale_sidecar(sidecar)
     if args.out.suffix.lower() == ".mp4":
@@ -115,7 +117,7 @@ def run_animate(args) -> int:
 
 def _animate(args, spec, stats, max_cells: int, sidecar_file) -> int:
     from vslerp.ui.cli_render import load_pipeline_for_cli, render_for_cli
-    from vslerp.ui.outputs import save_animation, save_json
+    from vslerp.ui.outputs import save_animation
     from vslerp.ui.runtime import quiet_model_logs
     from vslerp.ui.sidecar import sidecar
 
@@ -124,8 +126,8 @@ def _animate(args, spec, stats, max_cells: int, sidecar_file) -> int:
         out = render_for_cli(pipe, spec, max_size=args.max_size, max_cells=max_cells)
     metadata = sidecar(spec, pipe, out, "animate", frames=len(spec.thetas), fps=args.fps,
                        pingpong=bool(args.pingpong))
-    save_json(metadata, sidecar_file, overwrite=True)  # the sidecar first, the animation last
-    save_animation(out.images, args.out, fps=args.fps, pingpong=args.pingpong, overwrite=args.overwrite)
+    save_animation(out.images, args.out, fps=args.fps, pingpong=args.pingpong,  # then the sidecar
+                   overwrite=args.overwrite, metadata=metadata)
     print(f"wrote {args.out} ({len(spec.thetas)} frames{' ping-pong' if args.pingpong else ''}) "
           f"and {sidecar_file}")
     return 0

@@ -2,8 +2,9 @@
 
 Each job is a :class:`~vslerp.ui.render.RenderSpec` (the options', with the job's inputs, axes,
 seed, steps, size and guidance), rendered and written as ``vslerp grid`` does. Its sidecar
-records a fingerprint of what its output depends on, so a stopped batch resumes (same
-fingerprint: skipped) and an edited job is never mistaken for a rendered one. Under
+records a fingerprint of what its output depends on and the sha256 of the PNG written, so a
+stopped batch resumes (same fingerprint and the PNG intact: skipped; a truncated or damaged PNG:
+rendered again) and an edited job is never mistaken for a rendered one. Under
 ``accelerate launch --num_processes N`` the pending jobs are split between processes.
 """
 
@@ -199,19 +200,53 @@ def _params(spec, stats) -> dict:
     return json.loads(json.dumps(params))
 
 
+_DAMAGED = "damaged"  # _rendered_differently's word for an output to render again, unasked
+
+
+def _damaged(png: Path, recorded: dict) -> str | None:
+    """None if ``png`` is the file its job wrote (its sha256, recorded in the sidecar after the
+    PNG was written; a sidecar older than that: the PNG decodes), else why not."""
+    from PIL import Image
+
+    from vslerp.ui.outputs import file_sha256
+
+    expected = recorded.get("png_sha256")
+    try:
+        if expected is not None:
+            return None if file_sha256(png) == expected else "its bytes differ from the PNG written"
+        with Image.open(png) as image:
+            image.verify()  # every chunk's CRC through IEND: a truncated file fails
+    except Image.DecompressionBombError:
+        return None  # a huge grid of an older batch: not decoded to be checked
+    except Exception as err:  # whatever the decoder says of a broken file
+        return f"cannot be decoded ({' '.join(str(err).split()) or type(err).__name__})"
+    return None
+
+
 def _rendered_differently(png: Path, job: dict) -> str | None:
-    """None if ``png``'s sidecar records ``job``'s fingerprint, else what differs, in words."""
-    from vslerp.ui.outputs import sidecar_path
+    """None if ``png``'s sidecar records ``job``'s fingerprint and ``png`` is intact, else what
+    differs, in words (starting with :data:`_DAMAGED` when it is this job's own output, broken
+    or without its sidecar: rendered again without ``--overwrite``)."""
+    from vslerp.ui.outputs import read_png_metadata, sidecar_path
 
     sidecar = sidecar_path(png)
     try:
         recorded = json.loads(sidecar.read_text(encoding="utf-8")).get("job") or {}
     except FileNotFoundError:
+        try:  # the PNG is written before its sidecar: a run stopped in between
+            own = (read_png_metadata(png).get("job") or {}).get("fingerprint") == job["fingerprint"]
+        except Exception:  # not a vslerp PNG, or a broken one
+            own = False
+        if own:
+            return f"{_DAMAGED}: {sidecar.name} beside it was never written"
         return f"exists, but {sidecar.name} beside it is missing (its parameters are unknown)"
     except (OSError, ValueError, AttributeError):
         return f"exists, but {sidecar.name} beside it cannot be read"
+    if not isinstance(recorded, dict):
+        return "exists, but was not rendered by vslerp batch (no job fingerprint in its sidecar)"
     if recorded.get("fingerprint") == job["fingerprint"]:
-        return None
+        why = _damaged(png, recorded)
+        return None if why is None else f"{_DAMAGED}: {why}"
     old = recorded.get("params")
     if not isinstance(old, dict):
         return "exists, but was not rendered by vslerp batch (no job fingerprint in its sidecar)"
@@ -253,10 +288,11 @@ def run_batch(args) -> int:
             ref = getattr(job["spec"], key)
             if ref["kind"] == "image":
                 inputs[f"{key} of line {job['line']}"] = ref["path"]
-    refuse_inputs({f"the {kind} of line {job['line']}": args.out_dir / f"{job['name']}{suffix}"
-                   for job in jobs for kind, suffix in (("grid", ".png"), ("sidecar", ".json"))},
-                  inputs)
+    outputs = {f"the {kind} of line {job['line']}": args.out_dir / f"{job['name']}{suffix}"
+               for job in jobs for kind, suffix in (("grid", ".png"), ("sidecar", ".json"))}
+    refuse_inputs(outputs, inputs)
     check_place(args.out_dir, "--out-dir", folder=True)
+    _regular_outputs(outputs)
     check_device(base.device)
     check_model_source(base.model, "--model")
     check_model_source(base.prior, "--prior")
@@ -265,6 +301,17 @@ def run_batch(args) -> int:
     stats = load_stats(base.stats)
     with own(folders=(args.out_dir,)):
         return _batch(args, jobs, stats)
+
+
+def _regular_outputs(outputs: dict) -> None:
+    """Every existing output is a regular file (a FIFO is refused, never read)."""
+    from vslerp.stats.outputs import check_regular_output
+
+    for name, path in outputs.items():
+        try:
+            check_regular_output(path)
+        except ValueError as err:
+            raise CLIError(f"{name}: {err}") from None
 
 
 def _pending(args, jobs, stats) -> tuple[list, int]:
@@ -277,7 +324,7 @@ def _pending(args, jobs, stats) -> tuple[list, int]:
         why = _rendered_differently(png, job) if png.exists() else "missing"
         if why is None:
             skipped += 1
-        elif why == "missing" or args.overwrite:
+        elif why == "missing" or why.startswith(_DAMAGED) or args.overwrite:
             pending.append(job)
         else:
             changed.append((job, png, why))
@@ -293,7 +340,7 @@ def _batch(args, jobs, stats) -> int:
     from tqdm.auto import tqdm
 
     from vslerp.ui.cli_render import load_pipeline_for_cli, render_for_cli
-    from vslerp.ui.outputs import make_grid, save_png
+    from vslerp.ui.outputs import file_sha256, make_grid, save_png
     from vslerp.ui.runtime import accelerate_state, quiet_model_logs
     from vslerp.ui.sidecar import sidecar
 
@@ -321,7 +368,9 @@ def _batch(args, jobs, stats) -> int:
                 "file": str(args.jobs.resolve()), "line": job["line"], "name": job["name"],
                 "fingerprint": job["fingerprint"], "params": job["params"]})
             grid = make_grid(out.images, out.thetas, out.alphas, labels=spec.labels)
-            save_png(grid, args.out_dir / f"{job['name']}.png", metadata, overwrite=True)
+            save_png(grid, args.out_dir / f"{job['name']}.png", metadata, overwrite=True,
+                     sidecar=lambda png, meta=metadata: {  # what a resume checks the PNG against
+                         **meta, "job": {**meta["job"], "png_sha256": file_sha256(png)}})
         cells_bar.close()
     print(f"rendered {len(mine)} jobs into {args.out_dir}"
           + (f" (skipped {skipped} already there)" if skipped else "")

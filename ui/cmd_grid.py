@@ -1,9 +1,10 @@
 """`vslerp grid`: render a labelled θ × α grid of vSLERP (paper Eq. 12, Fig. 12) from the shell.
 
 Every output carries what it takes to render it again (a ``.json`` sidecar and the PNG's text
-chunk, :mod:`vslerp.ui.sidecar`). The grid PNG is written last: it is the commit point, so an
-interrupted run leaves at most a sidecar and cells without it, which are stale and replaced by
-the next run. Everything cheap (paths, values, devices, model folders, output folders) is
+chunk, :mod:`vslerp.ui.sidecar`). The cells are written first, then the grid PNG, then its
+sidecar: an interrupted run leaves at most cells without their grid, which are stale and
+replaced by the next run, and a failed write leaves no sidecar. Everything cheap (paths, values,
+devices, model folders, output folders; outputs that are special files or one another) is
 checked before any model is loaded (:mod:`vslerp.ui.checks`, :mod:`vslerp.ui.models`).
 """
 
@@ -123,10 +124,12 @@ def run_grid(args) -> int:
                   {"SOURCE": spec.source.get("path"), "TARGET": spec.target.get("path"),
                    "--from": args.from_, "--stats": spec.stats})
     check_main_output(args.out, args.overwrite)
+    check_place(sidecar, "the sidecar")  # a FIFO there is refused, never read
     if not args.overwrite:
         check_stale_sidecar(sidecar)
     if args.cells_dir is not None:
         check_place(args.cells_dir, "--cells-dir", folder=True)
+        _regular_cells(cells)
         if not args.overwrite:
             check_cells(cells, args.out)
     check_device(spec.device)
@@ -140,6 +143,17 @@ def run_grid(args) -> int:
         if cells and not args.overwrite:
             check_cells(cells, args.out)
         return _grid(args, spec, meta, stats, sidecar, cells)
+
+
+def _regular_cells(cells) -> None:
+    """Each existing cell is a regular file (``vslerp.stats.outputs.check_regular_output``)."""
+    from vslerp.stats.outputs import check_regular_output
+
+    try:
+        for path in cells:
+            check_regular_output(path)
+    except ValueError as err:
+        raise CLIError(f"--cells-dir: {err}") from None
 
 
 def _grid(args, spec, meta, stats, sidecar_file, cells) -> int:
@@ -158,7 +172,7 @@ def _grid(args, spec, meta, stats, sidecar_file, cells) -> int:
     metadata = sidecar(spec, pipe, out, "grid")
     grid = make_grid(out.images, out.thetas, out.alphas, labels=spec.labels)
     owner = str(args.out.resolve())
-    for i, path in enumerate(cells):  # cells first, the sidecar, then the grid: the commit point
+    for i, path in enumerate(cells):  # cells first, then the grid, its sidecar last
         r, c = divmod(i, len(spec.alphas))
         cell = {"row": r, "col": c, "theta": out.thetas[r], "alpha": out.alphas[c]}
         save_png(out.images[i], path, {**metadata, "grid": owner, "cell": cell}, overwrite=True,

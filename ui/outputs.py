@@ -3,11 +3,13 @@
 Every file goes to a temporary name in the same folder and is ``os.replace``'d into place, so
 a killed run never leaves a half-written output. A PNG carries its parameters twice: as JSON in
 the PNG text chunk ``"vslerp"`` and in a ``.json`` sidecar beside it (:func:`sidecar_path`).
-The main output is written last: it is the commit point of a render.
+The image is written first and its sidecar last, so a failed write (a full disk) never leaves a
+sidecar describing an image that is not there: on any error both are removed.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -20,8 +22,8 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from vslerp._checks import check_magnitude
 from vslerp.stats.outputs import TEMP_MARK, atomic_write
 
-__all__ = ["FPS_RANGES", "PNG_KEY", "check_fps", "file_sha256", "make_grid", "parse_values", "read_png_metadata",
-           "save_animation", "save_json", "save_png", "sidecar_path"]
+__all__ = ["FPS_RANGES", "PNG_KEY", "check_fps", "file_sha256", "make_grid", "parse_values",
+           "read_png_metadata", "save_animation", "save_json", "save_png", "sidecar_path"]
 
 PNG_KEY = "vslerp"  # PNG text chunk holding the JSON metadata
 _MAX_VALUES = 1000  # more values than this on one axis is a typo, not a grid
@@ -273,24 +275,42 @@ def _write(path: Path, write) -> Path:
         raise OSError(f"cannot write {path}: {detail}") from err
 
 
-def save_png(image: Image.Image, path, metadata: dict, overwrite: bool = False,
-             sidecar: bool = True) -> Path:
-    """Write ``image`` as PNG with ``metadata`` as JSON in text chunk ``"vslerp"`` and (unless
-    ``sidecar=False``) in ``path.with_suffix(".json")``.
+def _with_sidecar(path: Path, write, metadata) -> Path:
+    """Write ``path`` (``write(tmp)``, atomically), then its sidecar ``metadata`` (a dict, or a
+    callable taking the written ``path`` and returning it; None: no sidecar), atomically.
 
-    The PNG is the commit point: the sidecar is written first, the PNG last, both atomically,
-    so a killed run leaves at most a sidecar without its PNG — stale, and replaced by the next
-    run. Refuses an existing PNG unless ``overwrite``.
+    The image first, the sidecar last: when either fails (a full disk, Ctrl-C) neither is left,
+    not even an older sidecar, which would describe an image that is no longer there."""
+    _write(path, write)
+    if metadata is None:
+        return path
+    try:
+        save_json(metadata(path) if callable(metadata) else metadata, sidecar_path(path),
+                  overwrite=True)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        sidecar_path(path).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_png(image: Image.Image, path, metadata: dict, overwrite: bool = False,
+             sidecar=True) -> Path:
+    """Write ``image`` as PNG with ``metadata`` as JSON in text chunk ``"vslerp"`` and (unless
+    ``sidecar=False``) in ``path.with_suffix(".json")``; ``sidecar`` may be a callable taking
+    the written PNG's path and returning the sidecar's dict (to record the PNG's sha256).
+
+    The PNG first, the sidecar last, each atomically; on an error neither is left
+    (:func:`_with_sidecar`). A killed run leaves at most the PNG, whose text chunk still holds
+    its parameters. Refuses an existing PNG unless ``overwrite``.
     """
     path = Path(path)
     _check_new(path, overwrite)
     text = json.dumps(metadata, indent=2, sort_keys=True, allow_nan=False)
     info = PngImagePlugin.PngInfo()
     info.add_itxt(PNG_KEY, text)
-    if sidecar:
-        save_json(metadata, sidecar_path(path), overwrite=True)
-    _write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
-    return path
+    return _with_sidecar(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info),
+                         sidecar if callable(sidecar) else metadata if sidecar else None)
 
 
 def save_json(metadata: dict, path, overwrite: bool = False) -> Path:
@@ -315,14 +335,30 @@ def read_png_metadata(path) -> dict:
         raise ValueError(f"{path}: {PNG_KEY!r} metadata is not valid JSON ({err})") from None
 
 
+def _check_video(tmp: Path, expected: int) -> None:
+    """ffmpeg's exit status is not reported by imageio-ffmpeg: a full disk leaves a truncated
+    MP4 and no error. Read the file back (ffmpeg counts its frames) before it is committed."""
+    import imageio_ffmpeg
+
+    try:
+        frames, _ = imageio_ffmpeg.count_frames_and_secs(tmp)
+    except (RuntimeError, OSError):
+        frames = 0
+    if frames != expected:
+        raise OSError(errno.EIO, f"ffmpeg did not finish writing it ({frames} of {expected} "
+                      "frames readable; is the disk full?)")
+
+
 def save_animation(frames: Sequence[Image.Image], path, fps: float = 8, pingpong: bool = False,
-                   overwrite: bool = True) -> Path:
-    """Write ``frames`` as ``.gif`` (looping) or ``.mp4`` (H.264 via imageio-ffmpeg), atomically.
+                   overwrite: bool = True, metadata: dict | None = None) -> Path:
+    """Write ``frames`` as ``.gif`` (looping) or ``.mp4`` (H.264 via imageio-ffmpeg), atomically,
+    then (when ``metadata`` is given) its sidecar (:func:`sidecar_path`); on an error neither is
+    left.
 
     ``pingpong`` appends the frames backwards without repeating the ends (a, b, c, b), so the
-    loop goes there and back. MP4 frame sizes are padded to even numbers for yuv420p.
+    loop goes there and back. MP4 frame sizes are padded to even numbers for yuv420p; an MP4 is
+    read back before it is committed (:func:`_check_video`).
     """
-    import imageio.v3 as iio
     import numpy as np
 
     path = Path(path)
@@ -338,8 +374,11 @@ def save_animation(frames: Sequence[Image.Image], path, fps: float = 8, pingpong
         frames = frames + frames[-2:0:-1]
     arrays = np.stack([np.asarray(f.convert("RGB")) for f in frames])  # (F, H, W, 3) uint8
     if suffix == ".gif":
-        def write(tmp):
-            iio.imwrite(tmp, arrays, extension=".gif", duration=1000 / fps, loop=0)
+        images = [Image.fromarray(a) for a in arrays]
+
+        def write(tmp):  # Pillow itself (as imageio's plugin does): an error leaves no writer open
+            images[0].save(tmp, format="GIF", save_all=len(images) > 1,
+                           append_images=images[1:], duration=1000 / fps, loop=0)
     else:
         f, h, w, _ = arrays.shape
         if h % 2 or w % 2:
@@ -353,5 +392,6 @@ def save_animation(frames: Sequence[Image.Image], path, fps: float = 8, pingpong
                                  ffmpeg_log_level="error") as writer:
                 for frame in arrays:
                     writer.append_data(frame)
+            _check_video(tmp, len(arrays))
 
-    return _write(path, write)
+    return _with_sidecar(path, write, metadata)
