@@ -72,7 +72,7 @@ class Plan:
     flux_measure: tuple[int, int]  # step counts whose difference gives the per-step time
 
 
-FULL = Plan(dry_run=False, dtype="bfloat16", matmul_n=8192, repeats=2, k_size=512, k_big=768, k_steps=50,
+FULL = Plan(dry_run=False, dtype="bfloat16", matmul_n=8192, repeats=3, k_size=512, k_big=768, k_steps=50,
             grid_steps=20, batches=(1, 4, 8, 17), movq_sizes=(512, 1024), movq_tile=64, compile_steps=20,
             compile_backend="inductor", prior_steps=25, prior_batches=(1, 8), stats_images=2048,
             stats_batches=(64, 256), stats_repeats=1, workers=min(8, os.cpu_count() or 1), editor_steps=50,
@@ -199,7 +199,8 @@ def write_outputs(out: Path, suite, plan: Plan, args, seconds: float) -> None:
     header = {"device": device_string(args.device), "torch": torch.__version__, "diffusers": diffusers.__version__,
               "transformers": transformers.__version__, "python": platform.python_version(),
               "command": " ".join([Path(sys.executable).name, *sys.argv]), "dry_run": plan.dry_run,
-              "seconds": seconds, "budget_s": args.budget_s, "plan": asdict(plan),
+              "seconds": seconds, "budget_s": None if args.budget_s == float("inf") else args.budget_s,
+              "plan": asdict(plan),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "section_seconds": suite.section_seconds}
     payload = {**header, "rows": [row.as_json() for row in suite.rows]}
     atomic_write(out / "results.json", lambda tmp: tmp.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8"))

@@ -57,10 +57,12 @@ def test_results_json_and_markdown(tmp_path):
     suite.skip("FLUX + IP-Adapter 3×3 grid vs 9 calls", "vslerp FLUX backend not yet built", "×")
 
     class Args:
-        device, budget_s = "cpu", 10.0
+        device, budget_s = "cpu", float("inf")  # the dry run's default: no budget
 
     bench_gpu.write_outputs(tmp_path, suite, bench_gpu.TINY, Args, 1.0)
-    data = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+    data = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"),
+                      parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))  # Infinity / NaN
+    assert data["budget_s"] is None
     assert {"device", "torch", "diffusers", "command", "rows"} <= set(data)
     assert [set(r) for r in data["rows"]] == [ROW_KEYS, ROW_KEYS]
     assert data["rows"][1]["status"] == "skipped: vslerp FLUX backend not yet built"
