@@ -15,8 +15,10 @@ cd "$(dirname "$0")/.."
 mode="${1:-run}"
 shift || true
 # distribution:minimum version ("carried": the fetched one; "any": install only when missing):
-# what diffusers needs beyond torch, transformers, safetensors, numpy and pillow (its Requires-Dist)
-WHEELS="diffusers:carried huggingface_hub:1.32.0 importlib_metadata:any zipp:any requests:any
+# what diffusers needs beyond torch, transformers, safetensors, numpy and pillow (its Requires-Dist).
+# huggingface_hub comes with transformers: a newer one (with its own requirements) could break the
+# machine's transformers, and diffusers checks only python, requests, filelock and numpy at import.
+WHEELS="diffusers:carried huggingface_hub:any importlib_metadata:any zipp:any requests:any
 charset_normalizer:any idna:any urllib3:any certifi:any setuptools:64"
 
 if [ "$mode" = "fetch" ]; then
