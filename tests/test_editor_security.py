@@ -6,6 +6,7 @@ exit (SIGTERM too)."""
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import os
 import re
@@ -283,6 +284,17 @@ def test_results_are_capped_by_age_and_size(served, source, tmp_path):
         editor.details(result, [])
     folders = [p for p in editor.out_dir.iterdir() if p.name.startswith(("api-", "result-", "sweep-"))]
     assert len(folders) == 2  # pruned to the cap before each new result: the cap's one, and the newest
+
+
+def test_an_editors_own_results_folder_goes_with_it(served):
+    from vslerp.ui.editor import Editor
+
+    editor = Editor(served[0].pipe, tiny_random=True)  # no out_dir: a temporary folder of its own
+    folder = editor.out_dir
+    assert folder.is_dir()
+    del editor
+    gc.collect()
+    assert not folder.exists()
 
 
 def test_gradio_cache_is_bounded(served):

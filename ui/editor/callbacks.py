@@ -10,8 +10,10 @@ Mistakes raise :class:`~.messages.EditorError`; no Gradio here but the result vi
 from __future__ import annotations
 
 import random
+import shutil
 import tempfile
 import threading
+import weakref
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import replace
@@ -64,6 +66,7 @@ class Editor(ResultViews):
     noise-only smoke test. prior_steps, stats_path: override the spec's. ``steps_run`` /
     ``cancelled`` count denoising steps and cancelled renders; max_batch: cells of concurrent
     requests rendered in one call (1: one request at a time; ``queue.batches`` counts batches).
+    out_dir: the results folder (default: a temporary folder of its own, removed with the editor).
     """
 
     def __init__(self, pipe, *, spec=None, statistics=None, reference: torch.Tensor | None = None,
@@ -92,6 +95,8 @@ class Editor(ResultViews):
             self.reference_conformity = self._reference_conformity(self.default_statistics)
         self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="vslerp-editor-"))
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        if out_dir is None:  # a folder of its own: removed with the editor, at exit at the latest
+            weakref.finalize(self, shutil.rmtree, str(self.out_dir), True)
         self.queue = RenderQueue(self._render_batch, max_cells=max_batch)
 
     # -- inputs ---------------------------------------------------------------------------
