@@ -4,6 +4,7 @@ another strength's batch, and the controls a backend does not take are hidden an
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import threading
@@ -207,7 +208,10 @@ def test_the_pages_edit_event_passes_the_strength_and_drops_hidden_controls(edit
 
     demo = build_page(editor)
     ui_edit = next(f.fn for f in demo.fns.values() if getattr(f, "name", "") == "ui_edit")
-    image, result = ui_edit(str(images["source"]), str(images["target"]), "", 0.0, 0.0, 0, STEPS, 4.0, SIZE,
+    # an HTTP event takes uploads, never a server path: the files' bytes, as a browser's data URLs
+    source, target = ("data:image/png;base64," + base64.b64encode(images[key].read_bytes()).decode()
+                      for key in ("source", "target"))
+    image, result = ui_edit(source, target, "", 0.0, 0.0, 0, STEPS, 4.0, SIZE,
                             "startup", None, 0.5, "a hidden text prompt", "", 100, 1.0, "image")
     assert result["metadata"]["strength"] == 0.5 and result["metadata"]["prompt"] is None
     np.testing.assert_array_equal(_pixels(image), _alone(pipe, images, 0.5))

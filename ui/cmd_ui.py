@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from vslerp.defaults import DEFAULT_DECODER, DEFAULT_PRIOR
@@ -111,8 +115,41 @@ def run(args) -> int:
             if args.model and not args.prior else
             f"decoder {args.model or DEFAULT_DECODER}, prior {args.prior or DEFAULT_PRIOR}")
     print(f"vslerp ui: loading {what} — this can take a minute…", file=sys.stderr, flush=True)
-    with tempfile.TemporaryDirectory(prefix="vslerp-ui-") as tmp:  # the tiny model, removed at exit
+    # One temporary root for everything the editor writes — the tiny model, its results, and
+    # Gradio's uploads and served files (GRADIO_TEMP_DIR, unless set) — removed at exit, SIGTERM
+    # and Ctrl-C included.
+    with _exit_on_sigterm(), tempfile.TemporaryDirectory(prefix="vslerp-ui-") as tmp, _gradio_temp_dir(tmp):
         return _serve(args, tmp, CLIError)
+
+
+@contextlib.contextmanager
+def _exit_on_sigterm():
+    """SIGTERM unwinds like Ctrl-C (the ``finally`` blocks and temporary folders run), exit 143."""
+    if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _gradio_temp_dir(tmp: str):
+    """Gradio's upload and cache folder inside ``tmp`` while serving, unless GRADIO_TEMP_DIR is set."""
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        yield
+        return
+    os.environ["GRADIO_TEMP_DIR"] = str(Path(tmp) / "gradio")
+    try:
+        yield
+    finally:
+        os.environ.pop("GRADIO_TEMP_DIR", None)
 
 
 def _one_line(err: BaseException) -> str:
@@ -183,7 +220,7 @@ def _serve(args, tmp: str, CLIError) -> int:  # noqa: N803 - the CLI's exception
         reference = reference.image
     pipe.set_progress_bar_config(disable=False, leave=False)
     demo = build_editor(pipe, spec=spec, statistics=stats, tiny_random=args.tiny_random,
-                        concurrency=args.concurrency, reference=reference)
+                        concurrency=args.concurrency, reference=reference, out_dir=Path(tmp) / "editor")
     try:
         # prevent_thread_lock: launch returns once the server answers; then we say so and block.
         demo.launch(prevent_thread_lock=True, **launch_kwargs(args.host, args.port, args.share))

@@ -10,14 +10,21 @@ endpoints, ``gr.api``) and :mod:`.layout` (the page). Nothing is launched here: 
 """
 
 from vslerp.ui.editor.batching import RenderQueue
-from vslerp.ui.editor.boundary import run_event
+from vslerp.ui.editor.boundary import run_client_event, run_event
 from vslerp.ui.editor.cache import EditorState
 from vslerp.ui.editor.callbacks import MAX_BATCH_CELLS, Editor
 from vslerp.ui.editor.layout import build_editor, build_page, launch_kwargs
 from vslerp.ui.editor.messages import EditorError, RenderCancelled
 from vslerp.ui.editor.results import USEFUL_ALPHA
-from vslerp.ui.editor.uploads import MAX_PIXELS, MAX_UPLOAD_BYTES, Upload, as_upload, open_upload
+from vslerp.ui.editor.uploads import (
+           MAX_PIXELS,
+           MAX_UPLOAD_BYTES,
+           Upload,
+           as_upload,
+           client_upload,
+           open_upload,
+)
 
 __all__ = ["MAX_BATCH_CELLS", "MAX_PIXELS", "MAX_UPLOAD_BYTES", "USEFUL_ALPHA", "Editor", "EditorError",
            "EditorState", "RenderCancelled", "RenderQueue", "Upload", "as_upload", "build_editor", "build_page",
-           "launch_kwargs", "open_upload", "run_event"]
+           "client_upload", "launch_kwargs", "open_upload", "run_client_event", "run_event"]

@@ -1,17 +1,14 @@
 """The editor's API endpoints, ``gr.api`` functions: ``/edit`` and ``/sweep`` (``gradio_client``).
 
-Inputs arrive as JSON values and Gradio file payloads (``handle_file``: uploaded first, checked
-to be in Gradio's upload folder), unbounded by any slider: the editor checks and names each
-value. Give a target image or a target prompt, not both. Each returns the image as a PNG that
+Inputs arrive as JSON values and Gradio file payloads (``handle_file``: uploaded first), unbounded
+by any slider and unchecked by Gradio: a file must be in Gradio's upload folder or a data URL
+(``Editor.client_files``, never a server path), and the editor checks and names each value. Give a target image or a target prompt, not both. Each returns the image as a PNG that
 carries the editor's sidecar metadata (``vslerp grid --from`` renders it again).
 """
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
-from vslerp.ui.editor.boundary import call, run_event
+from vslerp.ui.editor.boundary import call, run_client_event
 
 __all__ = ["add_api"]
 
@@ -22,7 +19,7 @@ def _png(editor, image, result) -> dict:
 
     from vslerp.ui.outputs import save_png
 
-    folder = Path(tempfile.mkdtemp(prefix="api-", dir=editor.out_dir))
+    folder = editor.result_folder("api")
     png = save_png(image, folder / f"vslerp-{result['kind']}.png", result["metadata"], sidecar=False)
     return FileData(path=str(png), orig_name=png.name).model_dump()
 
@@ -44,10 +41,11 @@ def add_api(editor, *, steps: int, size: int, guidance: float, **queue) -> None:
         strength < 1 starts from the source photo (img2img); text_prompt / negative_prompt
         condition the UNet (Stable unCLIP, IP-Adapter), noise_level is Stable unCLIP's,
         ip_adapter_scale the IP-Adapter's: a model refuses those it does not take."""
-        image, result = run_event(editor.edit, source, target_image, target_prompt, theta, alpha, seed,
-                                  steps, guidance, size, mean_source, stats_file, strength=strength,
-                                  text_prompt=text_prompt, negative_prompt=negative_prompt,
-                                  noise_level=noise_level, ip_adapter_scale=ip_adapter_scale)
+        image, result = run_client_event(editor, editor.edit, source, target_image, target_prompt, theta, alpha,
+                                         seed, steps, guidance, size, mean_source, stats_file=stats_file,
+                                         strength=strength, text_prompt=text_prompt,
+                                         negative_prompt=negative_prompt, noise_level=noise_level,
+                                         ip_adapter_scale=ip_adapter_scale)
         return call(_png, editor, image, result)
 
     def sweep(source: dict | None, target_image: dict | None, target_prompt: str | None, thetas_text: str,
@@ -57,10 +55,11 @@ def add_api(editor, *, steps: int, size: int, guidance: float, **queue) -> None:
               ip_adapter_scale: float | None = None) -> dict:
         """A θ × α grid (θ, α lists as text: "0,0.5,1" or "start:stop:count") → the labelled grid
         (the backend options as /edit's)."""
-        grid, result = run_event(editor.sweep, source, target_image, target_prompt, thetas_text, alphas_text,
-                                 seed, steps, guidance, size, mean_source, stats_file, strength=strength,
-                                 text_prompt=text_prompt, negative_prompt=negative_prompt,
-                                 noise_level=noise_level, ip_adapter_scale=ip_adapter_scale)
+        grid, result = run_client_event(editor, editor.sweep, source, target_image, target_prompt, thetas_text,
+                                        alphas_text, seed, steps, guidance, size, mean_source,
+                                        stats_file=stats_file, strength=strength, text_prompt=text_prompt,
+                                        negative_prompt=negative_prompt, noise_level=noise_level,
+                                        ip_adapter_scale=ip_adapter_scale)
         return call(_png, editor, grid, result)
 
     gr.api(edit, api_name="edit", **queue)

@@ -1,9 +1,10 @@
 """The Gradio boundary: where the editor's errors become ``gr.Error`` and notes ``gr.Warning``.
 
-Every page and API event calls the editor through :func:`run_event` (or :func:`call`): an
+Every page and API event calls the editor through :func:`run_client_event` (or :func:`call`): an
 :class:`~vslerp.ui.editor.messages.EditorError` reaches the page as it is, with no traceback
 on the server; any other exception is a server error, logged with its traceback and shown as a
-short message. :func:`client_gone_probe` lets a render stop once its page is closed.
+short message. An HTTP event's files become uploads first (``Editor.client_files``: never a
+server path). :func:`client_gone_probe` lets a render stop once its page is closed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 
 from vslerp.ui.editor.messages import EditorError
 
-__all__ = ["call", "client_gone_probe", "run_event", "warn"]
+__all__ = ["call", "client_gone_probe", "run_client_event", "run_event", "warn"]
 
 log = logging.getLogger("vslerp.ui.editor")
 
@@ -37,6 +38,17 @@ def run_event(method, *args, target_kind: str = "auto", **kwargs):
     """Call an editor render callback (``Editor.edit`` / ``sweep``) for a page or API event,
     stopping between denoising steps once the page that asked for it is gone."""
     return call(method, *args, target_kind=target_kind, should_stop=client_gone_probe(), **kwargs)
+
+
+def run_client_event(editor, method, source, target_image, *args, stats_file=None, **kwargs):
+    """:func:`run_event` of an HTTP event (the page's or the API's): its file values (source,
+    target image, statistics file) are taken as uploads only (``editor.client_files``), and the
+    files it wrote from data URLs are deleted once the event is over."""
+    def event(*rest, **options):
+        with editor.client_files(source, target_image, stats_file) as (source_file, target_file, stats):
+            return method(source_file, target_file, *rest, stats_file=stats, **options)
+
+    return run_event(event, *args, **kwargs)
 
 
 def warn(message: str) -> None:

@@ -10,9 +10,12 @@ Mistakes raise :class:`~.messages.EditorError`; no Gradio here but the result vi
 from __future__ import annotations
 
 import random
+import shutil
 import tempfile
 import threading
+import weakref
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,8 +31,17 @@ from vslerp.ui.editor.messages import (
     sentence,
 )
 from vslerp.ui.editor.results import ResultViews
-from vslerp.ui.editor.uploads import as_upload, open_upload
-from vslerp.ui.editor.values import MAX_SIZE, MAX_STEPS, axis, backend_options, seed_value, settings
+from vslerp.ui.editor.uploads import as_upload, client_upload, discard, open_upload, refused
+from vslerp.ui.editor.values import (
+    MAX_SIZE,
+    MAX_STEPS,
+    axis,
+    backend_options,
+    mean_source_value,
+    seed_value,
+    settings,
+    text_value,
+)
 
 __all__ = ["MAX_BATCH_CELLS", "MAX_CELLS", "MAX_SIZE", "MAX_STEPS", "MEAN_WORDS", "Editor"]
 
@@ -54,6 +66,7 @@ class Editor(ResultViews):
     noise-only smoke test. prior_steps, stats_path: override the spec's. ``steps_run`` /
     ``cancelled`` count denoising steps and cancelled renders; max_batch: cells of concurrent
     requests rendered in one call (1: one request at a time; ``queue.batches`` counts batches).
+    out_dir: the results folder (default: a temporary folder of its own, removed with the editor).
     """
 
     def __init__(self, pipe, *, spec=None, statistics=None, reference: torch.Tensor | None = None,
@@ -82,18 +95,40 @@ class Editor(ResultViews):
             self.reference_conformity = self._reference_conformity(self.default_statistics)
         self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="vslerp-editor-"))
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        if out_dir is None:  # a folder of its own: removed with the editor, at exit at the latest
+            weakref.finalize(self, shutil.rmtree, str(self.out_dir), True)
         self.queue = RenderQueue(self._render_batch, max_cells=max_batch)
 
     # -- inputs ---------------------------------------------------------------------------
     def upload(self, payload, name: str):
-        """An event's file value as an :class:`~.uploads.Upload` (data URLs land in ``out_dir``)."""
+        """A Python caller's file value as an :class:`~.uploads.Upload` (data URLs land in
+        ``out_dir``); an HTTP client's values went through :meth:`client_files` first."""
         return as_upload(payload, self.out_dir / "uploads", name)
+
+    @contextmanager
+    def client_files(self, source, target_image, stats_file):
+        """An HTTP event's file values (source, target image, statistics file) as uploads
+        (:func:`~.uploads.client_upload`: Gradio's uploads or data URLs only, never a server path);
+        the files written from data URLs are deleted when the event is over."""
+        folder = self.out_dir / "uploads"
+        files = []
+        try:
+            for payload, name in ((source, "source image"), (target_image, "target image"),
+                                  (stats_file, "statistics file")):
+                files.append(client_upload(payload, folder, name))
+            yield tuple(files)
+        finally:
+            for upload in files:
+                if upload is not None and upload.temporary:
+                    discard(upload)
 
     def _statistics(self, mean_source: str | None, stats_file) -> tuple[object, str, str | None]:
         """(Statistics, label, path for the metadata) of the chosen mean source, checked against
         the model (``pipe.check_statistics``: nothing on the pipeline changes)."""
         from vslerp.stats import Statistics, load
+        from vslerp.ui.outputs import file_sha256
 
+        mean_source = mean_source_value(mean_source, getattr(self.pipe, "prior", None) is not None)
         if mean_source == "prior clip_mean":
             stats = Statistics.from_prior(self.pipe.prior, model_id=self.pipe.model_ids.get("prior"))
             label, path = MEAN_WORDS["prior_clip_mean"], None
@@ -103,24 +138,27 @@ class Editor(ResultViews):
                 raise EditorError("Mean source 'statistics file': upload a .safetensors statistics file "
                                   "(Advanced → Statistics file).")
             path, name = str(stats_file), display_name(stats_file)
-            with self._lock:
-                stats = self._stats_cache.get(path)
-            if stats is None:
-                try:
-                    stats = load(path)
-                except (OSError, ValueError) as err:
-                    raise EditorError(f"Cannot read the statistics file: {mentioning(err, path, name)}") from None
+            try:
+                key = file_sha256(path)  # by content: a data URL's temporary name may come again
                 with self._lock:
-                    self._stats_cache[path] = stats
-                    while len(self._stats_cache) > _STATS_CACHE_SIZE:
-                        self._stats_cache.popitem(last=False)
+                    stats = self._stats_cache.get(key)
+                if stats is None:
+                    stats = load(path)
+                    with self._lock:
+                        self._stats_cache[key] = stats
+                        while len(self._stats_cache) > _STATS_CACHE_SIZE:
+                            self._stats_cache.popitem(last=False)
+            except (OSError, ValueError) as err:
+                raise refused(stats_file, EditorError(f"Cannot read the statistics file: "
+                                                      f"{mentioning(err, path, name)}")) from None
             label, path = f"{MEAN_WORDS['dataset']} from {name}", name
         else:
             return self.default_statistics, self.startup_mean_label(), self.spec.stats
         try:
             return self.pipe.check_statistics(stats), label, path
         except (ValueError, TypeError) as err:
-            raise EditorError(f"The image mean ({label}) does not fit this model: {sentence(err)}") from None
+            raise refused(stats_file, EditorError(f"The image mean ({label}) does not fit this model: "
+                                                  f"{sentence(err)}")) from None
 
     def startup_mean_label(self) -> str:
         """The startup image mean in words: "the prior's training mean", "dataset statistics from F"."""
@@ -136,7 +174,7 @@ class Editor(ResultViews):
         kind "prompt" / "image" (the page's Target choice) uses that input only; "auto" (the API)
         takes whichever of the two is given and refuses both.
         """
-        prompt = (prompt or "").strip()
+        prompt = (text_value("target_prompt", prompt) or "").strip()
         if kind not in ("auto", "prompt", "image"):
             raise EditorError(f"Target must be 'prompt' or 'image', got {kind!r}.")
         if kind == "auto":
@@ -177,6 +215,8 @@ class Editor(ResultViews):
                                   ip_adapter_scale)
         thetas = axis("θ", "theta", thetas, True)
         alphas = axis("α", "alpha", alphas, False)
+        mean_source = mean_source_value(mean_source, getattr(self.pipe, "prior", None) is not None)
+        prompt = text_value("target_prompt", prompt)
         upload = self.upload(source, "source")
         source_raw, source_ref = self.state.upload_embedding(upload, "source")  # (D,)
         target_raw, target_ref = self._target(target_kind, self.upload(target_image, "target image"),
@@ -268,8 +308,8 @@ class Editor(ResultViews):
         from vslerp.ui.outputs import make_grid, parse_values
 
         try:
-            thetas = parse_values(str(thetas_text), "θ values")
-            alphas = parse_values(str(alphas_text), "α values")
+            thetas = parse_values(text_value("thetas", thetas_text) or "", "θ values")
+            alphas = parse_values(text_value("alphas", alphas_text) or "", "α values")
         except ValueError as err:
             raise EditorError(str(err)) from None
         if len(thetas) * len(alphas) > MAX_CELLS:

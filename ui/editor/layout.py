@@ -16,12 +16,16 @@ from pathlib import Path
 import torch
 
 from vslerp.ui.editor.api import add_api
-from vslerp.ui.editor.boundary import call, run_event
+from vslerp.ui.editor.boundary import call, run_client_event
 from vslerp.ui.editor.callbacks import MAX_BATCH_CELLS, Editor
 from vslerp.ui.editor.results import USEFUL_ALPHA
-from vslerp.ui.editor.values import MIN_STRENGTH
+from vslerp.ui.editor.values import LABELS, MIN_STRENGTH
 
-__all__ = ["build_editor", "build_page", "launch_kwargs"]
+__all__ = ["DELETE_CACHE", "build_editor", "build_page", "launch_kwargs"]
+
+# gr.Blocks(delete_cache=(every, age)): every 10 minutes, Gradio deletes the uploads and served
+# copies of results older than an hour (and all of them when the server stops).
+DELETE_CACHE = (600, 3600)
 
 # Closes the error toasts still on the page once a render succeeds (the mistake is fixed).
 CLEAR_ERRORS_JS = ("() => { document.querySelectorAll('.toast-body.error [data-testid=\"toast-close\"]')"
@@ -44,16 +48,17 @@ _CSS = """
 def build_editor(pipe, *, spec=None, statistics=None, tiny_random: bool = False, concurrency: int = 1,
                  reference: torch.Tensor | None = None, prior_steps: int | None = None,
                  default_steps: int | None = None, default_size: int | None = None,
-                 stats_path: str | Path | None = None, max_batch: int = MAX_BATCH_CELLS):
+                 stats_path: str | Path | None = None, max_batch: int = MAX_BATCH_CELLS,
+                 out_dir: str | Path | None = None):
     """The editor of ``pipe`` as a ``gr.Blocks`` (not launched): :func:`build_page` of
     ``Editor(pipe, spec=..., statistics=..., ...)`` (see :class:`Editor` for the options)."""
     editor = Editor(pipe, spec=spec, statistics=statistics, reference=reference, tiny_random=tiny_random,
-                    prior_steps=prior_steps, stats_path=stats_path, max_batch=max_batch)
+                    prior_steps=prior_steps, stats_path=stats_path, max_batch=max_batch, out_dir=out_dir)
     return build_page(editor, concurrency=concurrency, default_steps=default_steps, default_size=default_size)
 
 
 def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | None = None,
-               default_size: int | None = None):
+               default_size: int | None = None, delete_cache: tuple[int, int] | None = DELETE_CACHE):
     """The page of ``editor``'s callbacks as a ``gr.Blocks`` (not launched).
 
     API endpoints (``gradio_client``): ``/edit`` (source image, target image, target prompt,
@@ -63,7 +68,8 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
     IP-Adapter-scale controls are shown only where the model's backend takes them. Renders that arrive
     together are batched by ``editor.queue``; ``concurrency``: events Gradio runs at once.
     The page starts at ``default_steps`` and ``default_size`` (default: 50 and 512; 2 and 64
-    for a tiny random model).
+    for a tiny random model). ``delete_cache``: Gradio's ``(every, age)`` in seconds for its
+    uploads and served files (:data:`DELETE_CACHE`).
     """
     import gradio as gr
 
@@ -87,16 +93,17 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
     def ui_edit(source, target_image, target_prompt, theta, alpha, seed, steps, guidance, size, mean_source,
                 stats_file, strength, text_prompt, negative_prompt, noise_level, ip_scale, target_kind,
                 progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - gradio API
-        return run_event(editor.edit, source, target_image, target_prompt, theta, alpha, seed, steps, guidance,
-                         size, mean_source, stats_file, target_kind=target_kind,
-                         **taken(strength, text_prompt, negative_prompt, noise_level, ip_scale))
+        return run_client_event(editor, editor.edit, source, target_image, target_prompt, theta, alpha, seed, steps,
+                                guidance, size, mean_source, stats_file=stats_file, target_kind=target_kind,
+                                **taken(strength, text_prompt, negative_prompt, noise_level, ip_scale))
 
     def ui_sweep(source, target_image, target_prompt, thetas_text, alphas_text, seed, steps, guidance, size,
                  mean_source, stats_file, strength, text_prompt, negative_prompt, noise_level, ip_scale, target_kind,
                  progress=gr.Progress(track_tqdm=True)):  # noqa: B008
-        return run_event(editor.sweep, source, target_image, target_prompt, thetas_text, alphas_text, seed, steps,
-                         guidance, size, mean_source, stats_file, target_kind=target_kind,
-                         **taken(strength, text_prompt, negative_prompt, noise_level, ip_scale))
+        return run_client_event(editor, editor.sweep, source, target_image, target_prompt, thetas_text, alphas_text,
+                                seed, steps, guidance, size, mean_source, stats_file=stats_file,
+                                target_kind=target_kind, **taken(strength, text_prompt, negative_prompt,
+                                                                 noise_level, ip_scale))
 
     def details_fn(result, gallery):
         return call(editor.details, result, gallery)
@@ -112,7 +119,7 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
         mean_choices.pop(1)  # and a target prompt has no prior to become an image embedding through
         kind0, kinds = "image", ["image"]
     guidance0 = float(editor.pipe.default_guidance_scale)  # the backend's (diffusers') default
-    with gr.Blocks(title="vslerp editor") as demo:
+    with gr.Blocks(title="vslerp editor", delete_cache=delete_cache) as demo:
         gr.Markdown("# vslerp editor\nVertical SLERP in raw CLIP space (Levi & Gilboa, Eq. 12): "
                     "θ moves from the source towards the target, α pulls the path towards the image mean.")
         if editor.tiny_random:
@@ -124,40 +131,40 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
                                   sources=["upload", "clipboard", "webcam"], elem_id="vslerp-source")
                 target_kind = gr.Radio(kinds, value=kind0, label="Target", visible=len(kinds) > 1,
                                        info="what θ moves towards", elem_id="vslerp-target-kind")
-                target_prompt = gr.Textbox(label="Target prompt", placeholder="a photo of a cat",
+                target_prompt = gr.Textbox(label=LABELS["target_prompt"], placeholder="a photo of a cat",
                                            visible=kind0 == "prompt", elem_id="vslerp-prompt")
                 target_image = gr.Image(label="Target image", height=180, visible=kind0 == "image", type="filepath",
                                         sources=["upload", "clipboard", "webcam"], elem_id="vslerp-target")
             with gr.Column(scale=1):
-                theta = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="θ (towards the target)",
+                theta = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label=LABELS["theta"],
                                   elem_id="vslerp-theta")
                 alpha = gr.Slider(-USEFUL_ALPHA, USEFUL_ALPHA, value=0.0, step=0.1,
-                                  label="α (pull towards the mean)", elem_id="vslerp-alpha")
+                                  label=LABELS["alpha"], elem_id="vslerp-alpha")
                 with gr.Row():
-                    seed = gr.Number(value=0, precision=0, label="Seed", minimum=0, scale=3)
+                    seed = gr.Number(value=0, precision=0, label=LABELS["seed"], minimum=0, scale=3)
                     dice = gr.Button("Random seed", scale=1, min_width=60, size="sm")
                 with gr.Row():
-                    steps = gr.Slider(1, 100, value=steps0, step=1, label="Steps", elem_id="vslerp-steps")
-                    guidance = gr.Slider(1.0, max(12.0, guidance0), value=guidance0, step=0.5, label="Guidance")
-                size = gr.Slider(min(64, size0), max(1024, size0), value=size0, step=min(64, size0), label="Size (px)",
+                    steps = gr.Slider(1, 100, value=steps0, step=1, label=LABELS["steps"], elem_id="vslerp-steps")
+                    guidance = gr.Slider(1.0, max(12.0, guidance0), value=guidance0, step=0.5, label=LABELS["guidance"])
+                size = gr.Slider(min(64, size0), max(1024, size0), value=size0, step=min(64, size0), label=LABELS["size"],
                                  elem_id="vslerp-size")
-                strength = gr.Slider(MIN_STRENGTH, 1.0, value=1.0, step=0.05, label="Strength",
+                strength = gr.Slider(MIN_STRENGTH, 1.0, value=1.0, step=0.05, label=LABELS["strength"],
                                      info="below 1 keeps the photo's layout (img2img)",
                                      visible="strength" in accepted, elem_id="vslerp-strength")
                 with gr.Group(visible="prompt" in accepted or "negative_prompt" in accepted):
-                    text_prompt = gr.Textbox(label="Text prompt (conditions the UNet; not the target)",
+                    text_prompt = gr.Textbox(label=LABELS["text_prompt"],
                                              visible="prompt" in accepted, elem_id="vslerp-text-prompt")
-                    negative_prompt = gr.Textbox(label="Negative prompt", visible="negative_prompt" in accepted,
+                    negative_prompt = gr.Textbox(label=LABELS["negative_prompt"], visible="negative_prompt" in accepted,
                                                  elem_id="vslerp-negative-prompt")
-                noise_level = gr.Slider(0, 1000, value=0, step=1, label="Noise level",
+                noise_level = gr.Slider(0, 1000, value=0, step=1, label=LABELS["noise_level"],
                                         info="noise added to the image embedding (Stable unCLIP)",
                                         visible="noise_level" in accepted, elem_id="vslerp-noise-level")
-                ip_scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="IP-Adapter scale",
+                ip_scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label=LABELS["ip_adapter_scale"],
                                      info="how strongly the image embedding conditions the UNet",
                                      visible="ip_adapter_scale" in accepted, elem_id="vslerp-ip-scale")
                 with gr.Accordion("Advanced", open=False):
                     mean_source = gr.Radio(
-                        mean_choices, value="startup", label="Image mean (what α pulls towards)",
+                        mean_choices, value="startup", label=LABELS["mean_source"],
                         elem_id="vslerp-mean-source",
                         info=f"Started with: {info.get('mean_source')} (technical name). The prior's training "
                              "mean is the Kandinsky prior's clip_mean; a statistics file comes from "
@@ -176,9 +183,9 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
                                     elem_id="vslerp-downloads")
         with gr.Accordion("Sweep (θ × α grid in one batched call)", open=False):
             with gr.Row():
-                thetas_text = gr.Textbox(value="0,0.5,1", label="θ values, 0..1 (a,b,c or start:stop:count)",
+                thetas_text = gr.Textbox(value="0,0.5,1", label=LABELS["thetas"],
                                          elem_id="vslerp-thetas")
-                alphas_text = gr.Textbox(value="-1,0,1", label=f"α values (useful: −{USEFUL_ALPHA:g}..{USEFUL_ALPHA:g})",
+                alphas_text = gr.Textbox(value="-1,0,1", label=f"{LABELS['alphas']} (useful: −{USEFUL_ALPHA:g}..{USEFUL_ALPHA:g})",
                                          elem_id="vslerp-alphas")
                 sweep_btn = gr.Button("Sweep", elem_id="vslerp-sweep")
             with gr.Row():

@@ -8,15 +8,23 @@ own: a part that fails is a warning on the page and the others still update.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from vslerp.defaults import CONFORMITY_ESTIMATORS
 
-__all__ = ["MAX_GALLERY", "STALE_NOTE", "USEFUL_ALPHA", "ResultViews"]
+__all__ = ["MAX_GALLERY", "RESULTS_MAX_AGE", "RESULTS_MAX_BYTES", "RESULT_PREFIXES", "STALE_NOTE", "USEFUL_ALPHA",
+           "ResultViews", "prune_results"]
 
 USEFUL_ALPHA = 2.0  # |α| ≤ 2: the paper's useful range (the α slider's); sweeps beyond get a note
 MAX_GALLERY = 24  # results kept in a session's gallery
+# The results folder's cap: a result's files (Gradio serves its own copies) are kept this long,
+# and the oldest go first once the folder holds more than this many bytes.
+RESULTS_MAX_AGE = 3600.0  # seconds
+RESULTS_MAX_BYTES = 256_000_000
+RESULT_PREFIXES = ("api-", "result-", "sweep-")  # the result folders' names start so
 STALE_NOTE = "⚠️ _Earlier settings: this sweep was made before the last Edit. Press **Sweep** to update it._"
 
 log = logging.getLogger("vslerp.ui.editor")
@@ -27,10 +35,38 @@ def _method(result: dict) -> str:
     return CONFORMITY_ESTIMATORS.get(result["method"], result["method"])
 
 
+def prune_results(folder, max_age: float = RESULTS_MAX_AGE, max_bytes: int = RESULTS_MAX_BYTES) -> None:
+    """Delete the result folders in ``folder`` older than ``max_age`` seconds, then the oldest
+    until the rest hold at most ``max_bytes`` (only folders named by :data:`RESULT_PREFIXES`)."""
+    entries = []
+    for path in Path(folder).iterdir() if Path(folder).is_dir() else ():
+        if path.is_dir() and not path.is_symlink() and path.name.startswith(RESULT_PREFIXES):
+            try:
+                size = sum(f.lstat().st_size for f in path.rglob("*"))
+                entries.append((path.lstat().st_mtime, size, path))
+            except OSError:  # removed meanwhile
+                continue
+    entries.sort()  # oldest first
+    total, now = sum(size for _, size, _ in entries), time.time()
+    for mtime, size, path in entries:
+        if now - mtime <= max_age and total <= max_bytes:
+            break
+        shutil.rmtree(path, ignore_errors=True)
+        total -= size
+
+
 class ResultViews:
-    """Views of a result dict; ``self.out_dir`` holds the downloads."""
+    """Views of a result dict; ``self.out_dir`` holds the downloads (capped: :func:`prune_results`
+    with ``results_max_age`` / ``results_max_bytes``)."""
 
     out_dir: Path
+    results_max_age: float = RESULTS_MAX_AGE
+    results_max_bytes: int = RESULTS_MAX_BYTES
+
+    def result_folder(self, kind: str) -> Path:
+        """A new folder for a result's files, once the results folder is pruned to its cap."""
+        prune_results(self.out_dir, self.results_max_age, self.results_max_bytes)
+        return Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=self.out_dir))
 
     @staticmethod
     def _describe_target(ref: dict) -> str:
@@ -121,7 +157,7 @@ class ResultViews:
         from vslerp.ui.editor.boundary import warn
         from vslerp.ui.outputs import save_animation, save_png
 
-        folder = Path(tempfile.mkdtemp(prefix=f"{result['kind']}-", dir=self.out_dir))
+        folder = self.result_folder(result["kind"])
         image = result.get("grid") or result["images"][0]
         png = save_png(image, folder / f"vslerp-{result['kind']}.png", result["metadata"])
         files = [str(png), str(png.with_suffix(".json"))]
