@@ -26,12 +26,20 @@ class CallLock:
     def __init__(self) -> None:
         self._lock = threading.RLock()
 
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock (re-entrant: the holding thread may take it again); False if not blocking
+        and another thread holds it."""
+        return self._lock.acquire(blocking)
+
+    def release(self) -> None:
+        self._lock.release()
+
     def __enter__(self):
-        self._lock.acquire()
+        self.acquire()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._lock.release()
+        self.release()
 
     def __reduce__(self):
         return (CallLock, ())

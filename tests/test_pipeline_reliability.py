@@ -101,11 +101,11 @@ def test_a_call_holds_the_pipeline_lock_and_encoders_wait_for_it(kandinsky):
 
     def callback(pipe, step, timestep, tensors):
         other = []
-        probe = threading.Thread(target=lambda: other.append(call_lock(pipe)._lock.acquire(blocking=False)))
+        probe = threading.Thread(target=lambda: other.append(call_lock(pipe).acquire(blocking=False)))
         probe.start()
         probe.join()
-        seen.append((other[0], call_lock(pipe)._lock.acquire(blocking=False)))
-        call_lock(pipe)._lock.release()
+        seen.append((other[0], call_lock(pipe).acquire(blocking=False)))
+        call_lock(pipe).release()
         return {}
 
     kandinsky(_emb(1), _emb(2), thetas=[0.5], alphas=[0.0], callback_on_step_end=callback, **RENDER)
