@@ -20,6 +20,7 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
@@ -31,7 +32,8 @@ from vslerp.stats import Statistics
 from . import limits
 from .encoding import EncodingMixin
 from .grid import VSlerpPipelineOutput, check_axis, join_chunks, make_grid
-from .inputs import check_embedding, check_guidance, check_positive_int, init_photo
+from .inputs import check_embedding, check_guidance, check_positive_int, check_request, init_photo
+from .serial import serialised
 from .settings import RenderSettings, clone_generator
 from .statistics import StatisticsMixin
 
@@ -167,11 +169,12 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
                      width, max_batch_size, output_type, generator, latents, callback_on_step_end_tensor_inputs,
                      allow_extrapolation):
         """Validate everything before any compute; returns (thetas, alphas) as float lists."""
-        ok_source = (torch.Tensor, PIL.Image.Image, str, Path)
+        ok_source = (torch.Tensor, PIL.Image.Image, np.ndarray, str, Path)
         if not isinstance(source, ok_source):
-            raise TypeError(f"source must be a PIL image, an image path or a (D,) tensor, got {type(source).__name__}")
+            raise TypeError("source must be a PIL image, a numpy image, an image path or a (D,) tensor, "
+                            f"got {type(source).__name__}")
         if not isinstance(target, ok_source):
-            raise TypeError("target must be a PIL image, an image path, a prompt or a (D,) tensor, "
+            raise TypeError("target must be a PIL image, a numpy image, an image path, a prompt or a (D,) tensor, "
                             f"got {type(target).__name__}")
         thetas = check_axis("thetas", thetas, allow_extrapolation)
         alphas = check_axis("alphas", alphas, True)
@@ -230,6 +233,7 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
                 outputs.append(self._render_chunk(cells[part], noise[part], device, settings, tick, photos))
         return outputs
 
+    @serialised
     @torch.no_grad()
     def __call__(self, source, target, thetas=(0.0, 0.5, 1.0), alphas=(0.0,), num_inference_steps: int = 50,
                  guidance_scale: float | None = None, height: int | None = None, width: int | None = None,
@@ -243,8 +247,9 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
                  ip_adapter_scale: float | None = None) -> VSlerpPipelineOutput:
         """Render the θ × α grid of vSLERP(source, target, θ, α, m) (paper Eq. 12).
 
-        source: PIL image | image path | (D,) raw embedding. target: the same, or a prompt
-        (through the prior, seeded from ``generator``'s state). thetas: T values in [0, 1]
+        source: PIL image | numpy image | image path (each through ``vslerp.stats.open_image``)
+        | (D,) raw embedding. target: the same, or a prompt (through the prior, seeded from
+        ``generator``'s state). Calls on one pipeline are serialised (:mod:`.serial`). thetas: T values in [0, 1]
         (outside only with ``allow_extrapolation=True``); alphas: A values (−2..2 useful).
         Every cell is rendered as diffusers' own pipeline renders one image with ``generator``:
         the same initial latents for every cell (or ``latents`` (1, C, h, w)) and, for
@@ -307,6 +312,7 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
         result = grid.output(join_chunks(outputs, output_type), output_type)
         return result if return_dict else result.to_tuple()
 
+    @serialised
     @torch.no_grad()
     def render_batch(self, requests, num_inference_steps: int = 50, guidance_scale: float | None = None,
                      height: int | None = None, width: int | None = None, max_batch_size: int = 8,
@@ -325,7 +331,8 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
         :meth:`set_statistics` takes it) is its image mean's source; else ``statistics``, else
         the pipeline's own. With ``strength`` < 1 each request gives the photo its cells start
         from as ``"image"`` (PIL or path). The backend options are shared by every request, as
-        in :meth:`__call__`. Returns one :class:`VSlerpPipelineOutput` per request, in order.
+        in :meth:`__call__`. A missing or unknown key is a ``ValueError`` naming the request and
+        the key (:func:`.inputs.check_request`). Returns one :class:`VSlerpPipelineOutput` per request, in order.
         """
         settings = RenderSettings.of_call(self, num_inference_steps, guidance_scale, height, width, max_batch_size,
                                           output_type, callback_on_step_end, callback_on_step_end_tensor_inputs,
@@ -342,7 +349,7 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
         call_stats = self._statistics_for(statistics)
         for k, req in enumerate(requests):
             name = f"requests[{k}]"
-            generator = req.get("generator")
+            generator = check_request(k, req)["generator"]
             if not isinstance(req.get("source"), torch.Tensor) or not isinstance(req.get("target"), torch.Tensor):
                 raise TypeError(f"{name}: source and target must be raw (D,) embeddings")
             thetas, alphas = self.check_inputs(req["source"], req["target"], req["thetas"], req["alphas"],

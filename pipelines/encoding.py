@@ -3,7 +3,8 @@
 :class:`EncodingMixin` gives a VSlerp pipeline ``encode_image`` / ``encode_text`` — the project's
 one CLIP encoding, :class:`vslerp.stats.ClipEncoders`, on the pipeline's own encoders where
 they are (device, dtype, offload hooks) — and resolves a call's source / target: a (D,)
-embedding, a PIL image, an image path (:func:`~vslerp.pipelines.inputs.open_named_image`) or a
+embedding, a PIL image, a numpy image or an image path (all through
+:func:`~vslerp.pipelines.inputs.open_named_image`, the one image normalisation) or a
 prompt (through the backend's prior, ``prompt_to_image_embedding``).
 """
 
@@ -12,12 +13,12 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import PIL.Image
 import torch
 
 from vslerp.stats import ClipEncoders
 
-from .inputs import check_embedding, check_prompt, image_path_or_prompt, open_named_image
+from .inputs import check_embedding, check_prompt, image_path_or_prompt, is_image, open_named_image
+from .serial import serialised
 
 __all__ = ["EncodingMixin"]
 
@@ -35,22 +36,31 @@ class EncodingMixin:
         return ClipEncoders(self.image_encoder, self._clip_processor(), self.text_encoder, self.tokenizer,
                             model_id=self.model_ids.get("prior") or self.model_ids.get("decoder"))
 
+    @serialised
     def encode_image(self, images) -> torch.Tensor:
-        """PIL images / paths → raw ``image_embeds`` (N, D) float32 on the CPU."""
-        if isinstance(images, (PIL.Image.Image, str, Path)):
+        """Images → raw ``image_embeds`` (N, D) float32 on the CPU.
+
+        images: one image or a list of them — PIL images, image paths or numpy arrays ((H, W) or
+        (H, W, C); uint8, uint16, floats in [0, 1]). Each goes through
+        :func:`vslerp.stats.open_image` (EXIF upright, alpha on white, 16-bit and palette
+        rules), so a file, its PIL image and its pixels give one embedding."""
+        if is_image(images) or isinstance(images, (str, Path)):
             images = [images]
+        try:
+            images = list(images)
+        except TypeError:
+            raise TypeError(f"images must be an image or a list of images, got {type(images).__name__}") from None
         rgb = []
-        for im in images:
-            if isinstance(im, PIL.Image.Image):
-                rgb.append(im.convert("RGB"))
-            elif isinstance(im, (str, Path)):
-                rgb.append(open_named_image("images", im))
-            else:
-                raise TypeError(f"images must be PIL images or image paths, got {type(im).__name__}")
+        for k, im in enumerate(images):
+            if not (is_image(im) or isinstance(im, (str, Path))):
+                raise TypeError(f"images[{k}] must be a PIL image, an image path or a numpy array, "
+                                f"got {type(im).__name__}")
+            rgb.append(open_named_image(f"images[{k}]", im))
         if not rgb:
             raise ValueError("images: no images given")
         return self.clip_encoders().encode_images(rgb)
 
+    @serialised
     def encode_text(self, prompts) -> torch.Tensor:
         """Prompts → raw ``text_embeds`` (N, D) float32 on the CPU (max-length padding, truncated)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -62,9 +72,7 @@ class EncodingMixin:
         """source/target → raw (D,) float32; a prompt goes through the prior."""
         if isinstance(value, torch.Tensor):
             return check_embedding(name, value, self._dim())
-        if isinstance(value, PIL.Image.Image):
-            return self.encode_image([value])[0]
-        if isinstance(value, Path):
+        if is_image(value) or isinstance(value, Path):
             return self.encode_image([open_named_image(name, value)])[0]
         if isinstance(value, str):
             found = image_path_or_prompt(value)
@@ -74,8 +82,8 @@ class EncodingMixin:
             self._warn_if_truncated(name, value)
             return self.prompt_to_image_embedding([value], generator=prompt_generator,
                                                   num_inference_steps=prior_steps)[0]
-        kinds = "a PIL image, an image path, a prompt or a (D,) tensor" if allow_prompt else \
-            "a PIL image, an image path or a (D,) tensor"
+        kinds = "a PIL image, a numpy image, an image path, a prompt or a (D,) tensor" if allow_prompt else \
+            "a PIL image, a numpy image, an image path or a (D,) tensor"
         raise TypeError(f"{name} must be {kinds}, got {type(value).__name__}")
 
     def _warn_if_truncated(self, name: str, prompt: str) -> None:
@@ -85,4 +93,4 @@ class EncodingMixin:
         count = len(self.tokenizer(prompt, truncation=False, verbose=False).input_ids)
         if count > limit:
             warnings.warn(f"the {name} prompt is {count} tokens long: CLIP reads its first {limit} "
-                          "tokens and ignores the rest", UserWarning, stacklevel=5)
+                          "tokens and ignores the rest", UserWarning, stacklevel=6)  # user → serialised → __call__ (no_grad)

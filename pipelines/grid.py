@@ -9,6 +9,8 @@ No diffusers pipeline and no model here — tensors in, tensors out.
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +18,7 @@ import torch
 from diffusers.utils import BaseOutput
 
 import vslerp
-from vslerp._checks import check_magnitude
+from vslerp._checks import check_embedding_values, check_magnitude
 from vslerp.stats.scoring import estimated_conformity
 
 __all__ = ["Grid", "VSlerpPipelineOutput", "check_axis", "conformity_read_out", "distinct_rows",
@@ -42,14 +44,21 @@ class VSlerpPipelineOutput(BaseOutput):
 
 
 def check_axis(name: str, values, allow_outside: bool) -> list[float]:
-    """``values`` (numbers, a tensor or one number) as a non-empty list of finite floats, each
-    in [0, 1] unless ``allow_outside``; else ``TypeError``/``ValueError`` naming ``name``."""
-    if isinstance(values, (str, bytes)) or values is None:
-        raise TypeError(f"{name} must be a list of numbers, got {type(values).__name__}")
-    if isinstance(values, (int, float)):
-        values = [values]
-    if isinstance(values, torch.Tensor):
+    """``values`` (an ordered sequence of numbers, a numpy array, a tensor or one number, numpy
+    scalars included) as a non-empty list of finite floats, each in [0, 1] unless
+    ``allow_outside``; else ``TypeError``/``ValueError`` naming ``name`` (an unordered set or
+    dict, a generator, a string: ``TypeError``)."""
+    if isinstance(values, (numbers.Real, np.generic)) and not isinstance(values, (bool, np.bool_)):
+        values = [values]  # one number (numpy scalars too)
+    elif isinstance(values, torch.Tensor):
         values = values.detach().reshape(-1).tolist()
+    elif isinstance(values, np.ndarray):
+        values = values.reshape(-1).tolist()
+    elif isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        # a set, dict (or its keys), generator or iterator has no order one can rely on (or is
+        # used up once): the grid's rows and columns follow the order given
+        raise TypeError(f"{name} must be an ordered list of numbers (list, tuple, range, numpy array or "
+                        f"tensor), got {type(values).__name__}")
     try:
         out = [float(v) for v in values]
     except (TypeError, ValueError):
@@ -130,6 +139,7 @@ def make_grid(source_raw: torch.Tensor, target_raw: torch.Tensor, thetas: list[f
     cells = vslerp.vslerp(source_raw, target_raw, theta_grid, alpha_grid, mean)  # (T, A, D)
     if not bool(torch.isfinite(cells).all()):
         raise ValueError(f"{name}some cells' embeddings are not finite (extreme alphas or thetas?)")
+    check_embedding_values(f"{name}a cell's embedding (alpha × the image mean, or an extrapolated theta)", cells)
     flat = cells.reshape(-1, cells.shape[-1])  # (T·A, D)
     conformity, _ = conformity_read_out(flat, statistics.image)
     distinct, inverse = distinct_rows(flat)  # (U, D), (T·A,)

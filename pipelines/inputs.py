@@ -17,7 +17,7 @@ from pathlib import Path
 from vslerp.defaults import IMAGE_SUFFIXES  # torch-free: the CLI's parser imports this module
 
 __all__ = ["IMAGE_SUFFIXES", "ImageOrPrompt", "check_embedding", "check_guidance", "check_positive_int",
-           "check_prompt", "check_steps", "image_path_or_prompt", "init_photo", "open_named_image", "options_given",
+           "check_prompt", "check_request", "check_steps", "image_path_or_prompt", "init_photo", "is_image", "open_named_image", "options_given",
            "first_refused", "refused_option", "OPTION_NAMES"]
 
 
@@ -93,14 +93,30 @@ def check_prompt(name: str, text: str) -> str:
     return text
 
 
-def open_named_image(name: str, path):
-    """The image file ``path`` as RGB by :func:`vslerp.stats.data.open_image` (its strictness:
-    EXIF-upright, odd modes converted, bombs refused), every failure one ``ValueError`` naming
-    ``name``: not found, a directory, or unreadable (and why)."""
+def is_image(value) -> bool:
+    """Whether ``value`` is a decoded image :func:`open_named_image` takes: a PIL image or a
+    numpy array (a path is a string: :func:`image_path_or_prompt` decides)."""
+    import numpy as np
+    import PIL.Image
+
+    return isinstance(value, (PIL.Image.Image, np.ndarray))
+
+
+def open_named_image(name: str, image):
+    """An image — a file path, a PIL image or a numpy array — as RGB by
+    :func:`vslerp.stats.data.open_image`, the one normalisation of every image the pipelines
+    take (EXIF-upright, alpha composited on white, 16-bit/palette/odd modes converted, empty
+    images and bombs refused), every failure one ``ValueError`` naming ``name``: not found, a
+    directory, or unreadable (and why)."""
     from vslerp.stats import UnreadableImage, note_input, open_image
 
-    found = image_path_or_prompt(path)
-    path = found.path or Path(str(path))
+    if is_image(image):
+        try:
+            return open_image(image)
+        except UnreadableImage as err:
+            raise ValueError(f"{name} image cannot be used: {err}") from None
+    found = image_path_or_prompt(image)
+    path = found.path or Path(str(image))
     if found.kind == "directory":
         raise ValueError(f"{name} image {path} is a directory, not an image file")
     if found.kind != "image":
@@ -110,6 +126,27 @@ def open_named_image(name: str, path):
         return open_image(path)
     except UnreadableImage as err:
         raise ValueError(f"{name} image {path} cannot be read: {err}") from None
+
+
+REQUEST_KEYS = ("source", "target", "thetas", "alphas", "generator")  # of a render_batch request
+REQUEST_OPTIONAL_KEYS = ("statistics", "image")
+
+
+def check_request(index: int, request) -> dict:
+    """A ``render_batch`` request: a dict with every key of ``REQUEST_KEYS`` and no key but those
+    and ``REQUEST_OPTIONAL_KEYS``; else ``TypeError``/``ValueError`` naming ``requests[index]``
+    and the key (a typo such as ``"theta"`` is named, not ignored)."""
+    name = f"requests[{index}]"
+    if not isinstance(request, dict):
+        raise TypeError(f"{name} must be a dict with keys {', '.join(REQUEST_KEYS)}, got {type(request).__name__}")
+    missing = [key for key in REQUEST_KEYS if key not in request]
+    if missing:
+        raise ValueError(f"{name} has no {missing[0]!r}: a request needs {', '.join(REQUEST_KEYS)}")
+    unknown = [key for key in request if key not in REQUEST_KEYS + REQUEST_OPTIONAL_KEYS]
+    if unknown:
+        raise ValueError(f"{name} has an unknown key {unknown[0]!r}: a request takes "
+                         f"{', '.join(REQUEST_KEYS + REQUEST_OPTIONAL_KEYS)}")
+    return request
 
 
 OPTION_NAMES = {"strength": "strength < 1 (img2img)", "prompt": "a text prompt=",  # API names of the
@@ -142,18 +179,15 @@ def refused_option(backend: str, accepted, given: dict[str, bool], names: dict[s
 
 def init_photo(name: str, image, source, strength: float):
     """The photo an img2img render (``strength`` < 1) starts from, as RGB: ``image`` (a PIL
-    image or path), else ``source`` when it is one; None at strength 1. ``ValueError`` naming
-    ``name`` when there is no photo to start from, or ``image`` is given at strength 1."""
-    import PIL.Image
-
+    image, numpy array or path, by :func:`open_named_image`), else ``source`` when it is one;
+    None at strength 1. ``ValueError`` naming ``name`` when there is no photo to start from,
+    or ``image`` is given at strength 1."""
     if strength >= 1.0:
         if image is not None:
             raise ValueError(f"{name}image is the photo an img2img render starts from: give it with strength < 1")
         return None
     photo = image if image is not None else source
-    if isinstance(photo, PIL.Image.Image):
-        return photo.convert("RGB")
-    if isinstance(photo, (str, Path)):
+    if is_image(photo) or isinstance(photo, (str, Path)):
         return open_named_image(f"{name}image" if image is not None else f"{name}source", photo)
     raise ValueError(f"{name}strength < 1 starts from a photo: give the source as an image (or image=), "
                      f"not {'a ' + type(photo).__name__ if photo is not None else 'nothing'}")
@@ -161,17 +195,23 @@ def init_photo(name: str, image, source, strength: float):
 
 def check_embedding(name: str, raw, dim: int):
     """A raw image embedding given as (D,) or (1, D) → (D,) float32 on the CPU; ``ValueError``
-    naming ``name`` for another shape, non-finite values or the zero vector."""
+    naming ``name`` for another shape, non-finite values, entries too large to render
+    (:data:`vslerp._checks.MAX_EMBEDDING_VALUE`) or the zero vector."""
     import torch
+
+    from vslerp._checks import check_embedding_values
 
     raw = raw.detach()
     if raw.ndim == 2 and raw.shape[0] == 1:
         raw = raw[0]
     if raw.ndim != 1 or raw.shape[0] != dim:
         raise ValueError(f"{name} embedding must have shape ({dim},), got {tuple(raw.shape)}")
-    raw = raw.to("cpu", torch.float32)
-    if not bool(torch.isfinite(raw).all()):
+    if raw.is_complex():
+        raise TypeError(f"{name} embedding must be real, got a {raw.dtype} tensor")
+    if raw.is_floating_point() and not bool(torch.isfinite(raw).all()):  # before a cast makes 1e300 inf
         raise ValueError(f"{name} embedding contains non-finite values")
+    check_embedding_values(f"{name} embedding", raw)
+    raw = raw.to("cpu", torch.float32)
     if not bool((raw != 0).any()):
         raise ValueError(f"{name} embedding is the zero vector")
     return raw

@@ -258,11 +258,10 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
         if settings.guidance_scale > 1:
             negative = settings.negative.to(device=device, dtype=dtype)[None, None].expand(batch, -1, -1)
             embeds = torch.cat([negative, embeds])  # (2B, 1, D): negatives first, as prepare_ip_adapter_image_embeds
-        user_callback = settings.callback_on_step_end
 
         def on_step_end(pipe, step, timestep, tensors):
             self._num_timesteps = pipe.num_timesteps
-            out = (user_callback(self, step, timestep, tensors) or {}) if user_callback is not None else {}
+            out = settings.step_callback(self, step, timestep, tensors)
             tick()
             return out
 

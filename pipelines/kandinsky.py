@@ -17,6 +17,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from vslerp.stats import Statistics
 
 from .base import RenderSettings, VSlerpBasePipeline, clone_generator
+from .serial import serialised
 from .tiling import tiled_decode
 
 __all__ = ["VSlerpPipeline"]
@@ -105,6 +106,7 @@ class VSlerpPipeline(VSlerpBasePipeline):
             self._zero_embed = self.clip_encoders().encode_pixels(torch.zeros(1, 3, size, size)).cpu()
         return self._zero_embed
 
+    @serialised
     @torch.no_grad()
     def prompt_to_image_embedding(self, prompts, generator=None, num_inference_steps: int = 25,
                                   guidance_scale: float = 4.0) -> torch.Tensor:
@@ -167,11 +169,10 @@ class VSlerpPipeline(VSlerpBasePipeline):
         generators, or img2img's image, strength and generators); images as ``output_type`` asks."""
         batch, dtype = chunk.shape[0], self.unet.dtype
         negative = settings.negative[None].expand(batch, -1)  # (B, D)
-        user_callback = settings.callback_on_step_end
 
         def on_step_end(decoder, step, timestep, tensors):
             self._num_timesteps = decoder.num_timesteps
-            out = (user_callback(self, step, timestep, tensors) or {}) if user_callback is not None else {}
+            out = settings.step_callback(self, step, timestep, tensors)
             tick()
             return out
 

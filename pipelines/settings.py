@@ -26,6 +26,11 @@ def clone_generator(generator: torch.Generator) -> torch.Generator:
     return clone
 
 
+def _finite(value) -> bool:
+    """Whether ``value`` is not a floating-point tensor with NaN or Inf in it."""
+    return not (isinstance(value, torch.Tensor) and value.is_floating_point()) or bool(torch.isfinite(value).all())
+
+
 @dataclass
 class RenderSettings:
     """What every batch of cells of one call is rendered with."""
@@ -65,6 +70,27 @@ class RenderSettings:
             negative=negative_image_embeds, callback_on_step_end=callback_on_step_end,
             callback_tensor_inputs=list(callback_on_step_end_tensor_inputs or []),
             super_res_num_inference_steps=super_res_num_inference_steps)
+
+    def step_callback(self, pipe, step: int, timestep, tensors: dict) -> dict:
+        """Call ``callback_on_step_end(pipe, step, timestep, tensors)`` (if any) and return the
+        tensors it replaces ({} without one) — for every backend's diffusers loop. A tensor it
+        returns, or changes in place, that is not finite (NaN/Inf latents would render black or
+        NaN images) is a ``ValueError`` naming ``callback_on_step_end`` and the step."""
+        callback = self.callback_on_step_end
+        if callback is None:
+            return {}
+        finite_before = {key: _finite(value) for key, value in tensors.items()}
+        out = callback(pipe, step, timestep, tensors)
+        out = {} if out is None else out
+        if not isinstance(out, dict):
+            raise TypeError(f"callback_on_step_end must return a dict of tensors (or None), got {type(out).__name__}")
+        for key, value in {**tensors, **out}.items():
+            returned = key in out
+            if not _finite(value) and (returned or finite_before.get(key, True)):
+                how = "returned" if returned else "left in place"
+                raise ValueError(f"callback_on_step_end {how} non-finite {key!r} (NaN or Inf) at step {step}: "
+                                 "they would render NaN or black images")
+        return out
 
     @property
     def denoise_steps(self) -> int:

@@ -228,15 +228,13 @@ class VSlerpStableUnCLIPPipeline(VSlerpBasePipeline):
     def _render_chunk(self, chunk, noise, device, settings: RenderSettings, tick, init=None):
         batch = chunk.shape[0]
         diffusers_pipe = self._unclip_pipeline()
-        user_callback = settings.callback_on_step_end
         wants_latents = "latents" in settings.callback_tensor_inputs
 
         def on_step(step, timestep, latents):  # diffusers' old-style callback, every step
             self._num_timesteps = len(diffusers_pipe.scheduler.timesteps)
-            if user_callback is not None:
-                out = user_callback(self, step, timestep, {"latents": latents} if wants_latents else {}) or {}
-                if out.get("latents") is not None:
-                    latents.copy_(out["latents"])  # the loop's own tensor: the next step starts from it
+            out = settings.step_callback(self, step, timestep, {"latents": latents} if wants_latents else {})
+            if out.get("latents") is not None:
+                latents.copy_(out["latents"])  # the loop's own tensor: the next step starts from it
             tick()
 
         start = None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from vslerp._checks import check_embedding_values
 from vslerp.stats import Statistics, check_compatible, encoder_fingerprint
 from vslerp.stats import load as load_statistics
 
@@ -50,6 +51,7 @@ class StatisticsMixin:
                             f"tensor or None, got {type(stats).__name__}")
         if stats.image is None:
             raise ValueError("the statistics have no image modality: vSLERP needs the image mean")
+        check_embedding_values("the statistics' image mean", stats.image.mean)
         fp = encoder_fingerprint(self.image_encoder) if stats.metadata.get("encoder_fingerprint") else None
         check_compatible(stats, dim=dim, fingerprint=fp, model=self._stats_model_args())
         return stats

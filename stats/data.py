@@ -197,18 +197,69 @@ def _name_of(source) -> str | Path | None:
 
 def _check_pixels(size: tuple[int, int], limit: int | None, what: str) -> None:
     width, height = size
+    if width < 1 or height < 1:
+        raise UnreadableImage(f"empty ({width}×{height} pixels)")
     if limit is not None and width * height > limit:
         raise UnreadableImage(f"{what} ({width}×{height} = {width * height} pixels, limit {limit})")
+
+
+_ARRAY_CHANNELS = (1, 2, 3, 4)  # of an (H, W, C) image array: gray, gray + alpha, RGB, RGBA
+
+
+def _from_array(array, limit: int | None):
+    """A numpy image array → a PIL image of the mode its channels say (before :func:`_to_rgb`).
+
+    (H, W) gray or (H, W, C) with C = 1, 2 (gray + alpha), 3 (RGB) or 4 (RGBA); uint8 as it is,
+    uint16 as 16-bit (/65535, the rule of 16-bit files), bool as black/white, other integers
+    within 0..255, floats within [0, 1] (×255). Pixels are taken as upright (no EXIF)."""
+    import numpy as np
+    from PIL import Image
+
+    shape = tuple(array.shape)
+    if array.ndim not in (2, 3) or (array.ndim == 3 and shape[2] not in _ARRAY_CHANNELS):
+        raise UnreadableImage(f"an image array must have shape (H, W) or (H, W, C) with C = 1, 2, 3 "
+                              f"or 4, got {shape}")
+    _check_pixels((shape[1], shape[0]), limit, "too large")
+    if array.dtype == np.uint16 and array.ndim == 2:
+        return Image.fromarray(np.ascontiguousarray(array))  # mode I;16: as a 16-bit gray file
+    if array.dtype == np.bool_:
+        pixels = array.astype(np.uint8) * 255
+    elif array.dtype == np.uint8:
+        pixels = array
+    elif array.dtype == np.uint16:
+        pixels = np.clip(array / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.floating):
+        values = array.astype(np.float64)
+        if not np.isfinite(values).all():
+            raise UnreadableImage("a float image array must hold finite values in [0, 1], got NaN or Inf")
+        if values.min() < 0.0 or values.max() > 1.0:
+            raise UnreadableImage(f"a float image array must hold values in [0, 1], got "
+                                  f"{values.min():g}..{values.max():g}")
+        pixels = np.clip(values * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.integer):
+        if array.min() < 0 or array.max() > 255:
+            raise UnreadableImage(f"an integer image array other than uint16 must hold values in "
+                                  f"0..255, got {array.min()}..{array.max()} ({array.dtype})")
+        pixels = array.astype(np.uint8)
+    else:
+        raise UnreadableImage(f"an image array must be of integers, floats or bools, got {array.dtype}")
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    return Image.fromarray(np.ascontiguousarray(pixels))  # L, LA, RGB or RGBA by the channels
 
 
 def open_image(path, *, max_pixels: int | None = None):
     """Open an image as an RGB ``PIL.Image``, upright per its EXIF orientation.
 
-    ``path``: a file path, a binary file object (e.g. ``io.BytesIO`` of a shard's bytes) or an
+    ``path``: a file path, a binary file object (e.g. ``io.BytesIO`` of a shard's bytes), an
     already decoded ``PIL.Image`` (then only the pixel limit, EXIF orientation and the mode
-    conversion apply, as diffusers' ``load_image`` does). Converts CMYK, 16-bit, 32-bit
-    integer and float (mode F, e.g. float TIFF), grayscale, palette and RGBA / LA / PA
-    (composited on white); the first frame of an animation. Raises :class:`UnreadableImage`
+    conversion apply, as diffusers' ``load_image`` does) or a numpy array — (H, W) gray or
+    (H, W, C) with 1–4 channels; uint8, uint16 (16-bit), bool, or floats in [0, 1]; taken as
+    upright. The image normalisation of every entry (the pipelines, statistics, the CLI): a file,
+    the PIL image of that file and its pixels as an array give the same RGB image, so the same
+    embedding. Converts CMYK, 16-bit, 32-bit integer and float (mode F, e.g. float TIFF),
+    grayscale, palette and RGBA / LA / PA (composited on white); the first frame of an
+    animation; refuses an empty (0-pixel) image. Raises :class:`UnreadableImage`
     (a ``ValueError``) naming the path with a short reason: "missing", "a directory, not an
     image file", "permission denied", "not an image", "truncated", "decompression bomb" —
     more than ``max_pixels`` pixels (default ``PIL.Image.MAX_IMAGE_PIXELS``, read at each
@@ -216,6 +267,7 @@ def open_image(path, *, max_pixels: int | None = None):
     "unreadable (…)" for any other decoder error. Notes no input (callers do, with their
     own label: :func:`vslerp.stats.note_input`).
     """
+    import numpy as np
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int)
@@ -224,6 +276,8 @@ def open_image(path, *, max_pixels: int | None = None):
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     name = _name_of(path)
     try:
+        if isinstance(path, np.ndarray):  # pixels: no file, no EXIF
+            return _to_rgb(_from_array(path, limit))
         if isinstance(path, Image.Image):  # decoded already: no file to read
             _check_pixels(path.size, limit, "too large")
             return _to_rgb(ImageOps.exif_transpose(path))

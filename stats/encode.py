@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .data import open_image
 from .hub import ModelUnavailable, is_repo_id, unavailable_model
 
 __all__ = ["PROCESSOR_SUBFOLDERS", "ClipEncoders", "clip_image_processor_class", "default_device",
@@ -163,11 +164,14 @@ class ClipEncoders:
         return self.image_encoder(pixel_values=pixels).image_embeds.float()
 
     def encode_images(self, images) -> torch.Tensor:
-        """list[PIL.Image] → raw image embeddings (N, D) float32 on the CPU."""
+        """Images (PIL, paths or numpy arrays) → raw image embeddings (N, D) float32 on the CPU.
+
+        Every image goes through :func:`vslerp.stats.open_image` (EXIF upright, alpha on white,
+        16-bit and palette rules), so a file and its PIL image or array give one embedding."""
         images = list(images)
         if not images:
             raise ValueError("encode_images needs at least one image")
-        rgb = [im.convert("RGB") if getattr(im, "mode", "RGB") != "RGB" else im for im in images]
+        rgb = [open_image(im) for im in images]
         return self.encode_pixels(self.preprocess_images(rgb)).cpu()
 
     # -- texts --------------------------------------------------------------------------

@@ -177,3 +177,42 @@ def test_tiny_vectors_are_not_zero_vectors(dtype, tiny):
     torch.testing.assert_close(loss.loss, vslerp.clip_loss(x, x).loss)
     with pytest.raises(ValueError, match="zero vector"):
         vslerp.conformity(torch.cat([x, torch.zeros(1, D, dtype=dtype)]))
+
+
+def _huge(v: torch.Tensor, peak: float) -> torch.Tensor:
+    return (v / v.abs().max() * peak).float()
+
+
+@pytest.mark.parametrize("peak", [1e30, 3e38])
+def test_huge_finite_vectors_are_computed_at_unit_scale_or_refused_never_nan(peak):
+    """vSLERP is homogeneous: vslerp(s·a, s·b, t, α, s·m) = s·vslerp(a, b, t, α, m). The core
+    computes huge inputs on rescaled copies; what cannot be represented is refused, never Inf/NaN."""
+    a, b, m = _vec(1), _vec(2), _vec(3)
+    scale = peak / float(torch.stack([a, b, m]).abs().max())
+    for t, alpha in [(0.3, 0.0), (0.5, 1.0), (0.9, -1.5)]:
+        want = vslerp.vslerp(a, b, t, alpha, m) * scale  # float64 reference, rescaled
+        try:
+            got = vslerp.vslerp((a * scale).float(), (b * scale).float(), t, alpha, (m * scale).float())
+        except ValueError as err:
+            assert "overflow" in str(err) and float(want.abs().max()) > torch.finfo(torch.float32).max / 2
+            continue
+        assert bool(torch.isfinite(got).all())
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=0.0)
+
+
+def test_a_representable_slerp_of_huge_vectors_is_not_refused():
+    """Wide angle: the SLERP weights exceed 1 and weight × entry overflows float32 while the
+    result ([0, √10·1e38]) is representable; the core rescales instead of refusing it."""
+    a, b = torch.tensor([3e38, 1e38]), torch.tensor([-3e38, 1e38])
+    want = vslerp.slerp(a.double(), b.double(), 0.5)
+    for out in (vslerp.slerp(a, b, 0.5), vslerp.vslerp(a, b, 0.5, 0.0, torch.ones(2))):
+        assert bool(torch.isfinite(out).all())
+        torch.testing.assert_close(out.double(), want, rtol=1e-6, atol=1e31)
+
+
+def test_check_embedding_values_names_the_argument():
+    from vslerp._checks import MAX_EMBEDDING_VALUE, check_embedding_values
+
+    check_embedding_values("source embedding", torch.full((3,), MAX_EMBEDDING_VALUE))
+    with pytest.raises(ValueError, match=r"^source embedding has an entry of magnitude 3e\+38"):
+        check_embedding_values("source embedding", _huge(_vec(1), 3e38))

@@ -473,8 +473,8 @@ def test_render_batch_gives_each_request_its_own_pixels(pipe):
     pipe.scheduler = DDPMScheduler.from_config(old.config)  # stochastic steps: per-cell generators matter
     try:
         render = dict(num_inference_steps=STEPS, height=SIZE, width=SIZE, output_type="np")
-        both = pipe.render_batch([{**r, "generator": torch.Generator().manual_seed(r.pop("seed"))}
-                                  for r in [dict(r) for r in requests]], **render)
+        both = pipe.render_batch([{"generator": torch.Generator().manual_seed(r.pop("seed")), **r}
+                                  for r in [dict(r) for r in requests]], **render)  # "seed" is no request key
         for request, batched in zip(requests, both, strict=True):
             alone = pipe(request["source"], request["target"], thetas=request["thetas"], alphas=request["alphas"],
                          generator=torch.Generator().manual_seed(request["seed"]), **render)

@@ -122,3 +122,64 @@ def test_iter_images_records_the_short_reason(files):
     reasons = dict(skipped)
     assert reasons["text.jpg"] == "not an image" and reasons["truncated.jpg"] == "unreadable (truncated)"
     assert not any(str(files) in r for r in reasons.values())  # reasons, not paths, are stored
+
+
+def _rgb(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["rgb", "rgba", "la", "gray", "gray16", "gray1", "bool"])
+def test_a_numpy_array_is_normalised_as_its_file(tmp_path, kind):
+    """The pixels of a file as an array give the RGB image the file gives (alpha on white, 16-bit
+    /65535, gray → RGB): one normalisation for a path, a PIL image and an array."""
+    rng = np.random.default_rng(3)
+    arrays = {"rgb": rng.integers(0, 256, (9, 7, 3), dtype=np.uint8),
+              "rgba": rng.integers(0, 256, (9, 7, 4), dtype=np.uint8),
+              "la": rng.integers(0, 256, (9, 7, 2), dtype=np.uint8),
+              "gray": rng.integers(0, 256, (9, 7), dtype=np.uint8),
+              "gray16": rng.integers(0, 65536, (9, 7), dtype=np.uint16),
+              "gray1": rng.integers(0, 256, (9, 7, 1), dtype=np.uint8),
+              "bool": rng.integers(0, 2, (9, 7)).astype(bool)}
+    array = arrays[kind]
+    path = tmp_path / f"{kind}.png"
+    Image.fromarray(array[..., 0] if kind == "gray1" else array).save(path)
+    from_file = _rgb(vs.open_image(path))
+    with Image.open(path) as opened:
+        from_pil = _rgb(vs.open_image(opened))
+    from_array = _rgb(vs.open_image(array))
+    assert from_file.shape == (9, 7, 3)
+    np.testing.assert_array_equal(from_pil, from_file)
+    np.testing.assert_array_equal(from_array, from_file)
+
+
+def test_float_and_wider_integer_arrays():
+    pixels = np.random.default_rng(4).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    want = _rgb(vs.open_image(pixels))
+    for same in (pixels / 255.0, (pixels / 255.0).astype(np.float32), pixels.astype(np.int64)):
+        np.testing.assert_array_equal(_rgb(vs.open_image(same)), want)
+
+
+@pytest.mark.parametrize(("array", "match"), [
+    (np.zeros((0, 4, 3), np.uint8), r"^empty \(4×0 pixels\)$"),
+    (np.zeros((4, 4, 5), np.uint8), r"shape \(H, W\) or \(H, W, C\) with C = 1, 2, 3 or 4, got \(4, 4, 5\)"),
+    (np.zeros((2, 4, 4, 3), np.uint8), r"got \(2, 4, 4, 3\)"),
+    (np.full((4, 4), 1.5), r"float image array must hold values in \[0, 1\], got 1.5\.\.1.5"),
+    (np.full((4, 4), np.nan), r"finite values in \[0, 1\], got NaN or Inf"),
+    (np.full((4, 4), 300, np.int32), r"values in 0\.\.255, got 300\.\.300 \(int32\)"),
+    (np.zeros((4, 4), np.complex64), r"integers, floats or bools, got complex64"),
+])
+def test_bad_arrays_are_refused_with_one_reason(array, match):
+    with pytest.raises(vs.UnreadableImage, match=match):
+        vs.open_image(array)
+
+
+def test_an_empty_image_is_refused_not_divided_by():
+    with pytest.raises(vs.UnreadableImage, match=r"^empty \(0×0 pixels\)$"):
+        vs.open_image(Image.new("RGB", (0, 0)))
+    with pytest.raises(vs.UnreadableImage, match=r"^empty \(5×0 pixels\)$"):
+        vs.open_image(Image.new("RGBA", (5, 0)))
+
+
+def test_the_pixel_limit_applies_to_arrays():
+    with pytest.raises(vs.UnreadableImage, match=r"too large \(10×10 = 100 pixels, limit 99\)"):
+        vs.open_image(np.zeros((10, 10, 3), np.uint8), max_pixels=99)

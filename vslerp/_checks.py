@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "MAX_EMBEDDING_VALUE",
     "MAX_MAGNITUDE",
     "as_tensor",
     "check_finite",
     "check_int",
+    "check_embedding_values",
     "check_magnitude",
     "check_nonzero_rows",
     "check_values",
@@ -18,6 +20,12 @@ __all__ = [
 # The largest |t| / |alpha| the core accepts: far past any useful edit (the paper uses
 # -2 <= alpha <= 2), small enough that sin/cos of t·Omega and alpha·m stay exact in float32.
 MAX_MAGNITUDE = 1e6
+
+# The largest |entry| of a raw embedding the pipelines render (source, target, negative, the
+# image mean, every cell). Raw CLIP embeddings have entries of order 1 (norms of tens); a
+# generator's layers turn entries of 1e30 into Inf and NaN (black cells), in float32 and more
+# so in float16 (largest 65504). 1e4 leaves a factor of a thousand for scaled embeddings.
+MAX_EMBEDDING_VALUE = 1e4
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -87,6 +95,16 @@ def check_magnitude(name: str, value, limit: float = MAX_MAGNITUDE) -> None:
             raise ValueError(f"{name} must be finite, got {v}")
         if abs(v) > limit:
             raise ValueError(f"{name} {v:g} is too large: |{name}| <= {limit:g}")
+
+
+def check_embedding_values(name: str, raw: torch.Tensor, limit: float = MAX_EMBEDDING_VALUE) -> None:
+    """Raise ``ValueError`` naming ``name`` when the finite embedding(s) ``raw`` hold an entry with
+    ``|value| > limit`` (``MAX_EMBEDDING_VALUE``): "source embedding has an entry of magnitude
+    1e+30, more than a generator can render (|value| <= 1e+04; raw CLIP embeddings are of order 1)"."""
+    peak = float(raw.detach().abs().max().to(torch.float64)) if raw.numel() else 0.0
+    if peak > limit:
+        raise ValueError(f"{name} has an entry of magnitude {peak:.3g}, more than a generator can render "
+                         f"(|value| <= {limit:g}; raw CLIP embeddings are of order 1)")
 
 
 def check_int(name: str, value, low: int = 1) -> int:

@@ -19,6 +19,20 @@ def _unit(name: str, raw: torch.Tensor) -> torch.Tensor:
     return scaled / torch.linalg.vector_norm(scaled, dim=-1, keepdim=True)
 
 
+# Entries above this are computed on copies divided by a power of two (exact): the SLERP weights
+# exceed 1 for wide angles, so their products could overflow while the result is representable.
+_RESCALE_ABOVE = 2.0**64
+
+
+def _pow2_scale(*raws: torch.Tensor) -> torch.Tensor:
+    """(..., 1): 1 per vector, or the power of two at most its largest |entry| among ``raws``
+    (broadcast together) where that exceeds ``_RESCALE_ABOVE``."""
+    peak = raws[0].abs().amax(dim=-1, keepdim=True)
+    for raw in raws[1:]:
+        peak = torch.maximum(peak, raw.abs().amax(dim=-1, keepdim=True))
+    return torch.where(peak > _RESCALE_ABOVE, torch.exp2(torch.floor(torch.log2(peak))), torch.ones_like(peak))
+
+
 def _check_pair(a, b) -> tuple[torch.Tensor, torch.Tensor]:
     a = as_tensor("a", a, min_rank=1)
     b = as_tensor("b", b, min_rank=1)
@@ -88,7 +102,8 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t) -> torch.Tensor:
             f"t of shape {tuple(t.shape)} does not broadcast with the leading dimensions of "
             f"a {tuple(a.shape)} and b {tuple(b.shape)}"
         ) from None
-    out = _check_result(_slerp_weights_apply(raw_a, raw_b, t), "slerp(a, b, t)")
+    scale = _pow2_scale(raw_a, raw_b)  # (..., 1): huge vectors are combined at unit scale
+    out = _check_result(_slerp_weights_apply(raw_a / scale, raw_b / scale, t) * scale, "slerp(a, b, t)")
     return _check_result(out.expand(*batch, out.shape[-1]).to(out_dtype), "slerp(a, b, t)")
 
 
@@ -136,8 +151,13 @@ def vslerp(a: torch.Tensor, b: torch.Tensor, t, alpha, mean: torch.Tensor) -> to
             f"dimensions of a {tuple(a.shape)} and b {tuple(b.shape)}"
         ) from None
     shift = alpha.unsqueeze(-1) * mean.to(device=raw_a.device, dtype=cd)  # (..., D)
+    if not bool(torch.isfinite(shift).all()):
+        raise ValueError(f"alpha·mean overflows {cd}: alpha or mean is too large in magnitude")
+    scale = _pow2_scale(raw_a, raw_b, shift)  # (..., 1): huge vectors are combined at unit scale
     try:
-        centered = _slerp_weights_apply(raw_a - shift, raw_b - shift, t) + shift
+        scaled_shift = shift / scale
+        centered = (_slerp_weights_apply(raw_a / scale - scaled_shift, raw_b / scale - scaled_shift, t)
+                    + scaled_shift) * scale
     except ValueError as err:
         raise ValueError(f"{err} (after shifting both by alpha·mean)") from None
     centered = centered.expand(*batch, a.shape[-1])
