@@ -24,7 +24,7 @@ __all__ = ["MixCoefficients", "vmix", "vmix_coefficients"]
 
 TOL = 1e-12  # default convergence tolerance: ‖Σ wᵢ log_q(ûᵢ)‖ in radians
 MAX_ITER = 64  # default cap on Newton steps
-_CANCEL = 1e-9  # a weighted linear mean of unit directions this short: they cancel
+_CANCEL = 1e-9  # a weighted mean of unit directions (or Σ wᵢ θᵢ cot θᵢ) this small: they cancel
 _ANTIPODAL = 1e-6  # a weighted direction this close to π from the mean: antipodal
 _MAX_STEP = 1.0  # radians: the longest step, so that a far start cannot jump past the mean
 
@@ -49,7 +49,8 @@ class _Request:
 
 
 def _check(vectors, weights, alpha, mean, tol, max_iter) -> _Request:
-    """Every argument checked, in float64 on the vectors' device, before any compute."""
+    """Every argument checked before any compute; weights and alpha in float64, vectors and
+    mean in the compute dtype (float32, float64 for float64 input), on the vectors' device."""
     vectors = as_tensor("vectors", vectors, min_rank=2)
     check_finite("vectors", vectors)
     n, dim = vectors.shape[-2], vectors.shape[-1]
@@ -117,14 +118,6 @@ def _shifted_directions(req: _Request) -> torch.Tensor:
     return unit("vectors", shifted)
 
 
-def _rest_of_cot(theta: torch.Tensor, theta_cot: torch.Tensor) -> torch.Tensor:
-    """(1 − θ cot θ)/θ² from θ and θ cot θ, by its series near 0 (where the difference cancels)."""
-    small = theta < 1e-3
-    direct = (1 - theta_cot) / torch.where(small, 1.0, theta).square()
-    square = theta.square()
-    return torch.where(small, 1 / 3 + square * (1 / 45 + square * (2 / 945)), direct)
-
-
 def _combine(coef: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Σᵢ coefᵢ·rowsᵢ: (B..., N) x (Bu..., N, k) -> (B..., k), one matrix product (rows shared
     by every weight row when Bu is empty)."""
@@ -165,12 +158,16 @@ def _spherical_mean(units: torch.Tensor, weights: torch.Tensor, tol: float,
             raise ValueError(f"the weighted spherical mean did not converge in max_iter={max_iter} "
                              f"steps (residual {float(residual.max()):.3g} > tol={tol:g}): it is "
                              "ill-defined for these directions (nearly antipodal inputs?)")
-        # Newton: solve H v = Σ wᵢ log_q(ûᵢ) with H the Riemannian Hessian of Σ wᵢ d(q, ûᵢ)²/2,
+        # Newton: solve H v = Σ wᵢ log_q(ûᵢ), H the Riemannian Hessian of Σ wᵢ d(q, ûᵢ)²/2,
         # Σ wᵢ [θᵢ cot θᵢ (I − qqᵀ) + (1 − θᵢ cot θᵢ) tᵢtᵢᵀ] (tᵢ the unit tangent towards ûᵢ),
-        # plus qqᵀ (H q = q: invertible, and v stays tangent). With lᵢ = log_q(ûᵢ) =
-        # sᵢ (ûᵢ − cᵢ q): Σ βᵢ lᵢlᵢᵀ = Σ βᵢsᵢ² ûᵢûᵢᵀ − p qᵀ − q pᵀ + γ qqᵀ, so
-        # H = S + a·I + q yᵀ + y qᵀ with y = (1 − a + γ)/2·q − p.
-        beta = scaled * over_sin * _rest_of_cot(theta, cos * over_sin)  # wᵢsᵢ²(1 − θᵢcot θᵢ)/θᵢ²
+        # plus qqᵀ (then H q = q: invertible, and v stays tangent). As lᵢ = log_q(ûᵢ) =
+        # sᵢ (ûᵢ − cᵢ q) with cᵢ = cos θᵢ: Σ wᵢ (1 − θᵢ cot θᵢ) tᵢtᵢᵀ = Σ βᵢ (ûᵢ − cᵢq)(ûᵢ − cᵢq)ᵀ
+        # = S − p qᵀ − q pᵀ + γ qqᵀ (S = Σ βᵢ ûᵢûᵢᵀ, p = Σ βᵢcᵢûᵢ, γ = Σ βᵢcᵢ²), so with
+        # a = Σ wᵢ θᵢ cot θᵢ: H = S + a·I + q yᵀ + y qᵀ, y = (1 − a + γ)/2·q − p.
+        # βᵢ = wᵢ sᵢ² (1 − θᵢ cot θᵢ)/θᵢ²: near θ = 0 the difference cancels, but its term is
+        # wᵢ (1 − θᵢ cot θᵢ) ≈ wᵢθᵢ²/3 in size, so the rounding is negligible (no series).
+        rest = (1 - cos * over_sin) / theta.square().clamp_min(1e-300)
+        beta = scaled * over_sin * rest  # (B..., N)
         beta_cos = beta * cos
         p = _combine(beta_cos, units)  # (B..., r)
         gamma = (beta_cos * cos).sum(dim=-1, keepdim=True)  # (B..., 1)
