@@ -60,11 +60,10 @@ def angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = _check_pair(a, b)
     cd = compute_dtype(a, b)
     unit_a, unit_b = unit("a", a.to(cd)), unit("b", b.to(cd))
-    return angle_of_units(unit_a, unit_b)
+    return _angle_of_units(unit_a, unit_b)
 
 
-def angle_of_units(unit_a: torch.Tensor, unit_b: torch.Tensor) -> torch.Tensor:
-    """Angle between unit vectors (..., D) x (..., D) -> (...,): 2·atan2(‖â − b̂‖, ‖â + b̂‖)."""
+def _angle_of_units(unit_a: torch.Tensor, unit_b: torch.Tensor) -> torch.Tensor:
     diff = torch.linalg.vector_norm(unit_a - unit_b, dim=-1)
     total = torch.linalg.vector_norm(unit_a + unit_b, dim=-1)
     return 2.0 * torch.atan2(diff, total)
@@ -99,7 +98,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t) -> torch.Tensor:
 def _slerp_weights_apply(raw_a: torch.Tensor, raw_b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """The SLERP combination in the compute dtype; inputs already checked."""
     unit_a, unit_b = unit("a", raw_a), unit("b", raw_b)
-    omega = angle_of_units(unit_a, unit_b)  # (...,)
+    omega = _angle_of_units(unit_a, unit_b)  # (...,)
     total = torch.linalg.vector_norm(unit_a + unit_b, dim=-1)
     tol = 10 * torch.finfo(raw_a.dtype).eps
     if bool((total <= tol).any()):

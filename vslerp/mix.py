@@ -18,14 +18,14 @@ from dataclasses import dataclass
 import torch
 
 from ._checks import as_tensor, check_finite, check_int, check_magnitude, compute_dtype
-from .interp import angle_of_units, check_result, unit
+from .interp import check_result, unit
 
 __all__ = ["MixCoefficients", "vmix", "vmix_coefficients"]
 
 TOL = 1e-12  # default convergence tolerance: ‖Σ wᵢ log_q(ûᵢ)‖ in radians
 MAX_ITER = 64  # default cap on Newton steps
 _CANCEL = 1e-9  # a weighted mean of unit directions (or Σ wᵢ θᵢ cot θᵢ) this small: they cancel
-_ANTIPODAL = 1e-6  # a weighted direction this close to π from the mean: antipodal
+_ANTIPODAL = 1e-4  # a weighted direction this close to π from the mean: antipodal
 _MAX_STEP = 1.0  # radians: the longest step, so that a far start cannot jump past the mean
 
 
@@ -140,11 +140,14 @@ def _spherical_mean(units: torch.Tensor, weights: torch.Tensor, tol: float,
                          "antipodal inputs with equal weights): the spherical mean is undefined")
     q = linear / length  # (B..., r)
     for step in range(max_iter + 1):
-        theta = angle_of_units(units, q.unsqueeze(-2))  # (B..., N)
+        # θᵢ from the dot products ûᵢ·q, (B..., N) rather than (B..., N, r) of differences: its
+        # rounding near θ = 0 (~1e-8) is harmless, as θ/sin θ and θ cot θ are flat there, and
+        # near π, where they are not, the mean is refused as undefined.
+        cos = torch.matmul(q.unsqueeze(-2), units.mT).squeeze(-2).clamp(-1.0, 1.0)  # (B..., N)
+        theta = torch.atan2(torch.sqrt((1 - cos) * (1 + cos)), cos)
         if bool((active & (theta > math.pi - _ANTIPODAL)).any()):
             raise ValueError("an input direction is antipodal to the weighted spherical mean "
                              "(vectors − alpha·mean nearly opposite): the mean is undefined")
-        cos = torch.cos(theta)
         over_sin = torch.where(active, 1 / torch.sinc(theta / math.pi), 0.0)  # sᵢ = θᵢ/sin θᵢ
         scaled = weights * over_sin  # (B..., N)
         theta_cot = (scaled * cos).sum(dim=-1, keepdim=True)  # (B..., 1): Σ wᵢ θᵢ cot θᵢ
