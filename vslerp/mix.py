@@ -144,7 +144,7 @@ def _spherical_mean(units: torch.Tensor, weights: torch.Tensor, tol: float,
         # rounding near θ = 0 (~1e-8) is harmless, as θ/sin θ and θ cot θ are flat there, and
         # near π, where they are not, the mean is refused as undefined.
         cos = torch.matmul(q.unsqueeze(-2), units.mT).squeeze(-2).clamp(-1.0, 1.0)  # (B..., N)
-        theta = torch.atan2(torch.sqrt((1 - cos) * (1 + cos)), cos)
+        theta = torch.acos(cos)
         if bool((active & (theta > math.pi - _ANTIPODAL)).any()):
             raise ValueError("an input direction is antipodal to the weighted spherical mean "
                              "(vectors − alpha·mean nearly opposite): the mean is undefined")
