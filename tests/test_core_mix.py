@@ -140,6 +140,20 @@ def test_permutation_invariant(n, dim, alpha, seed):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-11 * max(1.0, abs(alpha)) * 4)
 
 
+@pytest.mark.parametrize("gap", [0.0, 1e-12, 1e-7])
+def test_repeated_inputs_add_their_weights(gap):
+    """An input given twice (or twice to within ``gap``) weighs as one with both weights:
+    the mean's directions there are (nearly) equal, θ ≈ 0 between them."""
+    vectors, mean = _inputs(9, 3, 16)
+    twin = vectors[0] + gap * torch.ones(16, dtype=torch.float64)
+    w = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    for alpha in (0.0, 1.0):
+        merged = vslerp.vmix(vectors, torch.tensor([0.2 + 0.25, 0.3, 0.5], dtype=torch.float64), alpha, mean)
+        got = vslerp.vmix(torch.cat([vectors, twin[None]]), torch.cat([w, torch.tensor([0.25])]),
+                          alpha, mean)
+        torch.testing.assert_close(got, merged, rtol=0, atol=1e-9 + 10 * gap)
+
+
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 6), dim=st.integers(1, 40), dtype=st.sampled_from(DTYPES),
        alpha=st.floats(-2, 2), seed=st.integers(0, 2**31 - 1), data=st.data())

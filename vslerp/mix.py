@@ -163,13 +163,12 @@ def _spherical_mean(units: torch.Tensor, weights: torch.Tensor, tol: float,
                              "ill-defined for these directions (nearly antipodal inputs?)")
         # Newton: solve H v = Σ wᵢ log_q(ûᵢ), H the Riemannian Hessian of Σ wᵢ d(q, ûᵢ)²/2,
         # Σ wᵢ [θᵢ cot θᵢ (I − qqᵀ) + (1 − θᵢ cot θᵢ) tᵢtᵢᵀ] (tᵢ the unit tangent towards ûᵢ),
-        # plus qqᵀ (then H q = q: invertible, and v stays tangent). As lᵢ = log_q(ûᵢ) =
-        # sᵢ (ûᵢ − cᵢ q) with cᵢ = cos θᵢ: Σ wᵢ (1 − θᵢ cot θᵢ) tᵢtᵢᵀ = Σ βᵢ (ûᵢ − cᵢq)(ûᵢ − cᵢq)ᵀ
-        # = S − p qᵀ − q pᵀ + γ qqᵀ (S = Σ βᵢ ûᵢûᵢᵀ, p = Σ βᵢcᵢûᵢ, γ = Σ βᵢcᵢ²), so with
+        # plus qqᵀ (then H q = q: invertible, and v stays tangent). With κᵢ = cos θᵢ,
+        # tᵢ = (ûᵢ − κᵢq)/sin θᵢ, so Σ wᵢ (1 − θᵢ cot θᵢ) tᵢtᵢᵀ = Σ βᵢ (ûᵢ − κᵢq)(ûᵢ − κᵢq)ᵀ
+        # = S − p qᵀ − q pᵀ + γ qqᵀ (S = Σ βᵢûᵢûᵢᵀ, p = Σ βᵢκᵢûᵢ, γ = Σ βᵢκᵢ²) and, with
         # a = Σ wᵢ θᵢ cot θᵢ: H = S + a·I + q yᵀ + y qᵀ, y = (1 − a + γ)/2·q − p.
-        # βᵢ = wᵢ sᵢ² (1 − θᵢ cot θᵢ)/θᵢ²: near θ = 0 the difference cancels, but its term is
-        # wᵢ (1 − θᵢ cot θᵢ) ≈ wᵢθᵢ²/3 in size, so the rounding is negligible (no series).
-        rest = (1 - cos * over_sin) / theta.square().clamp_min(1e-300)
+        # βᵢ = wᵢ sᵢ² (1 − θᵢ cot θᵢ)/θᵢ²; the last factor is 1/3 + θ²/45 + … near 0.
+        rest = torch.where(theta < 1e-4, 1 / 3, (1 - cos * over_sin) / theta.square())
         beta = scaled * over_sin * rest  # (B..., N)
         beta_cos = beta * cos
         p = _combine(beta_cos, units)  # (B..., r)
