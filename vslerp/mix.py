@@ -25,7 +25,7 @@ __all__ = ["MixCoefficients", "vmix", "vmix_coefficients"]
 TOL = 1e-12  # default convergence tolerance: ‖Σ wᵢ log_q(ûᵢ)‖ in radians
 MAX_ITER = 64  # default cap on Newton steps
 _CANCEL = 1e-9  # a weighted mean of unit directions (or Σ wᵢ θᵢ cot θᵢ) this small: they cancel
-_ANTIPODAL = 1e-4  # a weighted direction this close to π from the mean: antipodal
+_TOO_FAR = math.pi / 1e-4  # θ/sin θ of a direction within 1e-4 of π from the mean: antipodal
 _MAX_STEP = 1.0  # radians: the longest step, so that a far start cannot jump past the mean
 
 
@@ -145,21 +145,20 @@ def _spherical_mean(units: torch.Tensor, weights: torch.Tensor, tol: float,
         # near π, where they are not, the mean is refused as undefined.
         cos = torch.matmul(q.unsqueeze(-2), units.mT).squeeze(-2).clamp(-1.0, 1.0)  # (B..., N)
         theta = torch.acos(cos)
-        if bool((active & (theta > math.pi - _ANTIPODAL)).any()):
+        over_sin = torch.where(active, 1 / torch.sinc(theta / math.pi), 0.0)  # sᵢ = θᵢ/sin θᵢ
+        if bool((over_sin > _TOO_FAR).any()):  # θ/sin θ > π/1e-4: θ within 1e-4 of π
             raise ValueError("an input direction is antipodal to the weighted spherical mean "
                              "(vectors − alpha·mean nearly opposite): the mean is undefined")
-        over_sin = torch.where(active, 1 / torch.sinc(theta / math.pi), 0.0)  # sᵢ = θᵢ/sin θᵢ
         scaled = weights * over_sin  # (B..., N)
         theta_cot = (scaled * cos).sum(dim=-1, keepdim=True)  # (B..., 1): Σ wᵢ θᵢ cot θᵢ
         # Σ wᵢ log_q(ûᵢ), log_q(û) = θ/sin θ·(û − cos θ·q): minus the gradient of Σ wᵢ d²/2
         gradient = _combine(scaled, units) - theta_cot * q  # (B..., r)
-        residual = torch.linalg.vector_norm(gradient, dim=-1)  # (B...,)
-        done = residual <= tol
-        if bool(done.all()):
+        residual = float(torch.linalg.vector_norm(gradient, dim=-1).max())  # the slowest row
+        if residual <= tol:
             break
         if step == max_iter:
             raise ValueError(f"the weighted spherical mean did not converge in max_iter={max_iter} "
-                             f"steps (residual {float(residual.max()):.3g} > tol={tol:g}): it is "
+                             f"steps (residual {residual:.3g} > tol={tol:g}): it is "
                              "ill-defined for these directions (nearly antipodal inputs?)")
         # Newton: solve H v = Σ wᵢ log_q(ûᵢ), H the Riemannian Hessian of Σ wᵢ d(q, ûᵢ)²/2,
         # Σ wᵢ [θᵢ cot θᵢ (I − qqᵀ) + (1 − θᵢ cot θᵢ) tᵢtᵢᵀ] (tᵢ the unit tangent towards ûᵢ),
@@ -182,7 +181,7 @@ def _spherical_mean(units: torch.Tensor, weights: torch.Tensor, tol: float,
         # Where H is not positive definite (directions far apart), Buss & Fillmore's step.
         move = torch.where((info == 0).unsqueeze(-1), newton, gradient)  # (B..., r) tangent
         length = torch.linalg.vector_norm(move, dim=-1, keepdim=True)  # (B..., 1)
-        shrink = torch.clamp(_MAX_STEP / length.clamp_min(1e-300), max=1.0)  # a far start
+        shrink = torch.clamp(_MAX_STEP / length, max=1.0)  # a far start (1/0 = inf → 1)
         length = length * shrink
         q = torch.cos(length) * q + (torch.sinc(length / math.pi) * shrink) * move  # exp_q(move)
         q = q / torch.linalg.vector_norm(q, dim=-1, keepdim=True)
@@ -193,7 +192,7 @@ def _spherical_mean(units: torch.Tensor, weights: torch.Tensor, tol: float,
     coefficients = scaled / theta_cot
     one_hot = (weights == 1).any(dim=-1, keepdim=True)  # one input: that input, exactly
     coefficients = torch.where(one_hot, weights, coefficients)
-    return MixCoefficients(coefficients, step, float(residual.max()))
+    return MixCoefficients(coefficients, step, residual)
 
 
 def vmix_coefficients(vectors, weights, alpha, mean, *, tol: float = TOL,
