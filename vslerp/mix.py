@@ -237,6 +237,7 @@ def vmix(vectors, weights, alpha, mean, *, tol: float = TOL, max_iter: int = MAX
         ValueError: bad arguments (naming them: ``weights`` all-zero, negative, NaN or of the
             wrong length), a zero shifted vector, directions whose mean is undefined (they
             cancel, one is antipodal to it) or that do not converge in ``max_iter`` steps.
+        TypeError: an argument that is not a real tensor or number (named).
     """
     req = _check(vectors, weights, alpha, mean, tol, max_iter)
     mix = _spherical_mean(_shifted_directions(req), req.weights, tol, max_iter)
