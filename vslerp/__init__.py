@@ -1,8 +1,9 @@
 """vslerp: vertical SLERP in raw CLIP embedding space, and the geometry of that space.
 
 The core (this package) is pure tensor functions implementing Levi & Gilboa, "The
-Double-Ellipsoid Geometry of CLIP": SLERP and vSLERP (Eq. 12), exact conformity in linear
-time (Eq. 10), its estimate from the mean (Eq. 11), and the §4 geometry measures.
+Double-Ellipsoid Geometry of CLIP": SLERP and vSLERP (Eq. 12) and its N-way mix (``vmix``,
+through the weighted spherical mean), exact conformity in linear time (Eq. 10), its estimate
+from the mean (Eq. 11), and the §4 geometry measures.
 The rooms ``vslerp.stats``, ``vslerp.pipelines`` and ``vslerp.ui`` build on it.
 
 The names below are imported on first use (PEP 562), so that ``import vslerp.ui.cli`` and
@@ -25,6 +26,7 @@ _EXPORTS = {
     "ConformityKL": "divergence", "conformity_kl_vs_alpha": "divergence", "histogram": "divergence",
     "kl_divergence": "divergence",
     "angle": "interp", "slerp": "interp", "vslerp": "interp",
+    "MixCoefficients": "mix", "vmix": "mix", "vmix_coefficients": "mix",
     "MomentAccumulator": "moments", "off_diagonal_dominance": "moments", "offset_ratio": "moments",
     "separability": "moments", "thin_shell": "moments", "top_features": "moments",
 }

@@ -11,8 +11,9 @@ from ._checks import as_tensor, check_finite, check_magnitude, check_nonzero_row
 __all__ = ["angle", "slerp", "vslerp"]
 
 
-def _unit(name: str, raw: torch.Tensor) -> torch.Tensor:
-    """Unit vectors of ``raw`` (..., D), overflow-safe: scaled by the max |entry| first."""
+def unit(name: str, raw: torch.Tensor) -> torch.Tensor:
+    """Unit vectors of ``raw`` (..., D), overflow-safe: scaled by the max |entry| first; a zero
+    vector is a ``ValueError`` naming ``name``."""
     scale = raw.abs().amax(dim=-1, keepdim=True)  # (..., 1)
     check_nonzero_rows(name, scale.squeeze(-1))
     scaled = raw / scale
@@ -53,10 +54,12 @@ def _as_batch_param(name: str, value, like: torch.Tensor, dtype: torch.dtype) ->
     return value.to(device=like.device, dtype=dtype)
 
 
-def _check_result(out: torch.Tensor, what: str) -> torch.Tensor:
-    """Finite input can still overflow the compute dtype (huge vectors times large t/alpha):
-    refuse that rather than return Inf/NaN."""
-    if not bool(torch.isfinite(out).all()):
+def check_result(out: torch.Tensor, what: str) -> torch.Tensor:
+    """``out`` if finite: finite input can still overflow the compute dtype (huge vectors times
+    large t/alpha); refuse that (``ValueError`` naming ``what``) rather than return Inf/NaN."""
+    # A finite sum means finite entries (an Inf or NaN entry makes it Inf or NaN): one cheap
+    # reduction first, the element-wise check only when the sum itself is not finite.
+    if not bool(torch.isfinite(out.sum())) and not bool(torch.isfinite(out).all()):
         raise ValueError(f"{what} overflows {out.dtype}: the inputs are too large in magnitude "
                          "for this dtype (use float64 inputs or smaller t/alpha)")
     return out
@@ -70,7 +73,7 @@ def angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     a, b = _check_pair(a, b)
     cd = compute_dtype(a, b)
-    unit_a, unit_b = _unit("a", a.to(cd)), _unit("b", b.to(cd))
+    unit_a, unit_b = unit("a", a.to(cd)), unit("b", b.to(cd))
     return _angle_of_units(unit_a, unit_b)
 
 
@@ -103,13 +106,13 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t) -> torch.Tensor:
             f"a {tuple(a.shape)} and b {tuple(b.shape)}"
         ) from None
     scale = _pow2_scale(raw_a, raw_b)  # (..., 1): huge vectors are combined at unit scale
-    out = _check_result(_slerp_weights_apply(raw_a / scale, raw_b / scale, t) * scale, "slerp(a, b, t)")
-    return _check_result(out.expand(*batch, out.shape[-1]).to(out_dtype), "slerp(a, b, t)")
+    out = check_result(_slerp_weights_apply(raw_a / scale, raw_b / scale, t) * scale, "slerp(a, b, t)")
+    return check_result(out.expand(*batch, out.shape[-1]).to(out_dtype), "slerp(a, b, t)")
 
 
 def _slerp_weights_apply(raw_a: torch.Tensor, raw_b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """The SLERP combination in the compute dtype; inputs already checked."""
-    unit_a, unit_b = _unit("a", raw_a), _unit("b", raw_b)
+    unit_a, unit_b = unit("a", raw_a), unit("b", raw_b)
     omega = _angle_of_units(unit_a, unit_b)  # (...,)
     total = torch.linalg.vector_norm(unit_a + unit_b, dim=-1)
     tol = 10 * torch.finfo(raw_a.dtype).eps
@@ -164,4 +167,4 @@ def vslerp(a: torch.Tensor, b: torch.Tensor, t, alpha, mean: torch.Tensor) -> to
     # Endpoints exactly: (a − αm) + αm is not bit-equal to a in floating point.
     out = torch.where((t == 0).unsqueeze(-1), raw_a, centered)
     out = torch.where((t == 1).unsqueeze(-1), raw_b, out)
-    return _check_result(out.to(out_dtype), "vslerp(a, b, t, alpha, mean)")
+    return check_result(out.to(out_dtype), "vslerp(a, b, t, alpha, mean)")
