@@ -707,3 +707,25 @@ def test_render_many_gives_each_job_its_own_image_mean(pipe, stats_file):
     np.testing.assert_allclose(_pixels(both[1].images[0]), _pixels(alone.images[0]), atol=1)
     with pytest.raises(ValueError, match="differ in steps"):
         render_many(pipe, [(spec, raw[0], raw[1], None), (replace(spec, steps=STEPS + 1), raw[0], raw[1], None)])
+
+
+def test_an_image_handed_in_decoded_is_normalised_as_its_file(tmp_path):
+    """A PIL image given to the editor (a programmatic caller) becomes the same RGB pixels as its
+    file: alpha composited on white and EXIF orientation applied, by vslerp.stats.open_image."""
+    from vslerp.ui.editor.uploads import open_upload
+
+    rgba = np.zeros((8, 12, 4), np.uint8)
+    rgba[..., 0], rgba[:4, :, 3] = 255, 255  # red, the bottom half transparent
+    path = tmp_path / "half.png"
+    PIL.Image.fromarray(rgba, "RGBA").save(path)
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to view
+    rotated = tmp_path / "rotated.jpg"
+    PIL.Image.fromarray(rgba[..., :3]).save(rotated, exif=exif)
+    for file in (path, rotated):
+        from_file = np.asarray(open_upload(str(file)))
+        with PIL.Image.open(file) as decoded:
+            from_pil = np.asarray(open_upload(decoded))
+        assert from_pil.shape == from_file.shape
+        np.testing.assert_array_equal(from_pil, from_file)
+    assert np.asarray(open_upload(str(path)))[-1, 0].tolist() == [255, 255, 255]  # on white

@@ -52,7 +52,8 @@ _REFERENCE_CACHE_SIZE = 8  # reference conformity arrays kept (one per statistic
 
 # What the statistics' "source" is, in words (the technical names stay in the metadata).
 MEAN_WORDS = {"prior_clip_mean": "the prior's training mean", "dataset": "dataset statistics",
-              "tensor": "a given mean vector"}
+              "tensor": "a given mean vector",
+              "image_normalizer_mean": "the model's image-normaliser mean"}
 
 
 class Editor(ResultViews):

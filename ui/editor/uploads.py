@@ -173,7 +173,10 @@ def _open(path, name: str, max_pixels: int) -> PIL.Image.Image:
         if width * height > max_pixels:
             raise EditorError(f"The {name} image is too large: {width}×{height} pixels "
                               f"(at most {max_pixels:,} pixels).")
-        return path.convert("RGB")
+        try:  # the one image normalisation (alpha on white, EXIF, modes), as for a file
+            return open_image(path, max_pixels=max_pixels)
+        except UnreadableImage as err:
+            raise EditorError(f"The {name} image cannot be read ({err}).") from None
     label = display_name(path)
     try:
         with warnings.catch_warnings():
