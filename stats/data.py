@@ -126,14 +126,14 @@ def read_coco(path: str | Path, *, limit: int | None = None,
             for key in stream.members():
                 if key == "annotations" and stream.peek() == "[":
                     found = True
-                    for i, ann in enumerate(stream.elements()):
+                    for i, ann in enumerate(stream.elements(check=False)):  # not kept: no walk
                         caption = _annotation(ann, i, where)
                         if keep is None or caption.image_id in keep:
                             captions.append(caption)
                         if limit is not None and not paired and len(captions) >= limit:
                             return images, captions  # the first `limit`: read no further
                 elif key == "images" and stream.peek() == "[":
-                    for i, img in enumerate(stream.elements()):
+                    for i, img in enumerate(stream.elements(check=False)):
                         if limit is None or len(images) < limit:
                             images.append(_image_entry(img, i, where))
                     if limit is not None and paired:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
 from vslerp.defaults import MAX_JSON_DEPTH
+
+_SPACE = re.compile(r"[ \t\n\r]*").match  # JSON's whitespace (as json.decoder's own)
 
 __all__ = ["JSONStream", "check_depth", "check_regular_file", "json_type", "parse_json", "read_json"]
 
@@ -130,8 +133,7 @@ class JSONStream:
     def peek(self) -> str:
         """The next character that is not whitespace ('' at the end), not consumed."""
         while True:
-            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\r\n":
-                self.pos += 1
+            self.pos = _SPACE(self.buf, self.pos).end()
             if self.pos < len(self.buf):
                 return self.buf[self.pos]
             if not self._more(self.CHUNK):
@@ -145,8 +147,10 @@ class JSONStream:
         self.pos += 1
         return char
 
-    def value(self, depth: int = 1):
-        """The next JSON value, whole (``depth``: its nesting level in the document)."""
+    def value(self, depth: int = 1, check: bool = True):
+        """The next JSON value, whole (``depth``: its nesting level in the document). ``check``
+        False: only the decoder's own recursion guard (~1000 levels), for a value the caller
+        takes apart and does not keep (an annotation)."""
         size = self.CHUNK
         while True:
             if not self.peek():
@@ -163,7 +167,8 @@ class JSONStream:
             if end == len(self.buf) and self._more(size):  # a number may go on: read more
                 continue
             self.pos = end
-            check_depth(value, self.where, self.limit - depth + 1)
+            if check and isinstance(value, (list, dict)):
+                check_depth(value, self.where, self.limit - depth + 1)
             return value
 
     def members(self):
@@ -184,13 +189,14 @@ class JSONStream:
             if self._expect(",}") == "}":
                 return
 
-    def elements(self, depth: int = 2):
-        """Yield the elements of the array that comes next, one at a time (``depth``: theirs)."""
+    def elements(self, depth: int = 2, check: bool = True):
+        """Yield the elements of the array that comes next, one at a time (``depth``: theirs;
+        ``check``: as :meth:`value`)."""
         self._expect("[")
         if self.peek() == "]":
             self.pos += 1
             return
         while True:
-            yield self.value(depth)
+            yield self.value(depth, check)
             if self._expect(",]") == "]":
                 return
