@@ -123,6 +123,20 @@ def test_deep_json_is_one_line_naming_the_file(case, tmp_path, tiny_kandinsky, c
     assert expected in line, line
 
 
+@pytest.mark.parametrize("recorded", [{"job": 5}, {"job": [1]}, [1, 2], {"job": {"params": 5}}])
+def test_a_resume_sidecar_of_another_shape_is_one_line(tmp_path, tiny_kandinsky, capsys, no_models, recorded):
+    prior, decoder = tiny_kandinsky
+    src, tgt = _image(tmp_path / "a.png"), _image(tmp_path / "b.png", "blue")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"source": str(src), "target": str(tgt), "name": "j"}) + "\n")
+    (tmp_path / "od").mkdir()
+    _image(tmp_path / "od" / "j.png")
+    (tmp_path / "od" / "j.json").write_text(json.dumps(recorded))
+    code, _, err = cli(capsys, "batch", jobs, "--out-dir", tmp_path / "od", "--model", decoder, "--prior", prior)
+    line = _one_line(code, err, "batch")
+    assert "jobs.jsonl:1 (j)" in line and "pass --overwrite" in line, line
+
+
 def test_png_metadata_too_deep_is_one_line(tmp_path, capsys, no_models):
     from PIL.PngImagePlugin import PngInfo
 

@@ -212,6 +212,8 @@ def _rendered_differently(png: Path, job: dict) -> str | None:
         return f"exists, but {sidecar.name} beside it is missing (its parameters are unknown)"
     except (OSError, ValueError, AttributeError):
         return f"exists, but {sidecar.name} beside it cannot be read"
+    if not isinstance(recorded, dict):  # "job": 5
+        return "exists, but was not rendered by vslerp batch (no job fingerprint in its sidecar)"
     if recorded.get("fingerprint") == job["fingerprint"]:
         return None
     old = recorded.get("params")
