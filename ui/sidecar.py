@@ -70,9 +70,8 @@ def check_fields(record: dict, kinds: dict, where: str) -> None:
             shown = json.dumps(value, ensure_ascii=False)
             shown = shown if len(shown) <= 40 else f"{shown[:39]}…"
             raise CLIError(f"{where}: {key} must be {what}, got {shown} ({json_type(value)})")
-        if kind == "path" and ("\0" in value or not value.strip()):
-            raise CLIError(f"{where}: {key} {short(value)} is not a path"
-                           + (" (it holds a NUL byte)" if "\0" in value else ""))
+        if kind == "path" and "\0" in value:
+            raise CLIError(f"{where}: {key} {short(value)} is not a path (it holds a NUL byte)")
 
 
 def sidecar(spec: RenderSpec, pipe, out, command: str, statistics=None, **extra) -> dict:
