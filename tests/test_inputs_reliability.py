@@ -360,3 +360,12 @@ def test_check_loader_reads_the_parsed_options():
     check_loader(args)
     with pytest.raises(CLIError, match="--num-workers"):
         check_loader(argparse.Namespace(**{**vars(args), "num_workers": max_workers() + 1}))
+
+
+def test_a_deep_embeddings_manifest_is_one_line(tmp_path, capsys):
+    """Not one of the issue's five places, but the same reader: `stats report --embeddings`."""
+    folder = tmp_path / "emb"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(DEEP)
+    with pytest.raises(ValueError, match="embeddings manifest .*manifest.json: JSON nested deeper"):
+        vs.read_embeddings(folder)
