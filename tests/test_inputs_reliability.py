@@ -289,6 +289,8 @@ def test_stats_compute_limit_reads_only_what_it_keeps(tmp_path, tiny_kandinsky, 
     ({"stats": {"path": ["x"]}}, 'stats: path must be a path (text), got ["x"] (list)'),
     ({"dtype": 16}, "dtype must be text, got 16 (int)"),
     ({"seed": 1.0}, "seed must be an integer, got 1.0 (float)"),
+    ({"source": {"kind": "image", "path": ["x.png"]}}, 'source: path must be a path (text), got ["x.png"] (list)'),
+    ({"source": {"kind": "image", "path": "x.png", "sha256": 5}}, "source: sha256 must be text, got 5 (int)"),
 ])
 def test_sidecar_fields_are_read_with_their_type(tmp_path, capsys, no_models, fields, expected):
     side = _sidecar(tmp_path, **fields)

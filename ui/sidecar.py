@@ -250,6 +250,7 @@ def recorded_inputs(meta: dict, from_path: Path, args) -> tuple[dict, dict]:
             continue
         if kind != "image":
             raise CLIError(f"--from {from_path}: {key} has no kind image/prompt")
+        check_fields(ref, {"path": "path", "sha256": "str", "name": "str"}, f"--from {from_path}: {key}")
         recorded = ref.get("sha256")
         if given is None:
             recorded_path = ref.get("path")
