@@ -29,6 +29,7 @@ from .encode import ClipEncoders
 from .files import Statistics
 from .stream import (
     EncodedChunk,
+    check_loader_limits,
     check_sizes,
     encode_stream,
     encoded_chunks,
@@ -135,7 +136,9 @@ def compute_statistics(encoders: ClipEncoders, images: Sequence[ImageItem] = (),
                        num_workers: int = 2, shard_size: int = 1024,
                        store: EmbeddingStore | None = None, state=None, progress: bool = True,
                        metadata: dict | None = None,
-                       on_shard: Callable[[str, int], None] | None = None) -> ComputeResult:
+                       on_shard: Callable[[str, int], None] | None = None,
+                       max_workers: int | None = None,
+                       max_batch_size: int | None = None) -> ComputeResult:
     """Encode ``images`` and ``captions`` and sum their raw embeddings per modality.
 
     encoders: :class:`~vslerp.stats.ClipEncoders`; images / captions: dataset items (either
@@ -143,11 +146,13 @@ def compute_statistics(encoders: ClipEncoders, images: Sequence[ImageItem] = (),
     store: where to write / resume shards (its folder must be prepared by rank 0 first);
     on_shard(modality, chunk): called after each chunk is summed (and written). Unreadable
     images are skipped and named in ``ComputeResult.skipped``. Returns the reduced
-    statistics on every process.
+    statistics on every process. ``max_workers``, ``max_batch_size``: lift the limits of
+    :func:`~vslerp.stats.stream.check_loader_limits` (4 workers per CPU, 4096 items a batch).
     """
     if not images and not captions:
         raise ValueError("nothing to encode: no images and no captions")
     check_sizes(batch_size=batch_size, num_workers=num_workers, shard_size=shard_size)
+    check_loader_limits(num_workers, batch_size, max_workers=max_workers, max_batch_size=max_batch_size)
     if captions and encoders.text_encoder is None:
         raise ValueError("captions given but the encoders were loaded without a text encoder")
     rank = state.process_index if state is not None else 0

@@ -10,7 +10,9 @@ non-images and decompression bombs refused with a short reason.
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import struct
 import warnings
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from vslerp.defaults import IMAGE_SUFFIXES
 
+from .jsonfile import JSONStream, check_regular_file
 from .outputs import note_input
 
 __all__ = [
@@ -73,69 +76,112 @@ class UnreadableImage(ValueError):
 
 
 # -- captions ---------------------------------------------------------------------------
-def _load_json(path: Path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"captions file {path} is not valid JSON ({err.msg} at line "
-                         f"{err.lineno})") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"captions file {path} is not UTF-8 text") from None
+def _annotation(ann, i: int, where: str) -> Caption:
+    if (not isinstance(ann, dict) or not isinstance(ann.get("caption"), str)
+            or not _is_int(ann.get("image_id")) or not _is_int(ann.get("id", i))):
+        raise ValueError(f"{where}: annotations[{i}] needs an int 'image_id' and a str "
+                         f"'caption' (and an int 'id', if any), got {_shown(ann)}")
+    return Caption(ann["caption"].strip(), ann["image_id"], ann.get("id", i))
 
 
-def read_coco(path: str | Path) -> tuple[list[tuple[int, str]], list[Caption]]:
-    """Read an MS-COCO captions json: ([(image_id, file_name)], [Caption]) in file order."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"captions file not found: {path}")
+def _image_entry(img, i: int, where: str) -> tuple[int, str]:
+    if (not isinstance(img, dict) or not _is_int(img.get("id"))
+            or not isinstance(img.get("file_name"), str) or "\0" in img["file_name"]):
+        raise ValueError(f"{where}: images[{i}] needs an int 'id' and a str 'file_name', "
+                         f"got {_shown(img)}")
+    return img["id"], img["file_name"]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shown(value) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 80 else f"{text[:79]}…"
+
+
+def read_coco(path: str | Path, *, limit: int | None = None,
+              paired: bool = True) -> tuple[list[tuple[int, str]], list[Caption]]:
+    """Read an MS-COCO captions json: ([(image_id, file_name)], [Caption]) in file order.
+
+    Streamed (:class:`vslerp.stats.jsonfile.JSONStream`): memory holds what is kept, not the
+    file. ``limit``: keep the first ``limit`` images and, ``paired``, only their captions (all
+    annotations are read; those of other images dropped as they come, unless the file lists
+    its annotations before its images), else the first ``limit`` captions (reading stops
+    there). ``ValueError`` naming the file (and line) if it is not COCO-shaped JSON."""
+    path = check_regular_file(path, "captions file")
     note_input(path, "captions file")
-    data = _load_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
-        raise ValueError(f"captions file {path} is not in COCO format: it needs an "
-                         "'annotations' list of {image_id, caption}")
-    captions = []
-    for i, ann in enumerate(data["annotations"]):
-        if (not isinstance(ann, dict) or not isinstance(ann.get("caption"), str)
-                or not isinstance(ann.get("image_id"), int)):
-            raise ValueError(f"captions file {path}: annotation {i} needs an int 'image_id' "
-                             f"and a str 'caption', got {str(ann)[:80]}")
-        captions.append(Caption(ann["caption"].strip(), ann["image_id"], int(ann.get("id", i))))
-    images = []
-    for i, img in enumerate(data.get("images") or []):
-        if (not isinstance(img, dict) or not isinstance(img.get("id"), int)
-                or not isinstance(img.get("file_name"), str)):
-            raise ValueError(f"captions file {path}: images[{i}] needs an int 'id' and a str "
-                             f"'file_name', got {str(img)[:80]}")
-        images.append((img["id"], img["file_name"]))
+    where = f"captions file {path}"
+    images: list[tuple[int, str]] = []
+    captions: list[Caption] = []
+    found = False  # an "annotations" list
+    keep: set[int] | None = None  # with a limit, once the images are read: their ids
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            stream = JSONStream(handle, where)
+            if stream.peek() != "{":
+                raise ValueError(f"{where} is not in COCO format: it needs an 'annotations' list "
+                                 "of {image_id, caption}")
+            for key in stream.members():
+                if key == "annotations" and stream.peek() == "[":
+                    found = True
+                    for i, ann in enumerate(stream.elements(check=False)):  # not kept: no walk
+                        caption = _annotation(ann, i, where)
+                        if keep is None or caption.image_id in keep:
+                            captions.append(caption)
+                        if limit is not None and not paired and len(captions) >= limit:
+                            return images, captions  # the first `limit`: read no further
+                elif key == "images" and stream.peek() == "[":
+                    for i, img in enumerate(stream.elements(check=False)):
+                        if limit is None or len(images) < limit:
+                            images.append(_image_entry(img, i, where))
+                    if limit is not None and paired:
+                        keep = {image_id for image_id, _ in images}
+                        captions = [c for c in captions if c.image_id in keep]
+                else:
+                    stream.value(depth=2)
+    except UnicodeDecodeError:
+        raise ValueError(f"{where} is not UTF-8 text") from None
+    if not found:
+        raise ValueError(f"{where} is not in COCO format: it needs an 'annotations' list of "
+                         "{image_id, caption}")
     return images, captions
 
 
-def read_captions(path: str | Path) -> list[Caption]:
-    """Captions from a COCO json (``.json``) or a text file (one caption a line, blanks skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"captions file not found: {path}")
+def read_captions(path: str | Path, *, limit: int | None = None) -> list[Caption]:
+    """Captions from a COCO json (``.json``) or a text file (one caption a line, blanks
+    skipped); ``limit``: the first ``limit`` only, and the file is read no further."""
+    path = check_regular_file(path, "captions file")
     if path.suffix.lower() == ".json":
-        return read_coco(path)[1]
+        return read_coco(path, limit=limit, paired=False)[1]
     note_input(path, "captions file")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise ValueError(f"captions file {path} is not UTF-8 text") from None
-    return [Caption(line.strip(), -1, i) for i, line in enumerate(lines) if line.strip()]
+    captions = []
+    with open(path, "rb") as handle:  # line by line, decoded each: the rest is never read
+        for i, raw in enumerate(handle):
+            if limit is not None and len(captions) >= limit:
+                break
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise ValueError(f"captions file {path} is not UTF-8 text (line {i + 1})") from None
+            if line:
+                captions.append(Caption(line, -1, i))
+    return captions
 
 
 # -- images -----------------------------------------------------------------------------
-def list_images(path: str | Path, coco: str | Path | None = None) -> list[ImageItem]:
-    """The images of a dataset: those a COCO captions json lists (``coco``), else every file
-    with an image extension under the folder ``path``, sorted (ids = positions)."""
+def list_images(path: str | Path, coco: str | Path | None = None, *,
+                listed: list[tuple[int, str]] | None = None) -> list[ImageItem]:
+    """The images of a dataset: those a COCO captions json lists (``coco``; or ``listed``, its
+    ``(image_id, file_name)`` pairs read already by :func:`read_coco`), else every file with
+    an image extension under the folder ``path``, sorted (ids = positions)."""
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    if coco is not None and Path(coco).suffix.lower() == ".json":
+    if listed is None and coco is not None and Path(coco).suffix.lower() == ".json":
         listed, _ = read_coco(coco)
-        if listed:
+    if listed:
             return [ImageItem(name, root / name, image_id) for image_id, name in listed]
     files = sorted(p for p in root.rglob("*")
                    if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
@@ -248,6 +294,14 @@ def _from_array(array, limit: int | None):
     return Image.fromarray(np.ascontiguousarray(pixels))  # L, LA, RGB or RGBA by the channels
 
 
+def _refuse_special(path) -> None:
+    """A path that is a FIFO, device or socket: refused by ``stat`` before ``open`` blocks on it."""
+    if isinstance(path, (str, os.PathLike)):
+        mode = os.stat(path).st_mode  # FileNotFoundError: "missing"
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            raise UnreadableImage("not a regular file (a FIFO, device or socket)")
+
+
 def open_image(path, *, max_pixels: int | None = None):
     """Open an image as an RGB ``PIL.Image``, upright per its EXIF orientation.
 
@@ -281,6 +335,7 @@ def open_image(path, *, max_pixels: int | None = None):
         if isinstance(path, Image.Image):  # decoded already: no file to read
             _check_pixels(path.size, limit, "too large")
             return _to_rgb(ImageOps.exif_transpose(path))
+        _refuse_special(path)
         with warnings.catch_warnings():
             # PIL warns above its limit and raises above twice it; the limit is checked below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .files import atomic_save_safetensors
+from .jsonfile import read_json
 from .outputs import atomic_write, remove_stale_temporaries
 
 __all__ = ["EmbeddingStore", "Embeddings", "read_embeddings"]
@@ -155,8 +156,8 @@ class EmbeddingStore:
 def _manifest_or_empty(path: Path) -> dict:
     """The manifest as a dict, or {} when it is unreadable or not a JSON object."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        data = read_json(path, "embeddings manifest")
+    except (OSError, ValueError):  # not JSON, not UTF-8, nested too deeply, not a regular file
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -287,10 +288,7 @@ def read_embeddings(directory: str | Path) -> Embeddings:
     if not manifest_path.is_file():
         raise FileNotFoundError(f"no embeddings manifest in {directory} (expected {MANIFEST} "
                                 "written by `vslerp stats compute --save-embeddings`)")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{manifest_path} is not valid JSON ({err})") from None
+    manifest = read_json(manifest_path, "embeddings manifest")  # one line if not JSON or too deep
     dim, shard_size, items = _plan_of(manifest, manifest_path)
     if manifest.get("complete") is not True:
         raise ValueError(f"embeddings in {directory} are incomplete (the run was interrupted): "

@@ -30,6 +30,7 @@ from vslerp import (
 )
 from vslerp._version import __version__
 
+from .jsonfile import parse_json
 from .outputs import atomic_write, check_writable, note_input
 
 __all__ = [
@@ -338,10 +339,7 @@ def load(path: str | Path) -> Statistics:
     if "vslerp" not in raw_meta:
         raise ValueError(f"{path} is a safetensors file but not a vslerp statistics file "
                          "(no 'vslerp' metadata)")
-    try:
-        metadata = json.loads(raw_meta["vslerp"])
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: the 'vslerp' metadata is not valid JSON ({err})") from None
+    metadata = parse_json(raw_meta["vslerp"], f"{path}: the 'vslerp' metadata")
     if not isinstance(metadata, dict):
         raise ValueError(f"{path}: the 'vslerp' metadata is not a JSON object")
     mods: dict[str, ModalityStats | None] = {}

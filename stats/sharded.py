@@ -33,7 +33,7 @@ from .data import UnreadableImage, open_image
 from .embeddings import EmbeddingStore, Shard
 from .encode import ClipEncoders
 from .shards import Sample, ShardSource
-from .stream import HeapTrimmer, check_sizes
+from .stream import HeapTrimmer, check_loader_limits, check_sizes
 
 __all__ = ["ID_STRIDE", "compute_shard_statistics", "completed_shards", "sample_image_id"]
 
@@ -168,16 +168,19 @@ def compute_shard_statistics(encoders: ClipEncoders, source: ShardSource, *,
                              captions: bool = True, batch_size: int = 32, num_workers: int = 2,
                              store: EmbeddingStore | None = None, state=None,
                              progress: bool = True, metadata: dict | None = None,
-                             on_shard: Callable[[str, int], None] | None = None
+                             on_shard: Callable[[str, int], None] | None = None,
+                             max_workers: int | None = None, max_batch_size: int | None = None
                              ) -> ComputeResult:
     """Encode the images (and captions) of every shard of ``source`` and sum their raw
     embeddings per modality; as :func:`~vslerp.stats.compute.compute_statistics`, with
     shards as the unit of work and resume. ``on_shard("shard", k)`` is called after input
     shard k is summed (and written). Broken samples are skipped and named
-    ``SHARD/KEY``; a damaged shard keeps its samples before the damage and is named."""
+    ``SHARD/KEY``; a damaged shard keeps its samples before the damage and is named.
+    ``max_workers``, ``max_batch_size``: lift :func:`~vslerp.stats.stream.check_loader_limits`."""
     from tqdm.auto import tqdm
 
     check_sizes(batch_size=batch_size, num_workers=num_workers)
+    check_loader_limits(num_workers, batch_size, max_workers=max_workers, max_batch_size=max_batch_size)
     if len(source) == 0:
         raise ValueError("nothing to encode: no shards")
     if captions and encoders.text_encoder is None:

@@ -16,12 +16,12 @@ one shard's samples at a time as :class:`Sample` s, in file order.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .jsonfile import parse_json
 from .outputs import note_input
 
 __all__ = ["ParquetSource", "Sample", "ShardSource", "WebDatasetSource", "expand_shards"]
@@ -102,8 +102,8 @@ def _text(data: bytes) -> str | None:
 
 def _json(data: bytes) -> dict | None:
     try:
-        meta = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        meta = parse_json(data, "a sample's .json")
+    except ValueError:  # not JSON, not UTF-8, nested too deeply: no caption
         return None
     return meta if isinstance(meta, dict) else None
 

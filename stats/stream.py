@@ -218,16 +218,19 @@ def modality_inputs(encoders: ClipEncoders, modality: str, items: Sequence, num_
 def encode_stream(encoders: ClipEncoders, images: Sequence[ImageItem] = (),
                   captions: Sequence[Caption] = (), *, batch_size: int = 32,
                   num_workers: int = 2, chunk_size: int = 1024,
-                  progress: bool = True) -> Iterator[EncodedChunk]:
+                  progress: bool = True, max_workers: int | None = None,
+                  max_batch_size: int | None = None) -> Iterator[EncodedChunk]:
     """Encode the items of one modality, yielding :class:`EncodedChunk` s (embeddings on the
     CPU) — the loop of ``stats compute`` (DataLoader workers, batches, progress bar) without
     the sums, for consumers such as ``vslerp conformity`` that need every item's embedding
     but not all of them at once. Give ``images`` or ``captions``, not both. Unreadable
     images are skipped and named in each chunk's ``skipped``. Memory is independent of the
-    number of items: one chunk of embeddings and the batches in flight."""
+    number of items: one chunk of embeddings and the batches in flight. ``max_workers``,
+    ``max_batch_size``: lift the limits of :func:`check_loader_limits`."""
     if bool(images) == bool(captions):
         raise ValueError("encode_stream encodes one modality: give images or captions")
     check_sizes(batch_size=batch_size, num_workers=num_workers, chunk_size=chunk_size)
+    check_loader_limits(num_workers, batch_size, max_workers=max_workers, max_batch_size=max_batch_size)
     if captions and encoders.text_encoder is None:
         raise ValueError("captions given but the encoders were loaded without a text encoder")
     modality, items = ("image", images) if images else ("text", captions)
@@ -242,6 +245,28 @@ def encode_stream(encoders: ClipEncoders, images: Sequence[ImageItem] = (),
                                  desc=f"encoding {modality}s"):
         chunk.embeddings = chunk.embeddings.cpu()
         yield chunk
+
+
+def check_loader_limits(num_workers: int, batch_size: int, *, max_workers: int | None = None,
+                        max_batch_size: int | None = None, names: dict | None = None) -> None:
+    """``num_workers`` ≤ ``max_workers`` (None: :func:`vslerp.defaults.max_workers`, 4 per CPU)
+    and ``batch_size`` ≤ ``max_batch_size`` (None: ``MAX_ENCODE_BATCH``): a typo such as 10000
+    workers would fork ~300 MB processes until the machine stalls. ``ValueError`` naming the
+    argument and how to lift it; ``names``: the caller's spelling of the four (the CLI's flags)."""
+    from vslerp.defaults import MAX_ENCODE_BATCH, WORKERS_PER_CPU
+    from vslerp.defaults import max_workers as default_workers
+
+    names = {"num_workers": "num_workers", "max_workers": "max_workers=", "batch_size": "batch_size",
+             "max_batch_size": "max_batch_size=", **(names or {})}
+    workers = default_workers() if max_workers is None else max_workers
+    if num_workers > workers:
+        why = f"{WORKERS_PER_CPU} per CPU here, " if max_workers is None else ""
+        raise ValueError(f"{names['num_workers']} {num_workers} is more than the limit {workers} "
+                         f"({why}each a process of ~300 MB; raise it with {names['max_workers']}N)")
+    batch = MAX_ENCODE_BATCH if max_batch_size is None else max_batch_size
+    if batch_size > batch:
+        raise ValueError(f"{names['batch_size']} {batch_size} is more than the limit {batch} items "
+                         f"per batch (raise it with {names['max_batch_size']}N)")
 
 
 def check_sizes(**values) -> None:

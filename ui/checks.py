@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vslerp.ui.cli import CLIError
 
-__all__ = ["check_cells", "check_device", "check_limits", "check_main_output", "check_place",
+__all__ = ["check_cells", "check_device", "check_limits", "check_loader", "check_main_output", "check_place",
            "check_stale_sidecar", "check_thetas", "image_ref", "load_stats", "own", "refuse_inputs",
            "short", "values"]
 
@@ -78,8 +78,12 @@ def values(given, name: str, default) -> tuple[float, ...]:
         except ValueError as err:
             raise CLIError(f"{name}: {err}") from None
         return tuple(float(v) for v in given)
-    if isinstance(given, bool):
-        raise CLIError(f"{name} must be numbers, got {json.dumps(given)}")
+    if not isinstance(given, str):  # a job's or sidecar's 5, true, {...}
+        from vslerp.stats.jsonfile import json_type
+
+        shown = json.dumps(given)
+        raise CLIError(f"{name} must be a list of numbers (or a start:stop:count text), got "
+                       f"{shown if len(shown) <= 40 else shown[:39] + '…'} ({json_type(given)})")
     try:
         return tuple(parse_values(str(given), name))
     except ValueError as err:
@@ -123,6 +127,20 @@ def check_limits(spec, max_size: int | None, max_cells: int | None, cells: int, 
     except ValueError as err:
         raise CLIError(f"{where}{err}" if where else f"--{err}" if str(err).startswith("size")
                        else str(err)) from None
+
+
+def check_loader(args) -> None:
+    """``--num-workers`` and ``--batch-size`` within ``--max-workers`` / ``--max-batch-size``
+    (``vslerp.stats.stream.check_loader_limits``), as one CLI line, before anything loads."""
+    from vslerp.stats.stream import check_loader_limits
+
+    try:
+        check_loader_limits(args.num_workers, args.batch_size, max_workers=args.max_workers,
+                            max_batch_size=args.max_batch_size,
+                            names={"num_workers": "--num-workers", "max_workers": "--max-workers ",
+                                   "batch_size": "--batch-size", "max_batch_size": "--max-batch-size "})
+    except ValueError as err:
+        raise CLIError(str(err)) from None
 
 
 def load_stats(path: Path | None, origin: str = ""):
@@ -195,9 +213,11 @@ def check_stale_sidecar(path: Path) -> None:
         raise CLIError(f"sidecar {path} is a folder")
     if not path.exists():
         return
+    from vslerp.stats.jsonfile import read_json
+
     try:
-        ok = isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
-    except (OSError, ValueError):
+        ok = isinstance(read_json(path, "sidecar"), dict)
+    except (OSError, ValueError):  # not JSON, not a regular file, nested too deeply
         ok = False
     if not ok:
         raise CLIError(f"{path} exists and is not a vslerp sidecar (pass --overwrite to replace it)")

@@ -109,6 +109,7 @@ def _job_options(job: dict, where: str) -> dict:
 def _read_jobs(path: Path, args, base) -> list[dict]:
     """Parse and check every job (paths, values, names) before any model is loaded; each job's
     ``spec`` is ``base`` (the options') with the job's own inputs, axes and numbers."""
+    from vslerp.stats.jsonfile import parse_json
     from vslerp.ui.checks import check_limits, check_thetas, image_ref, values
     from vslerp.ui.render import RenderSpec
 
@@ -126,9 +127,9 @@ def _read_jobs(path: Path, args, base) -> list[dict]:
             continue
         where = f"{path}:{number}"
         try:
-            job = json.loads(line)
+            job = parse_json(line, where)
         except ValueError as err:
-            raise CLIError(f"{where}: not valid JSON ({err})") from None
+            raise CLIError(str(err)) from None
         if not isinstance(job, dict):
             raise CLIError(f"{where}: a job must be a JSON object")
         unknown = sorted(set(job) - set(_JOB_KEYS))
@@ -148,7 +149,7 @@ def _read_jobs(path: Path, args, base) -> list[dict]:
             raise CLIError(f"{where}: {str(err).lstrip('-')}") from None
         name = job.get("name", f"job{number:04d}")
         if not isinstance(name, str) or not name or "/" in name or "\\" in name \
-                or name.startswith("."):
+                or "\0" in name or name.startswith("."):
             raise CLIError(f"{where}: name {json.dumps(name)} must be a plain file name")
         if name in names:
             raise CLIError(f"{where}: name {name!r} already used on line {names[name]}")
@@ -227,11 +228,12 @@ def _rendered_differently(png: Path, job: dict) -> str | None:
     """None if ``png``'s sidecar records ``job``'s fingerprint and ``png`` is intact, else what
     differs, in words (starting with :data:`_DAMAGED` when it is this job's own output, broken
     or without its sidecar: rendered again without ``--overwrite``)."""
+    from vslerp.stats.jsonfile import read_json
     from vslerp.ui.outputs import read_png_metadata, sidecar_path
 
     sidecar = sidecar_path(png)
     try:
-        recorded = json.loads(sidecar.read_text(encoding="utf-8")).get("job") or {}
+        recorded = read_json(sidecar, "sidecar").get("job") or {}
     except FileNotFoundError:
         try:  # the PNG is written before its sidecar: a run stopped in between
             own = (read_png_metadata(png).get("job") or {}).get("fingerprint") == job["fingerprint"]

@@ -13,7 +13,13 @@ from pathlib import Path
 
 from vslerp.defaults import DEFAULT_PRIOR
 from vslerp.ui.cli import CLIError
-from vslerp.ui.options import allow_negative_values, int_at_least, positive_float, value_list
+from vslerp.ui.options import (
+    add_loader_limits,
+    allow_negative_values,
+    int_at_least,
+    positive_float,
+    value_list,
+)
 
 __all__ = ["input_file", "input_folder", "refuse_listed_inputs", "register", "register_stats_subcommands",
            "run_conformity", "run_report"]
@@ -115,6 +121,7 @@ def register(subparsers) -> None:
                    help="no progress bar (default: a bar with items/s)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs (default: refuse)")
+    add_loader_limits(p)
     p.set_defaults(func=run_conformity, command="conformity")
 
 
@@ -245,7 +252,7 @@ def _list_items(args) -> tuple[str, list, list]:
 
 def run_conformity(args: argparse.Namespace) -> int:
     from vslerp.stats import forget_inputs, output_lock
-    from vslerp.ui.checks import check_device, refuse_inputs
+    from vslerp.ui.checks import check_device, check_loader, refuse_inputs
     from vslerp.ui.cmd_stats import check_output
 
     forget_inputs()  # a new run: what earlier runs in this process read is not its input
@@ -262,6 +269,7 @@ def run_conformity(args: argparse.Namespace) -> int:
     if args.hist is not None:
         check_output("--hist", args.hist, args.overwrite, suffix=".png")
     check_device(args.device)
+    check_loader(args)
     from vslerp.ui.cmd_stats_models import check_model_args
 
     check_model_args(args)  # one of --model/--prior/--clip, a well-formed --ip-adapter: nothing read yet
@@ -319,7 +327,8 @@ def _conformity_locked(args) -> int:
     estimator, coef = None, None
     for chunk in encode_stream(encoders, images, captions, batch_size=args.batch_size,
                                num_workers=args.num_workers, chunk_size=1024,
-                               progress=not args.no_progress):
+                               progress=not args.no_progress, max_workers=args.max_workers,
+                               max_batch_size=args.max_batch_size):
         skipped += chunk.skipped
         if not chunk.rows:
             continue

@@ -29,7 +29,7 @@ from vslerp.ui.cmd_stats_models import (
     model_inputs,
     model_label,
 )
-from vslerp.ui.options import DTYPE_HELP, dtype_arg, int_at_least, positive_int
+from vslerp.ui.options import DTYPE_HELP, add_loader_limits, dtype_arg, int_at_least, positive_int
 
 __all__ = ["check_output", "print_skipped", "register", "run_compute"]
 
@@ -124,6 +124,7 @@ def register(subparsers) -> None:
                    "fingerprint (source=prior_clip_mean; unCLIP/Karlo has none) (default: off)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (default: a bar with items/s)")
+    add_loader_limits(p)
     p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="show full tracebacks (for bug reports) (default: one-line errors)")
     p.set_defaults(func=run_compute, command="stats compute")
@@ -171,13 +172,21 @@ def print_skipped(skipped, where: str, what: str = "image(s)") -> None:
 
 
 def _read_dataset(args) -> tuple[list, list, str]:
-    from vslerp.stats import list_images, read_captions
+    """The images and captions of the run, each file read once; with ``--limit`` a COCO json
+    or a text file is streamed and only what the limit keeps is held (docs/statistics.md)."""
+    from vslerp.stats import list_images, read_captions, read_coco
 
     if args.images is None and args.captions is None:
         raise CLIError("give --images DIR and/or --captions FILE, --webdataset PATTERN or "
                        "--parquet FILE (or --from-prior-mean)")
-    images = list_images(args.images, args.captions) if args.images is not None else []
-    captions = read_captions(args.captions) if args.captions is not None else []
+    coco = args.captions is not None and args.captions.suffix.lower() == ".json"
+    if coco and args.images is not None:
+        listed, captions = read_coco(args.captions, limit=args.limit)
+        images = list_images(args.images, listed=listed)
+    else:
+        images = list_images(args.images) if args.images is not None else []
+        captions = (read_captions(args.captions, limit=args.limit)
+                    if args.captions is not None else [])
     if args.images is not None and not images:
         raise CLIError(f"no images found in {args.images}")
     if args.captions is not None and not captions:
@@ -276,9 +285,10 @@ def _own_outputs(args, state):
 def run_compute(args: argparse.Namespace, *, on_shard=None) -> int:
     """Run ``stats compute``; ``on_shard(modality, chunk)`` is a hook for tests."""
     from vslerp.stats import forget_inputs
-    from vslerp.ui.checks import check_device
+    from vslerp.ui.checks import check_device, check_loader
 
     check_model_args(args)  # a malformed --ip-adapter: one line, nothing read
+    check_loader(args)  # --num-workers 10000 would fork until the machine stalls
     forget_inputs()  # a new run: what earlier runs in this process read is not its input
     check_output("--out", args.out, args.overwrite, suffix=".safetensors")
     check_device(args.device)
@@ -346,7 +356,8 @@ def _compute_owned(args, state, on_shard) -> int:
     result = compute_statistics(encoders, images, captions, batch_size=args.batch_size,
                                 num_workers=args.num_workers, shard_size=args.shard_size,
                                 store=store, state=state, progress=not args.no_progress,
-                                metadata=metadata, on_shard=on_shard)
+                                metadata=metadata, on_shard=on_shard, max_workers=args.max_workers,
+                                max_batch_size=args.max_batch_size)
     if main:
         if store is not None:
             store.write_manifest(complete=True)

@@ -95,7 +95,8 @@ def run_shard_compute(args: argparse.Namespace, *, on_shard=None) -> int:
         result = compute_shard_statistics(encoders, source, captions=captions, batch_size=args.batch_size,
                                           num_workers=args.num_workers, store=store, state=state,
                                           progress=not args.no_progress, metadata=metadata,
-                                          on_shard=on_shard)
+                                          on_shard=on_shard, max_workers=args.max_workers,
+                                          max_batch_size=args.max_batch_size)
         if main:
             if store is not None:
                 store.write_manifest(complete=True)

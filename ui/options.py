@@ -10,9 +10,16 @@ import argparse
 import math
 import re
 
-from vslerp.defaults import DEFAULT_DECODER, DEFAULT_PRIOR, MAX_CELLS, MAX_SIZE
+from vslerp.defaults import (
+    DEFAULT_DECODER,
+    DEFAULT_PRIOR,
+    MAX_CELLS,
+    MAX_ENCODE_BATCH,
+    MAX_SIZE,
+    WORKERS_PER_CPU,
+)
 
-__all__ = ["DTYPES", "DTYPE_HELP", "add_backend_options", "add_ip_adapter_option", "add_model_options", "add_render_options",
+__all__ = ["DTYPES", "DTYPE_HELP", "add_backend_options", "add_loader_limits", "add_ip_adapter_option", "add_model_options", "add_render_options",
            "allow_negative_values", "dtype_arg", "finite_float", "int_at_least", "ip_adapter_arg", "port_arg",
            "positive_float", "positive_int", "scale_arg", "seed_arg", "strength_arg", "value_list"]
 
@@ -237,3 +244,14 @@ def add_render_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-cells", type=positive_int, default=None, metavar="N",
                    help=f"most cells (θ × α) of one grid (default: {MAX_CELLS})")
     allow_negative_values(p)
+
+
+def add_loader_limits(p: argparse.ArgumentParser) -> None:
+    """--max-workers, --max-batch-size: the caps on --num-workers and --batch-size of the commands
+    that encode a dataset (``vslerp.ui.checks.check_loader``)."""
+    g = p.add_argument_group("limits (against typos that would exhaust memory)")
+    g.add_argument("--max-workers", type=positive_int, default=None, metavar="N",
+                   help=f"most --num-workers accepted (default: {WORKERS_PER_CPU} per CPU of this "
+                   "machine)")
+    g.add_argument("--max-batch-size", type=positive_int, default=None, metavar="N",
+                   help=f"largest --batch-size accepted (default: {MAX_ENCODE_BATCH})")

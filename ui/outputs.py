@@ -329,10 +329,9 @@ def read_png_metadata(path) -> dict:
         text = image.text.get(PNG_KEY) if hasattr(image, "text") else None
     if text is None:
         raise ValueError(f"{path} has no {PNG_KEY!r} metadata chunk")
-    try:
-        return json.loads(text)
-    except ValueError as err:
-        raise ValueError(f"{path}: {PNG_KEY!r} metadata is not valid JSON ({err})") from None
+    from vslerp.stats.jsonfile import parse_json
+
+    return parse_json(text, f"{path}: its {PNG_KEY!r} metadata")  # not JSON, too deep: one line
 
 
 def _check_video(tmp: Path, expected: int) -> None:

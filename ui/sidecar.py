@@ -10,17 +10,68 @@ the version, the statistics' fingerprint and mean source, each cell's conformity
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import fields
 from pathlib import Path
 
 from vslerp.ui.cli import CLIError
 from vslerp.ui.render import RenderSpec
 
-__all__ = ["REQUIRED_KEYS", "read_sidecar", "recorded_inputs", "recorded_options", "sidecar",
-           "spec_from_options"]
+__all__ = ["FIELD_KINDS", "REQUIRED_KEYS", "check_fields", "read_sidecar", "recorded_inputs",
+           "recorded_options", "sidecar", "spec_from_options"]
 
 REQUIRED_KEYS = ("source", "target", "thetas", "alphas", "seed", "steps")  # what --from needs
 _NUMBERS = ("steps", "size", "seed", "batch_size", "prior_steps")  # integers of the schema
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+# kind → (what it must be, in a message; the test of a JSON value): bools are JSON true/false
+# only, never "no" or 0; numbers are never strings
+FIELD_KINDS = {
+    "int": ("an integer", _is_int),
+    "number": ("a finite number", _is_number),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "str": ("text", lambda v: isinstance(v, str)),
+    "path": ("a path (text)", lambda v: isinstance(v, str)),
+    "object": ("a JSON object", lambda v: isinstance(v, dict)),
+    "numbers": ("a list of finite numbers", lambda v: isinstance(v, list) and all(map(_is_number, v))),
+}
+
+# the fields of the schema that --from reads besides the backend options (recorded_options),
+# each with its kind; null (or absent) means the default
+_SIDECAR_FIELDS = {
+    "source": "object", "target": "object", "thetas": "numbers", "alphas": "numbers",
+    "seed": "int", "steps": "int", "size": "int", "prior_steps": "int", "batch_size": "int",
+    "guidance": "number", "allow_extrapolation": "bool", "labels": "bool",
+    "model": "path", "prior": "path", "dtype": "str", "stats": "object",
+}
+
+
+def check_fields(record: dict, kinds: dict, where: str) -> None:
+    """Each ``record[key]`` (absent or null: skipped) of its kind in :data:`FIELD_KINDS`, else one
+    CLI line naming ``where``, the field and what it holds; a path never holds a NUL byte."""
+    from vslerp.stats.jsonfile import json_type
+    from vslerp.ui.checks import short
+
+    for key, kind in kinds.items():
+        value = record.get(key)
+        if value is None:
+            continue
+        what, ok = FIELD_KINDS[kind]
+        if not ok(value):
+            shown = json.dumps(value, ensure_ascii=False)
+            shown = shown if len(shown) <= 40 else f"{shown[:39]}…"
+            raise CLIError(f"{where}: {key} must be {what}, got {shown} ({json_type(value)})")
+        if kind == "path" and "\0" in value:
+            raise CLIError(f"{where}: {key} {short(value)} is not a path (it holds a NUL byte)")
 
 
 def sidecar(spec: RenderSpec, pipe, out, command: str, statistics=None, **extra) -> dict:
@@ -99,6 +150,7 @@ def recorded_options(meta: dict, where: str) -> dict:
 
 def read_sidecar(path: Path) -> dict:
     """A sidecar ``.json`` or a PNG with vslerp metadata, as a dict (one CLI line if it is not one)."""
+    from vslerp.stats.jsonfile import read_json
     from vslerp.ui.outputs import read_png_metadata
 
     if path.is_dir():
@@ -109,14 +161,19 @@ def read_sidecar(path: Path) -> dict:
         if path.suffix.lower() == ".png":
             meta = read_png_metadata(path)
         else:
-            meta = json.loads(path.read_text(encoding="utf-8"))
+            meta = read_json(path, "--from")
     except (OSError, ValueError) as err:
-        raise CLIError(f"--from {path} cannot be read ({' '.join(str(err).split())})") from None
+        message = " ".join(str(err).split())
+        if message.startswith(f"--from {path}"):
+            raise CLIError(message) from None
+        raise CLIError(f"--from {path} cannot be read ({message})") from None
     if not isinstance(meta, dict):
         raise CLIError(f"--from {path} is not a vslerp sidecar (not a JSON object)")
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         raise CLIError(f"--from {path} is not a vslerp grid sidecar (missing {missing})")
+    check_fields(meta, _SIDECAR_FIELDS, f"--from {path}")
+    check_fields(meta.get("stats") or {}, {"path": "path"}, f"--from {path}: stats")
     return meta
 
 
@@ -168,8 +225,8 @@ def spec_from_options(args, recorded: dict | None = None) -> RenderSpec:
             continue
         low = 2 if key == "prior_steps" else int(key != "seed")
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise CLIError(f"--from {getattr(args, 'from_', None)}: {key} {value!r} is not a "
-                           "valid integer")
+            raise CLIError(f"--from {getattr(args, 'from_', None)}: {key} must be an integer ≥ "
+                           f"{low}, got {value!r}")
     return spec
 
 
@@ -193,6 +250,7 @@ def recorded_inputs(meta: dict, from_path: Path, args) -> tuple[dict, dict]:
             continue
         if kind != "image":
             raise CLIError(f"--from {from_path}: {key} has no kind image/prompt")
+        check_fields(ref, {"path": "path", "sha256": "str", "name": "str"}, f"--from {from_path}: {key}")
         recorded = ref.get("sha256")
         if given is None:
             recorded_path = ref.get("path")

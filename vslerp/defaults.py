@@ -6,9 +6,12 @@ importing a model library.
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
     "CONFORMITY_COSINE", "CONFORMITY_EXACT", "CONFORMITY_ESTIMATORS", "DEFAULT_DECODER", "DEFAULT_PRIOR",
-    "DEFAULT_UNCLIP", "IMAGE_SUFFIXES", "MAX_CELLS", "MAX_FRAMES", "MAX_SIZE", "SEED_LIMIT", "STATISTICS_FILE",
+    "DEFAULT_UNCLIP", "IMAGE_SUFFIXES", "MAX_CELLS", "MAX_ENCODE_BATCH", "MAX_FRAMES", "MAX_JSON_DEPTH", "MAX_SIZE",
+    "SEED_LIMIT", "STATISTICS_FILE", "WORKERS_PER_CPU", "max_workers",
 ]
 
 # --- generators (docs/pipeline.md): the hub ids a bare `VSlerpPipeline.from_pretrained()` and
@@ -37,3 +40,20 @@ SEED_LIMIT = 2**63
 MAX_SIZE = 4096  # px per side: larger is a typo on any GPU of today
 MAX_CELLS = 1024  # cells rendered by one call (a grid's θ × α, an animation's frames)
 MAX_FRAMES = 2000  # frames of one animation
+
+# --- limits of reading: against input that would exhaust the machine or the stack
+MAX_JSON_DEPTH = 64  # nesting of any JSON a user hands in (sidecars, jobs, captions, metadata)
+WORKERS_PER_CPU = 4  # DataLoader worker processes (~300 MB each) per CPU: decoding is CPU-bound,
+# so more than a few per core only adds memory; --max-workers N lifts it
+MAX_ENCODE_BATCH = 4096  # items per encoder batch (stats compute, conformity): 4096 images of
+# 224² are 2.5 GB as float32, per batch in flight; --max-batch-size N lifts it
+
+
+def max_workers() -> int:
+    """The most DataLoader workers accepted by default: ``WORKERS_PER_CPU`` × the CPUs this
+    process may run on."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return WORKERS_PER_CPU * max(cpus, 1)
