@@ -23,7 +23,7 @@ import torch
 from vslerp import MomentAccumulator
 from vslerp._version import __version__
 
-from .data import Caption, ImageItem, open_image  # noqa: F401 - open_image: importable here as before
+from .data import Caption, ImageItem
 from .embeddings import EmbeddingStore, Shard
 from .encode import ClipEncoders
 from .files import Statistics

@@ -284,6 +284,7 @@ def _same_path(a: Path, b: Path) -> bool:
 def _conformity_locked(args) -> int:
     import torch
 
+    import vslerp
     from vslerp.stats import check_compatible, load, read_embeddings
     from vslerp.stats.compute import encode_stream
     from vslerp.stats.outputs import atomic_write
@@ -291,8 +292,6 @@ def _conformity_locked(args) -> int:
     from vslerp.stats.scoring import (
         ESTIMATORS,
         estimated_conformity,
-        reference_conformity,
-        score_kl,
         write_scores_csv,
     )
     from vslerp.ui.cmd_stats import print_skipped
@@ -342,8 +341,8 @@ def _conformity_locked(args) -> int:
     scores = torch.cat(parts)  # (N,) float32
     kl = None
     if args.reference_embeddings is not None:
-        reference = reference_conformity(ref_raw)
-        kl = score_kl(scores, reference)
+        reference = vslerp.conformity(ref_raw)  # exact (Eq. 10), (N,)
+        kl = float(vslerp.kl_divergence(scores, reference))
     header = {"vslerp": "conformity scores (paper §7.1)", "modality": modality,
               "statistics": f"{args.stats} ({stats.fingerprint[:12]}, count "
                             f"{mod_stats.count})",
