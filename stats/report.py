@@ -34,9 +34,9 @@ from vslerp import (
 )
 from vslerp.defaults import CONFORMITY_EXACT
 
-from .files import ModalityStats
 from .report_files import no_loss_reason, write_report
 from .scoring import estimated_conformity
+from .statistics_file import ModalityStats
 
 __all__ = [
     "DEFAULT_ALPHAS",

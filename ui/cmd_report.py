@@ -127,7 +127,7 @@ def register(subparsers) -> None:
 
 def input_file(option: str, path: Path | None) -> Path | None:
     """An input file option: one line when it is missing, a directory or unreadable."""
-    from vslerp.stats.files import check_input_file
+    from vslerp.stats.statistics_file import check_input_file
 
     if path is None:
         return None
@@ -286,7 +286,6 @@ def _conformity_locked(args) -> int:
 
     import vslerp
     from vslerp.stats import check_compatible, load, read_embeddings
-    from vslerp.stats.compute import encode_stream
     from vslerp.stats.outputs import atomic_write
     from vslerp.stats.plots import conformity_histogram, save
     from vslerp.stats.scoring import (
@@ -294,6 +293,7 @@ def _conformity_locked(args) -> int:
         estimated_conformity,
         write_scores_csv,
     )
+    from vslerp.stats.stream import encode_stream
     from vslerp.ui.cmd_stats import print_skipped
     from vslerp.ui.cmd_stats_models import load_run_encoders, model_label
 

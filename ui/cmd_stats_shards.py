@@ -1,7 +1,7 @@
 """`vslerp stats compute --webdataset PATTERN... | --parquet FILE...`: sharded datasets.
 
 The options are registered by :mod:`vslerp.ui.cmd_stats`; this runs them. Input shards are
-the unit of work and of resuming (:mod:`vslerp.stats.sharded`); the output checks, the
+the unit of work and of resuming (:mod:`vslerp.stats.shard_stats`); the output checks, the
 encoders, the embeddings folder and the statistics file are those of a folder run.
 """
 
@@ -15,9 +15,9 @@ __all__ = ["read_source", "run_shard_compute"]
 
 
 def read_source(args: argparse.Namespace):
-    """The :class:`~vslerp.stats.shards.ShardSource` the options name (checked: files exist,
+    """The :class:`~vslerp.stats.shard_readers.ShardSource` the options name (checked: files exist,
     parquet columns resolved), or a one-line ``CLIError`` — before any model loads."""
-    from vslerp.stats.shards import ParquetSource, WebDatasetSource
+    from vslerp.stats.shard_readers import ParquetSource, WebDatasetSource
 
     if args.webdataset and args.parquet:
         raise CLIError("give --webdataset or --parquet, not both")
@@ -51,7 +51,7 @@ def run_shard_compute(args: argparse.Namespace, *, on_shard=None) -> int:
 
     from vslerp.stats import refuse_overwriting_inputs
     from vslerp.stats.embeddings import INPUT_SHARD, EmbeddingStore
-    from vslerp.stats.sharded import compute_shard_statistics
+    from vslerp.stats.shard_stats import compute_shard_statistics
     from vslerp.ui.cmd_stats import _own_outputs, print_skipped
     from vslerp.ui.cmd_stats_models import load_run_encoders, metadata_of, model_label
     from vslerp.ui.runtime import accelerate_state
