@@ -11,7 +11,7 @@
    measures the loop's overhead rather than JPEG decoding on a small CPU box. Bare and
    compute runs alternate, best and median of ``--repeats``. ``--source webdataset``: the
    same JPEGs packed in tar shards (img2dataset layout) through
-   ``vslerp.stats.sharded.compute_shard_statistics`` (what ``--webdataset`` runs), images
+   ``vslerp.stats.shard_stats.compute_shard_statistics`` (what ``--webdataset`` runs), images
    only, against the same bare forward; ``both`` (default) measures the two in turn.
 2. Memory. Peak resident memory of whole streaming runs over 5,000 and 50,000 image files
    (cycling over 256 small files on disk), each in a fresh subprocess (its own VmHWM, reset
@@ -118,8 +118,8 @@ def bench_throughput(encoders, files: list[Path], batch_size: int, workers: int,
     ``source``: "folder" (image files) or "webdataset" (the same JPEGs in tar shards)."""
     from vslerp.stats import ImageItem, open_image
     from vslerp.stats.compute import compute_statistics
-    from vslerp.stats.sharded import compute_shard_statistics
-    from vslerp.stats.shards import WebDatasetSource
+    from vslerp.stats.shard_readers import WebDatasetSource
+    from vslerp.stats.shard_stats import compute_shard_statistics
 
     items = [ImageItem(p.name, p, -1) for p in files]
     shards = WebDatasetSource([str(t) for t in tars]) if source == "webdataset" else None
@@ -171,8 +171,8 @@ def run_stream(arch: str, device: str, n_items: int, batch_size: int, workers: i
     with ``shards``: compute_shard_statistics over the first ``shards`` tar shards there."""
     from vslerp.stats import ImageItem
     from vslerp.stats.compute import compute_statistics
-    from vslerp.stats.sharded import compute_shard_statistics
-    from vslerp.stats.shards import WebDatasetSource
+    from vslerp.stats.shard_readers import WebDatasetSource
+    from vslerp.stats.shard_stats import compute_shard_statistics
 
     encoders = build_encoders(arch, device, torch.float16 if device.startswith("cuda") else torch.float32)
     if shards:

@@ -27,7 +27,6 @@ from .encode import (
     load_encoders,
     parse_device,
 )
-from .files import ModalityStats, Statistics, check_compatible, load
 from .generators import generator_layout, load_generator_encoders
 from .outputs import (
     OutputBusy,
@@ -38,6 +37,7 @@ from .outputs import (
     output_lock,
     refuse_overwriting_inputs,
 )
+from .statistics_file import ModalityStats, Statistics, check_compatible, load
 
 __all__ = [
     "Caption",

@@ -13,9 +13,10 @@ processes; the caller (rank 0) writes the file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 import torch
@@ -23,22 +24,14 @@ import torch
 from vslerp import MomentAccumulator
 from vslerp._version import __version__
 
-from .data import Caption, ImageItem, open_image  # noqa: F401 - open_image: importable here as before
+from .data import Caption, ImageItem
 from .embeddings import EmbeddingStore, Shard
 from .encode import ClipEncoders
-from .files import Statistics
-from .stream import (
-    EncodedChunk,
-    check_loader_limits,
-    check_sizes,
-    encode_stream,
-    encoded_chunks,
-    modality_inputs,
-    plan_chunks,
-)
+from .statistics_file import Statistics
+from .stream import check_loader_limits, check_sizes, encoded_chunks, modality_inputs, plan_chunks
 
-__all__ = ["ComputeResult", "EncodedChunk", "compute_statistics", "dataset_digest",
-           "encode_stream", "plan_chunks", "reduced_result"]
+__all__ = ["ComputeResult", "compute_statistics", "dataset_digest", "reduced_result", "start_run",
+           "sum_in_order"]
 
 MAX_SKIPPED_IN_METADATA = 1000  # names of skipped items kept in the file (all are counted)
 
@@ -63,53 +56,76 @@ class ComputeResult:
     resumed: dict[str, int] = field(default_factory=dict)  # items read back from shards
 
 
-# -- the sums ---------------------------------------------------------------------------------
-def _run_modality(modality: str, items: Sequence, encoders: ClipEncoders,
-                  acc: MomentAccumulator, *, store: EmbeddingStore | None, shard_size: int,
-                  batch_size: int, num_workers: int, rank: int, world: int, progress: bool,
-                  on_shard: Callable[[str, int], None] | None):
-    n_items = len(items)
-    mine = plan_chunks(n_items, shard_size, rank, world)
-    done = store.completed(modality) & set(mine) if store is not None else set()
-    pending = [k for k in mine if k not in done]
-    skipped: list[tuple[str, str]] = []
-    counts = {"encoded": 0, "resumed": 0}
+# -- the runner (folders and shards) ---------------------------------------------------------
+def start_run(encoders: ClipEncoders, state, *, text: bool, batch_size: int, num_workers: int,
+              max_workers: int | None, max_batch_size: int | None, **sizes: int):
+    """Check a run's sizes and loader limits; ``(rank, world, accumulator device)``."""
+    check_sizes(batch_size=batch_size, num_workers=num_workers, **sizes)
+    check_loader_limits(num_workers, batch_size, max_workers=max_workers, max_batch_size=max_batch_size)
+    if text and encoders.text_encoder is None:
+        raise ValueError("captions given but the encoders were loaded without a text encoder")
+    rank = state.process_index if state is not None else 0
+    world = state.num_processes if state is not None else 1
+    acc_device = encoders.device if encoders.device.type == "cuda" else torch.device("cpu")
+    return rank, world, acc_device
 
-    def add_from_disk(k: int) -> None:
-        shard = store.read_shard(modality, k)
-        if shard.embeddings.ndim != 2 or shard.embeddings.shape[1] != acc.dim:
-            raise ValueError(f"embedding shard {store.shard_path(modality, k)} has shape "
-                             f"{tuple(shard.embeddings.shape)}, expected (n, {acc.dim})")
+
+def sum_in_order(encoded, done: set[int], accs: dict[str, MomentAccumulator],
+                 store: EmbeddingStore | None, *, label: str | None = None,
+                 on_shard: Callable[[str, int], None] | None = None):
+    """Sum ``encoded`` units ``(k, {modality: Shard})`` (ascending k) into ``accs``, and units
+    ``done`` from the store's shards where they fall, so a resumed run adds the same tensors
+    in the same order as an uninterrupted one; write each encoded unit to ``store``. Calls
+    ``on_shard(label or modality, k)`` after each unit. Returns (skipped, counts per modality:
+    encoded / resumed / skipped)."""
+    queue = sorted(done)
+    skipped: list[tuple[str, str]] = []
+    counts = {m: {"encoded": 0, "resumed": 0, "skipped": 0} for m in accs}
+
+    def add(m: str, shard: Shard, how: str) -> None:
+        acc = accs[m]
         if shard.embeddings.shape[0]:
             acc.update(shard.embeddings.to(acc.sum.device))
         skipped.extend(shard.skipped)
-        counts["resumed"] += int(shard.embeddings.shape[0])
+        counts[m][how] += int(shard.embeddings.shape[0])
+        counts[m]["skipped"] += len(shard.skipped)
 
-    dataset, collate, encode, name_of, image_id_of, workers = modality_inputs(
-        encoders, modality, items, num_workers)
-    done_queue = sorted(done)
-    desc = f"encoding {modality}s" + (f" (process 0 of {world})" if world > 1 else "")
-    for chunk in encoded_chunks(modality, n_items, dataset, collate, encode, name_of, acc.dim,
-                                 chunks=pending, shard_size=shard_size, batch_size=batch_size,
-                                 num_workers=workers, pin_memory=encoders.device.type == "cuda",
-                                 trim=acc.sum.device.type == "cpu", progress=progress,
-                                 desc=desc):
-        k, emb = chunk.index, chunk.embeddings
-        while done_queue and done_queue[0] < k:  # keep the chunk order of a full run
-            add_from_disk(done_queue.pop(0))
-        if emb.shape[0]:
-            acc.update(emb.to(acc.sum.device))
-        if store is not None:
-            index = torch.tensor(chunk.rows, dtype=torch.int64)
-            ids = torch.tensor([image_id_of(i) for i in chunk.rows], dtype=torch.int64)
-            store.write_shard(modality, k, Shard(emb.cpu(), index, ids, chunk.skipped))
-        skipped.extend(chunk.skipped)
-        counts["encoded"] += int(emb.shape[0])
-        if on_shard is not None:
-            on_shard(modality, k)
-    for k in done_queue:
+    def add_from_disk(k: int) -> None:
+        for m, acc in accs.items():
+            shard = store.read_shard(m, k)
+            if shard.embeddings.ndim != 2 or shard.embeddings.shape[1] != acc.dim:
+                raise ValueError(f"embedding shard {store.shard_path(m, k)} has shape "
+                                 f"{tuple(shard.embeddings.shape)}, expected (n, {acc.dim})")
+            add(m, shard, "resumed")
+
+    with contextlib.closing(iter(encoded)) as units:
+        for k, shards in units:
+            while queue and queue[0] < k:  # keep the unit order of a full run
+                add_from_disk(queue.pop(0))
+            for m, shard in shards.items():
+                add(m, shard, "encoded")
+                if store is not None:
+                    store.write_shard(m, k, replace(shard, embeddings=shard.embeddings.cpu()))
+            if on_shard is not None:
+                on_shard(label or next(iter(shards)), k)
+    for k in queue:
         add_from_disk(k)
     return skipped, counts
+
+
+def _folder_chunks(modality: str, items: Sequence, encoders: ClipEncoders, chunks: list[int], *,
+                   dim: int, trim: bool, world: int, progress: bool, **loader):
+    """A folder's pending chunks of one modality as ``(k, {modality: Shard})``."""
+    dataset, collate, encode, name_of, image_id_of, workers = modality_inputs(
+        encoders, modality, items, loader.pop("num_workers"))
+    desc = f"encoding {modality}s" + (f" (process 0 of {world})" if world > 1 else "")
+    for chunk in encoded_chunks(modality, len(items), dataset, collate, encode, name_of, dim,
+                                 chunks=chunks, num_workers=workers,
+                                 pin_memory=encoders.device.type == "cuda", trim=trim,
+                                 progress=progress, desc=desc, **loader):
+        index = torch.tensor(chunk.rows, dtype=torch.int64)
+        ids = torch.tensor([image_id_of(i) for i in chunk.rows], dtype=torch.int64)
+        yield chunk.index, {modality: Shard(chunk.embeddings, index, ids, chunk.skipped)}
 
 
 def _reduce(acc: MomentAccumulator, state) -> None:
@@ -151,30 +167,26 @@ def compute_statistics(encoders: ClipEncoders, images: Sequence[ImageItem] = (),
     """
     if not images and not captions:
         raise ValueError("nothing to encode: no images and no captions")
-    check_sizes(batch_size=batch_size, num_workers=num_workers, shard_size=shard_size)
-    check_loader_limits(num_workers, batch_size, max_workers=max_workers, max_batch_size=max_batch_size)
-    if captions and encoders.text_encoder is None:
-        raise ValueError("captions given but the encoders were loaded without a text encoder")
-    rank = state.process_index if state is not None else 0
-    world = state.num_processes if state is not None else 1
-    main = rank == 0
-    acc_device = encoders.device if encoders.device.type == "cuda" else torch.device("cpu")
-    common = dict(store=store, shard_size=shard_size, batch_size=batch_size,
-                  num_workers=num_workers, rank=rank, world=world, progress=progress and main,
-                  on_shard=on_shard)
+    rank, world, acc_device = start_run(encoders, state, text=bool(captions), batch_size=batch_size,
+                                        num_workers=num_workers, shard_size=shard_size,
+                                        max_workers=max_workers, max_batch_size=max_batch_size)
     accs: dict[str, MomentAccumulator] = {}
     skipped: list[tuple[str, str]] = []
     encoded, resumed = {}, {}
-    if images:
-        acc = accs["image"] = MomentAccumulator(encoders.dim, device=acc_device)
-        skip, counts = _run_modality("image", images, encoders, acc, **common)
+    for modality, items in (("image", images), ("text", captions)):
+        if not items:
+            continue
+        acc = {modality: MomentAccumulator(encoders.dim, device=acc_device)}
+        mine = plan_chunks(len(items), shard_size, rank, world)
+        done = store.completed(modality) & set(mine) if store is not None else set()
+        units = _folder_chunks(modality, items, encoders, [k for k in mine if k not in done],
+                               dim=encoders.dim, trim=acc_device.type == "cpu", world=world,
+                               progress=progress and rank == 0, shard_size=shard_size,
+                               batch_size=batch_size, num_workers=num_workers)
+        skip, counts = sum_in_order(units, done, acc, store, on_shard=on_shard)
+        accs.update(acc)
         skipped += skip
-        encoded["image"], resumed["image"] = counts["encoded"], counts["resumed"]
-    if captions:
-        acc = accs["text"] = MomentAccumulator(encoders.dim, device=acc_device)
-        skip, counts = _run_modality("text", captions, encoders, acc, **common)
-        skipped += skip
-        encoded["text"], resumed["text"] = counts["encoded"], counts["resumed"]
+        encoded[modality], resumed[modality] = counts[modality]["encoded"], counts[modality]["resumed"]
     dataset_size = {"image": len(images), "text": len(captions)}
     return reduced_result(encoders, accs, skipped, dataset_size, state, metadata, encoded,
                           resumed)

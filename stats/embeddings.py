@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_save_safetensors
 from .jsonfile import read_json
 from .outputs import atomic_write, remove_stale_temporaries
+from .statistics_file import atomic_save_safetensors
 
 __all__ = ["EmbeddingStore", "Embeddings", "read_embeddings"]
 

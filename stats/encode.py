@@ -20,8 +20,9 @@ import torch
 from .data import open_image
 from .hub import ModelUnavailable, is_repo_id, unavailable_model
 
-__all__ = ["PROCESSOR_SUBFOLDERS", "ClipEncoders", "clip_image_processor_class", "default_device",
-           "encoder_fingerprint", "load_encoders", "parse_device", "part_loader", "quiet_torchvision_fallback"]
+__all__ = ["PROCESSOR_SUBFOLDERS", "ClipEncoders", "check_tokenizer", "clip_image_processor_class",
+           "default_device", "dtype_kwarg", "encoder_fingerprint", "first_line", "load_encoders",
+           "parse_device", "part_loader", "quiet_torchvision_fallback"]
 
 # Config fields that define the function an image encoder computes (not bookkeeping fields
 # such as dtype or transformers version, which differ between loads of the same weights).
@@ -30,7 +31,7 @@ _ARCH_KEYS = ("model_type", "hidden_size", "projection_dim", "intermediate_size"
               "num_channels", "hidden_act", "layer_norm_eps")
 
 
-def _dtype_kwarg() -> str:
+def dtype_kwarg() -> str:
     """transformers ≥ 4.56 names the load dtype ``dtype`` (``torch_dtype`` is deprecated)."""
     import transformers
 
@@ -252,12 +253,13 @@ def quiet_torchvision_fallback():
         logger.setLevel(level)
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its type name when it has none)."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _check_tokenizer(tokenizer, text_encoder, source: str) -> None:
+def check_tokenizer(tokenizer, text_encoder, source: str) -> None:
     """Refuse an empty or incomplete tokenizer before it fails deep inside encoding."""
     length, vocab = tokenizer.model_max_length, len(tokenizer)
     if length is None or length > _MAX_TOKENIZER_LENGTH or vocab < _MIN_TOKENIZER_VOCAB:
@@ -282,7 +284,7 @@ def part_loader(source: str, option: str, what: str):
             if unavailable is not None:
                 raise unavailable from None
             name = sub or cls.__name__
-            raise ValueError(f"cannot load the {name} of {what} {source!r}: {_first_line(err)}") from None
+            raise ValueError(f"cannot load the {name} of {what} {source!r}: {first_line(err)}") from None
     return part
 
 
@@ -308,7 +310,7 @@ def load_encoders(prior: str | Path, *, device=None, dtype: torch.dtype | None =
         raise TypeError(f"prior must be a hub id or a folder, got {prior!r}")
     device = parse_device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
-    dtype_kwarg = _dtype_kwarg()
+    dtype_key = dtype_kwarg()
     source = str(prior)
     local = Path(source).expanduser()
     if local.exists() and not local.is_dir():
@@ -330,7 +332,7 @@ def load_encoders(prior: str | Path, *, device=None, dtype: torch.dtype | None =
                              f"neither {PROCESSOR_SUBFOLDERS[0]}/ nor {PROCESSOR_SUBFOLDERS[1]}/")
 
     part = part_loader(source, "--prior", "prior")
-    image_encoder = part(CLIPVisionModelWithProjection, "image_encoder", **{dtype_kwarg: dtype})
+    image_encoder = part(CLIPVisionModelWithProjection, "image_encoder", **{dtype_key: dtype})
     image_processor, errors = None, []
     for sub in processors:  # a hub id: try both layouts
         try:
@@ -346,12 +348,16 @@ def load_encoders(prior: str | Path, *, device=None, dtype: torch.dtype | None =
                          f"{' or '.join(f'{p}/' for p in processors)}")
     text_encoder = tokenizer = None
     if text:
-        text_encoder = part(CLIPTextModelWithProjection, "text_encoder", **{dtype_kwarg: dtype})
+        text_encoder = part(CLIPTextModelWithProjection, "text_encoder", **{dtype_key: dtype})
         tokenizer = part(CLIPTokenizer, "tokenizer")
-        _check_tokenizer(tokenizer, text_encoder, source)
+        check_tokenizer(tokenizer, text_encoder, source)
     try:
         return ClipEncoders(image_encoder, image_processor, text_encoder, tokenizer,
                             model_id=source, device=device, dtype=dtype)
     except (AttributeError, StopIteration) as err:  # a config without projection_dim, no weights
         raise ValueError(f"the encoders of prior {source!r} are not CLIP encoders with a "
-                         f"projection ({_first_line(err)})") from None
+                         f"projection ({first_line(err)})") from None
+
+
+# aliases until the house merge
+_check_tokenizer, _dtype_kwarg, _first_line = check_tokenizer, dtype_kwarg, first_line

@@ -9,9 +9,8 @@ given a checkpoint's image mean (a prior's ``clip_mean``, Stable unCLIP's normal
 :func:`compare_means` of the embeddings' mean with it.
 :func:`write_report` (from :mod:`vslerp.stats.report_files`) writes it out.
 
-``clip_loss``, ``loss_vs_alpha``, ``conformity_kl_vs_alpha`` and ``kl_divergence`` are the
-core's functions (:mod:`vslerp.contrastive`, :mod:`vslerp.divergence`) as the report's rows:
-plain floats and dicts; ``histogram`` is the core's own.
+``loss_vs_alpha`` and ``conformity_kl_vs_alpha`` are the core's functions
+(:mod:`vslerp.contrastive`, :mod:`vslerp.divergence`) as the report's rows (plain dicts).
 """
 
 from __future__ import annotations
@@ -35,19 +34,16 @@ from vslerp import (
 )
 from vslerp.defaults import CONFORMITY_EXACT
 
-from .files import ModalityStats
 from .report_files import no_loss_reason, write_report
 from .scoring import estimated_conformity
+from .statistics_file import ModalityStats
 
 __all__ = [
     "DEFAULT_ALPHAS",
-    "clip_loss",
     "compare_means",
     "conformity_estimates",
     "conformity_kl_vs_alpha",
     "geometry_report",
-    "histogram",
-    "kl_divergence",
     "loss_vs_alpha",
     "one_pair_per_image",
     "svm_two_features",
@@ -60,24 +56,10 @@ _SCATTER_POINTS = 2000  # points kept per modality for scatter plots in report.j
 
 
 # -- the core's measures as the report's rows ------------------------------------------------
-def kl_divergence(p_samples, q_samples, *, bins: int = 100, pseudo_count: float = 0.5) -> float:
-    """:func:`vslerp.kl_divergence` (KL(P‖Q) in nats of two 1-D samples, Fig. 11) as a float."""
-    return float(vslerp.kl_divergence(torch.as_tensor(p_samples), torch.as_tensor(q_samples),
-                                      bins=bins, pseudo_count=pseudo_count))
-
-
-def clip_loss(image: torch.Tensor, text: torch.Tensor, *, logit_scale: float = 100.0,
-              chunk_size: int = 1024) -> dict:
-    """:func:`vslerp.clip_loss` of matched rows (P, D) (Eq. 7–8) as a row: ``total``,
-    ``alignment``, ``uniformity``, ``correct`` / ``misclassified`` (None for an empty group),
-    ``accuracy``, ``pairs`` (:meth:`vslerp.ClipLoss.summary`)."""
-    return vslerp.clip_loss(image, text, logit_scale=logit_scale, chunk_size=chunk_size).summary()
-
-
 def loss_vs_alpha(image: torch.Tensor, text: torch.Tensor, image_mean: torch.Tensor,
                   alphas=DEFAULT_ALPHAS, *, logit_scale: float = 100.0,
                   chunk_size: int = 1024) -> list[dict]:
-    """:func:`clip_loss` of (image − α·m, text) for each α (Eq. 9, Fig. 6), one row per α
+    """:func:`vslerp.clip_loss` of (image − α·m, text) for each α (Eq. 9, Fig. 6), one row per α
     with ``alpha`` added; image, text (P, D) matched rows, image_mean m (D,) raw."""
     alphas = [float(a) for a in alphas]
     rows = vslerp.clip_loss_vs_alpha(image, text, alphas, image_mean, logit_scale=logit_scale,
@@ -305,7 +287,7 @@ def geometry_report(emb, *, alphas=DEFAULT_ALPHAS, logit_scale: float = 100.0,
     plots["conformity_hist"] = {"edges": edges.tolist(),
                                 "image": histogram(exact["image"], edges).tolist(),
                                 "text": histogram(exact["text"], edges).tolist(),
-                                "kl": kl_divergence(exact["image"], exact["text"], bins=bins)}
+                                "kl": float(vslerp.kl_divergence(exact["image"], exact["text"], bins=bins))}
     for f in tags[:3]:
         lo = float(min(image[:, f].min(), text[:, f].min()))
         hi = float(max(image[:, f].max(), text[:, f].max())) + 1e-12
@@ -314,7 +296,7 @@ def geometry_report(emb, *, alphas=DEFAULT_ALPHAS, logit_scale: float = 100.0,
             "edges": edges.tolist(),
             "image": histogram(image[:, f], edges).tolist(),
             "text": histogram(text[:, f], edges).tolist(),
-            "kl": kl_divergence(image[:, f], text[:, f], bins=bins)}
+            "kl": float(vslerp.kl_divergence(image[:, f], text[:, f], bins=bins))}
     pts = {n: data[n][_subsample(data[n].shape[0], _SCATTER_POINTS, seed)][:, tags[:2]].tolist()
            for n in data}
     plots["svm_points"] = pts

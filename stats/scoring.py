@@ -20,13 +20,12 @@ from pathlib import Path
 
 import torch
 
-from vslerp import conformity, cosine_to_mean, exact_conformity_coefficients, kl_divergence
+from vslerp import cosine_to_mean, exact_conformity_coefficients
 from vslerp.defaults import CONFORMITY_COSINE, CONFORMITY_EXACT
 
 from .outputs import atomic_write, spreadsheet_safe
 
-__all__ = ["ESTIMATORS", "estimated_conformity", "reference_conformity", "score_kl",
-           "write_scores_csv"]
+__all__ = ["ESTIMATORS", "estimated_conformity", "write_scores_csv"]
 
 # the formula of each estimator, for the CSV header (vslerp.defaults.CONFORMITY_ESTIMATORS
 # has the words for people)
@@ -50,16 +49,6 @@ def estimated_conformity(raw: torch.Tensor, modality_stats) -> tuple[torch.Tenso
         return (fit.a * cos.double() + fit.b).float(), CONFORMITY_EXACT, {"a": fit.a, "b": fit.b}
     cos = cosine_to_mean(raw, modality_stats.mean)
     return cos.float(), CONFORMITY_COSINE, {"a": 1.0, "b": 0.0}
-
-
-def reference_conformity(raw: torch.Tensor) -> torch.Tensor:
-    """Exact conformity (Eq. 10) of a reference set (N, D) → (N,), in O(N·D)."""
-    return conformity(raw)
-
-
-def score_kl(scores: torch.Tensor, reference: torch.Tensor, bins: int = 100) -> float:
-    """KL(scored ‖ reference) of two conformity samples (shared bins, smoothed), a float."""
-    return float(kl_divergence(scores, reference, bins=bins))
 
 
 def write_scores_csv(path: str | Path, names: list[str], scores: torch.Tensor, *,

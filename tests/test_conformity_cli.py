@@ -97,7 +97,7 @@ def test_conformity_streams_names_skipped_and_kl_of_another_set(computed, tiny_k
 
     from PIL import Image
 
-    from vslerp.stats import compute, data
+    from vslerp.stats import data
     from vslerp.ui.cli import main
 
     stats, emb, _ = computed
@@ -117,7 +117,6 @@ def test_conformity_streams_names_skipped_and_kl_of_another_set(computed, tiny_k
         return image
 
     monkeypatch.setattr(data, "open_image", tracked_open)
-    monkeypatch.setattr(compute, "open_image", tracked_open)
     out = tmp_path / "other.csv"
     capsys.readouterr()
     code = main(["conformity", "--stats", str(stats), "--images", str(other), "--prior",

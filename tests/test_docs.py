@@ -83,8 +83,8 @@ if not reply:
 sys.exit(int(reply) if reply else 70)
 """
 
-_PRELOAD = ["vslerp.pipelines", "vslerp.stats", "vslerp.stats.compute", "vslerp.stats.sharded",
-            "vslerp.stats.shards", "vslerp.stats.report", "vslerp.stats.plots",
+_PRELOAD = ["vslerp.pipelines", "vslerp.stats", "vslerp.stats.compute", "vslerp.stats.shard_stats",
+            "vslerp.stats.shard_readers", "vslerp.stats.report", "vslerp.stats.plots",
             "vslerp.stats.scoring", "matplotlib.pyplot", "sklearn.linear_model"]
 _PRELOAD_ATTRS = {"transformers": ["CLIPVisionModelWithProjection", "CLIPTextModelWithProjection",
                                    "CLIPTokenizer", "CLIPImageProcessor", "CLIPTextModel"],

@@ -111,7 +111,7 @@ def test_next_owner_removes_a_killed_runs_temporaries(tmp_path):
 
 
 def test_import_does_not_change_umask():
-    code = ("import os; os.umask(0o077); import vslerp.stats, vslerp.stats.files; "
+    code = ("import os; os.umask(0o077); import vslerp.stats, vslerp.stats.statistics_file; "
             "print(oct(os.umask(0o022)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0o77"

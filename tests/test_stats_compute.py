@@ -338,7 +338,7 @@ def _resume_argv(prior, images, captions, out, emb) -> list[str]:
 
 
 def test_resume_after_kill_equals_uninterrupted(full_run, dataset, prior, tmp_path, capsys):
-    from vslerp.ui import cmd_stats
+    from vslerp.ui import stats_compute
     from vslerp.ui.cli import build_parser
 
     images, captions = dataset
@@ -354,7 +354,7 @@ def test_resume_after_kill_equals_uninterrupted(full_run, dataset, prior, tmp_pa
                 raise Killed
 
         with pytest.raises(Killed):
-            cmd_stats.run_compute(build_parser().parse_args(argv), on_shard=hook)
+            stats_compute.run_compute(build_parser().parse_args(argv), on_shard=hook)
         assert not out.exists()
         with pytest.raises(ValueError, match="incomplete"):
             vs.read_embeddings(emb)

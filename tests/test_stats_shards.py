@@ -20,7 +20,7 @@ from PIL import Image
 
 import vslerp
 import vslerp.stats as vs
-from vslerp.stats.sharded import sample_image_id
+from vslerp.stats.shard_stats import sample_image_id
 from vslerp.ui.cli import main
 
 N_SHARDS, PER_SHARD = 4, 7

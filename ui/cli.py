@@ -24,8 +24,7 @@ _COMMAND_MODULES = (
     "vslerp.ui.cmd_grid",  # grid
     "vslerp.ui.cmd_animate",  # animate
     "vslerp.ui.cmd_batch",  # batch
-    "vslerp.ui.cmd_stats",  # stats compute (+ stats report from cmd_report)
-    "vslerp.ui.cmd_report",  # conformity
+    "vslerp.ui.cmd_stats",  # stats compute, stats report, conformity
     "vslerp.ui.cmd_ui",  # the Gradio editor
     "vslerp.ui.cmd_info",
 )

@@ -1,9 +1,52 @@
-"""`vslerp stats compute`: modality statistics of a dataset through a generator's own CLIP.
+"""The statistics commands' parsers: ``vslerp stats compute``, ``vslerp stats report`` and
+``vslerp conformity``; each runs from its own module (``stats_compute``, ``stats_report``,
+``stats_conformity``), imported only when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from vslerp.defaults import DEFAULT_PRIOR, DEFAULT_UNCLIP
+from vslerp.ui.options import (
+    DTYPE_HELP,
+    add_loader_limits,
+    allow_negative_values,
+    dtype_arg,
+    int_at_least,
+    positive_float,
+    positive_int,
+    value_list,
+)
+
+__all__ = ["add_model_arguments", "register"]
+
+_MODEL_HELP = ("the generator whose CLIP encoders to use (hub id or folder): a Kandinsky 2.2 prior "
+               f"({DEFAULT_PRIOR}) or decoder (its prior's encoders: --prior), an unCLIP/Karlo "
+               f"image-variations repo ({DEFAULT_UNCLIP}), Stable unCLIP "
+               "(stabilityai/stable-diffusion-2-1-unclip[-small]), or a Stable Diffusion / SDXL base "
+               "with --ip-adapter; statistics fit every model with the same image encoder "
+               "(its fingerprint)")
+_PRIOR_HELP = ("a Kandinsky 2.2 prior (hub id or folder), alone (as --model) or for a --model "
+               f"decoder (default with a decoder: {DEFAULT_PRIOR}); an unCLIP/Karlo repo also "
+               "works here")
+_IP_HELP = ("REPO_OR_DIR:SUBFOLDER/WEIGHT.safetensors, the IP-Adapter of a --model SD / SDXL base "
+            "(e.g. h94/IP-Adapter:models/ip-adapter_sd15.safetensors): its SUBFOLDER/image_encoder/ "
+            "is the image encoder (default: none)")
+_CLIP_HELP = ("a transformers CLIPModel (hub id or folder): alone, both of its towers; with a --model "
+              "without a projected text encoder (Stable unCLIP, IP-Adapter), the text side, only if "
+              "its vision tower is that model's image encoder (default: none: image statistics only "
+              "for those models)")
+
+_COMPUTE_DESCRIPTION = """`vslerp stats compute`: modality statistics of a dataset through a generator's own CLIP.
 
 Reads an MS-COCO set (--images val2017 --captions annotations/captions_val2017.json), a
 plain image folder and/or a text file of captions (one a line), encodes them with the
 image and text encoders of a generator (--model: a Kandinsky 2.2 prior or decoder, an
-unCLIP/Karlo repo, Stable unCLIP, an SD / SDXL base with --ip-adapter; --prior as before) or
+unCLIP/Karlo repo, Stable unCLIP, an SD / SDXL base with --ip-adapter; or --prior, a Kandinsky 2.2 prior) or
 of a CLIP model (--clip), and writes the per-modality moment sums (mean, mean of unit
 vectors, covariance and the §4 measures follow from them) to one safetensors file. Works under `accelerate launch
 --num_processes N` (rank 0 writes). --from-prior-mean writes a Kandinsky prior's own
@@ -11,34 +54,6 @@ clip_mean instead (zero data). A generator without a projected text encoder (Sta
 IP-Adapter) takes its text side from --clip, only if that CLIP's vision tower is its image
 encoder; without --clip its statistics have the image modality only.
 """
-
-from __future__ import annotations
-
-import argparse
-import contextlib
-import sys
-from pathlib import Path
-
-from vslerp.defaults import DEFAULT_PRIOR, DEFAULT_UNCLIP
-from vslerp.ui.cli import CLIError
-from vslerp.ui.cmd_stats_models import (
-    add_model_arguments,
-    check_model_args,
-    load_run_encoders,
-    metadata_of,
-    model_inputs,
-    model_label,
-)
-from vslerp.ui.options import DTYPE_HELP, add_loader_limits, dtype_arg, int_at_least, positive_int
-
-__all__ = ["check_output", "print_skipped", "register", "run_compute"]
-
-
-_PRIOR_HELP = ("generator repo (hub id) or local folder whose CLIP encoders to use: a Kandinsky 2.2 "
-               "prior (image_encoder/, image_processor/, text_encoder/, tokenizer/; e.g. "
-               f"{DEFAULT_PRIOR}) or an unCLIP/Karlo image-variations "
-               "repo (feature_extractor/ instead of image_processor/; e.g. "
-               f"{DEFAULT_UNCLIP})")  # `stats conformity` / `conformity` --prior (vslerp.ui.cmd_report)
 
 _EXAMPLES = f"""
 examples:
@@ -57,8 +72,50 @@ examples:
       --prior {DEFAULT_PRIOR} --out laion.safetensors
 """
 
+_REPORT_DESCRIPTION = """\
+Geometry report (paper §4–6) from embeddings saved by `vslerp stats compute
+--save-embeddings DIR`: modality tags and a 2-feature SVM, thin shell, variance tail, ODD,
+offsets, conformity exact vs estimated, CLIP loss and conformity KL vs the image-mean shift
+α. Writes report.md, report.json and PNG figures; nothing is re-encoded.
+
+example:
+  vslerp stats report --embeddings coco_emb/ --out-dir coco_report/ --alphas -2:2:41
+  vslerp stats report --embeddings coco_emb/ --out-dir coco_report/ \\
+      --compare-mean kandinsky-community/kandinsky-2-2-prior
+"""
+
+_CONFORMITY_DESCRIPTION = f"""\
+Estimated conformity (paper §7.1, Eq. 10–11) of each image of a folder or each caption of a
+file against a statistics file: a CSV, an optional histogram and the KL divergence to a
+reference distribution. Estimator: C = a·cos(v, μ̂) + b with μ̂ the statistics' mean of
+unit vectors, a = N‖μ̂‖/(N−1), b = −1/(N−1) (exact for an item of the reference set);
+cos(v, m) for mean-only statistics. Items stream through the encoder in batches.
+
+example:
+  vslerp conformity --stats coco.safetensors --images generated/ \\
+      --prior {DEFAULT_PRIOR} --out scores.csv --hist hist.png \\
+      --reference-embeddings coco_emb/
+  vslerp conformity --stats vit_h.safetensors --images generated/ \\
+      --model stabilityai/stable-diffusion-2-1-unclip --out scores.csv
+"""
+
+
+def _runner(module: str, name: str):
+    """A parser's ``func``: the run, imported when the command runs (``vslerp --help`` imports no torch)."""
+    def run(args, **kwargs) -> int:
+        return getattr(importlib.import_module(f"vslerp.ui.{module}"), name)(args, **kwargs)
+    return run
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, metavar="DIR|ID", help=_MODEL_HELP + " (default: none)")
+    p.add_argument("--prior", default=None, metavar="DIR|ID", help=_PRIOR_HELP)
+    p.add_argument("--ip-adapter", default=None, metavar="REPO_OR_DIR:SUBFOLDER/WEIGHT", help=_IP_HELP)
+    p.add_argument("--clip", default=None, metavar="DIR|ID", help=_CLIP_HELP)
+
 
 def register(subparsers) -> None:
+    """Add ``vslerp stats`` (``compute``, ``report``) and ``vslerp conformity``."""
     stats = subparsers.add_parser("stats", help="compute and report modality statistics",
                                   description="Modality statistics of CLIP embeddings "
                                   "(paper §4–6): `vslerp stats compute` and `vslerp stats "
@@ -68,7 +125,7 @@ def register(subparsers) -> None:
     stats.set_defaults(func=lambda args: _no_subcommand(stats))
 
     p = stats_sub.add_parser("compute", help="encode a dataset and write its statistics file",
-                             description=__doc__ + _EXAMPLES,
+                             description=_COMPUTE_DESCRIPTION + _EXAMPLES,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=Path, metavar="DIR",
                    help="image folder (for COCO: val2017/; the captions json then selects its "
@@ -127,248 +184,73 @@ def register(subparsers) -> None:
     add_loader_limits(p)
     p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="show full tracebacks (for bug reports) (default: one-line errors)")
-    p.set_defaults(func=run_compute, command="stats compute")
-    try:
-        from vslerp.ui.cmd_report import register_stats_subcommands
-    except ModuleNotFoundError as err:
-        if err.name != "vslerp.ui.cmd_report":
-            raise
-    else:
-        register_stats_subcommands(stats_sub)
+    p.set_defaults(func=_runner("stats_compute", "run_compute"), command="stats compute")
+
+    p = stats_sub.add_parser(
+        "report", help="the paper's §4–6 geometry report from saved embeddings",
+        description=_REPORT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--embeddings", required=True, type=Path, metavar="DIR",
+                   help="folder written by `stats compute --save-embeddings` (required)")
+    p.add_argument("--out-dir", required=True, type=Path, metavar="DIR",
+                   help="folder for report.md, report.json and the figures (required)")
+    p.add_argument("--alphas", type=value_list("--alphas"), default=None, metavar="LIST",
+                   help="image-mean shifts α of Eq. 9: 'a,b,c' or 'start:stop:count', e.g. "
+                   "-2:2:41 (default: -1:1:21)")
+    p.add_argument("--logit-scale", type=positive_float, default=100.0, metavar="S",
+                   help="1/τ of the CLIP loss; 100 is CLIP's trained value, and the Kandinsky "
+                   "prior repo ships none (default: 100)")
+    p.add_argument("--max-pairs", type=int_at_least(2), default=None, metavar="N",
+                   help="subsample the loss batch to N image–caption pairs (default: all, one "
+                   "caption per image)")
+    p.add_argument("--chunk-size", type=int_at_least(1), default=1024, metavar="N",
+                   help="image rows per logits chunk of the loss: memory grows with N × pairs, "
+                   "never pairs² (default: 1024)")
+    p.add_argument("--compare-mean", default=None, metavar="DIR|ID",
+                   help="also compare the embeddings' image mean with the one a checkpoint holds "
+                   "(‖Δ‖/‖m‖ and cosine): a Kandinsky 2.2 or Karlo prior (clip_mean) or a Stable "
+                   "unCLIP model (image_normalizer) (default: none)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing report (default: refuse)")
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="show full tracebacks (for bug reports) (default: one-line errors)")
+    allow_negative_values(p)
+    p.set_defaults(func=_runner("stats_report", "run_report"), command="stats report")
+
+    p = subparsers.add_parser(
+        "conformity", help="score images or captions by estimated conformity (§7.1)",
+        description=_CONFORMITY_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stats", required=True, type=Path, metavar="FILE",
+                   help="statistics file from `vslerp stats compute` (required)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--images", type=Path, metavar="DIR",
+                      help="folder of images to score (this or --captions)")
+    what.add_argument("--captions", type=Path, metavar="FILE",
+                      help="captions to score: .txt (one a line) or COCO .json (this or --images)")
+    add_model_arguments(p)  # --model / --prior / --ip-adapter / --clip, as `stats compute` takes them
+    p.add_argument("--out", required=True, type=Path, metavar="scores.csv",
+                   help="CSV of name,conformity to write (required)")
+    p.add_argument("--hist", type=Path, default=None, metavar="hist.png",
+                   help="also write a histogram PNG (default: none)")
+    p.add_argument("--reference-embeddings", type=Path, default=None, metavar="DIR",
+                   help="embeddings folder of the statistics' dataset: reference distribution "
+                   "(exact conformity) for the histogram and the KL divergence (default: none, "
+                   "no KL)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=32, metavar="N",
+                   help="items per encoder batch (default: 32)")
+    p.add_argument("--num-workers", type=int_at_least(0), default=2, metavar="N",
+                   help="DataLoader worker processes decoding images; 0 = in this process "
+                   "(default: 2)")
+    p.add_argument("--device", default=None,
+                   help="cuda, cuda:1, mps or cpu (default: cuda, else mps, else cpu)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (default: a bar with items/s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs (default: refuse)")
+    add_loader_limits(p)
+    p.set_defaults(func=_runner("stats_conformity", "run_conformity"), command="conformity")
 
 
 def _no_subcommand(parser: argparse.ArgumentParser) -> int:
     parser.print_help(sys.stderr)
     return 2
-
-
-def check_output(option: str, path: Path, overwrite: bool, *, suffix: str | None = None,
-                 folder: bool = False) -> None:
-    """Before any work: ``path`` has the right suffix, is not refused by an existing file,
-    and its folder exists or can be created and is writable (one line naming it if not)."""
-    from vslerp.stats import check_writable
-
-    if suffix is not None and path.suffix.lower() != suffix:
-        raise CLIError(f"{option} must name a {suffix} file, got {path}")
-    if not folder and path.is_dir():
-        raise CLIError(f"{option} {path} is a folder, not a file")
-    if not folder and path.exists() and not overwrite:
-        raise CLIError(f"{option} {path} exists; pass --overwrite to replace it")
-    try:
-        check_writable(path, folder=folder)
-    except ValueError as err:
-        raise CLIError(f"{option}: {err}") from None
-
-
-def print_skipped(skipped, where: str, what: str = "image(s)") -> None:
-    """Name the unreadable items at the end of a run (the first 20, then a count)."""
-    if not skipped:
-        return
-    print(f"skipped {len(skipped)} unreadable {what}:")
-    for name, reason in skipped[:20]:
-        print(f"  {name}: {reason}")
-    if len(skipped) > 20:
-        print(f"  ... and {len(skipped) - 20} more ({where})")
-
-
-def _read_dataset(args) -> tuple[list, list, str]:
-    """The images and captions of the run, each file read once; with ``--limit`` a COCO json
-    or a text file is streamed and only what the limit keeps is held (docs/statistics.md)."""
-    from vslerp.stats import list_images, read_captions, read_coco
-
-    if args.images is None and args.captions is None:
-        raise CLIError("give --images DIR and/or --captions FILE, --webdataset PATTERN or "
-                       "--parquet FILE (or --from-prior-mean)")
-    coco = args.captions is not None and args.captions.suffix.lower() == ".json"
-    if coco and args.images is not None:
-        listed, captions = read_coco(args.captions, limit=args.limit)
-        images = list_images(args.images, listed=listed)
-    else:
-        images = list_images(args.images) if args.images is not None else []
-        captions = (read_captions(args.captions, limit=args.limit)
-                    if args.captions is not None else [])
-    if args.images is not None and not images:
-        raise CLIError(f"no images found in {args.images}")
-    if args.captions is not None and not captions:
-        raise CLIError(f"no captions in {args.captions}")
-    if args.limit is not None:
-        images = images[: args.limit]
-        paired = images and captions and any(c.image_id >= 0 for c in captions)
-        if paired:
-            keep = {i.image_id for i in images}
-            captions = [c for c in captions if c.image_id in keep]
-        else:
-            captions = captions[: args.limit]
-    name = args.dataset_name or (args.images.name if args.images is not None
-                                 else args.captions.stem)
-    return images, captions, name
-
-
-def _write_prior_mean(args) -> int:
-    import torch
-    from diffusers import PriorTransformer
-
-    from vslerp.stats import Statistics, load_encoders
-    from vslerp.ui.runtime import quiet_model_logs
-
-    local = Path(str(args.prior)).expanduser()
-    if local.is_dir() and not (local / "prior").is_dir():
-        raise CLIError(f"--from-prior-mean needs a Kandinsky 2.2 prior with a prior/ transformer "
-                       f"(its clip_mean); {args.prior} has none (unCLIP/Karlo has no clip_mean): "
-                       "compute statistics from data instead")
-    with quiet_model_logs():
-        try:
-            prior = PriorTransformer.from_pretrained(args.prior, subfolder="prior")
-        except Exception as err:  # noqa: BLE001 - OSError, SafetensorError, ...: one line
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise CLIError(f"cannot load the prior transformer of {args.prior!r}: {first}") from None
-        # the image encoder these statistics belong to: float16 is enough for the fingerprint
-        encoders = load_encoders(args.prior, device="cpu", dtype=torch.float16, text=False)
-    stats = Statistics.from_prior(prior, model_id=str(args.prior),
-                                  encoder_fingerprint=encoders.fingerprint)
-    if stats.dim != encoders.dim:
-        raise CLIError(f"the prior's clip_mean has dim {stats.dim} but its image_encoder "
-                       f"projects to {encoders.dim}")
-    stats.metadata["dataset"] = None
-    stats.save(args.out)
-    print(f"wrote {args.out}: image mean from the prior's clip_mean (source=prior_clip_mean, "
-          f"dim {stats.dim}, image encoder {encoders.fingerprint[:12]}, no data)")
-    return 0
-
-
-def _check_paths(args) -> None:
-    """Before any work: inputs exist and are of the right kind, and no output is an input
-    (the captions file, the image folder, a local --prior folder or a file in it)."""
-    from vslerp.ui.checks import refuse_inputs
-    from vslerp.ui.cmd_report import input_file, input_folder
-
-    input_file("--captions", args.captions)
-    input_folder("--images", args.images)
-    models = model_inputs(args)
-    outputs = {"--out": args.out, "--save-embeddings": args.save_embeddings}
-    refuse_inputs(outputs, {"--captions": args.captions, "--images": args.images, **models})
-    if args.save_embeddings is not None and (
-            args.out.expanduser().resolve() == args.save_embeddings.expanduser().resolve()):
-        raise CLIError(f"--out and --save-embeddings name one path ({args.out}): give two")
-    out = args.out.expanduser()
-    for option, folder in models.items():
-        if out.is_file() and folder.resolve() in out.resolve().parents:
-            raise CLIError(f"--out {args.out} is a file of the {option} folder {folder} this run "
-                           "reads: an output never replaces an input; choose another path")
-
-
-@contextlib.contextmanager
-def _own_outputs(args, state):
-    """Hold the outputs' locks for the whole run (rank 0 takes them; under accelerate every
-    process learns at once whether it could, so a busy output stops all of them)."""
-    from vslerp.stats import OutputBusy, output_lock
-
-    folders = () if args.save_embeddings is None else (args.save_embeddings,)
-    with contextlib.ExitStack() as stack:
-        busy = None
-        if state is None or state.is_main_process:
-            try:
-                stack.enter_context(output_lock(args.out, folders=folders,
-                                                what="statistics output"))
-            except OutputBusy as err:
-                busy = str(err)
-        if state is not None and state.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
-
-            box = broadcast_object_list([busy], from_process=0)
-            busy = box[0]
-        if busy is not None:
-            raise OutputBusy(busy)
-        yield
-
-
-def run_compute(args: argparse.Namespace, *, on_shard=None) -> int:
-    """Run ``stats compute``; ``on_shard(modality, chunk)`` is a hook for tests."""
-    from vslerp.stats import forget_inputs
-    from vslerp.ui.checks import check_device, check_loader
-
-    check_model_args(args)  # a malformed --ip-adapter: one line, nothing read
-    check_loader(args)  # --num-workers 10000 would fork until the machine stalls
-    forget_inputs()  # a new run: what earlier runs in this process read is not its input
-    check_output("--out", args.out, args.overwrite, suffix=".safetensors")
-    check_device(args.device)
-    if args.save_embeddings is not None:
-        check_output("--save-embeddings", args.save_embeddings, True, folder=True)
-    _check_paths(args)
-    if args.webdataset or args.parquet or args.image_column or args.caption_column:
-        from vslerp.ui.cmd_stats_shards import run_shard_compute
-
-        return run_shard_compute(args, on_shard=on_shard)
-    if args.from_prior_mean:
-        if args.images is not None or args.captions is not None:
-            raise CLIError("--from-prior-mean uses no data: drop --images/--captions")
-        with _own_outputs(args, None):
-            return _write_prior_mean(args)
-    args.shard_size = args.shard_size or 1024
-    from vslerp.ui.runtime import accelerate_state
-
-    state = accelerate_state(args.device)
-    with _own_outputs(args, state):
-        return _compute_owned(args, state, on_shard)
-
-
-def _compute_owned(args, state, on_shard) -> int:
-    import torch
-
-    from vslerp.stats.compute import compute_statistics, dataset_digest
-    from vslerp.stats.embeddings import EmbeddingStore
-    from vslerp.ui.cmd_report import refuse_listed_inputs
-
-    images, captions, dataset_name = _read_dataset(args)
-    refuse_listed_inputs({"--out": args.out}, (i.path for i in images), "--images files")
-    main = state.is_main_process
-    device = args.device or (str(state.device) if state.num_processes > 1 else None)
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    loaded = load_run_encoders(args, device=device, dtype=dtype, text=bool(captions))
-    encoders = loaded.encoders
-    if captions and encoders.text_encoder is None:
-        captions = []  # the note said why: image statistics only
-        if not images:
-            raise CLIError(f"--captions only, and {model_label(args)} has no text encoder to encode "
-                           "them with: give --clip, or --images")
-    metadata = {"dataset": dataset_name, **metadata_of(loaded), "shard_size": args.shard_size}
-    store = None
-    if args.save_embeddings is not None:
-        plan = {"metadata": {**metadata, "model_id": encoders.model_id,
-                             "encoder_fingerprint": encoders.fingerprint, "dim": encoders.dim},
-                "shard_size": args.shard_size,
-                "modalities": {
-                    "image": {"items": len(images),
-                              "digest": dataset_digest([i.name for i in images])},
-                    "text": {"items": len(captions),
-                             "digest": dataset_digest([c.text for c in captions])}}}
-        store = EmbeddingStore(args.save_embeddings, plan)
-        if main:
-            store.prepare(overwrite=args.overwrite)
-        state.wait_for_everyone()
-    if main:
-        what = " and ".join(f"{n} {w}" for n, w in ((len(images), "images"),
-                                                    (len(captions), "captions")) if n)
-        print(f"encoding {what} of {dataset_name!r} with {model_label(args)} on {encoders.device} "
-              f"({str(encoders.dtype).replace('torch.', '')}"
-              + (f", {state.num_processes} processes" if state.num_processes > 1 else "")
-              + ")", flush=True)
-    result = compute_statistics(encoders, images, captions, batch_size=args.batch_size,
-                                num_workers=args.num_workers, shard_size=args.shard_size,
-                                store=store, state=state, progress=not args.no_progress,
-                                metadata=metadata, on_shard=on_shard, max_workers=args.max_workers,
-                                max_batch_size=args.max_batch_size)
-    if main:
-        if store is not None:
-            store.write_manifest(complete=True)
-        result.statistics.save(args.out)
-        counts = result.statistics.metadata["counts"]
-        resumed = sum(result.resumed.values())
-        print(f"wrote {args.out}: " + ", ".join(f"{v} {k}" for k, v in counts.items())
-              + f" (dim {encoders.dim}" + (f", {resumed} resumed from shards" if resumed else "")
-              + ")")
-        print_skipped(result.skipped, "all named in the file's metadata, up to 1000")
-        if store is not None:
-            print(f"embeddings in {args.save_embeddings} (manifest.json)")
-    state.wait_for_everyone()
-    return 0

@@ -31,7 +31,7 @@ from vslerp import (
 from vslerp._version import __version__
 
 from .jsonfile import parse_json
-from .outputs import atomic_write, check_writable, note_input
+from .outputs import atomic_write, note_input
 
 __all__ = [
     "FORMAT",
@@ -39,10 +39,8 @@ __all__ = [
     "SOURCES",
     "Statistics",
     "atomic_save_safetensors",
-    "atomic_write",
     "check_compatible",
     "check_input_file",
-    "check_writable",
     "load",
 ]
 

@@ -28,12 +28,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vslerp import MomentAccumulator
 
-from .compute import ComputeResult, reduced_result
+from .compute import ComputeResult, reduced_result, start_run, sum_in_order
 from .data import UnreadableImage, open_image
 from .embeddings import EmbeddingStore, Shard
-from .encode import ClipEncoders
-from .shards import Sample, ShardSource
-from .stream import HeapTrimmer, check_loader_limits, check_sizes
+from .encode import ClipEncoders, first_line
+from .shard_readers import Sample, ShardSource
+from .stream import HeapTrimmer
 
 __all__ = ["ID_STRIDE", "compute_shard_statistics", "completed_shards", "sample_image_id"]
 
@@ -107,8 +107,7 @@ class _ShardBatches(IterableDataset):
                 if g % workers == worker:
                     batch = self._decode(g, k, name, samples, start, last)
                     if error is not None:
-                        text = str(error.args[0] if error.args else error)
-                        first = (text.strip().splitlines() or [""])[0].split(" @ ")[0]
+                        first = first_line(error).split(" @ ")[0]
                         batch.skipped["image"].append(
                             (name, f"unreadable {self.source.kind} shard after "
                              f"{start + len(samples)} samples ({type(error).__name__}: "
@@ -164,6 +163,33 @@ def completed_shards(store: EmbeddingStore | None, captions: bool) -> set[int]:
     return done & store.completed("text") if captions else done
 
 
+def _encoded_shards(encoders: ClipEncoders, loader, modalities: tuple[str, ...], bar, trimmer):
+    """The pending input shards, encoded, as ``(k, {modality: Shard})`` in shard order."""
+    parts, rows, skipped = ({m: [] for m in modalities} for _ in range(3))
+    for batch in _in_order(loader):
+        if batch.pixels is not None:
+            parts["image"].append(encoders.encode_pixels(batch.pixels))  # (n, D) raw
+            rows["image"].extend(batch.image_rows)
+        if "text" in modalities and batch.captions:
+            tokens = encoders.tokenize(batch.captions)
+            parts["text"].append(encoders.encode_tokens(**tokens))  # (n, D) raw
+            rows["text"].extend(batch.caption_rows)
+        for m in modalities:
+            skipped[m].extend(batch.skipped[m])
+        if trimmer is not None:
+            trimmer.maybe_trim()
+        if not batch.last:
+            continue
+        k = batch.shard
+        shards = {m: Shard(torch.cat(parts[m]) if parts[m] else torch.zeros(0, encoders.dim),
+                           torch.tensor(rows[m], dtype=torch.int64),
+                           torch.tensor([sample_image_id(k, j) for j in rows[m]], dtype=torch.int64),
+                           skipped[m]) for m in modalities}
+        parts, rows, skipped = ({m: [] for m in modalities} for _ in range(3))
+        bar.update(1)
+        yield k, shards
+
+
 def compute_shard_statistics(encoders: ClipEncoders, source: ShardSource, *,
                              captions: bool = True, batch_size: int = 32, num_workers: int = 2,
                              store: EmbeddingStore | None = None, state=None,
@@ -179,85 +205,25 @@ def compute_shard_statistics(encoders: ClipEncoders, source: ShardSource, *,
     ``max_workers``, ``max_batch_size``: lift :func:`~vslerp.stats.stream.check_loader_limits`."""
     from tqdm.auto import tqdm
 
-    check_sizes(batch_size=batch_size, num_workers=num_workers)
-    check_loader_limits(num_workers, batch_size, max_workers=max_workers, max_batch_size=max_batch_size)
+    rank, world, acc_device = start_run(encoders, state, text=captions, batch_size=batch_size,
+                                        num_workers=num_workers, max_workers=max_workers,
+                                        max_batch_size=max_batch_size)
     if len(source) == 0:
         raise ValueError("nothing to encode: no shards")
-    if captions and encoders.text_encoder is None:
-        raise ValueError("captions wanted but the encoders were loaded without a text encoder")
-    rank = state.process_index if state is not None else 0
-    world = state.num_processes if state is not None else 1
     mine = list(range(rank, len(source), world))
-    done = sorted(completed_shards(store, captions) & set(mine))
-    pending = [k for k in mine if k not in set(done)]
-    acc_device = encoders.device if encoders.device.type == "cuda" else torch.device("cpu")
+    done = completed_shards(store, captions) & set(mine)
+    pending = [k for k in mine if k not in done]
     modalities = ("image", "text") if captions else ("image",)
     accs = {m: MomentAccumulator(encoders.dim, device=acc_device) for m in modalities}
-    skipped: list[tuple[str, str]] = []
-    counts = {m: {"encoded": 0, "resumed": 0, "skipped": 0} for m in modalities}
-
-    def add_from_disk(k: int) -> None:
-        for m in modalities:
-            shard = store.read_shard(m, k)
-            if shard.embeddings.ndim != 2 or shard.embeddings.shape[1] != encoders.dim:
-                raise ValueError(f"embedding shard {store.shard_path(m, k)} has shape "
-                                 f"{tuple(shard.embeddings.shape)}, expected (n, {encoders.dim})")
-            if shard.embeddings.shape[0]:
-                accs[m].update(shard.embeddings.to(acc_device))
-            skipped.extend(shard.skipped)
-            counts[m]["resumed"] += int(shard.embeddings.shape[0])
-            counts[m]["skipped"] += len(shard.skipped)
-
     dataset = _ShardBatches(source, pending, batch_size, encoders.image_processor, captions)
     loader = DataLoader(dataset, batch_size=None, num_workers=num_workers if pending else 0,
                         pin_memory=encoders.device.type == "cuda")
     trimmer = HeapTrimmer() if acc_device.type == "cpu" else None
     desc = "encoding shards" + (f" (process 0 of {world})" if world > 1 else "")
-    bar = tqdm(total=len(pending), unit="shard", desc=desc, dynamic_ncols=True,
-               disable=not (progress and rank == 0) or not pending)
-    parts = {m: [] for m in modalities}
-    rows = {m: [] for m in modalities}
-    shard_skipped = {m: [] for m in modalities}
-    try:
-        for batch in _in_order(loader):
-            if batch.pixels is not None:
-                parts["image"].append(encoders.encode_pixels(batch.pixels))  # (n, D) raw
-                rows["image"].extend(batch.image_rows)
-            if captions and batch.captions:
-                tokens = encoders.tokenize(batch.captions)
-                parts["text"].append(encoders.encode_tokens(**tokens))  # (n, D) raw
-                rows["text"].extend(batch.caption_rows)
-            for m in modalities:
-                shard_skipped[m].extend(batch.skipped[m])
-            if trimmer is not None:
-                trimmer.maybe_trim()
-            if not batch.last:
-                continue
-            k = batch.shard
-            while done and done[0] < k:  # keep the shard order of a full run
-                add_from_disk(done.pop(0))
-            for m in modalities:
-                emb = torch.cat(parts[m]) if parts[m] else torch.zeros(0, encoders.dim)
-                if emb.shape[0]:
-                    accs[m].update(emb.to(acc_device))
-                if store is not None:
-                    index = torch.tensor(rows[m], dtype=torch.int64)
-                    ids = torch.tensor([sample_image_id(k, j) for j in rows[m]],
-                                       dtype=torch.int64)
-                    store.write_shard(m, k, Shard(emb.cpu(), index, ids, shard_skipped[m]))
-                skipped.extend(shard_skipped[m])
-                counts[m]["encoded"] += int(emb.shape[0])
-                counts[m]["skipped"] += len(shard_skipped[m])
-            parts = {m: [] for m in modalities}
-            rows = {m: [] for m in modalities}
-            shard_skipped = {m: [] for m in modalities}
-            bar.update(1)
-            if on_shard is not None:
-                on_shard("shard", k)
-    finally:
-        bar.close()
-    for k in done:
-        add_from_disk(k)
+    with tqdm(total=len(pending), unit="shard", desc=desc, dynamic_ncols=True,
+              disable=not (progress and rank == 0) or not pending) as bar:
+        skipped, counts = sum_in_order(_encoded_shards(encoders, loader, modalities, bar, trimmer),
+                                       done, accs, store, label="shard", on_shard=on_shard)
     sizes = {m: c["encoded"] + c["resumed"] + c["skipped"] for m, c in counts.items()}
     if state is not None and world > 1:
         from accelerate.utils import gather_object

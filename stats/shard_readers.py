@@ -16,7 +16,6 @@ one shard's samples at a time as :class:`Sample` s, in file order.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,7 +248,3 @@ class ParquetSource(ShardSource):
                     yield Sample(str(row), value, text, problems)
                     row += 1
 
-
-def shard_size_bytes(source: ShardSource) -> int:
-    """Total bytes of a source's shards (for the start-up line)."""
-    return sum(os.path.getsize(p) for p in source.paths)
