@@ -26,8 +26,8 @@ from vslerp.stats.models import (
 )
 
 __all__ = ["BACKENDS", "DEFAULT_KARLO_PRIOR", "KANDINSKY", "UNCLIP", "auto_device", "backend_by_name", "backend_of",
-           "checkpoint_mean", "load_karlo_prior", "load_pipeline", "load_unclip_components", "pipeline_class",
-           "read_model_index", "saved_stats"]  # (the table's names re-exported: docs/pipeline.md imports them here)
+           "checkpoint_mean", "load_karlo_prior", "load_parts", "load_pipeline", "load_unclip_components",
+           "pipeline_class", "read_model_index", "saved_stats"]  # (the table's names re-exported: docs/pipeline.md imports them here)
 
 DEFAULT_KARLO_PRIOR = "kakaobrain/karlo-v1-alpha"  # Karlo's text-to-image repo: prior/ (clip_mean) for unCLIP
 
@@ -149,21 +149,44 @@ def _load_kandinsky(cls, decoder_id_or_dir, prior, stats, dtype, **kwargs):
     from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
 
     prior_src = str(prior or DEFAULT_PRIOR)
-    try:
-        prior_pipe = KandinskyV22PriorPipeline.from_pretrained(prior_src, dtype=dtype, **kwargs)
-    except (OSError, ValueError) as err:
-        raise load_failure(prior_src, "--prior", "the Kandinsky 2.2 prior", err) from None
-    try:
-        decoder = KandinskyV22Pipeline.from_pretrained(decoder_src, dtype=dtype, **kwargs)
-    except (OSError, ValueError) as err:
-        raise load_failure(decoder_src, "--model", "the Kandinsky 2.2 decoder", err) from None
-    pc, dc = prior_pipe.components, decoder.components
+    pc = load_parts(KandinskyV22PriorPipeline, prior_src, "--prior", "the Kandinsky 2.2 prior", dtype, **kwargs)
+    dc = load_parts(KandinskyV22Pipeline, decoder_src, "--model", "the Kandinsky 2.2 decoder", dtype, **kwargs)
     pipe = cls(prior=pc["prior"], image_encoder=pc["image_encoder"], text_encoder=pc["text_encoder"],
                tokenizer=pc["tokenizer"], image_processor=pc["image_processor"], prior_scheduler=pc["scheduler"],
                unet=dc["unet"], scheduler=dc["scheduler"], movq=dc["movq"])
     pipe.model_ids = {"decoder": decoder_src, "prior": prior_src}
     pipe.set_statistics(stats)
     return pipe
+
+
+def load_parts(pipeline_class, source: str, option: str, what: str, dtype, **kwargs) -> dict:
+    """The components of ``source`` as diffusers' ``pipeline_class.from_pretrained`` loads them:
+    each part its ``model_index.json`` names, by the class it names, from its subfolder — the
+    index read once (:func:`read_model_index`), not again by diffusers. A source whose index
+    cannot be read (a hub id not cached) goes through diffusers' loader; a failure is
+    :class:`~vslerp.stats.hub.ModelLoadError` naming ``option`` and ``what``."""
+    import importlib
+
+    import torch
+
+    index = read_model_index(source)
+    try:
+        if index is None:
+            return pipeline_class.from_pretrained(source, dtype=dtype, **kwargs).components
+        parts = {}
+        for name, entry in index.items():
+            if name.startswith("_") or not isinstance(entry, list) or len(entry) != 2 or None in entry:
+                continue  # the index's own fields, and components saved as absent ([null, null])
+            part = getattr(importlib.import_module(str(entry[0])), str(entry[1]))
+            extra = {"dtype": dtype} if issubclass(part, torch.nn.Module) else {}
+            parts[name] = part.from_pretrained(source, subfolder=name, **extra, **kwargs)
+        expected, optional = pipeline_class._get_signature_keys(pipeline_class)
+        missing = sorted(set(expected) - set(parts) - set(optional))
+        if missing:
+            raise ValueError(f"its model_index.json names no {', '.join(missing)}")
+        return parts
+    except (OSError, ValueError, ImportError, AttributeError, TypeError) as err:
+        raise load_failure(source, option, what, err) from None
 
 
 def load_unclip_components(source: str, dtype, **kwargs) -> dict:
