@@ -3,8 +3,8 @@ Stable unCLIP, IP-Adapter on SD / SDXL).
 
 Modules: ``grid`` (the θ × α grid, backend-free), ``base`` (the call every backend shares),
 ``kandinsky`` / ``unclip`` / ``stable_unclip`` / ``ip_adapter`` (the backends: adapters over
-diffusers' own pipelines), ``loading``
-(which backend a model is, from its ``model_index.json``, and loading it), ``inputs`` and
+diffusers' own pipelines, each one record of :mod:`vslerp.stats.models`'s table), ``loading``
+(loading the backend that table names), ``inputs`` and
 ``limits`` (the checks of a call's inputs), ``tiling`` (tiled MoVQ decode), ``testing`` (tiny
 random models). The names below are imported on first use (PEP 562): ``vslerp.pipelines.limits``
 or ``.inputs`` import no torch.

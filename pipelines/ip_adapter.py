@@ -36,8 +36,14 @@ import torch
 
 from vslerp.stats import ClipEncoders, Statistics
 from vslerp.stats.encode import quiet_torchvision_fallback
-from vslerp.stats.hub import local_folder, unavailable_model
-from vslerp.stats.models import ip_adapter_encoder_subfolder
+from vslerp.stats.hub import load_failure, local_folder
+from vslerp.stats.models import (
+    IP_ADAPTER_SD,
+    IP_ADAPTER_SDXL,
+    backend_record,
+    ip_adapter_encoder_subfolder,
+    size_rule_of,
+)
 
 from .base import RenderSettings, VSlerpBasePipeline, clone_generator
 from .inputs import image_path_or_prompt
@@ -84,7 +90,6 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
 
     _base_name = ""  # the diffusers pipeline of the base, in messages
     _min_steps = 1
-    _backend_options = ("strength", "prompt", "negative_prompt", "ip_adapter_scale")
 
     def _init_common(self):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -116,9 +121,9 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
         if saved:
             if ip_adapter is not None:
                 raise ValueError(f"{source} was saved with its IP-Adapter; give no ip_adapter")
-            from .loading import _saved_stats
+            from .loading import saved_stats
 
-            stats = _saved_stats(folder, stats)
+            stats = saved_stats(folder, stats)
         elif ip_adapter is None:
             raise ValueError(f"the {cls.backend} backend renders through an IP-Adapter: give ip_adapter= "
                              f"(e.g. ip_adapter='h94/IP-Adapter', ip_adapter_subfolder='{cls._example_subfolder}', "
@@ -143,8 +148,7 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
             try:
                 base = cls._diffusers_class().from_pretrained(source, dtype=dtype, **kwargs)
             except (OSError, ValueError) as err:
-                raise unavailable_model(source, "--model") or ValueError(
-                    f"cannot load the {cls._base_name} base {source!r}: {err}") from None
+                raise load_failure(source, "--model", f"the {cls._base_name} base", err) from None
             pipe = cls(**base.components)
             pipe.load_ip_adapter(str(ip_adapter), subfolder=subfolder, weight_name=weight,
                                  image_encoder_folder=image_encoder_folder or ip_adapter_encoder_subfolder(subfolder, weight))
@@ -209,7 +213,7 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
         return torch.zeros(self._dim())
 
     def size_rule(self) -> tuple[int, int | None]:
-        return 8, None  # diffusers' check_inputs: height and width divisible by 8
+        return size_rule_of(backend_record(self.backend), self.vae.config)  # diffusers': divisible by 8
 
     def prompt_to_image_embedding(self, prompts, generator=None, num_inference_steps: int = 25,
                                   guidance_scale: float = 4.0) -> torch.Tensor:
@@ -312,11 +316,12 @@ class VSlerpIPAdapterPipeline(_IPAdapterBackend):
     the base's size by default (512 px for SD 1.5); statistics are needed (no prior).
     """
 
-    backend = "ip-adapter-sd"
+    backend = IP_ADAPTER_SD
+    _backend_options = backend_record(IP_ADAPTER_SD).options
     _base_name = "Stable Diffusion"
     _example_base, _example_subfolder, _example_weight = (
         "stable-diffusion-v1-5/stable-diffusion-v1-5", "models", "ip-adapter_sd15.safetensors")
-    default_guidance_scale = 7.5  # StableDiffusionPipeline's
+    default_guidance_scale = backend_record(IP_ADAPTER_SD).guidance  # StableDiffusionPipeline's
     model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
     _optional_components = ["safety_checker", "feature_extractor", "image_encoder"]
     _exclude_from_cpu_offload = ["safety_checker"]
@@ -349,11 +354,12 @@ class VSlerpIPAdapterXLPipeline(_IPAdapterBackend):
     adapter's), feature_extractor. Guidance 5.0 and the base's size by default (1024 px).
     """
 
-    backend = "ip-adapter-sdxl"
+    backend = IP_ADAPTER_SDXL
+    _backend_options = backend_record(IP_ADAPTER_SDXL).options
     _base_name = "SDXL"
     _example_base, _example_subfolder, _example_weight = (
         "stabilityai/stable-diffusion-xl-base-1.0", "sdxl_models", "ip-adapter_sdxl.safetensors")
-    default_guidance_scale = 5.0  # StableDiffusionXLPipeline's
+    default_guidance_scale = backend_record(IP_ADAPTER_SDXL).guidance  # StableDiffusionXLPipeline's
     model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->unet->vae"
     _optional_components = ["tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "image_encoder",
                             "feature_extractor"]

@@ -15,6 +15,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from vslerp.stats import Statistics
+from vslerp.stats.models import KANDINSKY, backend_record, size_rule_of
 
 from .base import RenderSettings, VSlerpBasePipeline, clone_generator
 from .serial import serialised
@@ -43,13 +44,13 @@ class VSlerpPipeline(VSlerpBasePipeline):
     :class:`~vslerp.pipelines.VSlerpUnCLIPPipeline`).
     """
 
-    backend = "kandinsky2.2"
-    default_guidance_scale = 4.0  # KandinskyV22Pipeline's
-    default_size = 512  # px, KandinskyV22Pipeline's
+    backend = KANDINSKY
+    default_guidance_scale = backend_record(KANDINSKY).guidance  # KandinskyV22Pipeline's
+    default_size = backend_record(KANDINSKY).size  # px, KandinskyV22Pipeline's
     model_cpu_offload_seq = "text_encoder->image_encoder->prior->unet->movq"
     _callback_tensor_inputs = ["latents", "image_embeds", "negative_image_embeds"]  # KandinskyV22Pipeline's
     _min_steps = 1
-    _backend_options = ("strength",)  # img2img through KandinskyV22Img2ImgPipeline
+    _backend_options = backend_record(KANDINSKY).options  # strength: img2img through KandinskyV22Img2ImgPipeline
 
     def __init__(self, prior, image_encoder, text_encoder, tokenizer, image_processor,
                  prior_scheduler, unet, scheduler, movq):
@@ -82,7 +83,7 @@ class VSlerpPipeline(VSlerpBasePipeline):
 
     def size_rule(self) -> tuple[int, int | None]:
         """Multiples of the movq's factor squared (``downscale_height_and_width`` rounds up to it)."""
-        return self.movq_scale_factor ** 2, None
+        return size_rule_of(backend_record(self.backend), self.movq.config)
 
     def _check_backend(self, settings: RenderSettings, target) -> list[str]:
         latents = settings.latents

@@ -2,8 +2,8 @@
 
 Each limit keeps a typo (``--size 100000``, a 1000 × 1000 grid) from running for hours or
 exhausting memory; each can be lifted explicitly (API keyword / CLI option named in the
-message). Sizes follow the model's rule: a multiple of its spatial factor (Kandinsky 2.2: the
-movq's factor squared, 64 px for the real model), or the one size unCLIP/Karlo renders.
+message). Sizes follow the model's rule (its backend record's, :mod:`vslerp.stats.models`): a
+multiple of its spatial factor, or the one size unCLIP/Karlo renders.
 An out-of-memory during rendering becomes :class:`RenderOutOfMemory`, one line naming the
 size and batch and what to lower.
 """
@@ -11,7 +11,6 @@ size and batch and what to lower.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from vslerp.defaults import MAX_CELLS, MAX_FRAMES, MAX_SIZE  # the numbers' one home
@@ -95,37 +94,31 @@ def check_frames(frames, *, max_frames: int = MAX_FRAMES, lift: str = "--max-fra
 
 
 def size_rule(decoder: str | Path | None) -> tuple[int, int | None]:
-    """``(factor, fixed)`` of a model before it loads, from its local configs: a Kandinsky
-    2.2 decoder's movq factor squared, the one size of an unCLIP/Karlo folder, or the VAE
-    rule of a Stable unCLIP / Stable Diffusion folder (multiples of 8 and of the VAE's factor). A hub id gets its
-    backend's rule (Kandinsky 2.2's when it cannot be told); the loaded pipeline checks again."""
-    folder = Path(str(decoder)).expanduser() if decoder else None
-    try:
-        if folder is not None and folder.is_dir():
-            sr = folder / "super_res_first" / "config.json"
-            if sr.is_file():
-                return 1, int(json.loads(sr.read_text(encoding="utf-8"))["sample_size"])
-            movq = folder / "movq" / "config.json"
-            if movq.is_file():
-                blocks = json.loads(movq.read_text(encoding="utf-8"))["block_out_channels"]
-                return (2 ** (len(blocks) - 1)) ** 2, None
-            vae = folder / "vae" / "config.json"
-            if vae.is_file():  # diffusers' check (multiples of 8) and its vae_scale_factor
-                blocks = json.loads(vae.read_text(encoding="utf-8"))["block_out_channels"]
-                return math.lcm(8, 2 ** (len(blocks) - 1)), None
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    from .loading import KANDINSKY, UNCLIP, backend_by_name, backend_of
+    """``(factor, fixed)`` of a model before it loads: its backend's rule
+    (:func:`vslerp.stats.models.size_rule_of`) applied to the local config it names, else that
+    backend's rule for a hub id (Kandinsky 2.2's when the backend cannot be told); the loaded
+    pipeline checks again."""
+    from vslerp.stats.models import (
+        KANDINSKY,
+        backend_by_name,
+        backend_of,
+        backend_record,
+        size_rule_of,
+    )
 
     try:
         backend = backend_of(decoder) if decoder is not None else KANDINSKY
     except ValueError:  # an unreadable model_index.json: the pipeline names it
         backend = backend_by_name(decoder)
-    if backend == UNCLIP:
-        return 1, 256
-    if backend not in (None, KANDINSKY):  # Stable unCLIP, SD / SDXL: their VAE's factor
-        return 8, None
-    return KANDINSKY_FACTOR, None
+    record = backend_record(backend or KANDINSKY)
+    folder = Path(str(decoder)).expanduser() if decoder else None
+    config = folder / record.size_part / "config.json" if folder is not None else None
+    try:
+        if config is not None and config.is_file():
+            return size_rule_of(record, json.loads(config.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return record.hub_size
 
 
 def is_out_of_memory(err: BaseException) -> bool:

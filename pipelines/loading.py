@@ -1,13 +1,11 @@
-"""Loading: which backend a model is, and loading it — the one place for both.
+"""Loading a pipeline: the backend from the table (:mod:`vslerp.stats.models`), then its parts.
 
-The backend comes from ``model_index.json``'s ``_class_name``, as diffusers' ``AutoPipeline``
-reads it (:func:`read_model_index`, :func:`backend_of`, :data:`BACKENDS`: defined in
-:mod:`vslerp.stats.models`, the room below, so that the statistics layer reads them too); a
-hub id whose index cannot be read (offline and not cached) is told by its name. Hub id vs local folder is
-:func:`vslerp.stats.hub.local_folder` / :func:`~vslerp.stats.hub.is_repo_id`. Each backend's
-components are loaded here: Kandinsky 2.2 from its two repos (prior + decoder), unCLIP/Karlo
-class by class, and either from a folder saved by ``save_pretrained``. Models are imported
-only when a pipeline loads (reading an index imports no diffusers).
+The backend comes from ``model_index.json``'s ``_class_name`` (as diffusers' ``AutoPipeline``
+reads it; one no record claims is :class:`~vslerp.stats.models.UnsupportedModel`); a hub id
+whose index cannot be read (offline and not cached) is told by its name. Kandinsky 2.2 loads
+from its two repos (prior + decoder), unCLIP/Karlo class by class, the others through their
+class's ``_load_backend``; a failed load is :class:`~vslerp.stats.hub.ModelLoadError`. Models
+are imported only when a pipeline loads (reading an index imports no diffusers).
 """
 
 from __future__ import annotations
@@ -15,33 +13,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from vslerp.defaults import DEFAULT_DECODER, DEFAULT_PRIOR, DEFAULT_UNCLIP, STATISTICS_FILE
-from vslerp.stats.hub import local_folder, unavailable_model
-from vslerp.stats.models import (  # what a model is, read without loading it (one home: stats/models.py)
+from vslerp.stats.hub import load_failure, local_folder, unavailable_model
+from vslerp.stats.models import (
     BACKENDS,
-    IP_ADAPTER_SD,
-    IP_ADAPTER_SDXL,
     KANDINSKY,
-    STABLE_UNCLIP,
+    TABLE,
     UNCLIP,
     backend_by_name,
     backend_of,
+    backend_record,
     read_model_index,
 )
 
 __all__ = ["BACKENDS", "DEFAULT_KARLO_PRIOR", "KANDINSKY", "UNCLIP", "auto_device", "backend_by_name", "backend_of",
-           "checkpoint_mean", "load_karlo_prior", "load_pipeline", "load_unclip_components", "pipeline_class",
-           "read_model_index"]  # (re-exported)
+           "checkpoint_mean", "load_karlo_prior", "load_parts", "load_pipeline", "load_unclip_components",
+           "pipeline_class", "read_model_index", "saved_stats"]  # (the table's names re-exported: docs/pipeline.md imports them here)
 
 DEFAULT_KARLO_PRIOR = "kakaobrain/karlo-v1-alpha"  # Karlo's text-to-image repo: prior/ (clip_mean) for unCLIP
 
-_CLASSES = {  # backend → (module, class): the adapter that renders it
-    KANDINSKY: ("vslerp.pipelines.kandinsky", "VSlerpPipeline"),
-    UNCLIP: ("vslerp.pipelines.unclip", "VSlerpUnCLIPPipeline"),
-    STABLE_UNCLIP: ("vslerp.pipelines.stable_unclip", "VSlerpStableUnCLIPPipeline"),
-    IP_ADAPTER_SD: ("vslerp.pipelines.ip_adapter", "VSlerpIPAdapterPipeline"),
-    IP_ADAPTER_SDXL: ("vslerp.pipelines.ip_adapter", "VSlerpIPAdapterXLPipeline"),
-}
-_BACKEND_ARGS = {"auto": None, "kandinsky": KANDINSKY, **{name: name for name in _CLASSES}}
+_BACKEND_ARGS = {"auto": None, "kandinsky": KANDINSKY, **{record.name: record.name for record in TABLE}}
 IP_ADAPTER_ARGS = ("ip_adapter", "ip_adapter_subfolder", "ip_adapter_weight_name")  # from_pretrained's
 
 _UNCLIP_PARTS = {  # component → (library, class) in the Karlo image-variations layout
@@ -65,10 +55,7 @@ _WEIGHTED = ("decoder", "text_proj", "super_res_first", "super_res_last", "text_
 
 def pipeline_class(backend: str):
     """The pipeline class of a backend name."""
-    import importlib
-
-    module, name = _CLASSES[backend]
-    return getattr(importlib.import_module(module), name)
+    return backend_record(backend).pipeline_class()
 
 
 def auto_device():
@@ -113,14 +100,14 @@ def load_pipeline(cls, decoder_id_or_dir=None, prior=None, stats=None, torch_dty
     from vslerp.stats.encode import clip_image_processor_class, default_dtype, parse_device
 
     if backend not in _BACKEND_ARGS:
-        raise ValueError(f"backend must be 'auto' or one of {sorted(_CLASSES)}, got {backend!r}")
+        raise ValueError(f"backend must be 'auto' or one of {sorted(_BACKEND_ARGS)[1:]}, got {backend!r}")
     wanted = _BACKEND_ARGS[backend]
     if cls is not pipeline_class(KANDINSKY):  # a backend's own class (or a subclass): its backend
         if wanted not in (None, cls.backend):
             raise ValueError(f"{cls.__name__} loads the {cls.backend} backend, got backend={backend!r}")
         wanted = cls.backend
     elif wanted is None:
-        wanted = (backend_of(decoder_id_or_dir) if decoder_id_or_dir is not None else None) or KANDINSKY
+        wanted = (backend_of(decoder_id_or_dir, strict=True) if decoder_id_or_dir is not None else None) or KANDINSKY
         cls = pipeline_class(wanted)
     else:
         cls = pipeline_class(wanted)
@@ -128,7 +115,7 @@ def load_pipeline(cls, decoder_id_or_dir=None, prior=None, stats=None, torch_dty
     dtype = torch_dtype or (default_dtype(target) if target is not None else torch.float32)
     clip_image_processor_class()  # the class without torchvision, resolved without a warning
     adapter = {k: kwargs.pop(k) for k in IP_ADAPTER_ARGS if kwargs.get(k) is not None}
-    if wanted in (IP_ADAPTER_SD, IP_ADAPTER_SDXL):
+    if backend_record(wanted).encoder == "ip-adapter":
         kwargs.update(adapter)
     elif adapter:
         raise ValueError(f"{', '.join(sorted(adapter))}: an IP-Adapter renders through a Stable Diffusion / "
@@ -143,7 +130,7 @@ def load_pipeline(cls, decoder_id_or_dir=None, prior=None, stats=None, torch_dty
     return pipe
 
 
-def _saved_stats(folder: Path | None, stats):
+def saved_stats(folder: Path | None, stats):
     """``stats``, else the statistics file a saved folder holds (or None)."""
     if stats is None and folder is not None and (folder / STATISTICS_FILE).is_file():
         return folder / STATISTICS_FILE
@@ -154,31 +141,52 @@ def _load_kandinsky(cls, decoder_id_or_dir, prior, stats, dtype, **kwargs):
     decoder_src = str(decoder_id_or_dir or DEFAULT_DECODER)
     folder = local_folder(decoder_src)
     index = read_model_index(folder) if folder is not None else None
-    if index is not None and index.get("_class_name") in ("VSlerpPipeline", cls.__name__):  # saved
+    if index is not None and index.get("_class_name") in (*backend_record(KANDINSKY).class_names[1:], cls.__name__):
         pipe = cls._load_saved(folder, dtype, **kwargs)
         pipe.model_ids = {"decoder": decoder_src, "prior": str(prior) if prior else decoder_src}
-        pipe.set_statistics(_saved_stats(folder, stats))
+        pipe.set_statistics(saved_stats(folder, stats))
         return pipe
     from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
 
     prior_src = str(prior or DEFAULT_PRIOR)
-    try:
-        prior_pipe = KandinskyV22PriorPipeline.from_pretrained(prior_src, dtype=dtype, **kwargs)
-    except (OSError, ValueError) as err:
-        raise unavailable_model(prior_src, "--prior") or ValueError(
-            f"cannot load the Kandinsky 2.2 prior {prior_src!r}: {err}") from None
-    try:
-        decoder = KandinskyV22Pipeline.from_pretrained(decoder_src, dtype=dtype, **kwargs)
-    except (OSError, ValueError) as err:
-        raise unavailable_model(decoder_src, "--model") or ValueError(
-            f"cannot load the Kandinsky 2.2 decoder {decoder_src!r}: {err}") from None
-    pc, dc = prior_pipe.components, decoder.components
+    pc = load_parts(KandinskyV22PriorPipeline, prior_src, "--prior", "the Kandinsky 2.2 prior", dtype, **kwargs)
+    dc = load_parts(KandinskyV22Pipeline, decoder_src, "--model", "the Kandinsky 2.2 decoder", dtype, **kwargs)
     pipe = cls(prior=pc["prior"], image_encoder=pc["image_encoder"], text_encoder=pc["text_encoder"],
                tokenizer=pc["tokenizer"], image_processor=pc["image_processor"], prior_scheduler=pc["scheduler"],
                unet=dc["unet"], scheduler=dc["scheduler"], movq=dc["movq"])
     pipe.model_ids = {"decoder": decoder_src, "prior": prior_src}
     pipe.set_statistics(stats)
     return pipe
+
+
+def load_parts(pipeline_class, source: str, option: str, what: str, dtype, **kwargs) -> dict:
+    """The components of ``source`` as diffusers' ``pipeline_class.from_pretrained`` loads them:
+    each part its ``model_index.json`` names, by the class it names, from its subfolder — the
+    index read once (:func:`read_model_index`), not again by diffusers. A source whose index
+    cannot be read (a hub id not cached) goes through diffusers' loader; a failure is
+    :class:`~vslerp.stats.hub.ModelLoadError` naming ``option`` and ``what``."""
+    import importlib
+
+    import torch
+
+    index = read_model_index(source)
+    try:
+        if index is None:
+            return pipeline_class.from_pretrained(source, dtype=dtype, **kwargs).components
+        parts = {}
+        for name, entry in index.items():
+            if name.startswith("_") or not isinstance(entry, list) or len(entry) != 2 or None in entry:
+                continue  # the index's own fields, and components saved as absent ([null, null])
+            part = getattr(importlib.import_module(str(entry[0])), str(entry[1]))
+            extra = {"dtype": dtype} if issubclass(part, torch.nn.Module) else {}
+            parts[name] = part.from_pretrained(source, subfolder=name, **extra, **kwargs)
+        expected, optional = pipeline_class._get_signature_keys(pipeline_class)
+        missing = sorted(set(expected) - set(parts) - set(optional))
+        if missing:
+            raise ValueError(f"its model_index.json names no {', '.join(missing)}")
+        return parts
+    except (OSError, ValueError, ImportError, AttributeError, TypeError) as err:
+        raise load_failure(source, option, what, err) from None
 
 
 def load_unclip_components(source: str, dtype, **kwargs) -> dict:
@@ -202,8 +210,7 @@ def load_unclip_components(source: str, dtype, **kwargs) -> dict:
         try:
             out[name] = part.from_pretrained(source, subfolder=name, **extra, **kwargs)
         except (OSError, ValueError) as err:
-            raise unavailable_model(source, "--model") or ValueError(
-                f"cannot load the {name} of unCLIP model {source!r}: {err}") from None
+            raise load_failure(source, "--model", f"the {name} of unCLIP model", err) from None
     return out
 
 
@@ -219,8 +226,7 @@ def load_karlo_prior(source: str, dtype, **kwargs) -> dict:
         try:
             out[name] = getattr(diffusers, class_name).from_pretrained(source, subfolder=name, **extra, **kwargs)
         except (OSError, ValueError) as err:
-            raise unavailable_model(source, "--prior") or ValueError(
-                f"cannot load the {name} of the Karlo prior {source!r}: {err}") from None
+            raise load_failure(source, "--prior", f"the {name} of the Karlo prior", err) from None
     return out
 
 
@@ -232,7 +238,7 @@ def _load_unclip(cls, decoder_id_or_dir, prior, stats, dtype, **kwargs):
 
     source = str(decoder_id_or_dir or DEFAULT_UNCLIP)
     folder = local_folder(source)
-    stats = _saved_stats(folder, stats)
+    stats = saved_stats(folder, stats)
     if prior is None and folder is not None and (folder / "prior").is_dir():
         prior = folder  # save_pretrained of a pipeline with a prior: prior/ and prior_scheduler/ inside
     prior_src = str(prior or DEFAULT_KARLO_PRIOR)
@@ -280,8 +286,7 @@ def checkpoint_mean(model: str):
         try:
             prior = PriorTransformer.from_pretrained(str(folder or source), subfolder="prior", dtype=torch.float32)
         except (OSError, ValueError) as err:
-            raise unavailable_model(source, "--compare-mean") or ValueError(
-                f"cannot load the prior of {source!r}: {err}") from None
+            raise load_failure(source, "--compare-mean", "the prior of", err) from None
         return Statistics.from_prior(prior, model_id=source)
     if holds("image_normalizer"):
         from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import (
@@ -294,8 +299,7 @@ def checkpoint_mean(model: str):
             normalizer = StableUnCLIPImageNormalizer.from_pretrained(str(folder or source),
                                                                      subfolder="image_normalizer")
         except (OSError, ValueError) as err:
-            raise unavailable_model(source, "--compare-mean") or ValueError(
-                f"cannot load the image_normalizer of {source!r}: {err}") from None
+            raise load_failure(source, "--compare-mean", "the image_normalizer of", err) from None
         stats = image_normalizer_statistics(normalizer, model_id=source)
         if stats is None:
             raise ValueError(f"{source}: its image_normalizer is the identity (mean 0, std 1): it holds no "

@@ -20,12 +20,11 @@ The grid, statistics, checks and the call itself: :class:`~vslerp.pipelines.base
 
 from __future__ import annotations
 
-import math
-
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from vslerp.stats import ModalityStats, Statistics
+from vslerp.stats.models import STABLE_UNCLIP, backend_record, size_rule_of
 
 from .base import RenderSettings, VSlerpBasePipeline, clone_generator
 from .inputs import image_path_or_prompt
@@ -75,13 +74,13 @@ class VSlerpStableUnCLIPPipeline(VSlerpBasePipeline):
     ``{"latents": x}`` replaces the step's latents in place.
     """
 
-    backend = "stable-unclip"
-    default_guidance_scale = 10.0  # StableUnCLIPImg2ImgPipeline's
+    backend = STABLE_UNCLIP
+    default_guidance_scale = backend_record(STABLE_UNCLIP).guidance  # StableUnCLIPImg2ImgPipeline's
     model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"  # StableUnCLIPImg2ImgPipeline's
     _exclude_from_cpu_offload = ["image_normalizer"]
     _callback_tensor_inputs = ["latents"]  # what diffusers' old-style callback hands over
     _min_steps = 1
-    _backend_options = ("prompt", "negative_prompt", "noise_level")  # no "strength": see the class doc
+    _backend_options = backend_record(STABLE_UNCLIP).options  # no "strength": see the class doc
 
     def __init__(self, feature_extractor, image_encoder, image_normalizer, image_noising_scheduler, tokenizer,
                  text_encoder, unet, scheduler, vae):
@@ -103,20 +102,20 @@ class VSlerpStableUnCLIPPipeline(VSlerpBasePipeline):
         ``StableUnCLIPImg2ImgPipeline.from_pretrained(source)``; without ``stats`` (and no saved
         statistics file) the image normaliser is read first, and an identity one is refused
         before the rest of the model loads."""
-        from vslerp.stats.hub import local_folder, unavailable_model
+        from vslerp.stats.hub import load_failure, local_folder
 
-        from .loading import _saved_stats, read_model_index
+        from .loading import read_model_index, saved_stats
 
         if prior is not None:
             raise ValueError("the stable-unclip backend takes no prior: Stable unCLIP renders CLIP image "
                              "embeddings directly")
         source = str(source or DEFAULT_STABLE_UNCLIP)
         folder = local_folder(source)
-        stats = _saved_stats(folder, stats)
+        stats = saved_stats(folder, stats)
         if stats is None:
             cls._check_normalizer(str(folder or source), source)
         index = read_model_index(folder) if folder is not None else None
-        if index is not None and index.get("_class_name") in ("VSlerpStableUnCLIPPipeline", cls.__name__):
+        if index is not None and index.get("_class_name") in (*backend_record(cls.backend).class_names[1:], cls.__name__):
             pipe = cls._load_saved(folder, dtype, **kwargs)
         else:
             from diffusers import StableUnCLIPImg2ImgPipeline
@@ -124,8 +123,7 @@ class VSlerpStableUnCLIPPipeline(VSlerpBasePipeline):
             try:
                 loaded = StableUnCLIPImg2ImgPipeline.from_pretrained(str(folder or source), dtype=dtype, **kwargs)
             except (OSError, ValueError) as err:
-                raise unavailable_model(source, "--model") or ValueError(
-                    f"cannot load the Stable unCLIP model {source!r}: {err}") from None
+                raise load_failure(source, "--model", "the Stable unCLIP model", err) from None
             pipe = cls(**loaded.components)
         pipe.model_ids = {"decoder": source, "prior": None}
         pipe.set_statistics(stats)
@@ -138,13 +136,12 @@ class VSlerpStableUnCLIPPipeline(VSlerpBasePipeline):
             StableUnCLIPImageNormalizer,
         )
 
-        from vslerp.stats.hub import unavailable_model
+        from vslerp.stats.hub import load_failure
 
         try:
             normalizer = StableUnCLIPImageNormalizer.from_pretrained(location, subfolder="image_normalizer")
         except (OSError, ValueError) as err:
-            raise unavailable_model(source, "--model") or ValueError(
-                f"cannot load the image_normalizer of Stable unCLIP model {source!r}: {err}") from None
+            raise load_failure(source, "--model", "the image_normalizer of Stable unCLIP model", err) from None
         if image_normalizer_statistics(normalizer) is None:
             raise ValueError(_NEEDS_STATS.format(model=source))
 
@@ -171,7 +168,7 @@ class VSlerpStableUnCLIPPipeline(VSlerpBasePipeline):
 
     def size_rule(self) -> tuple[int, int | None]:
         """Multiples of 8 px (diffusers' check) and of the VAE's factor; no fixed size."""
-        return math.lcm(8, self.vae_scale_factor), None
+        return size_rule_of(backend_record(self.backend), self.vae.config)
 
     def clip_encoders(self):
         """The image side only: Stable unCLIP's text encoder has no projection into the image space."""

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from vslerp.stats import ClipEncoders, Statistics
+from vslerp.stats.models import UNCLIP, backend_record, size_rule_of
 
 from .base import RenderSettings, VSlerpBasePipeline, clone_generator
 from .inputs import image_path_or_prompt
@@ -45,8 +46,8 @@ class VSlerpUnCLIPPipeline(VSlerpBasePipeline):
     takes none of them).
     """
 
-    backend = "unclip"
-    default_guidance_scale = 8.0  # UnCLIPImageVariationPipeline's
+    backend = UNCLIP
+    default_guidance_scale = backend_record(UNCLIP).guidance  # UnCLIPImageVariationPipeline's
     model_cpu_offload_seq = "text_encoder->image_encoder->text_proj->decoder->super_res_first->super_res_last"
     _exclude_from_cpu_offload = ["prior"]  # as diffusers' UnCLIPPipeline
     _optional_components = list(_PRIOR_PARTS)
@@ -98,7 +99,7 @@ class VSlerpUnCLIPPipeline(VSlerpBasePipeline):
 
     def size_rule(self) -> tuple[int, int | None]:
         """unCLIP/Karlo renders the super-resolution UNet's size only (256 px for Karlo)."""
-        return 1, self.default_size
+        return size_rule_of(backend_record(self.backend), self.super_res_first.config)
 
     @torch.no_grad()
     def prompt_to_image_embedding(self, prompts, generator=None, num_inference_steps: int = 25,

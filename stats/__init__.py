@@ -4,8 +4,8 @@ Reading datasets (COCO captions json, image folders, caption text files), encodi
 a generator's own CLIP encoders (a Kandinsky 2.2 prior or an unCLIP/Karlo repo:
 ``load_encoders``; any generator, an IP-Adapter's encoder or a CLIPModel:
 ``load_generator_encoders``), and the statistics files (moment sums per modality) that the
-pipeline shifts by; what a model id or folder is (``stats.models``: its ``model_index.json``, its
-backend, an IP-Adapter's name). Never imports ``vslerp.ui`` or ``vslerp.pipelines``.
+pipeline shifts by; what a model id or folder is (``stats.models``: the backend table, its
+``model_index.json``, an IP-Adapter's name). Never imports ``vslerp.ui`` or ``vslerp.pipelines``.
 """
 
 from .data import (

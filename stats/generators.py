@@ -1,8 +1,8 @@
 """The CLIP encoders of any generator (``vslerp stats compute --model``), one layout at a time.
 
-Which layout a model is comes from its ``model_index.json`` (:func:`vslerp.stats.models.read_model_index`,
-:data:`~vslerp.stats.models.BACKENDS`, which import no diffusers); the encoders are the ones the
-generator itself conditions on:
+Which layout a model is comes from its ``model_index.json`` and the backend table
+(:mod:`vslerp.stats.models`: each record's ``layout``; a class no record claims is refused by
+name); the encoders are the ones the generator itself conditions on:
 
 - a Kandinsky 2.2 prior → its ``image_encoder`` / ``image_processor`` / ``text_encoder`` / ``tokenizer``;
   a Kandinsky 2.2 decoder → those of its prior (``prior=``, default ``DEFAULT_PRIOR``);
@@ -39,12 +39,27 @@ from .encode import (
     part_loader,
 )
 from .hub import is_repo_id, local_folder
-from .models import BACKENDS, backend_by_name, ip_adapter_encoder_subfolder, read_model_index
+from .models import (
+    BACKENDS,
+    IP_ADAPTER_SD,
+    IP_ADAPTER_SDXL,
+    KANDINSKY,
+    KANDINSKY_PRIOR_LAYOUT,
+    PRIORS,
+    STABLE_UNCLIP,
+    UNCLIP,
+    UnsupportedModel,
+    backend_by_name,
+    backend_record,
+    ip_adapter_encoder_subfolder,
+    read_model_index,
+)
 
 __all__ = ["KANDINSKY_PRIOR", "LoadedEncoders", "generator_layout", "load_generator_encoders"]
 
-KANDINSKY_PRIOR, KANDINSKY_DECODER = "kandinsky2.2-prior", "kandinsky2.2-decoder"
-UNCLIP, STABLE_UNCLIP, SD, SDXL, CLIP = "unclip", "stable-unclip", "ip-adapter-sd", "ip-adapter-sdxl", "clip"
+KANDINSKY_PRIOR, KANDINSKY_DECODER = KANDINSKY_PRIOR_LAYOUT, backend_record(KANDINSKY).layout
+SD, SDXL = backend_record(IP_ADAPTER_SD).layout, backend_record(IP_ADAPTER_SDXL).layout
+CLIP = "clip"  # a transformers CLIPModel folder: both towers
 _OWN_TEXT = (KANDINSKY_PRIOR, KANDINSKY_DECODER, UNCLIP)  # a projected text encoder of their own
 _DEFAULT_CLIPS = {  # layout → the CLIP whose vision tower is the generator's (for the messages)
     STABLE_UNCLIP: "laion/CLIP-ViT-H-14-laion2B-s32B-b79K (openai/clip-vit-large-patch14 for -small)",
@@ -62,16 +77,18 @@ class LoadedEncoders:
 
 
 def generator_layout(model) -> str | None:
-    """The encoder layout of a generator (hub id or folder): ``"kandinsky2.2-prior"``,
-    ``"kandinsky2.2-decoder"``, ``"unclip"``, ``"stable-unclip"``, ``"ip-adapter-sd"``,
-    ``"ip-adapter-sdxl"``, ``"clip"`` (a transformers CLIPModel folder) or None (nothing tells)."""
+    """The encoder layout of a generator (hub id or folder): its record's ``layout``
+    (``"kandinsky2.2-decoder"``, ``"unclip"``, ...), ``"kandinsky2.2-prior"``, ``"clip"`` (a
+    transformers CLIPModel folder) or None (nothing tells); :class:`UnsupportedModel` for a
+    ``model_index.json`` of a pipeline vslerp does not render."""
     index = read_model_index(model)
     if index is not None:
         name = index.get("_class_name")
-        if name == "KandinskyV22PriorPipeline":
-            return KANDINSKY_PRIOR
-        backend = BACKENDS.get(name)
-        return KANDINSKY_DECODER if backend == "kandinsky2.2" else backend
+        if name in PRIORS:
+            return PRIORS[name][1]
+        if name not in BACKENDS:
+            raise UnsupportedModel(name, model)
+        return backend_record(BACKENDS[name]).layout
     folder = local_folder(model)
     if folder is not None and (folder / "config.json").is_file():
         import json
@@ -84,7 +101,7 @@ def generator_layout(model) -> str | None:
     if str(model) == DEFAULT_PRIOR:
         return KANDINSKY_PRIOR
     backend = backend_by_name(model)
-    return KANDINSKY_DECODER if backend == "kandinsky2.2" else backend
+    return backend_record(backend).layout if backend is not None else None
 
 
 def _check_source(source: str, option: str) -> str:

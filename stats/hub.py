@@ -1,10 +1,11 @@
-"""Why a model could not be loaded, in one short line (the one place that says it).
+"""Hub id or folder, and why a model could not be loaded, as typed errors.
 
 diffusers and transformers report a model that is neither cached nor downloadable with
-hundreds of characters ending in "check out the root cause in the stacktrace above". When
-a hub id (not a local folder) fails to load and is not in the local Hugging Face cache,
-:func:`unavailable_model` gives the line that says which id, why and what to do.
-A local folder keeps the loaders' own precise messages (a missing part, bad weights).
+hundreds of characters ending in "check out the root cause in the stacktrace above". A
+failed load is :class:`ModelLoadError` (``.ident``, ``.option``, ``.reason``), built by
+:func:`load_failure`: :class:`ModelUnavailable` when the model is a hub id absent from the
+local cache, else the loader's own reason in one line (a missing part, bad weights).
+Front ends translate the type (the CLI names ``.option``), never the message text.
 """
 
 from __future__ import annotations
@@ -12,15 +13,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["ModelUnavailable", "is_cached", "is_repo_id", "local_folder", "offline", "unavailable_model"]
+__all__ = ["ModelLoadError", "ModelUnavailable", "is_cached", "is_repo_id", "load_failure", "local_folder", "offline",
+           "unavailable_model"]
 
 
-class ModelUnavailable(ValueError):
-    """A hub model that is not in the local cache and could not be downloaded."""
+class ModelLoadError(ValueError):
+    """A model that could not be loaded: ``ident`` (its id or folder), ``option`` (how a user
+    names it: ``--model``, ``--prior``, ...), ``reason`` (why, one line)."""
 
-    def __init__(self, message: str, model_id: str):
+    def __init__(self, message: str, ident, option: str = "--model", reason: str | None = None):
         super().__init__(message)
-        self.model_id = model_id
+        self.ident, self.option, self.reason = str(ident), option, reason or message
+
+
+class ModelUnavailable(ModelLoadError):
+    """A hub model that is not in the local cache and could not be downloaded."""
 
 
 def offline() -> bool:
@@ -77,6 +84,15 @@ def unavailable_model(model_id, option: str = "--model/--prior") -> ModelUnavail
     if Path(ident).expanduser().exists() or not is_repo_id(ident) or is_cached(ident):
         return None
     why = "HF_HUB_OFFLINE" if offline() else "offline or no network"
-    return ModelUnavailable(
-        f"{ident!r} is not in the local cache and cannot be downloaded ({why}): use "
-        f"{option} DIR, or try `vslerp ui --tiny-random`", ident)
+    message = (f"{ident!r} is not in the local cache and cannot be downloaded ({why}): use "
+               f"{option} DIR, or try `vslerp ui --tiny-random`")
+    return ModelUnavailable(message, ident, option, message)
+
+
+def load_failure(ident, option: str, what: str, err: BaseException) -> ModelLoadError:
+    """The error for ``what`` of ``ident`` failing to load with ``err``: :class:`ModelUnavailable`
+    for a hub id absent from the cache, else ``cannot load {what} {ident!r}: {err}``."""
+    missing = unavailable_model(ident, option)
+    if missing is not None:
+        return missing
+    return ModelLoadError(f"cannot load {what} {str(ident)!r}: {err}", ident, option, " ".join(str(err).split()))

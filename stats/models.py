@@ -1,46 +1,135 @@
-"""What a model id or folder is, without loading it (no torch, no diffusers): the one home.
+"""What a model is, without loading it (no torch, no diffusers): the backend table.
 
-- :func:`read_model_index` — its ``model_index.json`` (a folder's, or a hub id's from the cache
-  or downloaded); :data:`BACKENDS` — which vslerp backend a ``_class_name`` is (as diffusers'
-  ``AutoPipeline`` reads it); :func:`backend_of` / :func:`backend_by_name`.
-- An IP-Adapter's name ``REPO_OR_DIR:SUBFOLDER/WEIGHT`` (:func:`parse_ip_adapter`: the CLI's
-  ``--ip-adapter``, the API's one-string ``ip_adapter=``) and where its image encoder is
-  (:func:`ip_adapter_encoder_subfolder`: what the pipeline renders with is what the statistics
-  are computed with).
+One :class:`Backend` record per generator (:data:`TABLE`): the ``model_index.json``
+``_class_name``s it claims, its pipeline class, its image encoder, its size rule, its
+defaults, its options, its zero-data mean and its label. The loader, the statistics layer, the
+size limits and the CLI's checks all read it; adding a backend is one adapter file and one
+record. An unknown ``_class_name`` is :class:`UnsupportedModel`, naming the supported ones.
 
-Used by ``vslerp.pipelines.loading`` (dispatch), ``vslerp.stats.generators`` (which encoders)
-and the CLI's checks before any model loads.
+Also here: :func:`read_model_index` (read once per folder and version of the file), an
+IP-Adapter's name ``REPO_OR_DIR:SUBFOLDER/WEIGHT`` (:func:`parse_ip_adapter`) and where its
+image encoder is (:func:`ip_adapter_encoder_subfolder`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from vslerp.defaults import DEFAULT_DECODER, DEFAULT_PRIOR
 
 from .hub import is_repo_id, local_folder, offline
 
-__all__ = ["BACKENDS", "IP_ADAPTER_FORMAT", "IP_ADAPTER_SD", "IP_ADAPTER_SDXL", "KANDINSKY", "STABLE_UNCLIP",
-           "UNCLIP", "WEIGHT_SUFFIXES", "backend_by_name", "backend_of", "ip_adapter_encoder_subfolder", "parse_ip_adapter",
-           "read_model_index"]
+__all__ = ["BACKENDS", "IP_ADAPTER_FORMAT", "IP_ADAPTER_SD", "IP_ADAPTER_SDXL", "KANDINSKY", "KANDINSKY_PRIOR_LAYOUT",
+           "PRIORS", "STABLE_UNCLIP", "TABLE", "UNCLIP", "WEIGHT_SUFFIXES", "Backend", "UnsupportedModel",
+           "backend_by_name", "backend_of", "backend_record", "ip_adapter_encoder_subfolder", "parse_ip_adapter",
+           "read_model_index", "size_rule_of"]
 
-KANDINSKY, UNCLIP = "kandinsky2.2", "unclip"  # the backends' names (describe(), sidecars)
+KANDINSKY, UNCLIP = "kandinsky2.2", "unclip"  # the backends' names (describe(), sidecars, backend=)
 STABLE_UNCLIP, IP_ADAPTER_SD, IP_ADAPTER_SDXL = "stable-unclip", "ip-adapter-sd", "ip-adapter-sdxl"
-BACKENDS = {  # model_index.json _class_name → backend (diffusers' own pipelines and ours, saved)
-    "KandinskyV22Pipeline": KANDINSKY,
-    "VSlerpPipeline": KANDINSKY,
-    "UnCLIPImageVariationPipeline": UNCLIP,
-    "VSlerpUnCLIPPipeline": UNCLIP,
-    "StableUnCLIPImg2ImgPipeline": STABLE_UNCLIP,
-    "VSlerpStableUnCLIPPipeline": STABLE_UNCLIP,
-    "StableDiffusionPipeline": IP_ADAPTER_SD,
-    "VSlerpIPAdapterPipeline": IP_ADAPTER_SD,
-    "StableDiffusionXLPipeline": IP_ADAPTER_SDXL,
-    "VSlerpIPAdapterXLPipeline": IP_ADAPTER_SDXL,
-}
+KANDINSKY_PRIOR_LAYOUT = "kandinsky2.2-prior"  # a Kandinsky 2.2 prior given alone to `stats compute`
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One generator vslerp renders with.
+
+    name: the backend's name; class_names: the ``_class_name``s it claims (diffusers' own
+    pipeline first, then the ``VSlerp*Pipeline`` a saved folder names); pipeline: (module,
+    class) of its adapter, imported on use; label: what the messages call it; layout: its
+    image-encoder layout for ``vslerp stats compute --model`` (recorded in statistics files);
+    encoder: where that encoder is ("prior": its Kandinsky prior's, "own": the repo's
+    ``image_encoder/``, "ip-adapter": the adapter's); size_part / size_kind: the subfolder whose
+    ``config.json`` gives the size rule and how (see :func:`size_rule_of`); hub_size: the rule
+    when no config can be read; guidance, size: diffusers' defaults (size None: the model's
+    config says it); options: the render options it takes beyond the defaults; mean: where its
+    zero-data image mean is ("prior": the prior's ``clip_mean``, "image_normalizer", None);
+    prompt_targets: a prompt target becomes an image embedding (through its prior).
+    """
+
+    name: str
+    class_names: tuple[str, ...]
+    pipeline: tuple[str, str]
+    label: str
+    layout: str
+    encoder: str
+    size_part: str
+    size_kind: str
+    hub_size: tuple[int, int | None]
+    guidance: float
+    size: int | None
+    options: tuple[str, ...]
+    mean: str | None
+    prompt_targets: bool
+
+    def pipeline_class(self):
+        """The adapter class (imports torch and diffusers)."""
+        import importlib
+
+        module, name = self.pipeline
+        return getattr(importlib.import_module(module), name)
+
+
+TABLE: tuple[Backend, ...] = (
+    Backend(KANDINSKY, ("KandinskyV22Pipeline", "VSlerpPipeline"), ("vslerp.pipelines.kandinsky", "VSlerpPipeline"),
+            "a Kandinsky 2.2 decoder", "kandinsky2.2-decoder", "prior", "movq", "movq", (64, None),
+            4.0, 512, ("strength",), "prior", True),
+    Backend(UNCLIP, ("UnCLIPImageVariationPipeline", "VSlerpUnCLIPPipeline"),
+            ("vslerp.pipelines.unclip", "VSlerpUnCLIPPipeline"), "an unCLIP image-variation model", "unclip",
+            "own", "super_res_first", "fixed", (1, 256), 8.0, None, (), "prior", True),
+    Backend(STABLE_UNCLIP, ("StableUnCLIPImg2ImgPipeline", "VSlerpStableUnCLIPPipeline"),
+            ("vslerp.pipelines.stable_unclip", "VSlerpStableUnCLIPPipeline"), "a Stable unCLIP model",
+            "stable-unclip", "own", "vae", "vae", (8, None), 10.0, None, ("prompt", "negative_prompt", "noise_level"),
+            "image_normalizer", False),
+    Backend(IP_ADAPTER_SD, ("StableDiffusionPipeline", "VSlerpIPAdapterPipeline"),
+            ("vslerp.pipelines.ip_adapter", "VSlerpIPAdapterPipeline"), "a Stable Diffusion 1.5 base",
+            "ip-adapter-sd", "ip-adapter", "vae", "vae", (8, None), 7.5, None,
+            ("strength", "prompt", "negative_prompt", "ip_adapter_scale"), None, False),
+    Backend(IP_ADAPTER_SDXL, ("StableDiffusionXLPipeline", "VSlerpIPAdapterXLPipeline"),
+            ("vslerp.pipelines.ip_adapter", "VSlerpIPAdapterXLPipeline"), "an SDXL base", "ip-adapter-sdxl",
+            "ip-adapter", "vae", "vae", (8, None), 5.0, None,
+            ("strength", "prompt", "negative_prompt", "ip_adapter_scale"), None, False),
+)
+BACKENDS = {name: record.name for record in TABLE for name in record.class_names}  # _class_name → backend
+# the priors --prior takes (no generators of their own): _class_name → (label, stats compute layout,
+# None: read as a prior folder by its parts)
+PRIORS = {"KandinskyV22PriorPipeline": ("a Kandinsky 2.2 prior", KANDINSKY_PRIOR_LAYOUT),
+          "UnCLIPPipeline": ("a Karlo text-to-image model (its prior)", None)}
 IP_ADAPTER_FORMAT = "REPO_OR_DIR:SUBFOLDER/WEIGHT.safetensors"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")  # the adapter weight files diffusers loads
+_BY_NAME = {record.name: record for record in TABLE}
+
+
+class UnsupportedModel(ValueError):
+    """A ``model_index.json`` of a pipeline vslerp does not render: ``.class_name``, ``.ident``."""
+
+    def __init__(self, class_name, ident):
+        renders = ", ".join(record.class_names[0] for record in TABLE)
+        if class_name in PRIORS:
+            message = (f"{ident} holds {PRIORS[class_name][0]} ({class_name}), not a generator: give it as "
+                       f"the prior (--prior, prior=); vslerp renders {renders}")
+        else:
+            message = f"{ident}: {class_name} is not supported (yet): vslerp renders {renders}"
+        super().__init__(message)
+        self.class_name, self.ident = class_name, str(ident)
+
+
+def backend_record(name: str) -> Backend:
+    """The record of backend ``name`` (``"kandinsky2.2"``, ``"unclip"``, ...)."""
+    return _BY_NAME[name]
+
+
+def size_rule_of(record: Backend, config: dict) -> tuple[int, int | None]:
+    """``(factor, fixed)`` of ``record`` from the ``config.json`` of its ``size_part``: a MoVQ's
+    factor squared (Kandinsky 2.2, as ``downscale_height_and_width``), the one size of a
+    super-resolution UNet (unCLIP), or multiples of 8 and of a VAE's factor (diffusers' check)."""
+    if record.size_kind == "fixed":
+        return 1, int(config["sample_size"])
+    factor = 2 ** (len(config["block_out_channels"]) - 1)
+    return (factor ** 2, None) if record.size_kind == "movq" else (math.lcm(8, factor), None)
 
 
 def _hub_index(repo_id: str) -> Path | None:
@@ -57,15 +146,25 @@ def _hub_index(repo_id: str) -> Path | None:
     return None
 
 
+@functools.lru_cache(maxsize=64)
+def _parsed_index(path: str, mtime_ns: int, size: int) -> dict:
+    """One version of a ``model_index.json`` (the key changes when the file does), parsed once."""
+    try:
+        index = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} cannot be read as JSON: {err}") from None
+    if not isinstance(index, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return index
+
+
 def read_model_index(id_or_dir) -> dict | None:
     """The ``model_index.json`` of a local folder or hub id, as a dict; None when there is none
     (a folder without one, a hub id neither cached nor downloadable). A file that is there but
-    not a JSON object raises ``ValueError`` naming it."""
+    not a JSON object raises ``ValueError`` naming it. Each version of a file is read once."""
     folder = local_folder(id_or_dir)
     if folder is not None:
         path = folder / "model_index.json"
-        if not path.is_file():
-            return None
     elif id_or_dir is not None and is_repo_id(str(id_or_dir)):
         path = _hub_index(str(id_or_dir))
         if path is None:
@@ -73,12 +172,12 @@ def read_model_index(id_or_dir) -> dict | None:
     else:
         return None
     try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path} cannot be read as JSON: {err}") from None
-    if not isinstance(index, dict):
-        raise ValueError(f"{path} is not a JSON object")
-    return index
+        stat = path.stat()
+    except OSError:
+        return None
+    if not path.is_file():
+        return None
+    return dict(_parsed_index(str(path.resolve()), stat.st_mtime_ns, stat.st_size))
 
 
 def backend_by_name(id_or_dir) -> str | None:
@@ -92,15 +191,18 @@ def backend_by_name(id_or_dir) -> str | None:
     return KANDINSKY if name in (DEFAULT_DECODER, DEFAULT_PRIOR) else None
 
 
-def backend_of(id_or_dir) -> str | None:
-    """The backend of a model (hub id or folder): a name of :data:`BACKENDS` (``"kandinsky2.2"``,
-    ``"unclip"``, ``"stable-unclip"``, ``"ip-adapter-sd"``, ``"ip-adapter-sdxl"``) or None (a
-    model_index of another pipeline, or nothing that tells). From ``model_index.json``'s
-    ``_class_name``, else :func:`backend_by_name`."""
+def backend_of(id_or_dir, *, strict: bool = False) -> str | None:
+    """The backend of a model (hub id or folder): a record name of :data:`TABLE` or None
+    (nothing tells, or a ``model_index.json`` of another pipeline). From ``_class_name``, else
+    :func:`backend_by_name`. strict: a ``_class_name`` no record claims is
+    :class:`UnsupportedModel` instead of None."""
     index = read_model_index(id_or_dir)
-    if index is not None:
-        return BACKENDS.get(index.get("_class_name"))
-    return backend_by_name(id_or_dir)
+    if index is None:
+        return backend_by_name(id_or_dir)
+    name = index.get("_class_name")
+    if strict and name not in BACKENDS:
+        raise UnsupportedModel(name, id_or_dir)
+    return BACKENDS.get(name)
 
 
 def parse_ip_adapter(text, name: str = "--ip-adapter") -> tuple[str, str, str]:

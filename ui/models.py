@@ -1,7 +1,7 @@
-"""Which models ``--model`` / ``--prior`` name: a local folder of the right kind, or a hub id.
+"""Which models ``--model`` / ``--prior`` name, checked against the backend table before loading.
 
-A local folder must hold ``model_index.json`` of the right pipeline class
-(:func:`check_model_source`, the one place that reads it here); anything else shaped like a
+A local folder must hold ``model_index.json`` of a class the table
+(:mod:`vslerp.stats.models`) claims (:func:`check_model_source`); anything else shaped like a
 hub id (``org/name``) is left to the loader (:mod:`vslerp.ui.cli_render` names its errors).
 """
 
@@ -13,16 +13,6 @@ from vslerp.ui.cli import CLIError
 
 __all__ = ["check_backend_options", "check_model_source", "looks_like_folder", "model_ref"]
 
-_PRIOR_CLASSES = ("KandinskyV22PriorPipeline", "UnCLIPPipeline")  # --prior: Kandinsky's, Karlo's (--model: BACKENDS)
-_CLASS_NAMES = {"KandinskyV22Pipeline": "a Kandinsky 2.2 decoder",
-                "KandinskyV22PriorPipeline": "a Kandinsky 2.2 prior",
-                "UnCLIPPipeline": "a Karlo text-to-image model (its prior)",
-                "VSlerpPipeline": "a saved VSlerpPipeline",
-                "UnCLIPImageVariationPipeline": "an unCLIP image-variation model",
-                "VSlerpUnCLIPPipeline": "a saved VSlerpUnCLIPPipeline",
-                "StableUnCLIPImg2ImgPipeline": "a Stable unCLIP model",
-                "StableDiffusionPipeline": "a Stable Diffusion 1.5 base",
-                "StableDiffusionXLPipeline": "an SDXL base"}
 # the flags of the backend options (RenderSpec.options), as the CLI names them in a refusal
 _OPTION_FLAGS = {"strength": "--strength below 1 (img2img)", "prompt": "--prompt (text conditioning)",
                  "negative_prompt": "--negative-prompt", "noise_level": "--noise-level",
@@ -45,14 +35,14 @@ def model_ref(ident):
 
 def check_model_source(ident, option: str, origin: str = "") -> None:
     """A local --model/--prior folder must exist and hold the right kind of pipeline (its
-    ``model_index.json`` ``_class_name``, read by :func:`vslerp.pipelines.loading.read_model_index`,
-    which also decides the backend); a hub id is found (or not) when loading."""
+    ``model_index.json`` ``_class_name``: a class no record of the table claims is refused by
+    name, naming the supported ones); a hub id is found (or not) when loading."""
     if ident is None:
         return
-    from vslerp.pipelines.loading import BACKENDS, read_model_index
+    from vslerp.stats.models import BACKENDS, PRIORS, TABLE, UnsupportedModel, read_model_index
 
-    accepted, what = ((_PRIOR_CLASSES, "Kandinsky 2.2 prior (or Karlo's)") if option == "--prior" else
-                      (tuple(BACKENDS), "Kandinsky 2.2 decoder (or unCLIP, Stable unCLIP, SD 1.5 / SDXL)"))
+    accepted, what = ((PRIORS, "Kandinsky 2.2 prior (or Karlo's)") if option == "--prior" else
+                      (BACKENDS, "Kandinsky 2.2 decoder (or unCLIP, Stable unCLIP, SD 1.5 / SDXL)"))
     path = Path(str(ident)).expanduser()
     if path.is_file():
         raise CLIError(f"{option} {ident} is a file, not a model folder{origin}")
@@ -65,9 +55,11 @@ def check_model_source(ident, option: str, origin: str = "") -> None:
             raise CLIError(f"{option} {ident}: the folder exists but is not a {what} folder "
                            f"(no model_index.json){origin}")
         name = index.get("_class_name")
+        if name not in BACKENDS and name not in PRIORS:
+            raise CLIError(f"{option} {UnsupportedModel(name, ident)}{origin}")
         if name not in accepted:
-            raise CLIError(f"{option} {ident}: the folder holds {_CLASS_NAMES.get(name, name)} "
-                           f"({name}), not a {what}{origin}")
+            label = PRIORS[name][0] if name in PRIORS else next(r.label for r in TABLE if name in r.class_names)
+            raise CLIError(f"{option} {ident}: the folder holds {label} ({name}), not a {what}{origin}")
         return
     if looks_like_folder(str(ident)):
         raise CLIError(f"{option} {ident}: no such folder{origin}")
@@ -75,21 +67,12 @@ def check_model_source(ident, option: str, origin: str = "") -> None:
 
 def check_backend_options(spec, origin: str = "") -> None:
     """The backend options and ``--ip-adapter`` of ``spec`` against the backend its ``--model`` is
-    (:func:`vslerp.pipelines.loading.backend_of`: ``model_index.json``, else the id), before any
-    model loads: an IP-Adapter only on an SD 1.5 / SDXL base and such a base only with one; only
-    the options that backend takes (its class's ``_backend_options``); ``--strength`` below 1
-    with a SOURCE photo and at least one denoising step. A backend that cannot be told (a hub id
-    offline) or whose module is not installed is left to the pipeline's own checks."""
+    (the table's :func:`~vslerp.stats.models.backend_of`: ``model_index.json``, else the id), before
+    any model loads: an IP-Adapter only on an SD 1.5 / SDXL base and such a base only with one; only
+    the options its record takes; ``--strength`` below 1 with a SOURCE photo and at least one
+    denoising step. A backend that cannot be told (a hub id offline) is left to the pipeline."""
     from vslerp.pipelines.inputs import options_given, refused_option
-    from vslerp.pipelines.loading import (
-        IP_ADAPTER_SD,
-        IP_ADAPTER_SDXL,
-        KANDINSKY,
-        UNCLIP,
-        backend_of,
-        pipeline_class,
-        read_model_index,
-    )
+    from vslerp.stats.models import KANDINSKY, backend_of, backend_record, read_model_index
 
     if spec.strength < 1:
         if (spec.source or {}).get("kind") != "image":
@@ -103,26 +86,23 @@ def check_backend_options(spec, origin: str = "") -> None:
         index = read_model_index(spec.model) if spec.model is not None else None
     except ValueError:  # an unreadable model_index.json: check_model_source names it
         return
-    sd = (IP_ADAPTER_SD, IP_ADAPTER_SDXL)
-    saved = (index or {}).get("_class_name", "").startswith("VSlerp")  # save_pretrained's: adapter inside
-    if spec.ip_adapter is not None and backend is not None and (backend not in sd or saved):
+    if backend is None:  # nothing tells (a hub id offline), or not a generator: left to the loader
+        return
+    record = backend_record(backend)
+    sd = record.encoder == "ip-adapter"
+    saved = (index or {}).get("_class_name") in record.class_names[1:]  # save_pretrained's: adapter inside
+    if spec.ip_adapter is not None and (not sd or saved):
         what = "a folder saved with its IP-Adapter" if saved else f"a {backend} model"
         raise CLIError(f"--ip-adapter needs a Stable Diffusion 1.5 / SDXL --model (the adapter conditions its "
                        f"UNet), and {spec.model or 'the default model'} is {what}{origin}")
-    if backend in sd and spec.ip_adapter is None and not saved:
+    if sd and spec.ip_adapter is None and not saved:
         raise CLIError(f"--model {spec.model} is a Stable Diffusion base ({backend}): it renders image "
                        "embeddings through an IP-Adapter, give --ip-adapter REPO_OR_DIR:SUBFOLDER/WEIGHT "
                        f"(e.g. h94/IP-Adapter:models/ip-adapter_sd15.safetensors){origin}")
-    if backend is None:
-        return
-    try:
-        accepted = pipeline_class(backend)._backend_options
-    except ImportError:  # that backend's module is not part of this install: the pipeline decides
-        return
-    refusal = refused_option(backend, accepted, options_given(spec.strength, spec.prompt, spec.negative_prompt,
-                                                              spec.noise_level, spec.ip_adapter_scale), _OPTION_FLAGS)
+    given = options_given(spec.strength, spec.prompt, spec.negative_prompt, spec.noise_level, spec.ip_adapter_scale)
+    refusal = refused_option(backend, record.options, given, _OPTION_FLAGS)
     if refusal is not None:
         raise CLIError(refusal.replace("a prompt as target goes through the prior", "a prompt as TARGET goes through its prior") + origin)
-    if (spec.target or {}).get("kind") == "prompt" and backend not in (KANDINSKY, UNCLIP):  # UNCLIP: Karlo's prior
+    if (spec.target or {}).get("kind") == "prompt" and not record.prompt_targets:
         raise CLIError(f"TARGET is a prompt, and the {backend} backend has no prior to turn it into an image "
                        f"embedding: give TARGET as an image (--prompt conditions the UNet instead){origin}")
