@@ -358,6 +358,3 @@ def load_encoders(prior: str | Path, *, device=None, dtype: torch.dtype | None =
         raise ValueError(f"the encoders of prior {source!r} are not CLIP encoders with a "
                          f"projection ({first_line(err)})") from None
 
-
-# aliases until the house merge
-_check_tokenizer, _dtype_kwarg, _first_line = check_tokenizer, dtype_kwarg, first_line

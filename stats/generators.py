@@ -27,13 +27,13 @@ from vslerp.defaults import DEFAULT_PRIOR
 
 from .encode import (
     ClipEncoders,
-    _check_tokenizer,
-    _dtype_kwarg,
-    _first_line,
+    check_tokenizer,
     clip_image_processor_class,
     default_device,
     default_dtype,
+    dtype_kwarg,
     encoder_fingerprint,
+    first_line,
     load_encoders,
     parse_device,
     part_loader,
@@ -141,14 +141,14 @@ def _clip_towers(clip: str, dtype, *, text: bool, processor: bool):
     towers = {}
     for name, sub in (("vision", config.vision_config), ("text", config.text_config)):
         sub.projection_dim = config.projection_dim
-        towers[name] = {"config": sub, _dtype_kwarg(): dtype}
+        towers[name] = {"config": sub, dtype_kwarg(): dtype}
     vision = part(CLIPVisionModelWithProjection, **towers["vision"])
     processor = part(clip_image_processor_class()) if processor else None
     text_encoder = tokenizer = None
     if text:
         text_encoder = part(CLIPTextModelWithProjection, **towers["text"])
         tokenizer = part(CLIPTokenizer)
-        _check_tokenizer(tokenizer, text_encoder, clip)
+        check_tokenizer(tokenizer, text_encoder, clip)
     return clip, vision, processor, text_encoder, tokenizer
 
 
@@ -166,7 +166,7 @@ def _ip_adapter_encoder(ip_adapter, dtype):
         note = (f"{weight} is an SDXL adapter on the ViT-H/14 encoder: image encoder {encoder_sub} "
                 "(as h94/IP-Adapter documents it)")
     part = part_loader(repo, "--ip-adapter", "IP-Adapter")
-    image_encoder = part(CLIPVisionModelWithProjection, encoder_sub, **{_dtype_kwarg(): dtype})
+    image_encoder = part(CLIPVisionModelWithProjection, encoder_sub, **{dtype_kwarg(): dtype})
     size = int(image_encoder.config.image_size)  # as load_ip_adapter: CLIPImageProcessor(size, crop_size)
     processor = clip_image_processor_class()(size=size, crop_size=size)
     return f"{repo}:{encoder_sub}", image_encoder, processor, note
@@ -236,7 +236,7 @@ def load_generator_encoders(model=None, *, prior=None, ip_adapter=None, clip=Non
         part = part_loader(source, "--model", "Stable unCLIP model")
         from transformers import CLIPVisionModelWithProjection
 
-        image_encoder = part(CLIPVisionModelWithProjection, "image_encoder", **{_dtype_kwarg(): dtype})
+        image_encoder = part(CLIPVisionModelWithProjection, "image_encoder", **{dtype_kwarg(): dtype})
         processor = part(clip_image_processor_class(), "feature_extractor")
         image_source = source
     elif layout in (SD, SDXL):
@@ -270,4 +270,4 @@ def _encoders(image_encoder, processor, text_encoder, tokenizer, source, device,
                             device=device, dtype=dtype)
     except (AttributeError, StopIteration) as err:  # a config without projection_dim, no weights
         raise ValueError(f"the encoders of {source!r} are not CLIP encoders with a projection "
-                         f"({_first_line(err)})") from None
+                         f"({first_line(err)})") from None
