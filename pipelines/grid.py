@@ -18,7 +18,7 @@ import torch
 from diffusers.utils import BaseOutput
 
 import vslerp
-from vslerp._checks import check_embedding_values, check_magnitude
+from vslerp.checks import check_embedding_values, check_magnitude
 from vslerp.stats.scoring import estimated_conformity
 
 __all__ = ["Grid", "VSlerpPipelineOutput", "check_axis", "conformity_read_out", "distinct_rows",

@@ -196,10 +196,10 @@ def init_photo(name: str, image, source, strength: float):
 def check_embedding(name: str, raw, dim: int):
     """A raw image embedding given as (D,) or (1, D) → (D,) float32 on the CPU; ``ValueError``
     naming ``name`` for another shape, non-finite values, entries too large to render
-    (:data:`vslerp._checks.MAX_EMBEDDING_VALUE`) or the zero vector."""
+    (:data:`vslerp.checks.MAX_EMBEDDING_VALUE`) or the zero vector."""
     import torch
 
-    from vslerp._checks import check_embedding_values
+    from vslerp.checks import check_embedding_values
 
     raw = raw.detach()
     if raw.ndim == 2 and raw.shape[0] == 1:
@@ -233,7 +233,7 @@ def check_steps(name: str, value, low: int) -> int:
 
 def check_guidance(value) -> float:
     """A guidance scale: a finite number of a sane magnitude."""
-    from vslerp._checks import check_magnitude
+    from vslerp.checks import check_magnitude
 
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"guidance_scale must be a finite number, got {value!r}")

@@ -71,7 +71,7 @@ def values(given, name: str, default) -> tuple[float, ...]:
                or not math.isfinite(v)]
         if bad:
             raise CLIError(f"{name} must be finite numbers, got {json.dumps(bad[0])}")
-        from vslerp._checks import check_magnitude
+        from vslerp.checks import check_magnitude
 
         try:
             check_magnitude(name.rstrip("s"), given)

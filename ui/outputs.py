@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
-from vslerp._checks import check_magnitude
+from vslerp.checks import check_magnitude
 from vslerp.stats.outputs import TEMP_MARK, atomic_write
 
 __all__ = ["FPS_RANGES", "PNG_KEY", "check_fps", "file_sha256", "make_grid", "parse_values",

@@ -87,7 +87,7 @@ def seed_value(seed) -> int:
 
 def settings(steps, guidance, size) -> tuple[int, float, int]:
     """Steps, guidance and size checked as the page's sliders bound them (API callers too)."""
-    from vslerp._checks import check_magnitude
+    from vslerp.checks import check_magnitude
 
     def whole(name, value, low, high):
         a_number(name.lower(), value)
@@ -115,7 +115,7 @@ def settings(steps, guidance, size) -> tuple[int, float, int]:
 def axis(name: str, symbol: str, values, lies_in_0_1: bool) -> tuple[float, ...]:
     """θ or α values as floats, each named if it is not a number (θ: in 0..1); symbol: "theta"
     or "alpha" (a key of :data:`LABELS` too)."""
-    from vslerp._checks import check_magnitude
+    from vslerp.checks import check_magnitude
     from vslerp.ui.render import check_thetas
 
     out = []
