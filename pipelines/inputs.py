@@ -9,16 +9,15 @@ null byte``, ``UnicodeEncodeError``). :func:`image_path_or_prompt` never raises.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from vslerp.defaults import IMAGE_SUFFIXES  # torch-free: the CLI's parser imports this module
 
-__all__ = ["IMAGE_SUFFIXES", "ImageOrPrompt", "check_embedding", "check_guidance", "check_positive_int",
-           "check_prompt", "check_request", "check_steps", "image_path_or_prompt", "init_photo", "is_image", "open_named_image", "options_given",
-           "first_refused", "refused_option", "OPTION_NAMES"]
+__all__ = ["IMAGE_SUFFIXES", "OPTION_NAMES", "ImageOrPrompt", "check_embedding", "check_prompt", "check_request",
+           "first_refused", "image_path_or_prompt", "init_photo", "is_image", "open_named_image", "options_given",
+           "refused_option"]
 
 
 @dataclass(frozen=True)
@@ -215,27 +214,3 @@ def check_embedding(name: str, raw, dim: int):
     if not bool((raw != 0).any()):
         raise ValueError(f"{name} embedding is the zero vector")
     return raw
-
-
-def check_positive_int(name: str, value) -> int:
-    """``value`` if it is an int ≥ 1 (not a bool), else ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def check_steps(name: str, value, low: int) -> int:
-    """A step count: an int ≥ ``low`` (UnCLIPScheduler divides by steps − 1: ``low`` 2)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
-
-
-def check_guidance(value) -> float:
-    """A guidance scale: a finite number of a sane magnitude."""
-    from vslerp.checks import check_magnitude
-
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"guidance_scale must be a finite number, got {value!r}")
-    check_magnitude("guidance_scale", value)
-    return float(value)
