@@ -17,6 +17,7 @@ copy per cell to diffusers' own pipeline for that model. Loading and backend dis
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -137,23 +138,39 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
         self.model_ids = {"decoder": None, "prior": None}
 
     @classmethod
-    def from_pretrained(cls, decoder_id_or_dir=None, prior=None, stats=None, torch_dtype=None,
-                        backend: str = "auto", device="auto", **kwargs):
+    def from_pretrained(cls, decoder_id_or_dir=None, prior=None, stats=None, dtype=None,
+                        backend: str = "auto", device="auto", *, torch_dtype=None, **kwargs):
         """Load from hub repos / local folders, or a folder saved by :meth:`save_pretrained`.
 
         ``VSlerpPipeline.from_pretrained`` picks the backend from ``model_index.json``'s
-        ``_class_name`` (as diffusers' AutoPipeline; see :func:`vslerp.pipelines.loading.load_pipeline`
-        for every argument); a backend's own class loads that backend.
-        """
-        from .loading import load_pipeline  # the one place that knows every backend
+        ``_class_name`` (as diffusers' AutoPipeline); a backend's own class loads that backend.
 
-        return load_pipeline(cls, decoder_id_or_dir, prior=prior, stats=stats, torch_dtype=torch_dtype,
+        Args:
+            decoder_id_or_dir: the decoder's hub id or folder (None: the default model), or a
+                folder saved by :meth:`save_pretrained`.
+            prior: the prior's hub id or folder (Kandinsky 2.2; None: the default prior).
+            stats: the image mean's source (path | Statistics | (D,) tensor); None: the model's.
+            dtype: the ``torch.dtype`` of every component; None: float16 on CUDA, else float32.
+            backend: ``"auto"`` (from ``model_index.json``) or a backend's name.
+            device: ``"auto"``, a device, or None (stay on the CPU, not moved).
+            torch_dtype: deprecated alias of ``dtype`` (diffusers renamed it), for one release.
+            kwargs: see :func:`vslerp.pipelines.loading.load_pipeline`.
+        """
+        from .loading import load_pipeline
+
+        if torch_dtype is not None:
+            if dtype is not None:
+                raise TypeError("give dtype= only (torch_dtype= is its deprecated alias)")
+            warnings.warn("torch_dtype= is deprecated and will be removed in the next release: use dtype=",
+                          FutureWarning, stacklevel=2)
+            dtype = torch_dtype
+        return load_pipeline(cls, decoder_id_or_dir, prior=prior, stats=stats, torch_dtype=dtype,
                              backend=backend, device=device, **kwargs)
 
     @classmethod
-    def _load_saved(cls, folder: Path, torch_dtype: torch.dtype, **kwargs):
+    def _load_saved(cls, folder: Path, dtype: torch.dtype, **kwargs):
         """diffusers' own ``DiffusionPipeline.from_pretrained`` of a folder this class saved."""
-        return super().from_pretrained(str(folder), dtype=torch_dtype, **kwargs)
+        return super().from_pretrained(str(folder), dtype=dtype, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """diffusers' ``save_pretrained`` plus the statistics as ``vslerp_statistics.safetensors``."""

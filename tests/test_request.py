@@ -91,3 +91,21 @@ def test_render_batch_takes_the_limits_of_a_call(kandinsky):
     with pytest.raises(ValueError, match="max_cells"):
         kandinsky(_request(kandinsky, [0.0])["source"], _request(kandinsky, [0.0])["target"],
                   thetas=[0.0, 0.5, 1.0], alphas=[0.0, 1.0], max_cells=4, **RENDER)
+
+
+def test_dtype_is_the_keyword_and_torch_dtype_its_deprecated_alias(tiny_kandinsky):
+    import warnings
+
+    from vslerp.pipelines import VSlerpPipeline
+
+    prior_dir, decoder_dir = tiny_kandinsky
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        pipe = VSlerpPipeline.from_pretrained(decoder_dir, prior=prior_dir, dtype=torch.bfloat16, device=None)
+    assert pipe.unet.dtype == torch.bfloat16 and pipe.describe()["dtype"] == "bfloat16"
+    with pytest.warns(FutureWarning, match="dtype="):
+        old = VSlerpPipeline.from_pretrained(decoder_dir, prior=prior_dir, torch_dtype=torch.bfloat16, device=None)
+    assert old.unet.dtype == torch.bfloat16
+    with pytest.raises(TypeError, match="dtype= only"):
+        VSlerpPipeline.from_pretrained(decoder_dir, prior=prior_dir, dtype=torch.float32,
+                                       torch_dtype=torch.bfloat16, device=None)

@@ -126,7 +126,7 @@ def load_pipeline(spec: RenderSpec, stats=None, progress: bool = True):
         warnings.simplefilter("always")
         pipe = VSlerpPipeline.from_pretrained(
             spec.model, prior=spec.prior, stats=stats,
-            torch_dtype=getattr(torch, spec.dtype) if spec.dtype else None,
+            dtype=getattr(torch, spec.dtype) if spec.dtype else None,
             device=spec.device if spec.device is not None else "auto", **adapter)
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
