@@ -1,6 +1,6 @@
 """The CLI's cheap checks, each a one-line :class:`~vslerp.ui.cli.CLIError`, before any model loads.
 
-Inputs (SOURCE/TARGET, value lists, θ, --device, --stats, sizes and cell counts) and outputs
+Inputs (SOURCE/TARGET, value lists, --device, --stats) and outputs
 (writable, not an input, not another run's, stale leftovers of a killed run). Used by grid,
 animate, batch and the stats commands; the model folders are checked by :mod:`vslerp.ui.models`.
 """
@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from pathlib import Path
 
 from vslerp.ui.cli import CLIError
 
-__all__ = ["check_cells", "check_device", "check_limits", "check_loader", "check_main_output", "check_place",
-           "check_stale_sidecar", "check_thetas", "image_ref", "load_stats", "own", "refuse_inputs",
-           "short", "values"]
+__all__ = ["check_cells", "check_device", "check_loader", "check_main_output", "check_place",
+           "check_stale_sidecar", "image_ref", "load_stats", "own", "refuse_inputs", "short", "values"]
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -58,8 +56,8 @@ def short(text: str, limit: int = 60) -> str:
 
 
 def values(given, name: str, default) -> tuple[float, ...]:
-    """θ or α values: an option's text (``0,0.5,1`` / ``start:stop:count``), a JSON list (a job,
-    a sidecar) or, when None, ``default``; finite, of sane magnitude."""
+    """θ or α values parsed: an option's text (``0,0.5,1`` / ``start:stop:count``), a JSON list (a
+    job, a sidecar) or, when None, ``default`` (their ranges: :mod:`vslerp.ui.preflight`)."""
     from vslerp.ui.outputs import parse_values
 
     if given is None:
@@ -67,16 +65,9 @@ def values(given, name: str, default) -> tuple[float, ...]:
     if isinstance(given, (list, tuple)):
         if not given:
             raise CLIError(f"{name}: empty list of values")
-        bad = [v for v in given if isinstance(v, bool) or not isinstance(v, (int, float))
-               or not math.isfinite(v)]
+        bad = [v for v in given if isinstance(v, bool) or not isinstance(v, (int, float))]
         if bad:
-            raise CLIError(f"{name} must be finite numbers, got {json.dumps(bad[0])}")
-        from vslerp.checks import check_magnitude
-
-        try:
-            check_magnitude(name.rstrip("s"), given)
-        except ValueError as err:
-            raise CLIError(f"{name}: {err}") from None
+            raise CLIError(f"{name} must be numbers, got {json.dumps(bad[0])}")
         return tuple(float(v) for v in given)
     if not isinstance(given, str):  # a job's or sidecar's 5, true, {...}
         from vslerp.stats.jsonfile import json_type
@@ -90,16 +81,6 @@ def values(given, name: str, default) -> tuple[float, ...]:
         raise CLIError(f"--{err}" if not str(err).startswith("--") else str(err)) from None
 
 
-def check_thetas(thetas, allow_extrapolation: bool, where: str = "--thetas") -> None:
-    """:func:`vslerp.ui.render.check_thetas` as one CLI line naming ``where``."""
-    from vslerp.ui.render import check_thetas as check
-
-    try:
-        check(thetas, allow_extrapolation, hint=" (pass --allow-extrapolation to extrapolate)")
-    except ValueError as err:
-        raise CLIError(f"{where}: {err}") from None
-
-
 def check_device(device) -> None:
     """A bad ``--device`` (``banana``; ``cuda`` without CUDA) is one line: ``vslerp.stats.parse_device``."""
     if device is None:
@@ -110,23 +91,6 @@ def check_device(device) -> None:
         parse_device(device)
     except (ValueError, TypeError) as err:
         raise CLIError(f"--{err}") from None
-
-
-def check_limits(spec, max_size: int | None, max_cells: int | None, cells: int, where: str = "") -> None:
-    """``spec.size`` by the model's rule and the caps of :mod:`vslerp.pipelines.limits` (lifted by
-    ``--max-size``/``--max-cells``), read from the model folder before it loads."""
-    from vslerp.pipelines import limits
-
-    factor, fixed = limits.size_rule(spec.model)
-    try:
-        if spec.size is not None:
-            limits.check_size("size", spec.size, factor=factor, fixed=fixed,
-                              max_size=max_size or limits.MAX_SIZE, lift="--max-size ")
-        limits.check_cells(cells, max_cells=max_cells or limits.MAX_CELLS, lift="--max-cells ",
-                           what="cells (θ × α)")
-    except ValueError as err:
-        raise CLIError(f"{where}{err}" if where else f"--{err}" if str(err).startswith("size")
-                       else str(err)) from None
 
 
 def check_loader(args) -> None:
