@@ -133,7 +133,7 @@ def check_options(strength, prompt, negative_prompt, noise_level, ip_adapter_sca
                                          or not math.isfinite(ip_adapter_scale) or ip_adapter_scale < 0):
         raise RequestError("ip_adapter_scale", f"ip_adapter_scale must be a number >= 0, got {ip_adapter_scale!r}")
     return {"strength": float(strength), "prompt": prompt, "negative_prompt": negative_prompt,
-            "noise_level": noise_level, "ip_adapter_scale": ip_adapter_scale}
+            "noise_level": noise_level, "ip_adapter_scale": None if ip_adapter_scale is None else float(ip_adapter_scale)}
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,7 @@ class RenderRequest:
             v["seed"] = check_seed(v["seed"])
         v |= check_options(*(v[name] for name in OPTION_FIELDS))
         if v["strength"] < 1.0 and denoise_steps(v["num_inference_steps"], v["strength"]) < 1:
-            raise RequestError("strength", f"strength={v['strength']:g} with num_inference_steps="
+            raise RequestError("strength", f"strength {v['strength']:g} with num_inference_steps "
                                f"{v['num_inference_steps']} leaves no denoising step: int(steps × strength) "
                                "must be >= 1")
         try:

@@ -8,6 +8,8 @@ here by the CLI's flags.
 
 from __future__ import annotations
 
+import re
+
 from vslerp.ui.cli import CLIError
 
 __all__ = ["FLAGS", "JOB_KEYS", "check_request", "preflight"]
@@ -45,11 +47,13 @@ def check_request(spec, max_size: int | None, max_cells: int | None, where: str 
     except RequestError as err:
         text = str(err).replace("allow_extrapolation=True", "--allow-extrapolation").replace(
             "max_cells=", "--max-cells ")
+        # "strength 0.2 with num_inference_steps 2" -> "--strength 0.2 with --steps 2"
+        text = re.sub(r"(?<![\w-])([a-z_]+) (?=-?[\d.])", lambda m: flags.get(m.group(1), m.group(1)) + " ", text)
         flag = flags.get(err.field, err.field)
         if err.field == "max_cells":  # "25 cells in one call is more than the limit 24 (raise it with ...)"
             said = text
-        elif text.startswith(err.field):
-            said = flag + text[len(err.field):]
+        elif text.startswith((err.field, flag)):
+            said = text if text.startswith(flag) else flag + text[len(err.field):]
         else:
             said = f"{flag}: {text}"
         raise CLIError(where + said) from None
