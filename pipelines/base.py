@@ -1,11 +1,10 @@
 """VSlerpBasePipeline: the diffusers-style call every backend shares.
 
-``pipe(source, target, thetas, alphas, ...)``: check every argument, encode source and target
-(raw CLIP image space; a prompt through the backend's prior), build the grid of Eq. 12 cells
-(:mod:`vslerp.pipelines.grid`), hand its distinct cells to the backend ``max_batch_size`` at a
-time, and map the images back to every cell. ``render_batch`` does the same for many
-independent requests in one batched render. Statistics (the image mean m), the CLIP encoders
-(:class:`vslerp.stats.ClipEncoders`), ``describe()`` and saving are here too, once.
+``pipe(source, target, thetas, alphas, ...)``: check the request (:mod:`.request`), encode
+source and target (raw CLIP image space; a prompt through the backend's prior), build the grid
+of Eq. 12 cells (:mod:`.grid`), hand its distinct cells to the backend ``max_batch_size`` at a
+time, and map the images back to every cell; ``render_batch`` takes the same path for many
+requests in one batched render.
 
 A backend is a subclass (``pipelines/kandinsky.py``, ``pipelines/unclip.py``) that registers
 its components and implements the backend interface — the ``# -- backend interface`` block
@@ -21,8 +20,6 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
 
@@ -33,29 +30,13 @@ from vslerp.stats import Statistics
 from . import limits
 from .encoding import EncodingMixin
 from .grid import VSlerpPipelineOutput, join_chunks, make_grid
-from .inputs import check_embedding, check_request, init_photo
+from .inputs import check_embedding, check_generator, check_input, check_request, init_photo
 from .request import RenderRequest, RequestError, RequestTypeError
 from .serial import serialised
 from .settings import RenderSettings, clone_generator
 from .statistics import StatisticsMixin
 
 __all__ = ["VSlerpBasePipeline"]
-
-_INPUTS = (torch.Tensor, PIL.Image.Image, np.ndarray, str, Path)
-
-
-def _check_input(name: str, value, prompt: bool) -> None:
-    """A source or target of a type the pipeline reads."""
-    if not isinstance(value, _INPUTS):
-        what = "a PIL image, a numpy image, an image path" + (", a prompt" if prompt else "")
-        raise RequestTypeError(name, f"{name} must be {what} or a (D,) tensor, got {type(value).__name__}")
-
-
-def _check_generator(name: str, generator) -> None:
-    """One torch.Generator (or None)."""
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise RequestTypeError("generator", f"{name} must be one torch.Generator (every cell shares its noise), "
-                               f"got {type(generator).__name__}")
 
 
 class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
@@ -183,14 +164,9 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
         self._bar_config = dict(kwargs)
 
     def execution_device(self) -> torch.device:
-        """Where the cells render: the offload hooks' device after ``enable_model_cpu_offload()``
-        (or sequential / group offload), else the denoiser's own device.
-
-        diffusers has no public name for either: its ``_execution_device`` is what its pipelines
-        read, but it walks every module of every component (milliseconds per call), so it is
-        read only when the denoiser carries an offload hook (accelerate's ``_hf_hook``,
-        diffusers' ``_diffusers_hook``). The one place that looks at those private attributes.
-        """
+        """Where the cells render: the offload hooks' device (model / sequential / group offload),
+        else the denoiser's own. diffusers' ``_execution_device`` walks every module (milliseconds
+        a call), so it is read only when the denoiser carries an offload hook."""
         denoiser = self._denoiser()
         if hasattr(denoiser, "_hf_hook") or hasattr(denoiser, "_diffusers_hook"):
             return self._execution_device
@@ -294,9 +270,9 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
         backend refuses the options it does not take, naming them.
         Returns :class:`VSlerpPipelineOutput` (images row-major over thetas × alphas).
         """
-        _check_input("source", source, prompt=False)
-        _check_input("target", target, prompt=True)
-        _check_generator("generator", generator)
+        check_input("source", source, prompt=False)
+        check_input("target", target, prompt=True)
+        check_generator("generator", generator)
         request = self.check_request(dict(
             thetas=thetas, alphas=alphas, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             height=height, width=width, max_batch_size=max_batch_size, output_type=output_type,
@@ -375,7 +351,7 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
                 raise TypeError(f"{name}: source and target must be raw (D,) embeddings")
             if generator is None:
                 raise TypeError(f"{name}: give each request its own torch.Generator")
-            _check_generator(f"{name}: generator", generator)
+            check_generator(f"{name}: generator", generator)
             axes = self.check_request({**shared, "thetas": req["thetas"], "alphas": req["alphas"]})
             thetas, alphas = list(axes.thetas), list(axes.alphas)
             source_raw = check_embedding(f"{name} source", req["source"], self._dim())  # (D,)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vslerp.defaults import IMAGE_SUFFIXES  # torch-free: the CLI's parser imports this module
 
-__all__ = ["IMAGE_SUFFIXES", "OPTION_NAMES", "ImageOrPrompt", "check_embedding", "check_prompt", "check_request",
+__all__ = ["IMAGE_SUFFIXES", "OPTION_NAMES", "ImageOrPrompt", "check_embedding", "check_generator", "check_input", "check_prompt", "check_request",
            "first_refused", "image_path_or_prompt", "init_photo", "is_image", "open_named_image", "options_given",
            "refused_option"]
 
@@ -190,6 +190,24 @@ def init_photo(name: str, image, source, strength: float):
         return open_named_image(f"{name}image" if image is not None else f"{name}source", photo)
     raise ValueError(f"{name}strength < 1 starts from a photo: give the source as an image (or image=), "
                      f"not {'a ' + type(photo).__name__ if photo is not None else 'nothing'}")
+
+
+def check_input(name: str, value, prompt: bool) -> None:
+    """A source or target of a type the pipeline reads (``TypeError`` naming ``name``)."""
+    import torch
+
+    if not (is_image(value) or isinstance(value, (torch.Tensor, str, Path))):
+        what = "a PIL image, a numpy image, an image path" + (", a prompt" if prompt else "")
+        raise TypeError(f"{name} must be {what} or a (D,) tensor, got {type(value).__name__}")
+
+
+def check_generator(name: str, generator) -> None:
+    """One torch.Generator (or None): every cell shares its noise."""
+    import torch
+
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name} must be one torch.Generator (every cell shares its noise), "
+                        f"got {type(generator).__name__}")
 
 
 def check_embedding(name: str, raw, dim: int):
