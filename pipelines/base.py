@@ -31,9 +31,8 @@ from . import limits
 from .encoding import EncodingMixin
 from .grid import VSlerpPipelineOutput, join_chunks, make_grid
 from .inputs import check_embedding, check_generator, check_input, check_request, init_photo
-from .request import RenderRequest, RequestError, RequestTypeError
+from .request import RenderRequest, RenderSettings, RequestError, RequestTypeError, clone_generator
 from .serial import serialised
-from .settings import RenderSettings, clone_generator
 from .statistics import StatisticsMixin
 
 __all__ = ["VSlerpBasePipeline"]

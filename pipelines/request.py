@@ -5,23 +5,29 @@ the CLI, a jobs file, a sidecar and the editor, each refused with the field it i
 :meth:`RenderRequest.from_fields` checks each field by its type and range and the rules between
 them, :meth:`RenderRequest.for_backend` what one backend takes. A :class:`RequestError` names
 its ``field`` (the API's name); the CLI and the editor translate it into a flag or a label.
-Torch-free: the CLI checks a request before any model loads.
+:class:`RenderSettings` is what a backend's ``_render_chunk`` receives besides the cells: a
+checked request's numbers with the call's tensors and callback.
+Torch-free at import: the CLI checks a request before any model loads.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING
 
 from vslerp.defaults import SEED_LIMIT
 
 from . import limits
 from .inputs import first_refused, options_given, refused_option
 
-__all__ = ["OPTION_FIELDS", "OUTPUT_TYPES", "RenderRequest", "RequestError", "RequestTypeError", "check_axis",
-           "check_guidance", "check_options", "check_positive_int", "check_seed", "check_steps", "denoise_steps"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["OPTION_FIELDS", "OUTPUT_TYPES", "RenderRequest", "RenderSettings", "RequestError", "RequestTypeError", "check_axis",
+           "check_guidance", "check_options", "check_positive_int", "clone_generator", "check_seed", "check_steps", "denoise_steps"]
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 OPTION_FIELDS = ("strength", "prompt", "negative_prompt", "noise_level", "ip_adapter_scale")  # backend options
@@ -233,9 +239,85 @@ class RenderRequest:
                       width=default_size if self.width is None else self.width,
                       guidance_scale=default_guidance if self.guidance_scale is None else self.guidance_scale)
         factor, fixed = size_rule
-        for field in ("height", "width"):
+        for name in ("height", "width"):
             try:
-                limits.check_size(field, getattr(out, field), factor=factor, fixed=fixed, max_size=self.max_size)
+                limits.check_size(name, getattr(out, name), factor=factor, fixed=fixed, max_size=self.max_size)
             except ValueError as err:
-                raise RequestError(field, str(err)) from None
+                raise RequestError(name, str(err)) from None
         return out
+
+
+def clone_generator(generator: torch.Generator) -> torch.Generator:
+    """A new generator on ``generator``'s device in its current state (the original is not advanced)."""
+    import torch
+
+    clone = torch.Generator(device=generator.device)
+    clone.set_state(generator.get_state())
+    return clone
+
+
+def _finite(value) -> bool:
+    """Whether ``value`` is not a floating-point tensor with NaN or Inf in it."""
+    import torch
+
+    return not (isinstance(value, torch.Tensor) and value.is_floating_point()) or bool(torch.isfinite(value).all())
+
+
+@dataclass
+class RenderSettings:
+    """What every batch of cells of one call is rendered with."""
+
+    num_inference_steps: int  # the denoiser's steps
+    guidance_scale: float  # classifier-free guidance (on when > 1)
+    height: int  # px
+    width: int  # px
+    output_type: str  # "pil" | "np" | "pt" | "latent"
+    max_batch_size: int  # distinct cells per batch
+    latents: torch.Tensor | None = None  # (1, C, h, w) initial latents of every cell, or None: drawn
+    negative: torch.Tensor | None = None  # (D,) raw unconditional embedding, None: the backend's own
+    # (the caller's argument until the call resolves it)
+    callback_on_step_end: Callable | None = None  # callback(pipe, step, timestep, tensors) -> dict
+    callback_tensor_inputs: list[str] = field(default_factory=list)  # the tensors it receives
+    super_res_num_inference_steps: int = 7  # unCLIP's super-resolution steps
+    # Backend options (each backend names the ones it takes in ``_backend_options``):
+    strength: float = 1.0  # img2img: < 1 starts from the photo noised to this strength
+    prompt: str | None = None  # text conditioning (Stable unCLIP, IP-Adapter)
+    negative_prompt: str | None = None
+    noise_level: int = 0  # Stable unCLIP's image-embedding noise level
+    ip_adapter_scale: float | None = None  # IP-Adapter's scale (None: as loaded / set)
+
+    @classmethod
+    def of_request(cls, request, latents=None, negative=None, callback_on_step_end=None,
+                   callback_tensor_inputs=()) -> RenderSettings:
+        """The settings of a checked :class:`~vslerp.pipelines.request.RenderRequest` (for its backend)."""
+        return cls(num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
+                   height=request.height, width=request.width, output_type=request.output_type,
+                   max_batch_size=request.max_batch_size, latents=latents, negative=negative,
+                   callback_on_step_end=callback_on_step_end, callback_tensor_inputs=list(callback_tensor_inputs or []),
+                   super_res_num_inference_steps=request.super_res_num_inference_steps, **request.options)
+
+    def step_callback(self, pipe, step: int, timestep, tensors: dict) -> dict:
+        """Call ``callback_on_step_end(pipe, step, timestep, tensors)`` (if any) and return the
+        tensors it replaces ({} without one) — for every backend's diffusers loop. A tensor it
+        returns, or changes in place, that is not finite (NaN/Inf latents would render black or
+        NaN images) is a ``ValueError`` naming ``callback_on_step_end`` and the step."""
+        callback = self.callback_on_step_end
+        if callback is None:
+            return {}
+        finite_before = {key: _finite(value) for key, value in tensors.items()}
+        out = callback(pipe, step, timestep, tensors)
+        out = {} if out is None else out
+        if not isinstance(out, dict):
+            raise TypeError(f"callback_on_step_end must return a dict of tensors (or None), got {type(out).__name__}")
+        for key, value in {**tensors, **out}.items():
+            returned = key in out
+            if not _finite(value) and (returned or finite_before.get(key, True)):
+                how = "returned" if returned else "left in place"
+                raise ValueError(f"callback_on_step_end {how} non-finite {key!r} (NaN or Inf) at step {step}: "
+                                 "they would render NaN or black images")
+        return out
+
+    @property
+    def denoise_steps(self) -> int:
+        """The steps the denoiser runs (all, or img2img's ``int(steps × strength)``)."""
+        return denoise_steps(self.num_inference_steps, self.strength)

@@ -63,9 +63,17 @@ def register(subparsers) -> None:
 
 def run_animate(args) -> int:
     from vslerp.pipelines import limits
-    from vslerp.ui.checks import check_main_output, check_place, check_stale_sidecar, image_ref, own
+    from vslerp.ui.checks import (
+        FLAGS,
+        check_main_output,
+        check_place,
+        check_request,
+        check_stale_sidecar,
+        image_ref,
+        own,
+        preflight,
+    )
     from vslerp.ui.outputs import check_fps, sidecar_path
-    from vslerp.ui.preflight import FLAGS, check_request, preflight
     from vslerp.ui.sidecar import spec_from_options
 
     if args.out.suffix.lower() not in (".gif", ".mp4"):

@@ -71,7 +71,7 @@ _RENDERED = ("thetas", "alphas", "seed", "steps", "size", "guidance")  # a job's
 
 def _job_number(job: dict, key: str, default, where: str):
     """A job's seed/steps/size (JSON integers, not bools) or guidance (a number), parsed (their
-    ranges: :func:`vslerp.ui.preflight.check_request`)."""
+    ranges: :func:`vslerp.ui.checks.check_request`)."""
     value = job.get(key, default)
     shown = json.dumps(value)
     if value is None and key in ("size", "guidance"):
@@ -102,8 +102,7 @@ def _read_jobs(path: Path, args, base) -> list[dict]:
     """Parse and check every job (paths, values, names) before any model is loaded; each job's
     ``spec`` is ``base`` (the options') with the job's own inputs, axes and numbers."""
     from vslerp.stats.jsonfile import parse_json
-    from vslerp.ui.checks import image_ref, values
-    from vslerp.ui.preflight import JOB_KEYS, check_request
+    from vslerp.ui.checks import JOB_KEYS, check_request, image_ref, values
     from vslerp.ui.render import RenderSpec
 
     if path.is_dir():
@@ -270,8 +269,7 @@ class _CellProgress:
 
 
 def run_batch(args) -> int:
-    from vslerp.ui.checks import check_place, own
-    from vslerp.ui.preflight import preflight
+    from vslerp.ui.checks import check_place, own, preflight
     from vslerp.ui.sidecar import spec_from_options
 
     base = replace(spec_from_options(args), labels=not args.no_labels)

@@ -98,11 +98,12 @@ def run_grid(args) -> int:
         check_cells,
         check_main_output,
         check_place,
+        check_request,
         check_stale_sidecar,
         own,
+        preflight,
     )
     from vslerp.ui.outputs import sidecar_path
-    from vslerp.ui.preflight import check_request, preflight
 
     spec, meta, origin = _spec(args)
     check_request(spec, args.max_size, args.max_cells)
