@@ -1,11 +1,10 @@
 """VSlerpBasePipeline: the diffusers-style call every backend shares.
 
-``pipe(source, target, thetas, alphas, ...)``: check every argument, encode source and target
-(raw CLIP image space; a prompt through the backend's prior), build the grid of Eq. 12 cells
-(:mod:`vslerp.pipelines.grid`), hand its distinct cells to the backend ``max_batch_size`` at a
-time, and map the images back to every cell. ``render_batch`` does the same for many
-independent requests in one batched render. Statistics (the image mean m), the CLIP encoders
-(:class:`vslerp.stats.ClipEncoders`), ``describe()`` and saving are here too, once.
+``pipe(source, target, thetas, alphas, ...)``: check the request (:mod:`.request`), encode
+source and target (raw CLIP image space; a prompt through the backend's prior), build the grid
+of Eq. 12 cells (:mod:`.grid`), hand its distinct cells to the backend ``max_batch_size`` at a
+time, and map the images back to every cell; ``render_batch`` takes the same path for many
+requests in one batched render.
 
 A backend is a subclass (``pipelines/kandinsky.py``, ``pipelines/unclip.py``) that registers
 its components and implements the backend interface — the ``# -- backend interface`` block
@@ -17,11 +16,10 @@ copy per cell to diffusers' own pipeline for that model. Loading and backend dis
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
 
@@ -31,15 +29,13 @@ from vslerp.stats import Statistics
 
 from . import limits
 from .encoding import EncodingMixin
-from .grid import VSlerpPipelineOutput, check_axis, join_chunks, make_grid
-from .inputs import check_embedding, check_guidance, check_positive_int, check_request, init_photo
+from .grid import VSlerpPipelineOutput, join_chunks, make_grid
+from .inputs import check_embedding, check_generator, check_input, check_request, init_photo
+from .request import RenderRequest, RenderSettings, RequestError, RequestTypeError, clone_generator
 from .serial import serialised
-from .settings import RenderSettings, clone_generator
 from .statistics import StatisticsMixin
 
 __all__ = ["VSlerpBasePipeline"]
-
-_OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
 class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
@@ -122,23 +118,39 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
         self.model_ids = {"decoder": None, "prior": None}
 
     @classmethod
-    def from_pretrained(cls, decoder_id_or_dir=None, prior=None, stats=None, torch_dtype=None,
-                        backend: str = "auto", device="auto", **kwargs):
+    def from_pretrained(cls, decoder_id_or_dir=None, prior=None, stats=None, dtype=None,
+                        backend: str = "auto", device="auto", *, torch_dtype=None, **kwargs):
         """Load from hub repos / local folders, or a folder saved by :meth:`save_pretrained`.
 
         ``VSlerpPipeline.from_pretrained`` picks the backend from ``model_index.json``'s
-        ``_class_name`` (as diffusers' AutoPipeline; see :func:`vslerp.pipelines.loading.load_pipeline`
-        for every argument); a backend's own class loads that backend.
-        """
-        from .loading import load_pipeline  # the one place that knows every backend
+        ``_class_name`` (as diffusers' AutoPipeline); a backend's own class loads that backend.
 
-        return load_pipeline(cls, decoder_id_or_dir, prior=prior, stats=stats, torch_dtype=torch_dtype,
+        Args:
+            decoder_id_or_dir: the decoder's hub id or folder (None: the default model), or a
+                folder saved by :meth:`save_pretrained`.
+            prior: the prior's hub id or folder (Kandinsky 2.2; None: the default prior).
+            stats: the image mean's source (path | Statistics | (D,) tensor); None: the model's.
+            dtype: the ``torch.dtype`` of every component; None: float16 on CUDA, else float32.
+            backend: ``"auto"`` (from ``model_index.json``) or a backend's name.
+            device: ``"auto"``, a device, or None (stay on the CPU, not moved).
+            torch_dtype: deprecated alias of ``dtype`` (diffusers renamed it), for one release.
+            kwargs: see :func:`vslerp.pipelines.loading.load_pipeline`.
+        """
+        from .loading import load_pipeline
+
+        if torch_dtype is not None:
+            if dtype is not None:
+                raise TypeError("give dtype= only (torch_dtype= is its deprecated alias)")
+            warnings.warn("torch_dtype= is deprecated and will be removed in the next release: use dtype=",
+                          FutureWarning, stacklevel=2)
+            dtype = torch_dtype
+        return load_pipeline(cls, decoder_id_or_dir, prior=prior, stats=stats, torch_dtype=dtype,
                              backend=backend, device=device, **kwargs)
 
     @classmethod
-    def _load_saved(cls, folder: Path, torch_dtype: torch.dtype, **kwargs):
+    def _load_saved(cls, folder: Path, dtype: torch.dtype, **kwargs):
         """diffusers' own ``DiffusionPipeline.from_pretrained`` of a folder this class saved."""
-        return super().from_pretrained(str(folder), dtype=torch_dtype, **kwargs)
+        return super().from_pretrained(str(folder), dtype=dtype, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """diffusers' ``save_pretrained`` plus the statistics as ``vslerp_statistics.safetensors``."""
@@ -151,48 +163,32 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
         self._bar_config = dict(kwargs)
 
     def execution_device(self) -> torch.device:
-        """Where the cells render: the offload hooks' device after ``enable_model_cpu_offload()``
-        (or sequential / group offload), else the denoiser's own device.
-
-        diffusers has no public name for either: its ``_execution_device`` is what its pipelines
-        read, but it walks every module of every component (milliseconds per call), so it is
-        read only when the denoiser carries an offload hook (accelerate's ``_hf_hook``,
-        diffusers' ``_diffusers_hook``). The one place that looks at those private attributes.
-        """
+        """Where the cells render: the offload hooks' device (model / sequential / group offload),
+        else the denoiser's own. diffusers' ``_execution_device`` walks every module (milliseconds
+        a call), so it is read only when the denoiser carries an offload hook."""
         denoiser = self._denoiser()
         if hasattr(denoiser, "_hf_hook") or hasattr(denoiser, "_diffusers_hook"):
             return self._execution_device
         return denoiser.device
 
     # -- inputs ----------------------------------------------------------------------------------
-    def check_inputs(self, source, target, thetas, alphas, num_inference_steps, guidance_scale, height,
-                     width, max_batch_size, output_type, generator, latents, callback_on_step_end_tensor_inputs,
-                     allow_extrapolation):
-        """Validate everything before any compute; returns (thetas, alphas) as float lists."""
-        ok_source = (torch.Tensor, PIL.Image.Image, np.ndarray, str, Path)
-        if not isinstance(source, ok_source):
-            raise TypeError("source must be a PIL image, a numpy image, an image path or a (D,) tensor, "
-                            f"got {type(source).__name__}")
-        if not isinstance(target, ok_source):
-            raise TypeError("target must be a PIL image, a numpy image, an image path, a prompt or a (D,) tensor, "
-                            f"got {type(target).__name__}")
-        thetas = check_axis("thetas", thetas, allow_extrapolation)
-        alphas = check_axis("alphas", alphas, True)
-        for name, value in (("num_inference_steps", num_inference_steps), ("height", height), ("width", width),
-                            ("max_batch_size", max_batch_size)):
-            check_positive_int(name, value)
-        check_guidance(guidance_scale)
-        if output_type not in _OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {_OUTPUT_TYPES}, got {output_type!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError("generator must be one torch.Generator (every cell shares its noise), "
-                            f"got {type(generator).__name__}")
+    def check_request(self, fields: dict, origin: str = "") -> RenderRequest:
+        """A call's fields (:class:`~vslerp.pipelines.request.RenderRequest`'s) checked once, with
+        this backend's defaults, options, size rule and steps; a ``RequestError`` names the field."""
+        return RenderRequest.from_fields(fields, origin).for_backend(
+            self.backend, self._backend_options, self.size_rule(), self._min_steps, self.default_size,
+            self.default_guidance_scale)
+
+    def _settings(self, request: RenderRequest, target, latents, negative, callback, tensor_inputs) -> RenderSettings:
+        """The settings every batch renders with; the backend refuses what it cannot render."""
         if latents is not None and not isinstance(latents, torch.Tensor):
-            raise TypeError(f"latents must be a tensor, got {type(latents).__name__}")
-        bad = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
+            raise RequestTypeError("latents", f"latents must be a tensor, got {type(latents).__name__}")
+        settings = RenderSettings.of_request(request, latents, negative, callback, tensor_inputs)
+        bad = [k for k in self._check_backend(settings, target) if k not in self._callback_tensor_inputs]
         if bad:
-            raise ValueError(f"callback_on_step_end_tensor_inputs must be in {self._callback_tensor_inputs}, got {bad}")
-        return thetas, alphas
+            raise RequestError("callback_on_step_end_tensor_inputs",
+                               f"callback_on_step_end_tensor_inputs must be in {self._callback_tensor_inputs}, got {bad}")
+        return settings
 
     def _negative(self, negative_image_embeds) -> torch.Tensor | None:
         """The unconditional embedding (D,): the caller's, else the backend's own."""
@@ -273,19 +269,19 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
         backend refuses the options it does not take, naming them.
         Returns :class:`VSlerpPipelineOutput` (images row-major over thetas × alphas).
         """
-        settings = RenderSettings.of_call(self, num_inference_steps, guidance_scale, height, width, max_batch_size,
-                                          output_type, callback_on_step_end, callback_on_step_end_tensor_inputs,
-                                          super_res_num_inference_steps, negative_image_embeds, latents,
-                                          strength=strength, prompt=prompt, negative_prompt=negative_prompt,
-                                          noise_level=noise_level, ip_adapter_scale=ip_adapter_scale)
-        settings.check_options(self.backend, self._backend_options)
-        cb_inputs = self._check_backend(settings, target)
-        thetas, alphas = self.check_inputs(source, target, thetas, alphas, num_inference_steps,
-                                           settings.guidance_scale, settings.height, settings.width, max_batch_size,
-                                           output_type, generator, latents, cb_inputs, allow_extrapolation)
-        settings.check_size(self.size_rule(), max_size)  # the caps of vslerp.pipelines.limits
-        limits.check_cells(len(thetas) * len(alphas), max_cells=max_cells)
-        settings.check_steps(self._min_steps, prior_num_inference_steps)
+        check_input("source", source, prompt=False)
+        check_input("target", target, prompt=True)
+        check_generator("generator", generator)
+        request = self.check_request(dict(
+            thetas=thetas, alphas=alphas, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            height=height, width=width, max_batch_size=max_batch_size, output_type=output_type,
+            allow_extrapolation=allow_extrapolation, prior_num_inference_steps=prior_num_inference_steps,
+            super_res_num_inference_steps=super_res_num_inference_steps, max_size=max_size, max_cells=max_cells,
+            strength=strength, prompt=prompt, negative_prompt=negative_prompt, noise_level=noise_level,
+            ip_adapter_scale=ip_adapter_scale))
+        settings = self._settings(request, target, latents, negative_image_embeds, callback_on_step_end,
+                                  callback_on_step_end_tensor_inputs)
+        thetas, alphas = list(request.thetas), list(request.alphas)
         stats = self._statistics_for(statistics)
         photo = init_photo("", image, source, settings.strength)
         if generator is None:
@@ -320,7 +316,8 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
                      callback_on_step_end_tensor_inputs=("latents",), output_type: str = "pil",
                      super_res_num_inference_steps: int = 7, statistics=None, strength: float = 1.0,
                      prompt: str | None = None, negative_prompt: str | None = None, noise_level: int = 0,
-                     ip_adapter_scale: float | None = None) -> list[VSlerpPipelineOutput]:
+                     ip_adapter_scale: float | None = None, max_size: int = limits.MAX_SIZE,
+                     max_cells: int = limits.MAX_CELLS) -> list[VSlerpPipelineOutput]:
         """Render independent requests that share steps, guidance and size in one batched call.
 
         requests: dicts ``{"source": (D,) raw, "target": (D,) raw, "thetas": [...], "alphas": [...],
@@ -332,19 +329,18 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
         the pipeline's own. With ``strength`` < 1 each request gives the photo its cells start
         from as ``"image"`` (PIL or path). The backend options are shared by every request, as
         in :meth:`__call__`. A missing or unknown key is a ``ValueError`` naming the request and
-        the key (:func:`.inputs.check_request`). Returns one :class:`VSlerpPipelineOutput` per request, in order.
+        the key (:func:`.inputs.check_request`). Every request is checked as :meth:`__call__`
+        checks its own (:meth:`check_request`: ``max_size``, ``max_cells`` too). Returns one :class:`VSlerpPipelineOutput` per request, in order.
         """
-        settings = RenderSettings.of_call(self, num_inference_steps, guidance_scale, height, width, max_batch_size,
-                                          output_type, callback_on_step_end, callback_on_step_end_tensor_inputs,
-                                          super_res_num_inference_steps, negative_image_embeds,
-                                          strength=strength, prompt=prompt, negative_prompt=negative_prompt,
-                                          noise_level=noise_level, ip_adapter_scale=ip_adapter_scale)
+        shared = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, height=height,
+                      width=width, max_batch_size=max_batch_size, output_type=output_type,
+                      super_res_num_inference_steps=super_res_num_inference_steps, max_size=max_size,
+                      max_cells=max_cells, strength=strength, prompt=prompt, negative_prompt=negative_prompt,
+                      noise_level=noise_level, ip_adapter_scale=ip_adapter_scale)
+        settings = self._settings(self.check_request(shared), None, None, negative_image_embeds,
+                                  callback_on_step_end, callback_on_step_end_tensor_inputs)
         if not requests:
             return []
-        settings.check_options(self.backend, self._backend_options)
-        cb_inputs = self._check_backend(settings, None)
-        settings.check_size(self.size_rule())
-        settings.check_steps(self._min_steps)
         grids, noise, photos = [], [], []
         call_stats = self._statistics_for(statistics)
         for k, req in enumerate(requests):
@@ -352,12 +348,11 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
             generator = check_request(k, req)["generator"]
             if not isinstance(req.get("source"), torch.Tensor) or not isinstance(req.get("target"), torch.Tensor):
                 raise TypeError(f"{name}: source and target must be raw (D,) embeddings")
-            thetas, alphas = self.check_inputs(req["source"], req["target"], req["thetas"], req["alphas"],
-                                               num_inference_steps, settings.guidance_scale, settings.height,
-                                               settings.width, max_batch_size, output_type, generator, None,
-                                               cb_inputs, False)
             if generator is None:
                 raise TypeError(f"{name}: give each request its own torch.Generator")
+            check_generator(f"{name}: generator", generator)
+            axes = self.check_request({**shared, "thetas": req["thetas"], "alphas": req["alphas"]})
+            thetas, alphas = list(axes.thetas), list(axes.alphas)
             source_raw = check_embedding(f"{name} source", req["source"], self._dim())  # (D,)
             target_raw = check_embedding(f"{name} target", req["target"], self._dim())  # (D,)
             stats = call_stats if req.get("statistics") is None else self.check_statistics(req["statistics"])

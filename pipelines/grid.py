@@ -8,9 +8,6 @@ No diffusers pipeline and no model here — tensors in, tensors out.
 
 from __future__ import annotations
 
-import math
-import numbers
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,10 +15,10 @@ import torch
 from diffusers.utils import BaseOutput
 
 import vslerp
-from vslerp._checks import check_embedding_values, check_magnitude
+from vslerp.checks import check_embedding_values
 from vslerp.stats.scoring import estimated_conformity
 
-__all__ = ["Grid", "VSlerpPipelineOutput", "check_axis", "conformity_read_out", "distinct_rows",
+__all__ = ["Grid", "VSlerpPipelineOutput", "conformity_read_out", "distinct_rows",
            "join_chunks", "make_grid"]
 
 
@@ -41,41 +38,6 @@ class VSlerpPipelineOutput(BaseOutput):
     thetas: list
     alphas: list
     conformity: torch.Tensor
-
-
-def check_axis(name: str, values, allow_outside: bool) -> list[float]:
-    """``values`` (an ordered sequence of numbers, a numpy array, a tensor or one number, numpy
-    scalars included) as a non-empty list of finite floats, each in [0, 1] unless
-    ``allow_outside``; else ``TypeError``/``ValueError`` naming ``name`` (an unordered set or
-    dict, a generator, a string: ``TypeError``)."""
-    if isinstance(values, (numbers.Real, np.generic)) and not isinstance(values, (bool, np.bool_)):
-        values = [values]  # one number (numpy scalars too)
-    elif isinstance(values, torch.Tensor):
-        values = values.detach().reshape(-1).tolist()
-    elif isinstance(values, np.ndarray):
-        values = values.reshape(-1).tolist()
-    elif isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        # a set, dict (or its keys), generator or iterator has no order one can rely on (or is
-        # used up once): the grid's rows and columns follow the order given
-        raise TypeError(f"{name} must be an ordered list of numbers (list, tuple, range, numpy array or "
-                        f"tensor), got {type(values).__name__}")
-    try:
-        out = [float(v) for v in values]
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a list of numbers, got {values!r}") from None
-    if not out:
-        raise ValueError(f"{name} is empty: give at least one value")
-    bad = [v for v in out if not math.isfinite(v)]
-    if bad:
-        raise ValueError(f"{name} must be finite, got {bad[0]}")
-    check_magnitude(name[:-1] if name.endswith("s") else name, out)  # "theta 1e+308 is too large"
-    if not allow_outside:
-        outside = [v for v in out if not 0.0 <= v <= 1.0]
-        if outside:
-            raise ValueError(
-                f"{name} value {outside[0]} is outside [0, 1]: pass allow_extrapolation=True to extrapolate"
-            )
-    return out
 
 
 def distinct_rows(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,16 +9,15 @@ null byte``, ``UnicodeEncodeError``). :func:`image_path_or_prompt` never raises.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from vslerp.defaults import IMAGE_SUFFIXES  # torch-free: the CLI's parser imports this module
 
-__all__ = ["IMAGE_SUFFIXES", "ImageOrPrompt", "check_embedding", "check_guidance", "check_positive_int",
-           "check_prompt", "check_request", "check_steps", "image_path_or_prompt", "init_photo", "is_image", "open_named_image", "options_given",
-           "first_refused", "refused_option", "OPTION_NAMES"]
+__all__ = ["IMAGE_SUFFIXES", "OPTION_NAMES", "ImageOrPrompt", "check_embedding", "check_generator", "check_input", "check_prompt", "check_request",
+           "first_refused", "image_path_or_prompt", "init_photo", "is_image", "open_named_image", "options_given",
+           "refused_option"]
 
 
 @dataclass(frozen=True)
@@ -193,13 +192,31 @@ def init_photo(name: str, image, source, strength: float):
                      f"not {'a ' + type(photo).__name__ if photo is not None else 'nothing'}")
 
 
+def check_input(name: str, value, prompt: bool) -> None:
+    """A source or target of a type the pipeline reads (``TypeError`` naming ``name``)."""
+    import torch
+
+    if not (is_image(value) or isinstance(value, (torch.Tensor, str, Path))):
+        what = "a PIL image, a numpy image, an image path" + (", a prompt" if prompt else "")
+        raise TypeError(f"{name} must be {what} or a (D,) tensor, got {type(value).__name__}")
+
+
+def check_generator(name: str, generator) -> None:
+    """One torch.Generator (or None): every cell shares its noise."""
+    import torch
+
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name} must be one torch.Generator (every cell shares its noise), "
+                        f"got {type(generator).__name__}")
+
+
 def check_embedding(name: str, raw, dim: int):
     """A raw image embedding given as (D,) or (1, D) → (D,) float32 on the CPU; ``ValueError``
     naming ``name`` for another shape, non-finite values, entries too large to render
-    (:data:`vslerp._checks.MAX_EMBEDDING_VALUE`) or the zero vector."""
+    (:data:`vslerp.checks.MAX_EMBEDDING_VALUE`) or the zero vector."""
     import torch
 
-    from vslerp._checks import check_embedding_values
+    from vslerp.checks import check_embedding_values
 
     raw = raw.detach()
     if raw.ndim == 2 and raw.shape[0] == 1:
@@ -215,27 +232,3 @@ def check_embedding(name: str, raw, dim: int):
     if not bool((raw != 0).any()):
         raise ValueError(f"{name} embedding is the zero vector")
     return raw
-
-
-def check_positive_int(name: str, value) -> int:
-    """``value`` if it is an int ≥ 1 (not a bool), else ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def check_steps(name: str, value, low: int) -> int:
-    """A step count: an int ≥ ``low`` (UnCLIPScheduler divides by steps − 1: ``low`` 2)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
-
-
-def check_guidance(value) -> float:
-    """A guidance scale: a finite number of a sane magnitude."""
-    from vslerp._checks import check_magnitude
-
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"guidance_scale must be a finite number, got {value!r}")
-    check_magnitude("guidance_scale", value)
-    return float(value)

@@ -227,7 +227,7 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
         latents = settings.latents
         if latents is not None and settings.strength < 1.0:
             raise ValueError("latents cannot be given with strength < 1: img2img starts from the photo's latents")
-        sized = isinstance(settings.height, int) and isinstance(settings.width, int)  # else check_inputs says
+        sized = isinstance(settings.height, int) and isinstance(settings.width, int)  # else the request says
         if isinstance(latents, torch.Tensor) and sized:
             shape = (1, self.unet.config.in_channels, settings.height // self.vae_scale_factor,
                      settings.width // self.vae_scale_factor)

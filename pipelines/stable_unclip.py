@@ -203,7 +203,7 @@ class VSlerpStableUnCLIPPipeline(VSlerpBasePipeline):
             raise ValueError("negative_image_embeds is not supported by the stable-unclip backend (diffusers' "
                              "StableUnCLIPImg2ImgPipeline guides against the all-zeros embedding)")
         latents = settings.latents
-        sized = isinstance(settings.height, int) and isinstance(settings.width, int)  # else check_inputs says
+        sized = isinstance(settings.height, int) and isinstance(settings.width, int)  # else the request says
         if isinstance(latents, torch.Tensor) and sized:
             if latents.ndim == 3:
                 settings.latents = latents = latents[None]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from vslerp._checks import check_embedding_values
+from vslerp.checks import check_embedding_values
 from vslerp.stats import Statistics, check_compatible, encoder_fingerprint
 from vslerp.stats import load as load_statistics
 

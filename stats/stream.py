@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vslerp._checks import check_int
+from vslerp.checks import check_int
 
 from . import data
 from .data import Caption, ImageItem, UnreadableImage

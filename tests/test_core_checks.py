@@ -1,6 +1,6 @@
 """Bad tensors at the core's boundary (issue 17): complex, empty, absurd t/alpha, overflow.
 
-Every public core function that takes a tensor goes through ``vslerp._checks.as_tensor``, so
+Every public core function that takes a tensor goes through ``vslerp.checks.as_tensor``, so
 complex and empty tensors are refused by name everywhere; θ and α are bounded by
 ``check_magnitude``; :class:`vslerp.MomentAccumulator` never stores inf/NaN sums.
 """
@@ -211,7 +211,7 @@ def test_a_representable_slerp_of_huge_vectors_is_not_refused():
 
 
 def test_check_embedding_values_names_the_argument():
-    from vslerp._checks import MAX_EMBEDDING_VALUE, check_embedding_values
+    from vslerp.checks import MAX_EMBEDDING_VALUE, check_embedding_values
 
     check_embedding_values("source embedding", torch.full((3,), MAX_EMBEDDING_VALUE))
     with pytest.raises(ValueError, match=r"^source embedding has an entry of magnitude 3e\+38"):

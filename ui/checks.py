@@ -1,21 +1,23 @@
 """The CLI's cheap checks, each a one-line :class:`~vslerp.ui.cli.CLIError`, before any model loads.
 
-Inputs (SOURCE/TARGET, value lists, θ, --device, --stats, sizes and cell counts) and outputs
+Inputs (SOURCE/TARGET, value lists, --device, --stats) and outputs
 (writable, not an input, not another run's, stale leftovers of a killed run). Used by grid,
 animate, batch and the stats commands; the model folders are checked by :mod:`vslerp.ui.models`.
+The render commands' pre-flight (:func:`check_request` for each spec, :func:`preflight` once)
+checks a spec as the pipeline's ``RenderRequest``, its fields named by the CLI's flags.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
+import re
 from pathlib import Path
 
 from vslerp.ui.cli import CLIError
 
-__all__ = ["check_cells", "check_device", "check_limits", "check_loader", "check_main_output", "check_place",
-           "check_stale_sidecar", "check_thetas", "image_ref", "load_stats", "own", "refuse_inputs",
+__all__ = ["FLAGS", "JOB_KEYS", "check_cells", "check_device", "check_loader", "check_main_output", "check_place",
+           "check_request", "check_stale_sidecar", "image_ref", "load_stats", "own", "preflight", "refuse_inputs",
            "short", "values"]
 
 
@@ -58,8 +60,8 @@ def short(text: str, limit: int = 60) -> str:
 
 
 def values(given, name: str, default) -> tuple[float, ...]:
-    """θ or α values: an option's text (``0,0.5,1`` / ``start:stop:count``), a JSON list (a job,
-    a sidecar) or, when None, ``default``; finite, of sane magnitude."""
+    """θ or α values parsed: an option's text (``0,0.5,1`` / ``start:stop:count``), a JSON list (a
+    job, a sidecar) or, when None, ``default`` (their ranges: :func:`check_request`)."""
     from vslerp.ui.outputs import parse_values
 
     if given is None:
@@ -67,16 +69,9 @@ def values(given, name: str, default) -> tuple[float, ...]:
     if isinstance(given, (list, tuple)):
         if not given:
             raise CLIError(f"{name}: empty list of values")
-        bad = [v for v in given if isinstance(v, bool) or not isinstance(v, (int, float))
-               or not math.isfinite(v)]
+        bad = [v for v in given if isinstance(v, bool) or not isinstance(v, (int, float))]
         if bad:
-            raise CLIError(f"{name} must be finite numbers, got {json.dumps(bad[0])}")
-        from vslerp._checks import check_magnitude
-
-        try:
-            check_magnitude(name.rstrip("s"), given)
-        except ValueError as err:
-            raise CLIError(f"{name}: {err}") from None
+            raise CLIError(f"{name} must be numbers, got {json.dumps(bad[0])}")
         return tuple(float(v) for v in given)
     if not isinstance(given, str):  # a job's or sidecar's 5, true, {...}
         from vslerp.stats.jsonfile import json_type
@@ -90,16 +85,6 @@ def values(given, name: str, default) -> tuple[float, ...]:
         raise CLIError(f"--{err}" if not str(err).startswith("--") else str(err)) from None
 
 
-def check_thetas(thetas, allow_extrapolation: bool, where: str = "--thetas") -> None:
-    """:func:`vslerp.ui.render.check_thetas` as one CLI line naming ``where``."""
-    from vslerp.ui.render import check_thetas as check
-
-    try:
-        check(thetas, allow_extrapolation, hint=" (pass --allow-extrapolation to extrapolate)")
-    except ValueError as err:
-        raise CLIError(f"{where}: {err}") from None
-
-
 def check_device(device) -> None:
     """A bad ``--device`` (``banana``; ``cuda`` without CUDA) is one line: ``vslerp.stats.parse_device``."""
     if device is None:
@@ -110,23 +95,6 @@ def check_device(device) -> None:
         parse_device(device)
     except (ValueError, TypeError) as err:
         raise CLIError(f"--{err}") from None
-
-
-def check_limits(spec, max_size: int | None, max_cells: int | None, cells: int, where: str = "") -> None:
-    """``spec.size`` by the model's rule and the caps of :mod:`vslerp.pipelines.limits` (lifted by
-    ``--max-size``/``--max-cells``), read from the model folder before it loads."""
-    from vslerp.pipelines import limits
-
-    factor, fixed = limits.size_rule(spec.model)
-    try:
-        if spec.size is not None:
-            limits.check_size("size", spec.size, factor=factor, fixed=fixed,
-                              max_size=max_size or limits.MAX_SIZE, lift="--max-size ")
-        limits.check_cells(cells, max_cells=max_cells or limits.MAX_CELLS, lift="--max-cells ",
-                           what="cells (θ × α)")
-    except ValueError as err:
-        raise CLIError(f"{where}{err}" if where else f"--{err}" if str(err).startswith("size")
-                       else str(err)) from None
 
 
 def check_loader(args) -> None:
@@ -242,3 +210,72 @@ def check_cells(cells: list[Path], out: Path) -> None:
         if Path(owner) != out.resolve() and Path(owner).exists():
             raise CLIError(f"cell {path} belongs to the grid {owner} (pass --overwrite to "
                            "replace it, or use another --cells-dir)")
+
+
+# -- the render commands' pre-flight ----------------------------------------------------------
+# a request's field -> the flag that sets it
+FLAGS = {"thetas": "--thetas", "alphas": "--alphas", "num_inference_steps": "--steps", "guidance_scale": "--guidance",
+         "height": "--size", "width": "--size", "max_batch_size": "--batch-size",
+         "prior_num_inference_steps": "--prior-steps", "seed": "--seed", "strength": "--strength",
+         "prompt": "--prompt", "negative_prompt": "--negative-prompt", "noise_level": "--noise-level",
+         "ip_adapter_scale": "--ip-adapter-scale", "max_cells": "--max-cells", "max_size": "--max-size",
+         "allow_extrapolation": "--allow-extrapolation"}
+# ... and the key of a jobs file's line
+JOB_KEYS = {**{field: field for field in FLAGS}, "num_inference_steps": "steps", "guidance_scale": "guidance",
+            "height": "size", "width": "size"}
+
+
+def check_request(spec, max_size: int | None, max_cells: int | None, where: str = "", flags: dict = FLAGS):
+    """``spec`` (a :class:`~vslerp.ui.render.RenderSpec`) as a checked ``RenderRequest``, its size by
+    the model's rule read from the model folder; ``where`` prefixes a refusal (a jobs file's line),
+    which names the field by ``flags``."""
+    from vslerp.pipelines import limits
+    from vslerp.pipelines.request import RenderRequest, RequestError
+
+    fields = {"thetas": spec.thetas, "alphas": spec.alphas, "num_inference_steps": spec.steps,
+              "guidance_scale": spec.guidance, "height": spec.size, "width": spec.size,
+              "max_batch_size": spec.batch_size, "prior_num_inference_steps": spec.prior_steps, "seed": spec.seed,
+              "allow_extrapolation": bool(spec.allow_extrapolation), "max_size": max_size or limits.MAX_SIZE,
+              "max_cells": max_cells or limits.MAX_CELLS, **spec.options}
+    try:
+        request = RenderRequest.from_fields(fields)
+        if spec.size is not None:
+            factor, fixed = limits.size_rule(spec.model)
+            limits.check_size("size", spec.size, factor=factor, fixed=fixed, max_size=request.max_size,
+                              lift="--max-size ")
+    except RequestError as err:
+        text = str(err).replace("allow_extrapolation=True", "--allow-extrapolation").replace(
+            "max_cells=", "--max-cells ")
+        # "strength 0.2 with num_inference_steps 2" -> "--strength 0.2 with --steps 2"
+        text = re.sub(r"(?<![\w-])([a-z_]+) (?=-?[\d.])", lambda m: flags.get(m.group(1), m.group(1)) + " ", text)
+        flag = flags.get(err.field, err.field)
+        if err.field == "max_cells":  # "25 cells in one call is more than the limit 24 (raise it with ...)"
+            said = text
+        elif text.startswith((err.field, flag)):
+            said = text if text.startswith(flag) else flag + text[len(err.field):]
+        else:
+            said = f"{flag}: {text}"
+        raise CLIError(where + said) from None
+    except ValueError as err:  # the size rule
+        raise CLIError(f"{where}{err}" if where else f"--{err}") from None
+    return request
+
+
+def preflight(specs, outputs: dict, inputs: dict, check_outputs=None, *, origins=None, model_origin: str = "",
+              prior_origin: str = "", stats_origin: str = ""):
+    """What every render command checks once before loading: no output replaces an input, the
+    command's own outputs (``check_outputs()``), the device, the model folders, each spec's
+    backend options, and the ``--stats`` file, loaded (returned; None without one).
+    origins: each spec's origin for its options' refusals."""
+    from vslerp.ui.models import check_backend_options, check_model_source
+
+    base = specs[0]
+    refuse_inputs(outputs, inputs)
+    if check_outputs is not None:
+        check_outputs()
+    check_device(base.device)
+    check_model_source(base.model, "--model", model_origin)
+    check_model_source(base.prior, "--prior", prior_origin)
+    for spec, origin in zip(specs, origins or [model_origin] * len(specs), strict=True):
+        check_backend_options(spec, origin)
+    return load_stats(base.stats, stats_origin)

@@ -64,17 +64,15 @@ def register(subparsers) -> None:
 def run_animate(args) -> int:
     from vslerp.pipelines import limits
     from vslerp.ui.checks import (
-        check_device,
-        check_limits,
+        FLAGS,
         check_main_output,
         check_place,
+        check_request,
         check_stale_sidecar,
         image_ref,
-        load_stats,
         own,
-        refuse_inputs,
+        preflight,
     )
-    from vslerp.ui.models import check_backend_options, check_model_source
     from vslerp.ui.outputs import check_fps, sidecar_path
     from vslerp.ui.sidecar import spec_from_options
 
@@ -90,26 +88,25 @@ def run_animate(args) -> int:
     spec = replace(spec_from_options(args), source=source, target=target,
                    thetas=tuple(i / (n - 1) for i in range(n)), alphas=(float(args.alpha),))
     max_cells = max(args.max_cells or limits.MAX_CELLS, n)  # the frames' own limit applies
-    check_limits(spec, args.max_size, max_cells, n)
+    check_request(spec, args.max_size, max_cells, flags={**FLAGS, "alphas": "--alpha"})
     sidecar = sidecar_path(args.out)
-    refuse_inputs({"--out": args.out, "the sidecar": sidecar},
-                  {"SOURCE": source.get("path"), "TARGET": target.get("path"), "--stats": spec.stats})
-    check_main_output(args.out, args.overwrite)
-    check_place(sidecar, "the sidecar")  # a FIFO there is refused, never read
-    if not args.overwrite:
-        check_stale_sidecar(sidecar)
-    if args.out.suffix.lower() == ".mp4":
-        try:
-            import imageio_ffmpeg
 
-            imageio_ffmpeg.get_ffmpeg_exe()
-        except (ImportError, RuntimeError) as err:
-            raise CLIError(f"MP4 needs imageio-ffmpeg (pip install 'vslerp[video]'): {err}") from None
-    check_device(spec.device)
-    check_model_source(spec.model, "--model")
-    check_model_source(spec.prior, "--prior")
-    check_backend_options(spec)
-    stats = load_stats(spec.stats)
+    def check_outputs():
+        check_main_output(args.out, args.overwrite)
+        check_place(sidecar, "the sidecar")  # a FIFO there is refused, never read
+        if not args.overwrite:
+            check_stale_sidecar(sidecar)
+        if args.out.suffix.lower() == ".mp4":
+            try:
+                import imageio_ffmpeg
+
+                imageio_ffmpeg.get_ffmpeg_exe()
+            except (ImportError, RuntimeError) as err:
+                raise CLIError(f"MP4 needs imageio-ffmpeg (pip install 'vslerp[video]'): {err}") from None
+
+    stats = preflight([spec], {"--out": args.out, "the sidecar": sidecar},
+                      {"SOURCE": source.get("path"), "TARGET": target.get("path"), "--stats": spec.stats},
+                      check_outputs)
     with own(args.out, sidecar):
         check_main_output(args.out, args.overwrite)  # owned now: checked again
         return _animate(args, spec, stats, max_cells, sidecar)

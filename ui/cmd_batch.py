@@ -70,9 +70,8 @@ _RENDERED = ("thetas", "alphas", "seed", "steps", "size", "guidance")  # a job's
 
 
 def _job_number(job: dict, key: str, default, where: str):
-    """A job's seed/steps/size (JSON integers, not bools) or guidance (a finite number)."""
-    from vslerp.ui.render import check_seed
-
+    """A job's seed/steps/size (JSON integers, not bools) or guidance (a number), parsed (their
+    ranges: :func:`vslerp.ui.checks.check_request`)."""
     value = job.get(key, default)
     shown = json.dumps(value)
     if value is None and key in ("size", "guidance"):
@@ -84,13 +83,6 @@ def _job_number(job: dict, key: str, default, where: str):
         return float(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise CLIError(f"{where}: {key} must be an integer, got {shown}")
-    if key == "seed":
-        try:
-            return check_seed(value)
-        except ValueError as err:
-            raise CLIError(f"{where}: {err}") from None
-    if key in ("steps", "size") and value < 1:
-        raise CLIError(f"{where}: {key} must be ≥ 1, got {value}")
     return value
 
 
@@ -110,7 +102,7 @@ def _read_jobs(path: Path, args, base) -> list[dict]:
     """Parse and check every job (paths, values, names) before any model is loaded; each job's
     ``spec`` is ``base`` (the options') with the job's own inputs, axes and numbers."""
     from vslerp.stats.jsonfile import parse_json
-    from vslerp.ui.checks import check_limits, check_thetas, image_ref, values
+    from vslerp.ui.checks import JOB_KEYS, check_request, image_ref, values
     from vslerp.ui.render import RenderSpec
 
     if path.is_dir():
@@ -144,7 +136,6 @@ def _read_jobs(path: Path, args, base) -> list[dict]:
             alphas = values(job.get("alphas"), "alphas", RenderSpec.alphas)
             source = image_ref("source", job["source"], False, base=path.parent)
             target = image_ref("target", job["target"], True, base=path.parent)
-            check_thetas(thetas, base.allow_extrapolation, "thetas")
         except CLIError as err:
             raise CLIError(f"{where}: {str(err).lstrip('-')}") from None
         name = job.get("name", f"job{number:04d}")
@@ -158,7 +149,7 @@ def _read_jobs(path: Path, args, base) -> list[dict]:
                    for key in ("seed", "steps", "size", "guidance")}
         spec = replace(base, source=source, target=target, thetas=thetas, alphas=alphas, **numbers,
                        **_job_options(job, where))
-        check_limits(spec, args.max_size, args.max_cells, spec.cells, where=f"{where}: ")
+        check_request(spec, args.max_size, args.max_cells, where=f"{where}: ", flags=JOB_KEYS)
         jobs.append({"line": number, "name": name, "spec": spec})
     if not jobs:
         raise CLIError(f"jobs file {path} has no jobs")
@@ -278,8 +269,7 @@ class _CellProgress:
 
 
 def run_batch(args) -> int:
-    from vslerp.ui.checks import check_device, check_place, load_stats, own, refuse_inputs
-    from vslerp.ui.models import check_backend_options, check_model_source
+    from vslerp.ui.checks import check_place, own, preflight
     from vslerp.ui.sidecar import spec_from_options
 
     base = replace(spec_from_options(args), labels=not args.no_labels)
@@ -292,15 +282,13 @@ def run_batch(args) -> int:
                 inputs[f"{key} of line {job['line']}"] = ref["path"]
     outputs = {f"the {kind} of line {job['line']}": args.out_dir / f"{job['name']}{suffix}"
                for job in jobs for kind, suffix in (("grid", ".png"), ("sidecar", ".json"))}
-    refuse_inputs(outputs, inputs)
-    check_place(args.out_dir, "--out-dir", folder=True)
-    _regular_outputs(outputs)
-    check_device(base.device)
-    check_model_source(base.model, "--model")
-    check_model_source(base.prior, "--prior")
-    for job in jobs:
-        check_backend_options(job["spec"], f" ({args.jobs}:{job['line']})")
-    stats = load_stats(base.stats)
+
+    def check_outputs():
+        check_place(args.out_dir, "--out-dir", folder=True)
+        _regular_outputs(outputs)
+
+    stats = preflight([job["spec"] for job in jobs], outputs, inputs, check_outputs,
+                      origins=[f" ({args.jobs}:{job['line']})" for job in jobs])
     with own(folders=(args.out_dir,)):
         return _batch(args, jobs, stats)
 

@@ -96,22 +96,17 @@ def _spec(args):
 def run_grid(args) -> int:
     from vslerp.ui.checks import (
         check_cells,
-        check_device,
-        check_limits,
         check_main_output,
         check_place,
+        check_request,
         check_stale_sidecar,
-        check_thetas,
-        load_stats,
         own,
-        refuse_inputs,
+        preflight,
     )
-    from vslerp.ui.models import check_backend_options, check_model_source
     from vslerp.ui.outputs import sidecar_path
 
     spec, meta, origin = _spec(args)
-    check_thetas(spec.thetas, spec.allow_extrapolation)
-    check_limits(spec, args.max_size, args.max_cells, spec.cells)
+    check_request(spec, args.max_size, args.max_cells)
     if args.out.suffix.lower() != ".png":
         raise CLIError(f"--out must be a .png file, got {args.out}")
     sidecar = sidecar_path(args.out)
@@ -119,24 +114,25 @@ def run_grid(args) -> int:
     if args.cells_dir is not None:
         cells = [args.cells_dir / f"r{r:02d}_c{c:02d}.png"
                  for r in range(len(spec.thetas)) for c in range(len(spec.alphas))]
-    refuse_inputs({"--out": args.out, "the sidecar": sidecar,
-                   **{f"--cells-dir cell {path.name}": path for path in cells}},
-                  {"SOURCE": spec.source.get("path"), "TARGET": spec.target.get("path"),
-                   "--from": args.from_, "--stats": spec.stats})
-    check_main_output(args.out, args.overwrite)
-    check_place(sidecar, "the sidecar")  # a FIFO there is refused, never read
-    if not args.overwrite:
-        check_stale_sidecar(sidecar)
-    if args.cells_dir is not None:
-        check_place(args.cells_dir, "--cells-dir", folder=True)
-        _regular_cells(cells)
+
+    def check_outputs():
+        check_main_output(args.out, args.overwrite)
+        check_place(sidecar, "the sidecar")  # a FIFO there is refused, never read
         if not args.overwrite:
-            check_cells(cells, args.out)
-    check_device(spec.device)
-    check_model_source(spec.model, "--model", origin if args.model is None else "")
-    check_model_source(spec.prior, "--prior", origin if args.prior is None else "")
-    check_backend_options(spec, origin)
-    stats = load_stats(spec.stats, origin if args.stats is None else "")
+            check_stale_sidecar(sidecar)
+        if args.cells_dir is not None:
+            check_place(args.cells_dir, "--cells-dir", folder=True)
+            _regular_cells(cells)
+            if not args.overwrite:
+                check_cells(cells, args.out)
+
+    stats = preflight([spec], {"--out": args.out, "the sidecar": sidecar,
+                               **{f"--cells-dir cell {path.name}": path for path in cells}},
+                      {"SOURCE": spec.source.get("path"), "TARGET": spec.target.get("path"),
+                       "--from": args.from_, "--stats": spec.stats}, check_outputs,
+                      model_origin=origin if args.model is None else "",
+                      prior_origin=origin if args.prior is None else "",
+                      stats_origin=origin if args.stats is None else "", origins=[origin])
     with own(args.out, sidecar, folders=(args.cells_dir,)):
         # owned now: checked again, as another run may have finished in between
         check_main_output(args.out, args.overwrite)

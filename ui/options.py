@@ -76,14 +76,14 @@ def seed_arg(text: str) -> int:
 
 
 def finite_float(text: str) -> float:
-    """argparse type: a finite number of sane magnitude (|x| ≤ 1e6, ``vslerp._checks``)."""
+    """argparse type: a finite number of sane magnitude (|x| ≤ 1e6, ``vslerp.checks``)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
-    from vslerp._checks import check_magnitude  # imports torch: only once a value is given
+    from vslerp.checks import check_magnitude  # imports torch: only once a value is given
 
     try:
         check_magnitude("value", value)

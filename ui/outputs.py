@@ -19,7 +19,6 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
-from vslerp._checks import check_magnitude
 from vslerp.stats.outputs import TEMP_MARK, atomic_write
 
 __all__ = ["FPS_RANGES", "PNG_KEY", "check_fps", "file_sha256", "make_grid", "parse_values",
@@ -68,12 +67,6 @@ def parse_values(text: str, name: str) -> list[float]:
             raise ValueError(f"{name}: at most {_MAX_VALUES} values, got {len(values)}")
     if not all(math.isfinite(v) for v in values):
         raise ValueError(f"{name}: values must be finite, got {raw!r}")
-    singular = name.lstrip("-")
-    singular = singular[:-1] if singular.endswith("s") else singular
-    try:
-        check_magnitude(singular, values)  # "alpha 1e+308 is too large: |alpha| <= 1e+06"
-    except ValueError as err:
-        raise ValueError(f"{name}: {err}") from None
     return values
 
 

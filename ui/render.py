@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from vslerp.defaults import SEED_LIMIT
+from vslerp.pipelines.request import check_seed  # the request's, re-exported for the front ends
 
-__all__ = ["RenderSpec", "batch_key", "check_seed", "check_thetas", "effective_dtype", "load_pipeline", "render",
+__all__ = ["RenderSpec", "batch_key", "check_seed", "effective_dtype", "load_pipeline", "render",
            "render_many"]
 
 
@@ -69,28 +69,6 @@ class RenderSpec:
         return replace(self, size=size, guidance=float(guidance))
 
 
-def check_seed(value, name: str = "seed") -> int:
-    """``value`` if it is a whole number in [0, SEED_LIMIT) (torch's manual_seed range), else
-    ``ValueError`` naming ``name`` (``TypeError`` for a non-number)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a whole number, got {value!r}")
-    if isinstance(value, float) and not value.is_integer():
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    value = int(value)
-    if not 0 <= value < SEED_LIMIT:
-        raise ValueError(f"{name} must be in [0, 2**{SEED_LIMIT.bit_length() - 1}), got {value}")
-    return value
-
-
-def check_thetas(thetas, allow_extrapolation: bool = False, hint: str = "") -> None:
-    """θ lies in [0, 1] (the source .. the target) unless extrapolating; ``ValueError`` naming
-    the first θ outside, followed by ``hint`` (how the caller lifts it)."""
-    outside = [t for t in thetas if not 0.0 <= t <= 1.0]
-    if outside and not allow_extrapolation:
-        raise ValueError(f"θ={outside[0]:g} is outside [0, 1]: θ lies between 0 (the source) and "
-                         f"1 (the target){hint}")
-
-
 def effective_dtype(spec: RenderSpec) -> str:
     """The dtype a pipeline loaded for ``spec`` gets: its own, else the device's default rule."""
     if spec.dtype:
@@ -126,7 +104,7 @@ def load_pipeline(spec: RenderSpec, stats=None, progress: bool = True):
         warnings.simplefilter("always")
         pipe = VSlerpPipeline.from_pretrained(
             spec.model, prior=spec.prior, stats=stats,
-            torch_dtype=getattr(torch, spec.dtype) if spec.dtype else None,
+            dtype=getattr(torch, spec.dtype) if spec.dtype else None,
             device=spec.device if spec.device is not None else "auto", **adapter)
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)

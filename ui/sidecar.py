@@ -115,29 +115,22 @@ def _adapter_record(adapter) -> dict | None:
     return {"source": model_ref(repo), "subfolder": subfolder or "", "weight_name": weight}
 
 
+# the backend options, as a refusal says what each must be (the rule: vslerp.pipelines.request)
+_OPTIONS = {"strength": "a number in (0, 1]", "prompt": "text", "negative_prompt": "text",
+            "noise_level": "an integer ≥ 0", "ip_adapter_scale": "a number ≥ 0"}
+
+
 def recorded_options(meta: dict, where: str) -> dict:
     """The backend options a sidecar records (an older sidecar without them: the defaults),
     each checked: one CLI line naming the bad one."""
-    out = {}
-    strength = meta.get("strength", 1.0)
-    if strength is not None:
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-            raise CLIError(f"{where}: strength {strength!r} is not a number in (0, 1]")
-        out["strength"] = float(strength)
-    for key in ("prompt", "negative_prompt"):
-        value = meta.get(key)
-        if value is not None and not isinstance(value, str):
-            raise CLIError(f"{where}: {key} {value!r} is not text")
-        out[key] = value
-    level = meta.get("noise_level", 0)
-    if level is not None:
-        if isinstance(level, bool) or not isinstance(level, int) or level < 0:
-            raise CLIError(f"{where}: noise_level {level!r} is not an integer ≥ 0")
-        out["noise_level"] = level
-    scale = meta.get("ip_adapter_scale")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 <= scale):
-        raise CLIError(f"{where}: ip_adapter_scale {scale!r} is not a number ≥ 0")
-    out["ip_adapter_scale"] = None if scale is None else float(scale)
+    from vslerp.pipelines.request import RequestError, check_options
+
+    given = {"strength": 1.0, "noise_level": 0, **{key: meta.get(key) for key in _OPTIONS if meta.get(key) is not None}}
+    given |= {key: meta.get(key) for key in ("prompt", "negative_prompt", "ip_adapter_scale")}
+    try:
+        out = check_options(**given)
+    except RequestError as err:
+        raise CLIError(f"{where}: {err.field} {given[err.field]!r} is not {_OPTIONS[err.field]}") from None
     adapter = meta.get("ip_adapter")
     if adapter is not None:
         parts = [adapter.get(k) if isinstance(adapter, dict) else None

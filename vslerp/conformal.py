@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import as_tensor, check_finite, check_nonzero_rows, compute_dtype
+from .checks import as_tensor, check_finite, check_nonzero_rows, compute_dtype
 
 __all__ = [
     "ConformityFit",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import (
+from .checks import (
     as_tensor,
     check_finite,
     check_int,

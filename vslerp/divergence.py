@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import as_tensor, check_finite, check_int, check_values, compute_dtype
+from .checks import as_tensor, check_finite, check_int, check_values, compute_dtype
 from .conformal import _check_matrix, conformity
 
 __all__ = ["ConformityKL", "conformity_kl_vs_alpha", "histogram", "kl_divergence"]

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ._checks import as_tensor, check_finite, check_magnitude, check_nonzero_rows, compute_dtype
+from .checks import as_tensor, check_finite, check_magnitude, check_nonzero_rows, compute_dtype
 
 __all__ = ["angle", "slerp", "vslerp"]
 

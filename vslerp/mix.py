@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import as_tensor, check_finite, check_int, check_magnitude, compute_dtype
+from .checks import as_tensor, check_finite, check_int, check_magnitude, compute_dtype
 from .interp import check_result, unit
 
 __all__ = ["MixCoefficients", "vmix", "vmix_coefficients"]

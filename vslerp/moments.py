@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import as_tensor, check_finite
+from .checks import as_tensor, check_finite
 from .conformal import _CHUNK, _check_matrix, _row_norms
 
 __all__ = [

@@ -87,7 +87,7 @@ def seed_value(seed) -> int:
 
 def settings(steps, guidance, size) -> tuple[int, float, int]:
     """Steps, guidance and size checked as the page's sliders bound them (API callers too)."""
-    from vslerp._checks import check_magnitude
+    from vslerp.checks import check_magnitude
 
     def whole(name, value, low, high):
         a_number(name.lower(), value)
@@ -115,25 +115,21 @@ def settings(steps, guidance, size) -> tuple[int, float, int]:
 def axis(name: str, symbol: str, values, lies_in_0_1: bool) -> tuple[float, ...]:
     """θ or α values as floats, each named if it is not a number (θ: in 0..1); symbol: "theta"
     or "alpha" (a key of :data:`LABELS` too)."""
-    from vslerp._checks import check_magnitude
-    from vslerp.ui.render import check_thetas
+    from vslerp.pipelines.request import check_axis
 
     out = []
     for value in values:
         a_number(symbol, value)
         try:
-            value = float(value)
-            check_magnitude(symbol, value)
-        except TypeError:
+            out.append(float(value))
+        except (TypeError, ValueError):
             raise EditorError(f"{name} must be a number, got {value!r}.") from None
-        except ValueError as err:  # "alpha 1e+308 is too large: |alpha| <= 1e+06"
-            raise EditorError(sentence(err)) from None
-        out.append(value)
-    if lies_in_0_1:
-        try:
-            check_thetas(out, hint=". (`vslerp grid --allow-extrapolation` renders θ outside 0..1.)")
-        except ValueError as err:
-            raise EditorError(sentence(err)) from None
+    try:
+        check_axis(f"{symbol}s", out, not lies_in_0_1)
+    except ValueError as err:  # "alpha 1e+308 is too large: |alpha| <= 1e+06"
+        raise EditorError(sentence(str(err).replace(
+            "; pass allow_extrapolation=True to extrapolate",
+            ". (`vslerp grid --allow-extrapolation` renders θ outside 0..1.)"))) from None
     return tuple(out)
 
 
