@@ -144,7 +144,7 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
             warnings.warn("torch_dtype= is deprecated and will be removed in the next release: use dtype=",
                           FutureWarning, stacklevel=2)
             dtype = torch_dtype
-        return load_pipeline(cls, decoder_id_or_dir, prior=prior, stats=stats, torch_dtype=dtype,
+        return load_pipeline(cls, decoder_id_or_dir, prior=prior, stats=stats, dtype=dtype,
                              backend=backend, device=device, **kwargs)
 
     @classmethod

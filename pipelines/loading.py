@@ -71,7 +71,7 @@ def auto_device():
     return device
 
 
-def load_pipeline(cls, decoder_id_or_dir=None, prior=None, stats=None, torch_dtype=None, backend: str = "auto",
+def load_pipeline(cls, decoder_id_or_dir=None, prior=None, stats=None, dtype=None, backend: str = "auto",
                   device="auto", **kwargs):
     """``from_pretrained`` of every VSlerp pipeline class.
 
@@ -84,7 +84,7 @@ def load_pipeline(cls, decoder_id_or_dir=None, prior=None, stats=None, torch_dty
     stats: a statistics file path, a :class:`~vslerp.stats.Statistics`, a (D,) raw image-mean
         tensor, or None (the saved folder's statistics, else the mean the checkpoint holds: the
         Kandinsky or Karlo prior's ``clip_mean``, Stable unCLIP's ``image_normalizer`` mean).
-    torch_dtype: default :func:`vslerp.stats.encode.default_dtype` of the device (float16 on CUDA).
+    dtype: default :func:`vslerp.stats.encode.default_dtype` of the device (float16 on CUDA).
     backend: "auto" (``VSlerpPipeline``: from ``model_index.json``) or a backend's name
         ("kandinsky2.2", "unclip", "stable-unclip", "ip-adapter-sd", "ip-adapter-sdxl"); a
         backend's own class (``VSlerpUnCLIPPipeline``, ...) loads its backend.
@@ -112,7 +112,7 @@ def load_pipeline(cls, decoder_id_or_dir=None, prior=None, stats=None, torch_dty
     else:
         cls = pipeline_class(wanted)
     target = auto_device() if device == "auto" else (parse_device(device) if device is not None else None)
-    dtype = torch_dtype or (default_dtype(target) if target is not None else torch.float32)
+    dtype = dtype or (default_dtype(target) if target is not None else torch.float32)
     clip_image_processor_class()  # the class without torchvision, resolved without a warning
     adapter = {k: kwargs.pop(k) for k in IP_ADAPTER_ARGS if kwargs.get(k) is not None}
     if backend_record(wanted).encoder == "ip-adapter":
