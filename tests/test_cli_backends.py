@@ -35,14 +35,6 @@ def cli(capsys, *args):
     return code, out, err
 
 
-@pytest.fixture
-def no_models(monkeypatch):
-    def tripwire(*args, **kwargs):
-        raise AssertionError("a model was loaded for an error a cheap check should catch")
-
-    monkeypatch.setattr(VSlerpPipeline, "from_pretrained", tripwire)
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, tiny_kandinsky):
     """A source and a target image, the tiny Kandinsky's options, and a folder that holds a

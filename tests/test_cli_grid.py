@@ -54,15 +54,6 @@ def _sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-@pytest.fixture
-def no_models(monkeypatch):
-    """Fail the test if a model is loaded (the checks before loading must catch the error)."""
-    def tripwire(*args, **kwargs):
-        raise AssertionError("a model was loaded for an error a cheap check should catch")
-
-    monkeypatch.setattr(VSlerpPipeline, "from_pretrained", tripwire)
-
-
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, tiny_kandinsky):
     """Folder with a source image (random pixels are enough for the random encoder), a target

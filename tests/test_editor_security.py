@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,10 +18,11 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 import PIL.Image
 import pytest
 import torch
+from helpers import free_port as _free_port
+from helpers import save_random_image as _image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gr = pytest.importorskip("gradio")
@@ -32,16 +32,6 @@ httpx = pytest.importorskip("httpx")
 STEPS, SIZE = 2, 64
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _image(path, seed, size=40):
-    rng = np.random.default_rng(seed)
-    PIL.Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")

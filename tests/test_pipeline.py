@@ -8,6 +8,8 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from helpers import embedding, random_image
+from helpers import gen as _gen
 
 import vslerp
 from vslerp.pipelines import STATISTICS_FILE, VSlerpPipeline, VSlerpPipelineOutput
@@ -16,14 +18,6 @@ from vslerp.stats import Statistics
 
 STEPS, SIZE = 2, 64
 RENDER = {"num_inference_steps": STEPS, "height": SIZE, "width": SIZE, "output_type": "np"}
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_kandinsky):
-    prior_dir, decoder_dir = tiny_kandinsky
-    pipe = VSlerpPipeline.from_pretrained(decoder_dir, prior=prior_dir, device=None)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +33,7 @@ def diffusers_pipes(tiny_kandinsky):
 
 
 def _image(seed: int) -> PIL.Image.Image:
-    rng = np.random.default_rng(seed)
-    return PIL.Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    return random_image(seed, 40, 48)
 
 
 def _diffusers_render(decoder, image_embeds, negative, seed, scheduler=None):
@@ -53,12 +46,8 @@ def _diffusers_render(decoder, image_embeds, negative, seed, scheduler=None):
         decoder.scheduler = old
 
 
-def _gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
 def _emb(seed: int) -> torch.Tensor:
-    return torch.randn(TINY_DIM, generator=_gen(1000 + seed))  # (D,) raw
+    return embedding(1000 + seed)  # (D,) raw
 
 
 @pytest.mark.parametrize("scheduler_name", ["DDIMScheduler", "DDPMScheduler"])
