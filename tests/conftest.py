@@ -18,6 +18,20 @@ def tiny_kandinsky(tmp_path_factory):
     return make_tiny_kandinsky(tmp_path_factory.mktemp("tiny_kandinsky"))
 
 
+@pytest.fixture(scope="module")
+def prior(tiny_kandinsky):
+    """The tiny Kandinsky prior's folder (its CLIP encoders: what `vslerp stats compute --prior` reads)."""
+    return tiny_kandinsky[0]
+
+
+@pytest.fixture(scope="module")
+def encoders(prior):
+    """The tiny prior's CLIP encoders on the CPU (``vslerp.stats.load_encoders``)."""
+    import vslerp.stats as vs
+
+    return vs.load_encoders(prior, device="cpu")
+
+
 @pytest.fixture(scope="session")
 def tiny_unclip(tmp_path_factory):
     """The folder of a tiny random unCLIP/Karlo image-variation pipeline (read-only: tests save elsewhere)."""

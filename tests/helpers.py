@@ -65,3 +65,15 @@ def mean_statistics(path, seed: int = 0):
     from vslerp.stats import Statistics
 
     return Statistics.from_mean(embedding(seed)).save(path)
+
+
+def cli(capsys, *args):
+    """``main([...])`` in-process → (exit status, stdout, stderr)."""
+    from vslerp.ui.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err

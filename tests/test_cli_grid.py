@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import cli
 from PIL import Image
 
 from vslerp.pipelines import VSlerpPipeline
-from vslerp.ui.cli import main
 from vslerp.ui.outputs import read_png_metadata, save_png
 
 VSLERP = str(Path(sys.executable).with_name("vslerp"))  # the installed console script
@@ -34,16 +34,6 @@ def vslerp(*args, cwd=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([VSLERP, *map(str, args)], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=300)
-
-
-def cli(capsys, *args):
-    """``main([...])`` in-process → (exit status, stdout, stderr)."""
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:  # argparse's own errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _lines(text):

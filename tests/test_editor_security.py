@@ -30,19 +30,14 @@ gradio_client = pytest.importorskip("gradio_client")
 httpx = pytest.importorskip("httpx")
 
 STEPS, SIZE = 2, 64
-
-
+PIPE_KWARGS = {"device": "cpu"}  # the conftest pipe's
 
 
 @pytest.fixture(scope="module")
-def served(tiny_kandinsky, tmp_path_factory):
+def served(pipe, tmp_path_factory):
     """(the editor, its page launched on a free port)."""
-    from vslerp.pipelines import VSlerpPipeline
     from vslerp.ui.editor import Editor, build_page
 
-    prior_dir, decoder_dir = tiny_kandinsky
-    pipe = VSlerpPipeline.from_pretrained(decoder_dir, prior=prior_dir, device="cpu")
-    pipe.set_progress_bar_config(disable=True)
     editor = Editor(pipe, tiny_random=True, out_dir=tmp_path_factory.mktemp("security_out"))
     demo = build_page(editor, concurrency=1)
     demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,

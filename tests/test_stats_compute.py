@@ -95,16 +95,6 @@ def dataset(tmp_path_factory):
     return _write_dataset(tmp_path_factory.mktemp("coco"))
 
 
-@pytest.fixture(scope="module")
-def prior(tiny_kandinsky):
-    return tiny_kandinsky[0]
-
-
-@pytest.fixture(scope="module")
-def encoders(prior):
-    return vs.load_encoders(prior, device="cpu")
-
-
 def _compute(out: Path, prior, images=None, captions=None, *extra) -> int:
     argv = ["stats", "compute", "--prior", str(prior), "--out", str(out), "--no-progress",
             "--num-workers", "0", "--batch-size", "5", "--shard-size", "7"]

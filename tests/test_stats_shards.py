@@ -78,16 +78,6 @@ def data(tmp_path_factory):
     return root, shards
 
 
-@pytest.fixture(scope="module")
-def prior(tiny_kandinsky):
-    return tiny_kandinsky[0]
-
-
-@pytest.fixture(scope="module")
-def encoders(prior):
-    return vs.load_encoders(prior, device="cpu")
-
-
 PATTERN = "shards/{00000..00003}.tar"
 
 
