@@ -16,12 +16,14 @@ from pathlib import Path
 
 import torch
 
-from .testing import TINY_DIM, TINY_IMAGE_SIZE, make_tiny_clip_tokenizer
+from .testing import (
+    make_tiny_clip_tokenizer,
+    tiny_clip_image_processor,
+    tiny_clip_text_config,
+    tiny_clip_vision_config,
+)
 
 __all__ = ["make_tiny_clip_model", "make_tiny_encoder_repos"]
-
-_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 def _vision_folder(folder: Path) -> Path:
@@ -36,14 +38,7 @@ def make_tiny_clip_model(root: str | Path, vision_from: str | Path | None = None
     vision_from: None (a new random ``TINY_DIM``-d vision tower) or a folder whose
     ``CLIPVisionModelWithProjection`` becomes the vision tower, weights included.
     """
-    from transformers import (
-        CLIPConfig,
-        CLIPImageProcessor,
-        CLIPModel,
-        CLIPTextConfig,
-        CLIPVisionConfig,
-        CLIPVisionModelWithProjection,
-    )
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionModelWithProjection
 
     root = Path(root)
     out = root / name
@@ -54,16 +49,9 @@ def make_tiny_clip_model(root: str | Path, vision_from: str | Path | None = None
         vision = CLIPVisionModelWithProjection.from_pretrained(_vision_folder(vision_from))
         vision_config = vision.config
     else:
-        vision_config = CLIPVisionConfig(
-            hidden_size=TINY_DIM, projection_dim=TINY_DIM, num_hidden_layers=2,
-            num_attention_heads=4, image_size=TINY_IMAGE_SIZE, intermediate_size=37,
-            patch_size=8, num_channels=3)
+        vision_config = tiny_clip_vision_config()
     dim = int(vision_config.projection_dim)
-    text_config = CLIPTextConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, hidden_size=32, projection_dim=dim,
-        intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2,
-        vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length)
+    text_config = tiny_clip_text_config(tokenizer, projection_dim=dim)
     model = CLIPModel(CLIPConfig(text_config=text_config.to_dict(),
                                  vision_config=vision_config.to_dict(), projection_dim=dim)).eval()
     if vision is not None:
@@ -71,10 +59,7 @@ def make_tiny_clip_model(root: str | Path, vision_from: str | Path | None = None
             model.vision_model.load_state_dict(vision.vision_model.state_dict())
             model.visual_projection.load_state_dict(vision.visual_projection.state_dict())
     model.save_pretrained(out)
-    size = int(vision_config.image_size)
-    CLIPImageProcessor(crop_size=size, size=size, do_center_crop=True, do_normalize=True,
-                       do_resize=True, image_mean=_CLIP_MEAN, image_std=_CLIP_STD,
-                       resample=3).save_pretrained(out)
+    tiny_clip_image_processor(int(vision_config.image_size)).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 

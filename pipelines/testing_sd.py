@@ -21,40 +21,15 @@ from pathlib import Path
 
 import torch
 
-from .testing import TINY_DIM, TINY_IMAGE_SIZE, make_tiny_clip_tokenizer
+from .testing import (
+    TINY_DIM,
+    make_tiny_clip_tokenizer,
+    tiny_clip_image_processor,
+    tiny_clip_text_encoder,
+    tiny_clip_vision_encoder,
+)
 
 __all__ = ["make_tiny_ip_adapter", "make_tiny_sd", "make_tiny_sdxl", "make_tiny_stable_unclip"]
-
-_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-
-
-def _image_processor():
-    from transformers import CLIPImageProcessor
-
-    return CLIPImageProcessor(crop_size=TINY_IMAGE_SIZE, size=TINY_IMAGE_SIZE, do_center_crop=True,
-                              do_normalize=True, do_resize=True, image_mean=_CLIP_MEAN, image_std=_CLIP_STD,
-                              resample=3)
-
-
-def _image_encoder(dim: int = TINY_DIM):
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    return CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=dim, projection_dim=dim, num_hidden_layers=2, num_attention_heads=4,
-        image_size=TINY_IMAGE_SIZE, intermediate_size=37, patch_size=8, num_channels=3)).eval()
-
-
-def _text_encoder(tokenizer, hidden: int = 32, projection: int | None = None):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    config = CLIPTextConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        hidden_size=hidden, projection_dim=projection or hidden, intermediate_size=37, layer_norm_eps=1e-05,
-        num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tokenizer),
-        max_position_embeddings=tokenizer.model_max_length, hidden_act="gelu")
-    cls = CLIPTextModel if projection is None else CLIPTextModelWithProjection
-    return cls(config).eval()
 
 
 def _vae(blocks=(32, 64), sample_size: int = 64):
@@ -102,10 +77,10 @@ def make_tiny_stable_unclip(root: str | Path, seed: int = 0, clip_stats: bool = 
             normalizer.mean.copy_(torch.randn(1, TINY_DIM, generator=gen) * 0.5 + 0.25)
             normalizer.std.copy_(torch.rand(1, TINY_DIM, generator=gen) + 0.5)
     StableUnCLIPImg2ImgPipeline(
-        feature_extractor=_image_processor(), image_encoder=_image_encoder(),
+        feature_extractor=tiny_clip_image_processor(), image_encoder=tiny_clip_vision_encoder(),
         image_normalizer=normalizer,
         image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
-        tokenizer=tokenizer, text_encoder=_text_encoder(tokenizer), unet=unet,
+        tokenizer=tokenizer, text_encoder=tiny_clip_text_encoder(tokenizer, False, "gelu"), unet=unet,
         scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                 prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1),
         vae=_vae(),
@@ -113,50 +88,50 @@ def make_tiny_stable_unclip(root: str | Path, seed: int = 0, clip_stats: bool = 
     return out_dir
 
 
-def make_tiny_sd(root: str | Path, seed: int = 0) -> Path:
-    """A tiny random Stable Diffusion 1.5 folder under ``root``/sd15 (no safety checker). 64 px."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+def make_tiny_sd(root: str | Path, seed: int = 0, xl: bool = False) -> Path:
+    """A tiny random Stable Diffusion 1.5 folder under ``root``/sd15 (no safety checker), 64 px;
+    ``xl``: an SDXL base under ``root``/sdxl (two text encoders, text_time embedding)."""
+    from diffusers import (
+        DDIMScheduler,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
 
     root = Path(root)
-    out_dir = root / "sd15"
+    out_dir = root / ("sdxl" if xl else "sd15")
     torch.manual_seed(seed)
-    tokenizer = make_tiny_clip_tokenizer(root / "_sd15_tokenizer")
+    tokenizers = [make_tiny_clip_tokenizer(root / name)
+                  for name in (("_sdxl_tokenizer", "_sdxl_tokenizer_2") if xl else ("_sd15_tokenizer",))]
+    xl_unet = dict(use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+                   transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=6 * 8 + 32)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=(2, 4))
-    StableDiffusionPipeline(
-        vae=_vae(), text_encoder=_text_encoder(tokenizer), tokenizer=tokenizer, unet=unet,
-        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                clip_sample=False, set_alpha_to_one=False, steps_offset=1),
-        safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
-    ).save_pretrained(out_dir)
-    return out_dir
-
-
-def make_tiny_sdxl(root: str | Path, seed: int = 0) -> Path:
-    """A tiny random SDXL base folder under ``root``/sdxl (two text encoders, text_time embedding)."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-
-    root = Path(root)
-    out_dir = root / "sdxl"
-    torch.manual_seed(seed)
-    tokenizer = make_tiny_clip_tokenizer(root / "_sdxl_tokenizer")
-    tokenizer_2 = make_tiny_clip_tokenizer(root / "_sdxl_tokenizer_2")
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64)
+        attention_head_dim=(2, 4), cross_attention_dim=64 if xl else 32, **(xl_unet if xl else {}))
+    vae, text_encoder = _vae(), tiny_clip_text_encoder(tokenizers[0], False, "gelu")
+    if not xl:
+        StableDiffusionPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizers[0], unet=unet,
+            scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                    clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+            safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False,
+        ).save_pretrained(out_dir)
+        return out_dir
     StableDiffusionXLPipeline(
-        vae=_vae(), text_encoder=_text_encoder(tokenizer), text_encoder_2=_text_encoder(tokenizer_2, projection=32),
-        tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet,
+        vae=vae, text_encoder=text_encoder, text_encoder_2=tiny_clip_text_encoder(tokenizers[1], True, "gelu"),
+        tokenizer=tokenizers[0], tokenizer_2=tokenizers[1], unet=unet,
         scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1,
                                          beta_schedule="scaled_linear", timestep_spacing="leading"),
         image_encoder=None, feature_extractor=None, force_zeros_for_empty_prompt=True,
     ).save_pretrained(out_dir)
     return out_dir
+
+
+def make_tiny_sdxl(root: str | Path, seed: int = 0) -> Path:
+    """A tiny random SDXL base folder under ``root``/sdxl (:func:`make_tiny_sd` with ``xl``)."""
+    return make_tiny_sd(root, seed, xl=True)
 
 
 def make_tiny_ip_adapter(root: str | Path, base_dir: str | Path, subfolder: str = "models",
@@ -180,7 +155,7 @@ def make_tiny_ip_adapter(root: str | Path, base_dir: str | Path, subfolder: str 
     cross = int(unet_config["cross_attention_dim"])
     blocks = list(unet_config["block_out_channels"])
     torch.manual_seed(seed)
-    _image_encoder().save_pretrained(folder / "image_encoder")
+    tiny_clip_vision_encoder().save_pretrained(folder / "image_encoder")
     tensors = {}
     if plus:
         tensors["image_proj.latents"] = torch.randn(1, 4, cross) * 0.02

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import cli
 from PIL import Image
 
 from vslerp.pipelines import VSlerpPipeline
@@ -23,24 +24,6 @@ from vslerp.ui.cli import main
 from vslerp.ui.outputs import read_png_metadata
 
 SIZE = 64
-
-
-def cli(capsys, *args):
-    """``main([...])`` in-process → (exit status, stdout, stderr)."""
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:  # argparse's own errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture
-def no_models(monkeypatch):
-    def tripwire(*args, **kwargs):
-        raise AssertionError("a model was loaded for an error a cheap check should catch")
-
-    monkeypatch.setattr(VSlerpPipeline, "from_pretrained", tripwire)
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import cli
 from PIL import Image
 
 from vslerp.pipelines import VSlerpPipeline
-from vslerp.ui.cli import main
 from vslerp.ui.outputs import read_png_metadata, save_png
 
 VSLERP = str(Path(sys.executable).with_name("vslerp"))  # the installed console script
@@ -36,31 +36,12 @@ def vslerp(*args, cwd=None):
                           env=env, capture_output=True, text=True, timeout=300)
 
 
-def cli(capsys, *args):
-    """``main([...])`` in-process → (exit status, stdout, stderr)."""
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exc:  # argparse's own errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def _lines(text):
     return [line for line in text.splitlines() if line.strip()]
 
 
 def _sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def no_models(monkeypatch):
-    """Fail the test if a model is loaded (the checks before loading must catch the error)."""
-    def tripwire(*args, **kwargs):
-        raise AssertionError("a model was loaded for an error a cheap check should catch")
-
-    monkeypatch.setattr(VSlerpPipeline, "from_pretrained", tripwire)
 
 
 @pytest.fixture(scope="module")

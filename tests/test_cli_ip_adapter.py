@@ -11,6 +11,7 @@ import socket
 import numpy as np
 import pytest
 import torch
+from helpers import mean_statistics, source_and_target
 from PIL import Image
 
 from vslerp.ui.cli import main
@@ -24,30 +25,19 @@ OPTIONS = {"prompt": "a photo", "negative_prompt": "blurry", "ip_adapter_scale":
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """(folder, the tiny SD 1.5 base, the adapter's folder, a statistics file of its encoder)."""
-    from vslerp.pipelines.testing_sd import TINY_DIM, make_tiny_ip_adapter, make_tiny_sd
-    from vslerp.stats import Statistics
+    from vslerp.pipelines.testing_sd import make_tiny_ip_adapter, make_tiny_sd
 
     root = tmp_path_factory.mktemp("cli_ip_adapter")
-    rng = np.random.default_rng(0)
-    for name in ("src.png", "tgt.png"):
-        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(root / name)
+    source_and_target(root, SIZE)
     base = make_tiny_sd(root)
-    adapter = make_tiny_ip_adapter(root, base)
-    mean = torch.randn(TINY_DIM, generator=torch.Generator().manual_seed(0))  # (D,) raw image mean
-    stats = Statistics.from_mean(mean).save(root / "stats.safetensors")
-    return root, base, adapter, stats
+    return root, base, make_tiny_ip_adapter(root, base), mean_statistics(root / "stats.safetensors")
 
 
 @pytest.fixture(scope="module")
-def pipe(work):
-    from vslerp.pipelines import VSlerpPipeline
-
+def pipe(work, make_pipe):
     _, base, adapter, stats = work
-    pipe = VSlerpPipeline.from_pretrained(base, stats=stats, device="cpu", ip_adapter=str(adapter),
-                                          ip_adapter_subfolder="models",
-                                          ip_adapter_weight_name="ip-adapter_sd15.safetensors")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return make_pipe(base, stats=stats, device="cpu", ip_adapter=str(adapter), ip_adapter_subfolder="models",
+                     ip_adapter_weight_name="ip-adapter_sd15.safetensors")
 
 
 def _cells(root, name):

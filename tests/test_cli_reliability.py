@@ -23,7 +23,6 @@ from test_cli_grid import SIZE, VSLERP, _lines, cli
 from vslerp.stats import output_lock
 
 work = test_cli_grid.work  # the fixtures: tiny models, a source and a target image
-no_models = test_cli_grid.no_models  # model loading replaced by a tripwire
 
 
 def _sha(path):

@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import mean_statistics, source_and_target
 from PIL import Image
 
 from vslerp.ui.cli import main
@@ -22,27 +23,17 @@ OPTIONS = {"prompt": "a photo", "negative_prompt": "blurry", "noise_level": 10}
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     """(folder, the tiny Stable unCLIP folder, its statistics file) with a source and a target image."""
-    from vslerp.pipelines.testing_sd import TINY_DIM, make_tiny_stable_unclip
-    from vslerp.stats import Statistics
+    from vslerp.pipelines.testing_sd import make_tiny_stable_unclip
 
     root = tmp_path_factory.mktemp("cli_stable_unclip")
-    rng = np.random.default_rng(0)
-    for name in ("src.png", "tgt.png"):
-        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)).save(root / name)
-    model = make_tiny_stable_unclip(root)
-    mean = torch.randn(TINY_DIM, generator=torch.Generator().manual_seed(0))  # (D,) raw image mean
-    stats = Statistics.from_mean(mean).save(root / "stats.safetensors")
-    return root, model, stats
+    source_and_target(root, SIZE)
+    return root, make_tiny_stable_unclip(root), mean_statistics(root / "stats.safetensors")
 
 
 @pytest.fixture(scope="module")
-def pipe(work):
-    from vslerp.pipelines import VSlerpPipeline
-
+def pipe(work, make_pipe):
     _, model, stats = work
-    pipe = VSlerpPipeline.from_pretrained(model, stats=stats, device="cpu")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return make_pipe(model, stats=stats, device="cpu")
 
 
 def _cells(root, name):

@@ -19,12 +19,15 @@ import PIL.Image
 import PIL.ImageFile
 import pytest
 import torch
+from helpers import free_port as _free_port
+from helpers import save_random_image as _image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
 STEPS, SIZE = 2, 64
+PIPE_KWARGS = {"device": "cpu"}  # the conftest pipe's
 # The keys of `vslerp grid`'s sidecar (vslerp.ui.sidecar), which `vslerp grid --from` reads.
 CLI_SIDECAR_KEYS = {"command", "vslerp_version", "model", "prior", "stats", "dtype", "source", "target", "thetas",
                     "alphas", "seed", "steps", "size", "guidance", "prior_steps", "batch_size",
@@ -32,16 +35,6 @@ CLI_SIDECAR_KEYS = {"command", "vslerp_version", "model", "prior", "stats", "dty
                     "negative_prompt", "noise_level", "ip_adapter", "ip_adapter_scale"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _image(path, seed, size=40):
-    rng = np.random.default_rng(seed)
-    PIL.Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 def _huge_png(path, width, height):
@@ -59,16 +52,6 @@ def _huge_png(path, width, height):
 
 def _sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_kandinsky):
-    from vslerp.pipelines import VSlerpPipeline
-
-    prior_dir, decoder_dir = tiny_kandinsky
-    pipe = VSlerpPipeline.from_pretrained(decoder_dir, prior=prior_dir, device="cpu")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
+from helpers import free_port as _free_port
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -29,12 +29,6 @@ if not CHROMIUM.is_file():
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.browser
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_until(condition, timeout_s: float = 60.0, what: str = "condition") -> None:

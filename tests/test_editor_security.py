@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,10 +18,11 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 import PIL.Image
 import pytest
 import torch
+from helpers import free_port as _free_port
+from helpers import save_random_image as _image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gr = pytest.importorskip("gradio")
@@ -30,29 +30,14 @@ gradio_client = pytest.importorskip("gradio_client")
 httpx = pytest.importorskip("httpx")
 
 STEPS, SIZE = 2, 64
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _image(path, seed, size=40):
-    rng = np.random.default_rng(seed)
-    PIL.Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
-    return path
+PIPE_KWARGS = {"device": "cpu"}  # the conftest pipe's
 
 
 @pytest.fixture(scope="module")
-def served(tiny_kandinsky, tmp_path_factory):
+def served(pipe, tmp_path_factory):
     """(the editor, its page launched on a free port)."""
-    from vslerp.pipelines import VSlerpPipeline
     from vslerp.ui.editor import Editor, build_page
 
-    prior_dir, decoder_dir = tiny_kandinsky
-    pipe = VSlerpPipeline.from_pretrained(decoder_dir, prior=prior_dir, device="cpu")
-    pipe.set_progress_bar_config(disable=True)
     editor = Editor(pipe, tiny_random=True, out_dir=tmp_path_factory.mktemp("security_out"))
     demo = build_page(editor, concurrency=1)
     demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,

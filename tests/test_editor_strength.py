@@ -6,39 +6,24 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
 import threading
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
+from helpers import free_port as _free_port
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
 STEPS, SIZE = 2, 64
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+PIPE_KWARGS = {"device": "cpu"}  # the conftest pipe's
 
 
 def _pixels(image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.int16)
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_kandinsky):
-    from vslerp.pipelines import VSlerpPipeline
-
-    prior_dir, decoder_dir = tiny_kandinsky
-    pipe = VSlerpPipeline.from_pretrained(decoder_dir, prior=prior_dir, device="cpu")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ from test_cli_grid import _lines, cli
 
 import vslerp.stats as vs
 from vslerp.defaults import MAX_ENCODE_BATCH, MAX_JSON_DEPTH, WORKERS_PER_CPU, max_workers
-from vslerp.pipelines import VSlerpPipeline
 from vslerp.stats.jsonfile import JSONStream, parse_json, read_json
 from vslerp.stats.outputs import forget_inputs
 from vslerp.ui.cli import CLIError
@@ -36,14 +35,6 @@ def _fresh_inputs():
     forget_inputs()
     yield
     forget_inputs()
-
-
-@pytest.fixture
-def no_models(monkeypatch):
-    def tripwire(*args, **kwargs):
-        raise AssertionError("a model was loaded for an error a cheap check should catch")
-
-    monkeypatch.setattr(VSlerpPipeline, "from_pretrained", tripwire)
 
 
 def _one_line(code, err, command) -> str:

@@ -29,7 +29,6 @@ from vslerp.stats.outputs import (
 )
 
 work = test_cli_grid.work  # the fixtures: tiny models, a source and a target image
-no_models = test_cli_grid.no_models  # model loading replaced by a tripwire
 
 WRITER = textwrap.dedent("""
     import sys

@@ -8,6 +8,8 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from helpers import embedding, random_image
+from helpers import gen as _gen
 
 import vslerp
 from vslerp.pipelines import STATISTICS_FILE, VSlerpPipeline, VSlerpPipelineOutput
@@ -16,14 +18,6 @@ from vslerp.stats import Statistics
 
 STEPS, SIZE = 2, 64
 RENDER = {"num_inference_steps": STEPS, "height": SIZE, "width": SIZE, "output_type": "np"}
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_kandinsky):
-    prior_dir, decoder_dir = tiny_kandinsky
-    pipe = VSlerpPipeline.from_pretrained(decoder_dir, prior=prior_dir, device=None)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +33,7 @@ def diffusers_pipes(tiny_kandinsky):
 
 
 def _image(seed: int) -> PIL.Image.Image:
-    rng = np.random.default_rng(seed)
-    return PIL.Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    return random_image(seed, 40, 48)
 
 
 def _diffusers_render(decoder, image_embeds, negative, seed, scheduler=None):
@@ -53,12 +46,8 @@ def _diffusers_render(decoder, image_embeds, negative, seed, scheduler=None):
         decoder.scheduler = old
 
 
-def _gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
 def _emb(seed: int) -> torch.Tensor:
-    return torch.randn(TINY_DIM, generator=_gen(1000 + seed))  # (D,) raw
+    return embedding(1000 + seed)  # (D,) raw
 
 
 @pytest.mark.parametrize("scheduler_name", ["DDIMScheduler", "DDPMScheduler"])
@@ -171,9 +160,10 @@ def test_movq_tiling_in_the_pipeline(pipe):
                   for t in (16, 32)]
     assert errors[1] < errors[0] < 0.3  # only near the seams: less with fewer seams
     source, target = _emb(7), _emb(8)
-    kw = dict(thetas=[0.5], alphas=[1.0, 2.0], **{**RENDER, "height": 128, "width": 128})
+    # 96 px: 48×48 latents in 2×2 overlapping tiles of 32 (a seam in each direction)
+    kw = dict(thetas=[0.5], alphas=[1.0, 2.0], **{**RENDER, "height": 96, "width": 96})
     plain = pipe(source, target, generator=_gen(4), **kw).images
-    latents = pipe(source, target, generator=_gen(4), **{**kw, "output_type": "latent"}).images  # (2, 4, 64, 64)
+    latents = pipe(source, target, generator=_gen(4), **{**kw, "output_type": "latent"}).images  # (2, 4, 48, 48)
     pipe.enable_movq_tiling(tile_size=32, overlap=0.25)
     try:
         tiled = pipe(source, target, generator=_gen(4), **kw).images
@@ -182,7 +172,7 @@ def test_movq_tiling_in_the_pipeline(pipe):
     finally:
         pipe.disable_movq_tiling()
         pipe.disable_movq_slicing()
-    assert tiled.shape == plain.shape == (2, 128, 128, 3) and latents.shape[-1] == 64
+    assert tiled.shape == plain.shape == (2, 96, 96, 3) and latents.shape[-1] == 48 > 32
     with torch.no_grad():
         expected = tiled_decode(movq, latents, pipe.movq_scale_factor, tile=32, overlap=0.25)
     expected = (expected * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()

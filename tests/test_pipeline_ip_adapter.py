@@ -8,6 +8,8 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from helpers import embedding, random_image
+from helpers import gen as _gen
 
 import vslerp
 from vslerp.pipelines import STATISTICS_FILE, VSlerpPipeline
@@ -25,17 +27,12 @@ KINDS = {  # base → (folder maker, adapter subfolder, weight, our class, backe
 }
 
 
-def _gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
 def _emb(seed: int) -> torch.Tensor:
-    return torch.randn(TINY_DIM, generator=_gen(3000 + seed))  # (D,) raw
+    return embedding(3000 + seed)  # (D,) raw
 
 
 def _photo(seed: int) -> PIL.Image.Image:
-    rng = np.random.default_rng(seed)
-    return PIL.Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+    return random_image(seed, SIZE)
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +47,12 @@ def models(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pipes(models):
+def pipes(models, make_pipe):
     out = {}
     for kind, (base, adapter) in models.items():
         _, sub, weight, _, _ = KINDS[kind]
-        pipe = VSlerpPipeline.from_pretrained(base, ip_adapter=adapter, ip_adapter_subfolder=sub,
-                                              ip_adapter_weight_name=weight, stats=_emb(0), device=None)
-        pipe.set_progress_bar_config(disable=True)
-        out[kind] = pipe
+        out[kind] = make_pipe(base, ip_adapter=adapter, ip_adapter_subfolder=sub, ip_adapter_weight_name=weight,
+                              stats=_emb(0), device=None)
     return out
 
 

@@ -18,14 +18,6 @@ from vslerp.pipelines.testing import TINY_DIM
 RENDER = {"num_inference_steps": 1, "height": 32, "width": 32, "output_type": "latent"}
 
 
-@pytest.fixture(scope="module")
-def pipe(tiny_kandinsky):
-    prior_dir, decoder_dir = tiny_kandinsky
-    pipe = VSlerpPipeline.from_pretrained(decoder_dir, prior=prior_dir, device=None)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 @pytest.fixture
 def unet_calls(pipe):
     calls = []

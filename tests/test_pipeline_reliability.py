@@ -10,39 +10,28 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from helpers import embedding
+from helpers import gen as _gen
 from PIL import ImageOps
 
 import vslerp
-from vslerp.pipelines import VSlerpPipeline
 from vslerp.pipelines.serial import call_lock
-from vslerp.pipelines.testing import TINY_DIM
-from vslerp.pipelines.testing_sd import make_tiny_stable_unclip
 
 RENDER = {"num_inference_steps": 2, "height": 32, "width": 32, "output_type": "np"}
 
 
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 def _emb(seed: int) -> torch.Tensor:
-    return torch.randn(TINY_DIM, generator=_gen(7000 + seed))  # (D,) raw
+    return embedding(7000 + seed)  # (D,) raw
 
 
 @pytest.fixture(scope="module")
-def kandinsky(tiny_kandinsky):
-    prior_dir, decoder_dir = tiny_kandinsky
-    pipe = VSlerpPipeline.from_pretrained(decoder_dir, prior=prior_dir, device=None)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def kandinsky(kandinsky_pipe):
+    return kandinsky_pipe
 
 
 @pytest.fixture(scope="module")
-def stable_unclip(tmp_path_factory):
-    folder = make_tiny_stable_unclip(tmp_path_factory.mktemp("tiny_stable_unclip"))
-    pipe = VSlerpPipeline.from_pretrained(folder, stats=_emb(0), device=None)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def stable_unclip(tiny_stable_unclip, make_pipe):
+    return make_pipe(tiny_stable_unclip, stats=_emb(0), device=None)
 
 
 @pytest.fixture(params=["kandinsky", "stable_unclip"])

@@ -11,42 +11,33 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from helpers import embedding
+from helpers import gen as _gen
+from helpers import random_image as _photo
 
 import vslerp
 from vslerp.pipelines import STATISTICS_FILE, VSlerpPipeline
 from vslerp.pipelines.loading import backend_of
 from vslerp.pipelines.stable_unclip import VSlerpStableUnCLIPPipeline
 from vslerp.pipelines.testing import TINY_DIM
-from vslerp.pipelines.testing_sd import make_tiny_stable_unclip
 
 SIZE = 32
 RENDER = {"num_inference_steps": 2, "height": SIZE, "width": SIZE, "output_type": "np"}
 ATOL = 1e-4  # batch-size-dependent CPU kernels
 
 
-def _gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
 def _emb(seed: int) -> torch.Tensor:
-    return torch.randn(TINY_DIM, generator=_gen(3000 + seed))  # (D,) raw
-
-
-def _photo(seed: int) -> PIL.Image.Image:
-    rng = np.random.default_rng(seed)
-    return PIL.Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    return embedding(3000 + seed)  # (D,) raw
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return make_tiny_stable_unclip(tmp_path_factory.mktemp("tiny_stable_unclip"))
+def folder(tiny_stable_unclip):
+    return tiny_stable_unclip
 
 
 @pytest.fixture(scope="module")
-def pipe(folder):
-    pipe = VSlerpPipeline.from_pretrained(folder, stats=vslerp.stats.Statistics.from_mean(_emb(0)), device=None)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def pipe(folder, make_pipe):
+    return make_pipe(folder, stats=vslerp.stats.Statistics.from_mean(_emb(0)), device=None)
 
 
 @pytest.fixture(scope="module")

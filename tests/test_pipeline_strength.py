@@ -11,29 +11,17 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from helpers import gen as _gen
+from helpers import random_image
 
-from vslerp.pipelines import VSlerpPipeline
 from vslerp.pipelines.testing import TINY_DIM
 
 STEPS, SIZE = 4, 64
 RENDER = {"num_inference_steps": STEPS, "height": SIZE, "width": SIZE, "output_type": "np"}
 
 
-@pytest.fixture(scope="module")
-def pipe(tiny_kandinsky):
-    prior_dir, decoder_dir = tiny_kandinsky
-    pipe = VSlerpPipeline.from_pretrained(decoder_dir, prior=prior_dir, device=None)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
 def _photo(seed: int) -> PIL.Image.Image:
-    rng = np.random.default_rng(seed)
-    return PIL.Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+    return random_image(seed, SIZE)
 
 
 def _img2img(pipe, image, embeds, strength, seed):

@@ -6,34 +6,30 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from helpers import embedding
+from helpers import gen as _gen
 
 import vslerp
 from vslerp.pipelines import STATISTICS_FILE, VSlerpPipeline
-from vslerp.pipelines.testing import TINY_DIM, make_tiny_unclip
+from vslerp.pipelines.testing import TINY_DIM
 from vslerp.pipelines.unclip import VSlerpUnCLIPPipeline
 
 RENDER = {"num_inference_steps": 2, "super_res_num_inference_steps": 2, "output_type": "np"}
 ATOL = 5e-3  # batch-size-dependent CPU kernels; the tiny super-resolution amplifies them
 
 
-def _gen(seed=0):
-    return torch.Generator().manual_seed(seed)
-
-
 def _emb(seed: int) -> torch.Tensor:
-    return torch.randn(TINY_DIM, generator=_gen(2000 + seed))  # (D,) raw
+    return embedding(2000 + seed)  # (D,) raw
 
 
 @pytest.fixture(scope="module")
-def unclip_dir(tmp_path_factory):
-    return make_tiny_unclip(tmp_path_factory.mktemp("tiny_unclip"))
+def unclip_dir(tiny_unclip):
+    return tiny_unclip
 
 
 @pytest.fixture(scope="module")
-def pipe(unclip_dir):
-    pipe = VSlerpPipeline.from_pretrained(unclip_dir, stats=_emb(0), device=None)  # backend="auto"
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def pipe(unclip_dir, make_pipe):
+    return make_pipe(unclip_dir, stats=_emb(0), device=None)  # backend="auto"
 
 
 def _reference(pipe, image_embeddings, seed):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import sums_equal as _sums_equal
 from PIL import Image
 
 import vslerp
@@ -94,16 +95,6 @@ def dataset(tmp_path_factory):
     return _write_dataset(tmp_path_factory.mktemp("coco"))
 
 
-@pytest.fixture(scope="module")
-def prior(tiny_kandinsky):
-    return tiny_kandinsky[0]
-
-
-@pytest.fixture(scope="module")
-def encoders(prior):
-    return vs.load_encoders(prior, device="cpu")
-
-
 def _compute(out: Path, prior, images=None, captions=None, *extra) -> int:
     argv = ["stats", "compute", "--prior", str(prior), "--out", str(out), "--no-progress",
             "--num-workers", "0", "--batch-size", "5", "--shard-size", "7"]
@@ -126,18 +117,6 @@ def full_run(dataset, prior, tmp_path_factory):
             "--dataset-name", "tiny-coco"]
     assert main(argv) == 0
     return out, emb
-
-
-def _sums_equal(a: vs.Statistics, b: vs.Statistics, exact: bool, rtol=1e-6):
-    for modality in ("image", "text"):
-        acc_a, acc_b = getattr(a, modality).accumulator, getattr(b, modality).accumulator
-        assert acc_a.count == acc_b.count
-        for name in acc_a._SUMS:
-            x, y = getattr(acc_a, name), getattr(acc_b, name)
-            if exact:
-                assert torch.equal(x, y), (modality, name)
-            else:
-                assert torch.allclose(x, y, rtol=rtol, atol=rtol * float(x.abs().max())), name
 
 
 # -- readers ----------------------------------------------------------------------------------
@@ -569,10 +548,8 @@ def test_load_and_read_embeddings_errors(tmp_path):
 
 # -- unCLIP / Karlo layout (feature_extractor/) ------------------------------------------------
 @pytest.fixture(scope="module")
-def unclip_dir(tmp_path_factory):
-    from vslerp.pipelines.testing import make_tiny_unclip
-
-    return make_tiny_unclip(tmp_path_factory.mktemp("tiny_unclip"))
+def unclip_dir(tiny_unclip):
+    return tiny_unclip
 
 
 def test_unclip_stats_compute_feeds_the_unclip_pipeline(unclip_dir, dataset, tmp_path, capsys):

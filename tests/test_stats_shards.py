@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import sums_equal as _sums_equal
 from PIL import Image
 
 import vslerp
@@ -77,16 +78,6 @@ def data(tmp_path_factory):
     return root, shards
 
 
-@pytest.fixture(scope="module")
-def prior(tiny_kandinsky):
-    return tiny_kandinsky[0]
-
-
-@pytest.fixture(scope="module")
-def encoders(prior):
-    return vs.load_encoders(prior, device="cpu")
-
-
 PATTERN = "shards/{00000..00003}.tar"
 
 
@@ -106,18 +97,6 @@ def full_run(data, prior, tmp_path_factory):
     argv[argv.index("--num-workers") + 1] = "2"
     assert main(argv) == 0
     return out, emb
-
-
-def _sums_equal(a: vs.Statistics, b: vs.Statistics, exact: bool, rtol=1e-6):
-    for modality in ("image", "text"):
-        acc_a, acc_b = getattr(a, modality).accumulator, getattr(b, modality).accumulator
-        assert acc_a.count == acc_b.count
-        for name in acc_a._SUMS:
-            x, y = getattr(acc_a, name), getattr(acc_b, name)
-            if exact:
-                assert torch.equal(x, y), (modality, name)
-            else:
-                assert torch.allclose(x, y, rtol=rtol, atol=rtol * float(x.abs().max())), name
 
 
 def _readable(shards, truncated_count: int):
