@@ -234,7 +234,6 @@ class RenderRequest:
         refusal = refused_option(backend, accepted, given)
         if refusal is not None:
             raise RequestError(first_refused(accepted, given), refusal)
-        check_steps("num_inference_steps", self.num_inference_steps, min_steps)
         out = replace(self, height=default_size if self.height is None else self.height,
                       width=default_size if self.width is None else self.width,
                       guidance_scale=default_guidance if self.guidance_scale is None else self.guidance_scale)
@@ -244,6 +243,7 @@ class RenderRequest:
                 limits.check_size(name, getattr(out, name), factor=factor, fixed=fixed, max_size=self.max_size)
             except ValueError as err:
                 raise RequestError(name, str(err)) from None
+        check_steps("num_inference_steps", self.num_inference_steps, min_steps)  # after the size: a size error names what to fix first
         return out
 
 

@@ -77,3 +77,11 @@ def cli(capsys, *args):
         code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def editor_client(url: str):
+    """A gradio_client for a test server, with a timeout for a loaded 2-core CI machine (httpx's
+    default 5 s is shorter than an upload plus a render there)."""
+    import gradio_client
+
+    return gradio_client.Client(url, verbose=False, httpx_kwargs={"timeout": 300})

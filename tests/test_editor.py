@@ -19,6 +19,7 @@ import PIL.Image
 import PIL.ImageFile
 import pytest
 import torch
+from helpers import editor_client
 from helpers import free_port as _free_port
 from helpers import save_random_image as _image
 
@@ -103,7 +104,7 @@ def stats_file(pipe, tmp_path_factory):
 
 @pytest.fixture()
 def client(app):
-    return gradio_client.Client(app.local_url, verbose=False)
+    return editor_client(app.local_url)
 
 
 def _edit(client, source, target=None, prompt="", theta=0.5, alpha=0.0, seed=0):
@@ -212,7 +213,7 @@ def test_user_mistakes_are_messages_and_the_server_survives(client, images, tmp_
 def test_two_clients_at_once_both_get_results(app, images):
     from gradio_client import handle_file
 
-    clients = [gradio_client.Client(app.local_url, verbose=False) for _ in range(2)]
+    clients = [editor_client(app.local_url) for _ in range(2)]
     jobs = [c.submit(handle_file(str(images["source"])), None, f"prompt {i}", 0.5, float(i), i, STEPS, 4.0, SIZE,
                      api_name="/edit") for i, c in enumerate(clients)]
     with ThreadPoolExecutor(2) as pool:

@@ -21,6 +21,7 @@ from pathlib import Path
 import PIL.Image
 import pytest
 import torch
+from helpers import editor_client
 from helpers import free_port as _free_port
 from helpers import save_random_image as _image
 
@@ -76,7 +77,7 @@ def pipe_stats_dim(tiny_kandinsky):
 
 @pytest.fixture(scope="module")
 def client(served):
-    return gradio_client.Client(served[1].local_url, verbose=False)
+    return editor_client(served[1].local_url)
 
 
 @pytest.fixture(scope="module")
@@ -352,7 +353,7 @@ def test_a_signal_removes_the_editors_temporary_folders(tmp_path, signum):
     try:
         if not (serving.wait(timeout=300) and said):
             pytest.fail(f"vslerp ui did not serve (exit status {proc.poll()})")
-        client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client = editor_client(f"http://127.0.0.1:{port}/")
         source = _image(tmp_path / "mine.png", 4)
         client.predict(*_edit_args(gradio_client.handle_file(str(source))), api_name="/edit")
         made = sorted(p.name for p in tmp.iterdir() if p.name.startswith(OURS))  # not torch's caches

@@ -12,6 +12,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from helpers import editor_client
 from helpers import free_port as _free_port
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -173,7 +174,7 @@ def test_the_edit_endpoint_takes_the_strength(pipe, images):
     demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
                 ssr_mode=False)
     try:
-        client = gradio_client.Client(demo.local_url, verbose=False)
+        client = editor_client(demo.local_url)
         args = (handle_file(str(images["source"])), handle_file(str(images["target"])), "", 0.0, 0.0, 0, STEPS,
                 4.0, SIZE)
         path = client.predict(*args, "startup", None, 0.5, api_name="/edit")
