@@ -200,18 +200,10 @@ def write_ip_adapter(unet, image_dim: int, folder: Path, weight_name: str, dtype
     tensors = {"image_proj.proj.weight": rand(4 * cross, image_dim), "image_proj.proj.bias": rand(4 * cross, scale=0),
                "image_proj.norm.weight": torch.ones(cross, dtype=dtype, device=dev),
                "image_proj.norm.bias": torch.zeros(cross, dtype=dtype, device=dev)}
-    key = 1
-    for name in unet.attn_processors:
-        if name.endswith("attn1.processor"):
-            continue
-        if name.startswith("mid_block"):
-            hidden = blocks[-1]
-        elif name.startswith("up_blocks"):
-            hidden = list(reversed(blocks))[int(name[len("up_blocks.")])]
-        else:
-            hidden = blocks[int(name[len("down_blocks.")])]
+    from vslerp.pipelines.testing_sd import ip_adapter_layers
+
+    for key, hidden in ip_adapter_layers(unet, blocks):
         for part in ("to_k_ip", "to_v_ip"):
             tensors[f"ip_adapter.{key}.{part}.weight"] = rand(hidden, cross, scale=0.05)
-        key += 2
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(folder / weight_name))

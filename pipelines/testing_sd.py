@@ -29,7 +29,7 @@ from .testing import (
     tiny_clip_vision_encoder,
 )
 
-__all__ = ["make_tiny_ip_adapter", "make_tiny_sd", "make_tiny_sdxl", "make_tiny_stable_unclip"]
+__all__ = ["ip_adapter_layers", "make_tiny_ip_adapter", "make_tiny_sd", "make_tiny_sdxl", "make_tiny_stable_unclip"]
 
 
 def _vae(blocks=(32, 64), sample_size: int = 64):
@@ -134,6 +134,24 @@ def make_tiny_sdxl(root: str | Path, seed: int = 0) -> Path:
     return make_tiny_sd(root, seed, xl=True)
 
 
+def ip_adapter_layers(unet, blocks) -> list[tuple[int, int]]:
+    """(key id, hidden size) of each cross-attention processor an IP-Adapter file holds a
+    (to_k_ip, to_v_ip) pair for: ids 1, 3, 5, … in the order of the UNet's attn_processors (as
+    diffusers' _convert_ip_adapter_attn_to_diffusers numbers them); ``blocks``: its block widths."""
+    layers = []
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = blocks[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(blocks))[int(name[len("up_blocks.")])]
+        else:
+            hidden = blocks[int(name[len("down_blocks.")])]
+        layers.append((2 * len(layers) + 1, hidden))
+    return layers
+
+
 def make_tiny_ip_adapter(root: str | Path, base_dir: str | Path, subfolder: str = "models",
                          weight_name: str = "ip-adapter_sd15.safetensors", seed: int = 0,
                          plus: bool = False) -> Path:
@@ -168,18 +186,8 @@ def make_tiny_ip_adapter(root: str | Path, base_dir: str | Path, subfolder: str 
     # One (to_k_ip, to_v_ip) pair per cross-attention processor, numbered 1, 3, 5, … in the
     # order of the UNet's attn_processors (as diffusers' _convert_ip_adapter_attn_to_diffusers).
     unet = UNet2DConditionModel.from_config(unet_config)
-    key_id = 1
-    for name in unet.attn_processors:
-        if name.endswith("attn1.processor"):
-            continue
-        if name.startswith("mid_block"):
-            hidden = blocks[-1]
-        elif name.startswith("up_blocks"):
-            hidden = list(reversed(blocks))[int(name[len("up_blocks.")])]
-        else:
-            hidden = blocks[int(name[len("down_blocks.")])]
+    for key_id, hidden in ip_adapter_layers(unet, blocks):
         for kind in ("to_k_ip", "to_v_ip"):
             tensors[f"ip_adapter.{key_id}.{kind}.weight"] = torch.randn(hidden, cross) * 0.05
-        key_id += 2
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / weight_name))
     return out
