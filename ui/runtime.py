@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-__all__ = ["accelerate_state", "quiet_model_logs", "runs_on_cpu"]
+__all__ = ["accelerate_run", "accelerate_state", "quiet_model_logs", "runs_on_cpu"]
 
 
 @contextlib.contextmanager
@@ -56,3 +56,19 @@ def accelerate_state(device: str | None):
     from accelerate import PartialState
 
     return PartialState(cpu=runs_on_cpu(device))
+
+
+@contextlib.contextmanager
+def accelerate_run(device: str | None):
+    """:func:`accelerate_state` for one run, its process group torn down when the run ends: a gloo
+    group left to the interpreter's exit can abort a process after its work is done
+    ("terminate called without an active exception", seen under load)."""
+    state = accelerate_state(device)
+    try:
+        yield state
+    finally:
+        import torch.distributed as dist
+
+        if state.num_processes > 1 and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+

@@ -31,7 +31,7 @@ def run_compute(args: argparse.Namespace, *, on_shard=None) -> int:
     """Run ``stats compute``; ``on_shard(modality or "shard", k)`` is a hook for tests."""
     from vslerp.stats import forget_inputs, refuse_overwriting_inputs
     from vslerp.ui.checks import check_device, check_loader
-    from vslerp.ui.runtime import accelerate_state
+    from vslerp.ui.runtime import accelerate_run
 
     check_model_args(args)  # a malformed --ip-adapter: one line, nothing read
     check_loader(args)  # --num-workers 10000 would fork until the machine stalls
@@ -54,8 +54,7 @@ def run_compute(args: argparse.Namespace, *, on_shard=None) -> int:
             return _write_prior_mean(args)
     else:
         args.shard_size = args.shard_size or 1024
-    state = accelerate_state(args.device)
-    with own_outputs(args, state):  # one run per output
+    with accelerate_run(args.device) as state, own_outputs(args, state):  # one run per output
         return _compute_owned(args, state, source, on_shard)
 
 
