@@ -327,19 +327,25 @@ def _pending(args, jobs, stats) -> tuple[list, int]:
 
 
 def _batch(args, jobs, stats) -> int:
-    from tqdm.auto import tqdm
-
-    from vslerp.ui.cli_render import load_pipeline_for_cli, render_for_cli
-    from vslerp.ui.outputs import file_sha256, make_grid, save_png
-    from vslerp.ui.runtime import accelerate_state, quiet_model_logs
-    from vslerp.ui.sidecar import sidecar
+    from vslerp.ui.runtime import accelerate_run
 
     pending, skipped = _pending(args, jobs, stats)
     if not pending:
         print(f"all {len(jobs)} jobs already rendered in {args.out_dir}")
         return 0
-    base = jobs[0]["spec"]
-    state = accelerate_state(base.device)  # CPU processes (gloo) unless the device is CUDA
+    base = jobs[0]["spec"]  # the models and device of every job
+    with accelerate_run(base.device) as state:  # CPU processes (gloo) unless CUDA
+        return _render_jobs(args, stats, state, base, pending, skipped)
+
+
+def _render_jobs(args, stats, state, base, pending: list, skipped: int) -> int:
+    from tqdm.auto import tqdm
+
+    from vslerp.ui.cli_render import load_pipeline_for_cli, render_for_cli
+    from vslerp.ui.outputs import file_sha256, make_grid, save_png
+    from vslerp.ui.runtime import quiet_model_logs
+    from vslerp.ui.sidecar import sidecar
+
     device = base.device or (str(state.device) if state.num_processes > 1 else None)
     show = not args.no_progress and state.is_local_main_process
     with state.split_between_processes(pending) as mine, quiet_model_logs():
