@@ -86,6 +86,23 @@ class EncodingMixin:
             "a PIL image, a numpy image, an image path or a (D,) tensor"
         raise TypeError(f"{name} must be {kinds}, got {type(value).__name__}")
 
+    def _prior_image_embeds(self, prompts, image_processor, generator, num_inference_steps: int,
+                            guidance_scale: float) -> torch.Tensor:
+        """Prompts → raw image embeddings (N, D) float32 by diffusers' ``KandinskyV22PriorPipeline``
+        on this model's prior parts (``prior``, encoders, tokenizer, ``prior_scheduler``)."""
+        from diffusers import KandinskyV22PriorPipeline
+
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise TypeError("prompts must be a string or a non-empty list of strings")
+        prior = KandinskyV22PriorPipeline(prior=self.prior, image_encoder=self.image_encoder,
+                                          text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                                          scheduler=self.prior_scheduler, image_processor=image_processor)
+        prior.set_progress_bar_config(**self._bar_config)
+        out = prior(prompts, generator=generator, num_inference_steps=num_inference_steps,
+                    guidance_scale=guidance_scale, output_type="pt")
+        return out.image_embeds.float().cpu()
+
     def _warn_if_truncated(self, name: str, prompt: str) -> None:
         """CLIP reads ``tokenizer.model_max_length`` tokens (77); diffusers' prior pipeline
         truncates longer prompts: say so once, as a warning, naming the prompt's length."""

@@ -112,18 +112,7 @@ class VSlerpPipeline(VSlerpBasePipeline):
     def prompt_to_image_embedding(self, prompts, generator=None, num_inference_steps: int = 25,
                                   guidance_scale: float = 4.0) -> torch.Tensor:
         """Prompts → raw image embeddings (N, D) float32 through the prior (``KandinskyV22PriorPipeline``)."""
-        from diffusers import KandinskyV22PriorPipeline
-
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise TypeError("prompts must be a string or a non-empty list of strings")
-        prior = KandinskyV22PriorPipeline(prior=self.prior, image_encoder=self.image_encoder,
-                                          text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-                                          scheduler=self.prior_scheduler, image_processor=self.image_processor)
-        prior.set_progress_bar_config(**self._bar_config)
-        out = prior(prompts, generator=generator, num_inference_steps=num_inference_steps,
-                    guidance_scale=guidance_scale, output_type="pt")
-        return out.image_embeds.float().cpu()
+        return self._prior_image_embeds(prompts, self.image_processor, generator, num_inference_steps, guidance_scale)
 
     # -- rendering -------------------------------------------------------------------------------
     def _initial_latents(self, generator: torch.Generator, device, settings: RenderSettings):

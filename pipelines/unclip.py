@@ -114,22 +114,11 @@ class VSlerpUnCLIPPipeline(VSlerpBasePipeline):
         (tests/test_zero_data_mean.py checks it). With ``guidance_scale`` ≤ 1 there is no
         guidance (``UnCLIPPipeline`` would still guide when its decoder guidance is above 1).
         """
-        from diffusers import KandinskyV22PriorPipeline
-
         if self.prior is None:
             raise ValueError(f"this unCLIP pipeline was loaded without Karlo's prior ({DEFAULT_KARLO_PRIOR}): a "
                              "prompt cannot become an image embedding; give an image or a (D,) embedding, or load "
                              "it with prior=")
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise TypeError("prompts must be a string or a non-empty list of strings")
-        prior = KandinskyV22PriorPipeline(prior=self.prior, image_encoder=self.image_encoder,
-                                          text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-                                          scheduler=self.prior_scheduler, image_processor=self.feature_extractor)
-        prior.set_progress_bar_config(**self._bar_config)
-        out = prior(prompts, generator=generator, num_inference_steps=num_inference_steps,
-                    guidance_scale=guidance_scale, output_type="pt")
-        return out.image_embeds.float().cpu()
+        return self._prior_image_embeds(prompts, self.feature_extractor, generator, num_inference_steps, guidance_scale)
 
     def _check_backend(self, settings: RenderSettings, target) -> list[str]:
         if self.prior is None and isinstance(target, str) and image_path_or_prompt(target).kind == "prompt":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 import numpy as np
@@ -85,3 +86,18 @@ def editor_client(url: str):
     import gradio_client
 
     return gradio_client.Client(url, verbose=False, httpx_kwargs={"timeout": 300})
+
+
+@contextlib.contextmanager
+def launched_editor(pipe, **editor_kwargs):
+    """(the editor's callbacks, its page launched on a free port of 127.0.0.1), closed after."""
+    from vslerp.ui.editor import Editor, build_page
+
+    editor = Editor(pipe, tiny_random=True, **editor_kwargs)
+    demo = build_page(editor, concurrency=1)
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                ssr_mode=False)
+    try:
+        yield editor, demo
+    finally:
+        demo.close()

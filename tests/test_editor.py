@@ -19,7 +19,7 @@ import PIL.Image
 import PIL.ImageFile
 import pytest
 import torch
-from helpers import editor_client
+from helpers import editor_client, launched_editor
 from helpers import free_port as _free_port
 from helpers import save_random_image as _image
 
@@ -58,14 +58,8 @@ def _sha256(path) -> str:
 @pytest.fixture(scope="module")
 def served(pipe):
     """(the editor's callbacks, its page launched on a free port)."""
-    from vslerp.ui.editor import Editor, build_page
-
-    editor = Editor(pipe, tiny_random=True)
-    demo = build_page(editor, concurrency=1)
-    demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
-                ssr_mode=False)
-    yield editor, demo
-    demo.close()
+    with launched_editor(pipe) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

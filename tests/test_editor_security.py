@@ -21,7 +21,7 @@ from pathlib import Path
 import PIL.Image
 import pytest
 import torch
-from helpers import editor_client
+from helpers import editor_client, launched_editor
 from helpers import free_port as _free_port
 from helpers import save_random_image as _image
 
@@ -37,14 +37,8 @@ PIPE_KWARGS = {"device": "cpu"}  # the conftest pipe's
 @pytest.fixture(scope="module")
 def served(pipe, tmp_path_factory):
     """(the editor, its page launched on a free port)."""
-    from vslerp.ui.editor import Editor, build_page
-
-    editor = Editor(pipe, tiny_random=True, out_dir=tmp_path_factory.mktemp("security_out"))
-    demo = build_page(editor, concurrency=1)
-    demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
-                ssr_mode=False)
-    yield editor, demo
-    demo.close()
+    with launched_editor(pipe, out_dir=tmp_path_factory.mktemp("security_out")) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
