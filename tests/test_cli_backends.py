@@ -21,7 +21,7 @@ from PIL import Image
 from vslerp.pipelines import VSlerpPipeline
 from vslerp.stats.models import parse_ip_adapter
 from vslerp.ui.cli import main
-from vslerp.ui.outputs import read_png_metadata
+from vslerp.ui.images import read_png_metadata
 
 SIZE = 64
 

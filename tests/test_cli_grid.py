@@ -23,7 +23,7 @@ from helpers import cli
 from PIL import Image
 
 from vslerp.pipelines import VSlerpPipeline
-from vslerp.ui.outputs import read_png_metadata, save_png
+from vslerp.ui.images import read_png_metadata, save_png
 
 VSLERP = str(Path(sys.executable).with_name("vslerp"))  # the installed console script
 SIZE = 64
@@ -263,7 +263,7 @@ def test_from_editor_metadata(work, grid, capsys, monkeypatch):
 _KILL_BEFORE = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    import vslerp.ui.outputs as outputs
+    import vslerp.ui.images as outputs
 
     real = outputs.atomic_write
 

@@ -1,4 +1,4 @@
-"""vslerp.ui.outputs: value parsing, labelled grids, PNG metadata, animations (no models)."""
+"""vslerp.ui.options.parse_values and vslerp.ui.images: labelled grids, PNG metadata, animations (no models)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vslerp.ui.outputs import (
+from vslerp.ui.images import (
     _fmt,
     make_grid,
-    parse_values,
     read_png_metadata,
     save_animation,
     save_png,
     sidecar_path,
 )
+from vslerp.ui.options import parse_values
 
 
 def _cells(n, size=(40, 32), seed=0):
@@ -123,7 +123,7 @@ def test_a_failed_write_leaves_neither_image_nor_sidecar(tmp_path, monkeypatch, 
     image that is not there (an old pair is kept when the image itself could not be written)."""
     import errno
 
-    import vslerp.ui.outputs as outputs
+    import vslerp.ui.images as outputs
 
     path = tmp_path / "g.png"
     save_png(_cells(1)[0], path, {"seed": 1})

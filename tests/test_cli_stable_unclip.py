@@ -14,7 +14,7 @@ from helpers import mean_statistics, source_and_target
 from PIL import Image
 
 from vslerp.ui.cli import main
-from vslerp.ui.outputs import read_png_metadata
+from vslerp.ui.images import read_png_metadata
 
 SIZE = 64
 OPTIONS = {"prompt": "a photo", "negative_prompt": "blurry", "noise_level": 10}

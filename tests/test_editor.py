@@ -273,7 +273,7 @@ def test_exif_rotated_jpeg_is_upright_and_its_file_is_hashed(editor, tmp_path):
 
 def test_png_and_json_downloads_carry_the_cli_sidecar_schema(editor, images):
     from vslerp.ui.editor import Upload
-    from vslerp.ui.outputs import read_png_metadata
+    from vslerp.ui.images import read_png_metadata
 
     source = Upload(images["source"], "cat.png")
     _, result = editor.edit(source, None, "a cat", 0.25, -0.5, 7, STEPS, 4.0, SIZE)

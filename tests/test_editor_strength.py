@@ -168,7 +168,7 @@ def test_the_edit_endpoint_takes_the_strength(pipe, images):
     from gradio_client import handle_file
 
     from vslerp.ui.editor import Editor, build_page
-    from vslerp.ui.outputs import read_png_metadata
+    from vslerp.ui.images import read_png_metadata
 
     demo = build_page(Editor(pipe, tiny_random=True))
     demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,

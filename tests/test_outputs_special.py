@@ -274,7 +274,7 @@ MP4_FULL = textwrap.dedent("""
     import resource, signal, sys
     import numpy as np
     from PIL import Image
-    from vslerp.ui.outputs import save_animation
+    from vslerp.ui.images import save_animation
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG)
     frames = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (64, 64, 3), np.uint8))
               for i in range(6)]

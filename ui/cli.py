@@ -18,16 +18,18 @@ from vslerp._version import __version__
 
 __all__ = ["CLIError", "build_parser", "main"]
 
-# Subcommand modules, in the order `vslerp --help` lists them. A module that is not there
-# (an optional extra missing) is skipped, so the help lists exactly what works.
-_COMMAND_MODULES = (
-    "vslerp.ui.cmd_grid",  # grid
-    "vslerp.ui.cmd_animate",  # animate
-    "vslerp.ui.cmd_batch",  # batch
-    "vslerp.ui.cmd_stats",  # stats compute, stats report, conformity
-    "vslerp.ui.cmd_ui",  # the Gradio editor
-    "vslerp.ui.cmd_info",
-)
+# Each command's module, in the order `vslerp --help` lists them. A run imports only its own
+# command's module (``vslerp --help`` imports them all); a module that is not there (an
+# optional extra missing) is skipped, so the help lists exactly what works.
+_COMMANDS = {
+    "grid": "vslerp.ui.cmd_grid",
+    "animate": "vslerp.ui.cmd_animate",
+    "batch": "vslerp.ui.cmd_batch",
+    "stats": "vslerp.ui.cmd_stats",  # stats compute, stats report
+    "conformity": "vslerp.ui.cmd_stats",
+    "ui": "vslerp.ui.cmd_ui",  # the Gradio editor
+    "info": "vslerp.ui.cmd_info",
+}
 
 
 class CLIError(Exception):
@@ -49,7 +51,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``argv`` naming a command, only that command's module is imported."""
     parser = _Parser(prog="vslerp", description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version",
@@ -57,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true",
                         help="show full tracebacks (for bug reports)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in _COMMAND_MODULES:
+    command = next((a for a in (argv or ()) if not a.startswith("-")), None)
+    modules = [_COMMANDS[command]] if command in _COMMANDS else dict.fromkeys(_COMMANDS.values())
+    for name in modules:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as err:
@@ -82,7 +87,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vslerp`` console script."""
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
     if extra:
         getattr(args, "_cli_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")

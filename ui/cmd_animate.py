@@ -73,7 +73,7 @@ def run_animate(args) -> int:
         own,
         preflight,
     )
-    from vslerp.ui.outputs import check_fps, sidecar_path
+    from vslerp.ui.images import check_fps, sidecar_path
     from vslerp.ui.sidecar import spec_from_options
 
     if args.out.suffix.lower() not in (".gif", ".mp4"):
@@ -113,8 +113,8 @@ def run_animate(args) -> int:
 
 
 def _animate(args, spec, stats, max_cells: int, sidecar_file) -> int:
-    from vslerp.ui.cli_render import load_pipeline_for_cli, render_for_cli
-    from vslerp.ui.outputs import save_animation
+    from vslerp.ui.images import save_animation
+    from vslerp.ui.render import load_pipeline_for_cli, render_for_cli
     from vslerp.ui.runtime import quiet_model_logs
     from vslerp.ui.sidecar import sidecar
 

@@ -170,7 +170,7 @@ def _fingerprint(params: dict) -> str:
 def _params(spec, stats) -> dict:
     """What a job's output depends on (its fingerprint's contents), as read back from a sidecar."""
     from vslerp.defaults import DEFAULT_DECODER, DEFAULT_PRIOR
-    from vslerp.ui.models import model_ref
+    from vslerp.ui.checks import model_ref
     from vslerp.ui.render import RenderSpec, effective_dtype
 
     params = {"model": model_ref(spec.model or DEFAULT_DECODER),
@@ -200,7 +200,7 @@ def _damaged(png: Path, recorded: dict) -> str | None:
     PNG was written; a sidecar older than that: the PNG decodes), else why not."""
     from PIL import Image
 
-    from vslerp.ui.outputs import file_sha256
+    from vslerp.ui.images import file_sha256
 
     expected = recorded.get("png_sha256")
     try:
@@ -220,7 +220,7 @@ def _rendered_differently(png: Path, job: dict) -> str | None:
     differs, in words (starting with :data:`_DAMAGED` when it is this job's own output, broken
     or without its sidecar: rendered again without ``--overwrite``)."""
     from vslerp.stats.jsonfile import read_json
-    from vslerp.ui.outputs import read_png_metadata, sidecar_path
+    from vslerp.ui.images import read_png_metadata, sidecar_path
 
     sidecar = sidecar_path(png)
     try:
@@ -341,8 +341,8 @@ def _batch(args, jobs, stats) -> int:
 def _render_jobs(args, stats, state, base, pending: list, skipped: int) -> int:
     from tqdm.auto import tqdm
 
-    from vslerp.ui.cli_render import load_pipeline_for_cli, render_for_cli
-    from vslerp.ui.outputs import file_sha256, make_grid, save_png
+    from vslerp.ui.images import file_sha256, make_grid, save_png
+    from vslerp.ui.render import load_pipeline_for_cli, render_for_cli
     from vslerp.ui.runtime import quiet_model_logs
     from vslerp.ui.sidecar import sidecar
 

@@ -5,7 +5,7 @@ chunk, :mod:`vslerp.ui.sidecar`). The cells are written first, then the grid PNG
 sidecar: an interrupted run leaves at most cells without their grid, which are stale and
 replaced by the next run, and a failed write leaves no sidecar. Everything cheap (paths, values,
 devices, model folders, output folders; outputs that are special files or one another) is
-checked before any model is loaded (:mod:`vslerp.ui.checks`, :mod:`vslerp.ui.models`).
+checked before any model is loaded (:mod:`vslerp.ui.checks`, :mod:`vslerp.ui.checks`).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def run_grid(args) -> int:
         own,
         preflight,
     )
-    from vslerp.ui.outputs import sidecar_path
+    from vslerp.ui.images import sidecar_path
 
     spec, meta, origin = _spec(args)
     check_request(spec, args.max_size, args.max_cells)
@@ -153,8 +153,8 @@ def _regular_cells(cells) -> None:
 
 
 def _grid(args, spec, meta, stats, sidecar_file, cells) -> int:
-    from vslerp.ui.cli_render import load_pipeline_for_cli, render_for_cli
-    from vslerp.ui.outputs import make_grid, save_png
+    from vslerp.ui.images import make_grid, save_png
+    from vslerp.ui.render import load_pipeline_for_cli, render_for_cli
     from vslerp.ui.runtime import quiet_model_logs
     from vslerp.ui.sidecar import sidecar
 

@@ -106,7 +106,7 @@ def run(args) -> int:
         raise CLIError("--ip-adapter needs a Stable Diffusion 1.5 / SDXL --model, and --tiny-random builds a "
                        "Kandinsky 2.2")
     if not args.tiny_random:
-        from vslerp.ui.models import check_backend_options
+        from vslerp.ui.checks import check_backend_options
 
         check_backend_options(model_spec(args))  # --ip-adapter with an SD / SDXL --model only
     _check_port(args.host, args.port, CLIError)

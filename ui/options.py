@@ -21,7 +21,7 @@ from vslerp.defaults import (
 
 __all__ = ["DTYPES", "DTYPE_HELP", "add_backend_options", "add_loader_limits", "add_ip_adapter_option", "add_model_options", "add_render_options",
            "allow_negative_values", "dtype_arg", "finite_float", "int_at_least", "ip_adapter_arg", "port_arg",
-           "positive_float", "positive_int", "scale_arg", "seed_arg", "strength_arg", "value_list"]
+           "positive_float", "positive_int", "scale_arg", "parse_values", "seed_arg", "strength_arg", "value_list"]
 
 # --dtype of every command: the canonical torch name for each accepted spelling
 DTYPES = {"float16": "float16", "fp16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -30,6 +30,52 @@ DTYPE_HELP = "float16, bfloat16 or float32; fp16, bf16, fp32 also accepted"
 
 # Value lists and ranges that start with a minus ("-2:2:5", "-1,0,1") are values, not options.
 _NEGATIVE_VALUES = re.compile(r"^-\.?\d[\d.,:eE+-]*$")
+
+
+
+_MAX_VALUES = 1000  # more values than this on one axis is a typo, not a grid
+
+
+def parse_values(text: str, name: str) -> list[float]:
+    """Parse ``"0,0.5,1"`` or ``"start:stop:count"`` (inclusive, like ``numpy.linspace``).
+
+    Raises ValueError naming ``name`` and the text received.
+    """
+    raw = str(text).strip()
+    if not raw:
+        raise ValueError(f"{name}: empty list of values")
+    if ":" in raw:
+        parts = raw.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"{name}: range must be start:stop:count, got {raw!r}")
+        try:
+            start, stop = float(parts[0]), float(parts[1])
+            count = int(parts[2])
+        except ValueError:
+            raise ValueError(f"{name}: range must be start:stop:count with numbers and an "
+                             f"integer count, got {raw!r}") from None
+        if count < 1 or count > _MAX_VALUES:
+            raise ValueError(f"{name}: count must be 1..{_MAX_VALUES}, got {count} in {raw!r}")
+        if count == 1:
+            values = [start]
+        else:
+            step = (stop - start) / (count - 1)
+            values = [start + i * step for i in range(count - 1)] + [stop]
+        values = [round(v, 12) + 0.0 for v in values]  # 0.30000000000000004 → 0.3; -0.0 → 0.0
+    else:
+        values = []
+        for item in raw.split(","):
+            item = item.strip()
+            try:
+                values.append(float(item))
+            except ValueError:
+                raise ValueError(f"{name}: {item!r} is not a number in {raw!r} (use "
+                                 "comma-separated numbers or start:stop:count)") from None
+        if len(values) > _MAX_VALUES:
+            raise ValueError(f"{name}: at most {_MAX_VALUES} values, got {len(values)}")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{name}: values must be finite, got {raw!r}")
+    return values
 
 
 def allow_negative_values(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -123,9 +169,8 @@ def ip_adapter_arg(text: str) -> tuple[str, str, str]:
 
 
 def value_list(name: str):
-    """argparse type: ``a,b,c`` or ``start:stop:count`` → floats (``vslerp.ui.outputs.parse_values``)."""
+    """argparse type: ``a,b,c`` or ``start:stop:count`` → floats (:func:`parse_values`)."""
     def parse(text: str) -> list[float]:
-        from vslerp.ui.outputs import parse_values
 
         try:
             return parse_values(text, name)

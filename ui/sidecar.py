@@ -78,7 +78,7 @@ def sidecar(spec: RenderSpec, pipe, out, command: str, statistics=None, **extra)
     """The sidecar of ``out`` (the pipeline's output for ``spec``); ``statistics``: the call's
     image mean (None: the pipeline's). ``extra``: a command's own keys (frames, job, cell, …)."""
     from vslerp._version import __version__
-    from vslerp.ui.models import model_ref
+    from vslerp.ui.checks import model_ref
 
     spec = spec.resolved(pipe)
     describe = pipe.describe(statistics)
@@ -107,7 +107,7 @@ def sidecar(spec: RenderSpec, pipe, out, command: str, statistics=None, **extra)
 
 def _adapter_record(adapter) -> dict | None:
     """The spec's IP-Adapter as the sidecar records it (a local folder as an absolute path)."""
-    from vslerp.ui.models import model_ref
+    from vslerp.ui.checks import model_ref
 
     if adapter is None:
         return None
@@ -144,7 +144,7 @@ def recorded_options(meta: dict, where: str) -> dict:
 def read_sidecar(path: Path) -> dict:
     """A sidecar ``.json`` or a PNG with vslerp metadata, as a dict (one CLI line if it is not one)."""
     from vslerp.stats.jsonfile import read_json
-    from vslerp.ui.outputs import read_png_metadata
+    from vslerp.ui.images import read_png_metadata
 
     if path.is_dir():
         raise CLIError(f"--from {path} is a directory, not a sidecar or PNG")

@@ -65,7 +65,7 @@ def _checkpoint_mean(model: str):
     """``--compare-mean``'s image mean (:func:`vslerp.pipelines.loading.checkpoint_mean`), its
     refusals one line naming the option."""
     from vslerp.pipelines.loading import checkpoint_mean
-    from vslerp.ui.models import looks_like_folder
+    from vslerp.ui.checks import looks_like_folder
 
     if looks_like_folder(model) and not Path(model).expanduser().is_dir():
         raise CLIError(f"--compare-mean {model}: no such folder")

@@ -17,7 +17,7 @@ def _png(editor, image, result) -> dict:
     """``image`` saved with ``result``'s metadata, as a Gradio file payload (copied to its cache)."""
     from gradio import FileData
 
-    from vslerp.ui.outputs import save_png
+    from vslerp.ui.images import save_png
 
     folder = editor.result_folder("api")
     png = save_png(image, folder / f"vslerp-{result['kind']}.png", result["metadata"], sidecar=False)

@@ -77,7 +77,7 @@ class EditorState:
         The input is the sidecar's ``{"kind": "image", "path", "sha256"}``: path = the upload's
         original file name, sha256 = of the file's bytes; plus ``pixels_sha256`` (the cache key).
         """
-        from vslerp.ui.outputs import file_sha256
+        from vslerp.ui.images import file_sha256
 
         if upload is None or isinstance(upload, PIL.Image.Image):
             raw, key = self.image_embedding(open_upload(upload, name))

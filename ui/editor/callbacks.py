@@ -127,7 +127,7 @@ class Editor(ResultViews):
         """(Statistics, label, path for the metadata) of the chosen mean source, checked against
         the model (``pipe.check_statistics``: nothing on the pipeline changes)."""
         from vslerp.stats import Statistics, load
-        from vslerp.ui.outputs import file_sha256
+        from vslerp.ui.images import file_sha256
 
         mean_source = mean_source_value(mean_source, getattr(self.pipe, "prior", None) is not None)
         if mean_source == "prior clip_mean":
@@ -306,7 +306,8 @@ class Editor(ResultViews):
         θ must lie in 0..1 (the source .. the target); α may leave the paper's useful range
         −2..2 (research use), which the read-out then notes.
         """
-        from vslerp.ui.outputs import make_grid, parse_values
+        from vslerp.ui.images import make_grid
+        from vslerp.ui.options import parse_values
 
         try:
             thetas = parse_values(text_value("thetas", thetas_text) or "", "θ values")

@@ -155,7 +155,7 @@ class ResultViews:
         if not result:
             return []
         from vslerp.ui.editor.boundary import warn
-        from vslerp.ui.outputs import save_animation, save_png
+        from vslerp.ui.images import save_animation, save_png
 
         folder = self.result_folder(result["kind"])
         image = result.get("grid") or result["images"][0]

@@ -21,55 +21,10 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from vslerp.stats.outputs import TEMP_MARK, atomic_write
 
-__all__ = ["FPS_RANGES", "PNG_KEY", "check_fps", "file_sha256", "make_grid", "parse_values",
+__all__ = ["FPS_RANGES", "PNG_KEY", "check_fps", "file_sha256", "make_grid",
            "read_png_metadata", "save_animation", "save_json", "save_png", "sidecar_path"]
 
 PNG_KEY = "vslerp"  # PNG text chunk holding the JSON metadata
-_MAX_VALUES = 1000  # more values than this on one axis is a typo, not a grid
-
-
-def parse_values(text: str, name: str) -> list[float]:
-    """Parse ``"0,0.5,1"`` or ``"start:stop:count"`` (inclusive, like ``numpy.linspace``).
-
-    Raises ValueError naming ``name`` and the text received.
-    """
-    raw = str(text).strip()
-    if not raw:
-        raise ValueError(f"{name}: empty list of values")
-    if ":" in raw:
-        parts = raw.split(":")
-        if len(parts) != 3:
-            raise ValueError(f"{name}: range must be start:stop:count, got {raw!r}")
-        try:
-            start, stop = float(parts[0]), float(parts[1])
-            count = int(parts[2])
-        except ValueError:
-            raise ValueError(f"{name}: range must be start:stop:count with numbers and an "
-                             f"integer count, got {raw!r}") from None
-        if count < 1 or count > _MAX_VALUES:
-            raise ValueError(f"{name}: count must be 1..{_MAX_VALUES}, got {count} in {raw!r}")
-        if count == 1:
-            values = [start]
-        else:
-            step = (stop - start) / (count - 1)
-            values = [start + i * step for i in range(count - 1)] + [stop]
-        values = [round(v, 12) + 0.0 for v in values]  # 0.30000000000000004 → 0.3; -0.0 → 0.0
-    else:
-        values = []
-        for item in raw.split(","):
-            item = item.strip()
-            try:
-                values.append(float(item))
-            except ValueError:
-                raise ValueError(f"{name}: {item!r} is not a number in {raw!r} (use "
-                                 "comma-separated numbers or start:stop:count)") from None
-        if len(values) > _MAX_VALUES:
-            raise ValueError(f"{name}: at most {_MAX_VALUES} values, got {len(values)}")
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError(f"{name}: values must be finite, got {raw!r}")
-    return values
-
-
 # Frame rates each format stores: GIF keeps each frame's delay in 1/100 s (a delay of 1/100 s
 # is shown as 1/10 s by browsers, so at most 50 fps; at most 655.35 s a frame); MP4 (H.264)
 # takes any rational rate, players need a sane one.
