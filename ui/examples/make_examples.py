@@ -20,7 +20,7 @@ def _gradient(top, bottom) -> Image.Image:
     draw = ImageDraw.Draw(image)
     for y in range(SIZE):
         t = y / (SIZE - 1)
-        draw.line([(0, y), (SIZE, y)], fill=tuple(round(a + (b - a) * t) for a, b in zip(top, bottom)))
+        draw.line([(0, y), (SIZE, y)], fill=tuple(round(a + (b - a) * t) for a, b in zip(top, bottom, strict=True)))
     return image
 
 
