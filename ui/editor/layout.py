@@ -275,11 +275,12 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
         sweep_inputs = [source, target_image, target_prompt, thetas_text, alphas_text, *common]
         target_kind.change(show_target, target_kind, [target_prompt, target_image], api_name=False)
         for image, name in ((source, "source"), (target_image, "target image")):
-            image.upload(checked(name), image, None, api_name=False, preprocess=False, queue=False).failure(
-                lambda: None, None, image, api_name=False, queue=False)
+            image.upload(checked(name), image, None, api_name=False, preprocess=False,  # queued: a toast
+                         concurrency_limit=None).failure(lambda: None, None, image, api_name=False, queue=False)
         for control in (source, target_image, target_prompt, target_kind, *common, theta, alpha, thetas_text,
-                        alphas_text):  # a changed input: the toasts of the mistakes before it go
-            control.change(None, None, None, js=CLEAR_ERRORS_JS, api_name=False)
+                        alphas_text):  # the user changed an input: the toasts of the mistakes before it go
+            (control.input if hasattr(control, "input") else control.upload)(None, None, None, js=CLEAR_ERRORS_JS,
+                                                                              api_name=False)
         edit_events = [run.click(ui_edit, [*edit_inputs, target_kind], [result, result_state], api_name=False,
                                  preprocess=False, **render),
                        example_row.load_input_event.then(lambda: kind0, None, target_kind, api_name=False,
