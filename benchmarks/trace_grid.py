@@ -1,8 +1,8 @@
 """Trace one 5×5 ``vslerp grid`` on the tiny Kandinsky models: how much of the house it walks.
 
 Counts the project files whose functions are called from ``vslerp.ui.cli.main`` on (module
-bodies run at import are not counted) and the opens of any ``model_index.json`` (diffusers'
-own reads included, through an audit hook). The measure of issue "one request, one backend
+bodies run at import, with the class bodies and comprehensions in them, are not counted) and
+the opens of any ``model_index.json`` (diffusers' own reads included, through an audit hook). The measure of issue "one request, one backend
 table": a grid should run code in ≤ 16 project files and open ``model_index.json`` ≤ 3 times.
 
     python benchmarks/trace_grid.py [--list]
@@ -36,9 +36,17 @@ def main() -> None:
     files: set[str] = set()
     opens: list[str] = []
 
+    def importing(frame) -> bool:
+        """Part of a module body run at import (a class body, a module-level comprehension)."""
+        while frame is not None and frame.f_code.co_filename != __file__:
+            if frame.f_code.co_name == "<module>":
+                return True
+            frame = frame.f_back
+        return False
+
     def profile(frame, event, _arg):
         code = frame.f_code
-        if event == "call" and code.co_name != "<module>" and code.co_filename.startswith(str(ROOT)):
+        if event == "call" and code.co_filename.startswith(str(ROOT)) and not importing(frame):
             files.add(os.path.relpath(code.co_filename, ROOT))
 
     def audit(event, event_args):

@@ -1,7 +1,7 @@
 """VSlerpPipeline: vertical-SLERP editing with diffusers generators (Kandinsky 2.2, unCLIP/Karlo,
 Stable unCLIP, IP-Adapter on SD / SDXL).
 
-Modules: ``grid`` (the θ × α grid, backend-free), ``base`` (the call every backend shares),
+Modules: ``grid`` (the θ × α grid, backend-free), ``base`` (the call every backend shares), ``mixing`` (``pipe.mix``),
 ``kandinsky`` / ``unclip`` / ``stable_unclip`` / ``ip_adapter`` (the backends: adapters over
 diffusers' own pipelines, each one record of :mod:`vslerp.stats.models`'s table), ``loading``
 (loading the backend that table names), ``inputs`` and
@@ -20,7 +20,7 @@ _EXPORTS = {
     "DEFAULT_UNCLIP": "vslerp.defaults", "STATISTICS_FILE": "vslerp.defaults",
     "VSlerpPipeline": "vslerp.pipelines.kandinsky", "VSlerpUnCLIPPipeline": "vslerp.pipelines.unclip",
     "VSlerpStableUnCLIPPipeline": "vslerp.pipelines.stable_unclip",
-    "VSlerpPipelineOutput": "vslerp.pipelines.grid",
+    "VSlerpPipelineOutput": "vslerp.pipelines.grid", "VSlerpMixOutput": "vslerp.pipelines.grid",
     "VSlerpIPAdapterPipeline": "vslerp.pipelines.ip_adapter", "VSlerpIPAdapterXLPipeline": "vslerp.pipelines.ip_adapter",
     "auto_device": "vslerp.pipelines.loading", "backend_of": "vslerp.pipelines.loading",
     "read_model_index": "vslerp.pipelines.loading",

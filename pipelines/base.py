@@ -29,8 +29,16 @@ from vslerp.stats import Statistics
 
 from . import limits
 from .encoding import EncodingMixin
-from .grid import VSlerpPipelineOutput, join_chunks, make_grid
-from .inputs import check_embedding, check_generator, check_input, check_request, init_photo
+from .grid import Grid, VSlerpPipelineOutput, join_chunks, make_grid, make_mix
+from .inputs import (
+    check_embedding,
+    check_generator,
+    check_input,
+    check_request,
+    first_prompt,
+    init_photo,
+)
+from .mixing import MixMixin
 from .request import RenderRequest, RenderSettings, RequestError, RequestTypeError, clone_generator
 from .serial import serialised
 from .statistics import StatisticsMixin
@@ -38,7 +46,7 @@ from .statistics import StatisticsMixin
 __all__ = ["VSlerpBasePipeline"]
 
 
-class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
+class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, MixMixin, DiffusionPipeline):
     """Vertical SLERP between two CLIP image embeddings (paper Eq. 12), on a diffusers generator.
 
     Not used directly: :class:`~vslerp.pipelines.VSlerpPipeline` (Kandinsky 2.2, and the
@@ -271,7 +279,6 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
         """
         check_input("source", source, prompt=False)
         check_input("target", target, prompt=True)
-        check_generator("generator", generator)
         request = self.check_request(dict(
             thetas=thetas, alphas=alphas, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             height=height, width=width, max_batch_size=max_batch_size, output_type=output_type,
@@ -279,20 +286,32 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
             super_res_num_inference_steps=super_res_num_inference_steps, max_size=max_size, max_cells=max_cells,
             strength=strength, prompt=prompt, negative_prompt=negative_prompt, noise_level=noise_level,
             ip_adapter_scale=ip_adapter_scale))
-        settings = self._settings(request, target, latents, negative_image_embeds, callback_on_step_end,
-                                  callback_on_step_end_tensor_inputs)
-        thetas, alphas = list(request.thetas), list(request.alphas)
+        grid, rendered = self._generate(request, [("source", source, False), ("target", target, True)], generator,
+                                        latents, negative_image_embeds, callback_on_step_end,
+                                        callback_on_step_end_tensor_inputs, statistics, image)
+        result = grid.output(rendered, output_type)
+        return result if return_dict else result.to_tuple()
+
+    def _generate(self, request: RenderRequest, inputs: list, generator, latents, negative, callback, tensor_inputs,
+                  statistics, image) -> tuple[Grid, list]:
+        """The render of ``__call__`` and ``mix``: ``inputs`` ``(name, value, may be a prompt)`` as raw
+        (D,), the request's cells (θ × α, or weights × α) and their distinct cells rendered."""
+        check_generator("generator", generator)
+        settings = self._settings(request, first_prompt([value for _, value, prompt in inputs if prompt]), latents,
+                                  negative, callback, tensor_inputs)
         stats = self._statistics_for(statistics)
-        photo = init_photo("", image, source, settings.strength)
+        photo = init_photo("", image, inputs[0][1], settings.strength)
         if generator is None:
             generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ()).item()))
 
         # Embeddings (raw, float32, CPU): every input error surfaces before denoising.
-        source_raw = self._resolve("source", source, False, None, prior_num_inference_steps)  # (D,)
-        target_raw = self._resolve("target", target, True, clone_generator(generator),
-                                   prior_num_inference_steps)  # (D,)
+        raws = torch.stack([self._resolve(name, value, prompt, clone_generator(generator) if prompt else None,
+                                          request.prior_num_inference_steps) for name, value, prompt in inputs])  # (N, D)
         settings.negative = self._negative(settings.negative)
-        grid = make_grid(source_raw, target_raw, thetas, alphas, stats)
+        if request.weights is None:
+            grid = make_grid(raws[0], raws[1], list(request.thetas), list(request.alphas), stats)
+        else:
+            grid = make_mix(raws, [list(row) for row in request.weights], list(request.alphas), stats)
         try:
             count = grid.distinct.shape[0]
             outputs = self._render(grid.distinct, [generator] * count, settings,
@@ -302,11 +321,10 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, DiffusionPipeline):
                 raise
             self.maybe_free_model_hooks()
             raise limits.out_of_memory(settings.height, settings.width,
-                                       min(max_batch_size, grid.distinct.shape[0])) from err
+                                       min(settings.max_batch_size, grid.distinct.shape[0])) from err
         self.maybe_free_model_hooks()
         self._advance_generator(generator, settings)
-        result = grid.output(join_chunks(outputs, output_type), output_type)
-        return result if return_dict else result.to_tuple()
+        return grid, join_chunks(outputs, request.output_type)
 
     @serialised
     @torch.no_grad()

@@ -1,5 +1,6 @@
-"""The θ × α grid of one request, backend-free: axes, cells (paper Eq. 12), distinct cells,
-the images mapped back to every cell, the conformity read-out and the output dataclass.
+"""The θ × α grid (or the weights × α mix) of one request, backend-free: axes, cells (paper
+Eq. 12; :func:`vslerp.vmix` for a mix), distinct cells, the images mapped back to every cell,
+the conformity read-out and the output dataclasses.
 
 Written once for every backend and for both entry points (``pipe(...)`` and
 ``pipe.render_batch(...)``): a backend only renders the distinct cells it is handed.
@@ -18,8 +19,8 @@ import vslerp
 from vslerp.checks import check_embedding_values
 from vslerp.stats.scoring import estimated_conformity
 
-__all__ = ["Grid", "VSlerpPipelineOutput", "conformity_read_out", "distinct_rows",
-           "join_chunks", "make_grid"]
+__all__ = ["Grid", "VSlerpMixOutput", "VSlerpPipelineOutput", "conformity_read_out", "distinct_rows",
+           "join_chunks", "make_grid", "make_mix"]
 
 
 @dataclass
@@ -38,6 +39,24 @@ class VSlerpPipelineOutput(BaseOutput):
     thetas: list
     alphas: list
     conformity: torch.Tensor
+
+
+@dataclass
+class VSlerpMixOutput(BaseOutput):
+    """Output of ``pipe.mix(...)`` (every backend).
+
+    images: K·A images (as ``output_type`` asks), row-major over weight rows × alphas.
+    conformity: (K, A) float32 estimated conformity of each mix (Eq. 11, image modality).
+    weights: (K, N) float64, each row normalised to sum 1.
+    alphas: the columns, as a list of float.
+    embeddings: (K, A, D) float32 raw embeddings of the mixes with ``return_embeddings=True``, else None.
+    """
+
+    images: list | np.ndarray | torch.Tensor
+    conformity: torch.Tensor
+    weights: torch.Tensor
+    alphas: list
+    embeddings: torch.Tensor | None = None
 
 
 def distinct_rows(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,22 +80,23 @@ def conformity_read_out(raw: torch.Tensor, modality_stats) -> tuple[torch.Tensor
 
 @dataclass
 class Grid:
-    """One request's grid: axes, cells (T, A, D) raw, and its distinct cells.
+    """One request's grid: rows (θ values, or a mix's weight rows), alphas, cells (T, A, D) raw,
+    and its distinct cells.
 
     distinct: (U, D) the cells to render, in first-seen order; inverse: (T·A,) int64 index of
     each cell among them (a θ=0 row is the source for every α, a θ=1 row the target: Eq. 12).
     """
 
-    thetas: list[float]
+    rows: list
     alphas: list[float]
     cells: torch.Tensor  # (T, A, D) float32 raw
     distinct: torch.Tensor  # (U, D)
     inverse: torch.Tensor  # (T·A,) int64
     conformity: torch.Tensor  # (T, A) float32, estimated (Eq. 11)
 
-    def output(self, rendered, output_type: str) -> VSlerpPipelineOutput:
-        """The output for rendered distinct cells (U images, as :func:`join_chunks` gives them):
-        each cell gets its distinct cell's image (a repeated PIL cell its own copy)."""
+    def images(self, rendered, output_type: str):
+        """Rendered distinct cells (U images, as :func:`join_chunks` gives them) mapped to every
+        cell (a repeated PIL cell its own copy)."""
         if output_type == "pil":
             images, seen = [], set()
             for k in self.inverse.tolist():
@@ -86,8 +106,18 @@ class Grid:
             images = rendered[self.inverse.numpy()]
         else:
             images = rendered[self.inverse.to(rendered.device)]
-        return VSlerpPipelineOutput(images=images, embeddings=self.cells.float(), thetas=self.thetas,
-                                    alphas=self.alphas, conformity=self.conformity)
+        return images
+
+    def output(self, rendered, output_type: str) -> VSlerpPipelineOutput:
+        """The grid's output for its rendered distinct cells."""
+        return VSlerpPipelineOutput(images=self.images(rendered, output_type), embeddings=self.cells.float(),
+                                    thetas=self.rows, alphas=self.alphas, conformity=self.conformity)
+
+    def mix_output(self, rendered, output_type: str, embeddings: bool) -> VSlerpMixOutput:
+        """The mix's output for its rendered distinct cells (``embeddings``: with the cells)."""
+        return VSlerpMixOutput(images=self.images(rendered, output_type), conformity=self.conformity,
+                               weights=torch.tensor(self.rows, dtype=torch.float64), alphas=self.alphas,
+                               embeddings=self.cells.float() if embeddings else None)
 
 
 def make_grid(source_raw: torch.Tensor, target_raw: torch.Tensor, thetas: list[float], alphas: list[float],
@@ -99,13 +129,38 @@ def make_grid(source_raw: torch.Tensor, target_raw: torch.Tensor, thetas: list[f
     theta_grid = torch.tensor(thetas, dtype=torch.float32)[:, None].expand(len(thetas), len(alphas))
     alpha_grid = torch.tensor(alphas, dtype=torch.float32)[None, :].expand(len(thetas), len(alphas))
     cells = vslerp.vslerp(source_raw, target_raw, theta_grid, alpha_grid, mean)  # (T, A, D)
+    return _grid_of(thetas, alphas, cells, statistics, name)
+
+
+def make_mix(raws: torch.Tensor, weights: list, alphas: list[float], statistics, name: str = "") -> Grid:
+    """Cells vmix(v₁…v_N, w, α, m) for every weight row × α (rows (K, N) summing to 1), with their
+    conformity; ``ValueError`` (prefixed ``name``) when a mix is undefined or not finite.
+
+    Two inputs are Eq. 12 itself, computed as :func:`make_grid` computes it (vmix's N = 2
+    identity): a mix (1 − θ, θ) is the grid's θ cell to the bit, so it renders the same pixels."""
+    mean = statistics.image.mean.to(torch.float32)  # (D,)
+    rows = torch.tensor(weights, dtype=torch.float64)  # (K, N)
+    alpha_grid = torch.tensor(alphas, dtype=torch.float32)[None, :].expand(len(weights), len(alphas))  # (K, A)
+    if raws.shape[0] == 2:
+        theta_grid = rows[:, 1:].float().expand(len(weights), len(alphas))  # (K, A): θ = w₂
+        cells = vslerp.vslerp(raws[0], raws[1], theta_grid, alpha_grid, mean)  # (K, A, D)
+    else:
+        try:
+            cells = vslerp.vmix(raws, rows[:, None, :], alpha_grid, mean)  # (K, A, D)
+        except ValueError as err:
+            raise ValueError(f"{name}{err}") from None
+    return _grid_of(weights, alphas, cells, statistics, name)
+
+
+def _grid_of(rows: list, alphas: list[float], cells: torch.Tensor, statistics, name: str) -> Grid:
+    """The grid of cells (T, A, D): checked finite and renderable, distinct cells, conformity."""
     if not bool(torch.isfinite(cells).all()):
         raise ValueError(f"{name}some cells' embeddings are not finite (extreme alphas or thetas?)")
     check_embedding_values(f"{name}a cell's embedding (alpha × the image mean, or an extrapolated theta)", cells)
     flat = cells.reshape(-1, cells.shape[-1])  # (T·A, D)
     conformity, _ = conformity_read_out(flat, statistics.image)
     distinct, inverse = distinct_rows(flat)  # (U, D), (T·A,)
-    return Grid(thetas, alphas, cells, distinct, inverse, conformity.reshape(cells.shape[:2]))
+    return Grid(rows, alphas, cells, distinct, inverse, conformity.reshape(cells.shape[:2]))
 
 
 def join_chunks(outputs: list, output_type: str):

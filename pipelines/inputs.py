@@ -16,7 +16,7 @@ from pathlib import Path
 from vslerp.defaults import IMAGE_SUFFIXES  # torch-free: the CLI's parser imports this module
 
 __all__ = ["IMAGE_SUFFIXES", "OPTION_NAMES", "ImageOrPrompt", "check_embedding", "check_generator", "check_input", "check_prompt", "check_request",
-           "first_refused", "image_path_or_prompt", "init_photo", "is_image", "open_named_image", "options_given",
+           "first_prompt", "first_refused", "image_path_or_prompt", "init_photo", "is_image", "open_named_image", "options_given",
            "refused_option"]
 
 
@@ -75,6 +75,13 @@ def image_path_or_prompt(text, base=None) -> ImageOrPrompt:
         if stripped.lower().endswith(IMAGE_SUFFIXES) and " " not in stripped:
             return ImageOrPrompt("missing", path)
     return ImageOrPrompt("prompt")
+
+
+def first_prompt(values):
+    """The first prompt among ``values`` (a string naming no file), else their first string, else
+    None: the target a backend's ``_check_backend`` refuses a prompt by."""
+    texts = [value for value in values if isinstance(value, str)]
+    return next((text for text in texts if image_path_or_prompt(text).kind == "prompt"), texts[0] if texts else None)
 
 
 def check_prompt(name: str, text: str) -> str:

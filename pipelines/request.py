@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["OPTION_FIELDS", "OUTPUT_TYPES", "RenderRequest", "RenderSettings", "RequestError", "RequestTypeError", "check_axis",
-           "check_guidance", "check_options", "check_positive_int", "clone_generator", "check_seed", "check_steps", "denoise_steps"]
+           "check_guidance", "check_options", "check_weights", "check_positive_int", "clone_generator", "check_seed", "check_steps", "denoise_steps"]
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 OPTION_FIELDS = ("strength", "prompt", "negative_prompt", "noise_level", "ip_adapter_scale")  # backend options
@@ -75,6 +75,40 @@ def check_axis(name: str, values, allow_outside: bool) -> list[float]:
         raise RequestError(name, f"{name} value {outside[0]:g} is outside [0, 1]: θ lies between 0 (the "
                            "source) and 1 (the target); pass allow_extrapolation=True to extrapolate")
     return out
+
+
+def check_weights(weights, count: int | None = None) -> tuple[tuple[float, ...], ...]:
+    """Mix weights — one row ``[w1, …, wN]`` or K rows (a nested list, numpy array or tensor) —
+    as K rows of N finite non-negative floats, each normalised to sum 1; ``count``: the N the rows
+    must have (one weight per input)."""
+    if hasattr(weights, "tolist") and hasattr(weights, "reshape"):  # a numpy array or a tensor
+        weights = weights.tolist()
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence) or not weights:
+        raise RequestTypeError("weights", f"weights must be a row of numbers [w1, …, wN] or a list of such rows, "
+                               f"got {weights!r}")
+    rows = [weights] if not isinstance(weights[0], Sequence) or isinstance(weights[0], (str, bytes)) else weights
+    out = []
+    for k, row in enumerate(rows):
+        where = f"weights row {k + 1}" if len(rows) > 1 else "weights"
+        if isinstance(row, (str, bytes)) or not isinstance(row, Sequence) or any(
+                isinstance(w, bool) or not isinstance(w, numbers.Real) for w in row):
+            raise RequestTypeError("weights", f"{where} must be a list of numbers, got {row!r}")
+        row = [float(w) for w in row]
+        if count is not None and len(row) != count:
+            raise RequestError("weights", f"{where} has {len(row)} weights for {count} inputs: give one weight per input")
+        if len(row) != len(out[0] if out else row):
+            raise RequestError("weights", f"{where} has {len(row)} weights, row 1 has {len(out[0])}")
+        if len(row) < 2:
+            raise RequestError("weights", f"{where} has {len(row)} weight: a mix takes at least 2 inputs")
+        bad = [w for w in row if not math.isfinite(w) or w < 0]
+        if bad:
+            raise RequestError("weights", f"{where} must be finite and non-negative, got {bad[0]:g}")
+        _magnitude("weights", "weight", row)
+        total = math.fsum(row)
+        if total <= 0:
+            raise RequestError("weights", f"{where} is all zeros: give at least one positive weight")
+        out.append(tuple(w / total for w in row))
+    return tuple(out)
 
 
 def _magnitude(field: str, name: str, value) -> None:
@@ -165,6 +199,7 @@ class RenderRequest:
     negative_prompt: str | None = None
     noise_level: int = 0  # Stable unCLIP's image-embedding noise level
     ip_adapter_scale: float | None = None  # None: as loaded
+    weights: tuple[tuple[float, ...], ...] | None = None  # a mix's rows (each sums to 1) instead of thetas
 
     @classmethod
     def from_fields(cls, mapping: Mapping, origin: str = "") -> RenderRequest:
@@ -188,6 +223,8 @@ class RenderRequest:
                                    f"got {v['allow_extrapolation']!r}")
         v["thetas"] = tuple(check_axis("thetas", v["thetas"], v["allow_extrapolation"]))
         v["alphas"] = tuple(check_axis("alphas", v["alphas"], True))
+        if v["weights"] is not None:
+            v["weights"] = check_weights(v["weights"])
         for name in ("num_inference_steps", "max_batch_size", "max_size", "max_cells"):
             check_positive_int(name, v[name])
         for name in ("height", "width"):
@@ -207,14 +244,15 @@ class RenderRequest:
                                f"{v['num_inference_steps']} leaves no denoising step: int(steps × strength) "
                                "must be >= 1")
         try:
-            limits.check_cells(len(v["thetas"]) * len(v["alphas"]), max_cells=v["max_cells"])
+            rows = v["thetas"] if v["weights"] is None else v["weights"]
+            limits.check_cells(len(rows) * len(v["alphas"]), max_cells=v["max_cells"])
         except ValueError as err:
             raise RequestError("max_cells", str(err)) from None
         return v
 
     @property
     def cells(self) -> int:
-        return len(self.thetas) * len(self.alphas)
+        return len(self.thetas if self.weights is None else self.weights) * len(self.alphas)
 
     @property
     def options(self) -> dict:

@@ -237,7 +237,7 @@ def test_conformity_chunking_is_exact(monkeypatch):
     g = _gen(9)
     x = torch.randn(1000, 16, generator=g, dtype=torch.float64) + 1
     whole = vslerp.conformity(x)
-    monkeypatch.setattr(conf_mod, "_CHUNK", 37)
+    monkeypatch.setattr(conf_mod, "CHUNK_ROWS", 37)
     chunked = vslerp.conformity(x)
     torch.testing.assert_close(whole, chunked, atol=1e-14, rtol=0)
 

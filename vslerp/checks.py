@@ -5,16 +5,20 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "CHUNK_ROWS",
     "MAX_EMBEDDING_VALUE",
     "MAX_MAGNITUDE",
     "as_tensor",
     "check_finite",
     "check_int",
+    "check_matrix",
     "check_embedding_values",
     "check_magnitude",
     "check_nonzero_rows",
     "check_values",
     "compute_dtype",
+    "row_norms",
+    "unit_rows",
 ]
 
 # The largest |t| / |alpha| the core accepts: far past any useful edit (the paper uses
@@ -132,3 +136,46 @@ def check_values(name: str, values) -> list[float]:
         raise ValueError(f"{name} is empty: give at least one value")
     check_magnitude(name[:-1] if name.endswith("s") else name, flat)
     return flat
+
+
+CHUNK_ROWS = 16384  # rows per chunk: bounds the temporaries to O(chunk·D), not O(N·D)
+
+
+def check_matrix(name: str, x) -> torch.Tensor:
+    """``x`` as a real (N, D) tensor with N, D ≥ 1, or ``ValueError`` naming ``name``."""
+    x = as_tensor(name, x, rank=2)
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty: got shape {tuple(x.shape)}, need at least one row")
+    if x.shape[1] == 0:
+        raise ValueError(f"{name} has zero features: got shape {tuple(x.shape)}")
+    return x
+
+
+def row_norms(name: str, raw: torch.Tensor, offset: int) -> torch.Tensor:
+    """‖row‖ of one chunk (n, D) already in the compute dtype, as (n,).
+
+    One pass in the common case; rows whose squared norm overflows or underflows (to 0 for a
+    non-zero row, e.g. entries ~1e-30 in float32) are recomputed scaled by their max |entry|.
+    Non-finite entries and zero rows raise ``ValueError`` naming ``name``.
+    """
+    norms = torch.linalg.vector_norm(raw, dim=1)  # (n,)
+    bad = ~torch.isfinite(norms) | (norms == 0)
+    if bool(bad.any()):
+        check_finite(name, raw)  # NaN/Inf entries → error; else overflow, underflow or zero
+        rows = raw[bad]
+        scale = rows.abs().amax(dim=1)  # 0 only for a zero row
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        norms[bad] = torch.linalg.vector_norm(rows / safe[:, None], dim=1) * scale
+        if bool((~torch.isfinite(norms)).any()):
+            raise ValueError(f"{name} has rows whose norm overflows {raw.dtype}")
+    zero = norms == 0
+    if bool(zero.any()):
+        rows = (torch.nonzero(zero).flatten()[:5] + offset).tolist()
+        check_nonzero_rows(f"{name} (rows {rows})", norms)
+    return norms
+
+
+def unit_rows(name: str, raw: torch.Tensor, offset: int, cd: torch.dtype) -> torch.Tensor:
+    """Unit rows of one chunk (n, D) in dtype ``cd``; zero/non-finite rows raise."""
+    raw = raw.to(cd)
+    return raw / row_norms(name, raw, offset).unsqueeze(1)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import as_tensor, check_finite, check_nonzero_rows, compute_dtype
+from .checks import CHUNK_ROWS, as_tensor, check_finite, check_matrix, compute_dtype, row_norms
 
 __all__ = [
     "ConformityFit",
@@ -18,59 +18,17 @@ __all__ = [
     "unit_sum",
 ]
 
-_CHUNK = 16384  # rows per chunk: bounds the temporaries to O(chunk·D), not O(N·D)
-
-
-def _check_matrix(name: str, x) -> torch.Tensor:
-    x = as_tensor(name, x, rank=2)
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is empty: got shape {tuple(x.shape)}, need at least one row")
-    if x.shape[1] == 0:
-        raise ValueError(f"{name} has zero features: got shape {tuple(x.shape)}")
-    return x
-
-
-def _row_norms(name: str, raw: torch.Tensor, offset: int) -> torch.Tensor:
-    """‖row‖ of one chunk (n, D) already in the compute dtype, as (n,).
-
-    One pass in the common case; rows whose squared norm overflows or underflows (to 0 for a
-    non-zero row, e.g. entries ~1e-30 in float32) are recomputed scaled by their max |entry|.
-    Non-finite entries and zero rows raise ``ValueError`` naming ``name``.
-    """
-    norms = torch.linalg.vector_norm(raw, dim=1)  # (n,)
-    bad = ~torch.isfinite(norms) | (norms == 0)
-    if bool(bad.any()):
-        check_finite(name, raw)  # NaN/Inf entries → error; else overflow, underflow or zero
-        rows = raw[bad]
-        scale = rows.abs().amax(dim=1)  # 0 only for a zero row
-        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-        norms[bad] = torch.linalg.vector_norm(rows / safe[:, None], dim=1) * scale
-        if bool((~torch.isfinite(norms)).any()):
-            raise ValueError(f"{name} has rows whose norm overflows {raw.dtype}")
-    zero = norms == 0
-    if bool(zero.any()):
-        rows = (torch.nonzero(zero).flatten()[:5] + offset).tolist()
-        check_nonzero_rows(f"{name} (rows {rows})", norms)
-    return norms
-
-
-def _unit_chunk(name: str, raw: torch.Tensor, offset: int, cd: torch.dtype) -> torch.Tensor:
-    """Unit rows of one chunk (n, D) in dtype ``cd``; zero/non-finite rows raise."""
-    raw = raw.to(cd)
-    return raw / _row_norms(name, raw, offset).unsqueeze(1)
-
-
 def unit_sum(x: torch.Tensor) -> torch.Tensor:
     """Σ_j x_j/‖x_j‖ over the rows of x (N, D), as (D,) float64. O(D) extra memory."""
-    x = _check_matrix("x", x)
+    x = check_matrix("x", x)
     return _unit_sum(x, compute_dtype(x))
 
 
 def _unit_sum(x: torch.Tensor, cd: torch.dtype, norms_out: torch.Tensor | None = None):
     total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-    for start in range(0, x.shape[0], _CHUNK):
-        raw = x[start : start + _CHUNK].to(cd)  # (n, D)
-        norms = _row_norms("x", raw, start)  # (n,)
+    for start in range(0, x.shape[0], CHUNK_ROWS):
+        raw = x[start : start + CHUNK_ROWS].to(cd)  # (n, D)
+        norms = row_norms("x", raw, start)  # (n,)
         if norms_out is not None:
             norms_out[start : start + raw.shape[0]] = norms
         total += (norms.reciprocal() @ raw).to(torch.float64)  # Σ û over the chunk, (D,)
@@ -84,15 +42,15 @@ def conformity(x: torch.Tensor) -> torch.Tensor:
     runs in O(N·D) time (three passes over x) and O(D) extra memory (chunked), never forming
     the N×N matrix. Returns (N,) float32 (float64 for float64 input).
     """
-    x = _check_matrix("x", x)
+    x = check_matrix("x", x)
     n = x.shape[0]
     if n < 2:
         raise ValueError(f"conformity needs at least 2 vectors in x, got N={n}")
     cd = compute_dtype(x)
     out = torch.empty(n, dtype=cd, device=x.device)  # holds the row norms until overwritten
     total = _unit_sum(x, cd, norms_out=out).to(cd)  # (D,)
-    for start in range(0, n, _CHUNK):
-        raw = x[start : start + _CHUNK].to(cd)  # (n_chunk, D)
+    for start in range(0, n, CHUNK_ROWS):
+        raw = x[start : start + CHUNK_ROWS].to(cd)  # (n_chunk, D)
         norms = out[start : start + raw.shape[0]]
         dots = (raw @ total) / norms  # û_j · Σû, (n_chunk,)
         out[start : start + raw.shape[0]] = (dots - 1.0) / (n - 1)
@@ -104,7 +62,7 @@ def cosine_to_mean(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
 
     Returns (N,) float32 (float64 for float64 input).
     """
-    x = _check_matrix("x", x)
+    x = check_matrix("x", x)
     mean = as_tensor("mean", mean, rank=1)
     if mean.shape[0] != x.shape[1]:
         raise ValueError(f"mean must have shape ({x.shape[1]},) to match x, got {tuple(mean.shape)}")
@@ -116,9 +74,9 @@ def cosine_to_mean(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         raise ValueError("mean is the zero vector: the cosine to it is undefined")
     mean_unit = (mean_c / scale) / torch.linalg.vector_norm(mean_c / scale)
     out = torch.empty(x.shape[0], dtype=cd, device=x.device)
-    for start in range(0, x.shape[0], _CHUNK):
-        raw = x[start : start + _CHUNK].to(cd)  # (n, D)
-        out[start : start + raw.shape[0]] = (raw @ mean_unit) / _row_norms("x", raw, start)
+    for start in range(0, x.shape[0], CHUNK_ROWS):
+        raw = x[start : start + CHUNK_ROWS].to(cd)  # (n, D)
+        out[start : start + raw.shape[0]] = (raw @ mean_unit) / row_norms("x", raw, start)
     return out
 
 

@@ -14,10 +14,11 @@ from .checks import (
     check_finite,
     check_int,
     check_magnitude,
+    check_matrix,
     check_values,
     compute_dtype,
+    unit_rows,
 )
-from .conformal import _check_matrix, _unit_chunk
 
 __all__ = ["ClipLoss", "clip_loss", "clip_loss_vs_alpha"]
 
@@ -56,8 +57,8 @@ def _check_scale(logit_scale) -> float:
 
 
 def _check_pairs(image, text) -> tuple[torch.Tensor, torch.Tensor]:
-    image = _check_matrix("image", image)
-    text = _check_matrix("text", text)
+    image = check_matrix("image", image)
+    text = check_matrix("text", text)
     if image.shape != text.shape:
         raise ValueError(f"image and text must have the same shape (P, D), got "
                          f"{tuple(image.shape)} and {tuple(text.shape)}")
@@ -80,8 +81,8 @@ def clip_loss(image: torch.Tensor, text: torch.Tensor, *, logit_scale: float = 1
     scale = _check_scale(logit_scale)
     check_int("chunk_size", chunk_size)
     cd = compute_dtype(image, text)
-    image_unit = _unit_chunk("image", image, 0, cd)  # (P, D)
-    text_unit = _unit_chunk("text", text, 0, cd)  # (P, D)
+    image_unit = unit_rows("image", image, 0, cd)  # (P, D)
+    text_unit = unit_rows("text", text, 0, cd)  # (P, D)
     n, dev = image.shape[0], image.device
     diag = torch.empty(n, dtype=_F64, device=dev)  # l_jj
     row_lse = torch.empty(n, dtype=_F64, device=dev)  # LSE over captions, per image

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import as_tensor, check_finite, check_int, check_values, compute_dtype
-from .conformal import _check_matrix, conformity
+from .checks import as_tensor, check_finite, check_int, check_matrix, check_values, compute_dtype
+from .conformal import conformity
 
 __all__ = ["ConformityKL", "conformity_kl_vs_alpha", "histogram", "kl_divergence"]
 
@@ -85,8 +85,8 @@ def conformity_kl_vs_alpha(image: torch.Tensor, text: torch.Tensor,
     in the embeddings' dtype (float32, or float64 for float64 input); KL by
     :func:`kl_divergence` with ``bins`` shared bins.
     """
-    image = _check_matrix("image", image)
-    text = _check_matrix("text", text)
+    image = check_matrix("image", image)
+    text = check_matrix("text", text)
     if image.shape[1] != text.shape[1]:
         raise ValueError(f"image and text must have the same dimension D, got {tuple(image.shape)} "
                          f"and {tuple(text.shape)}")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .checks import as_tensor, check_finite
-from .conformal import _CHUNK, _check_matrix, _row_norms
+from .checks import CHUNK_ROWS, as_tensor, check_finite, check_matrix, row_norms
 
 __all__ = [
     "MomentAccumulator",
@@ -41,12 +40,12 @@ class MomentAccumulator:
     # -- accumulation -------------------------------------------------------------------
     def update(self, batch: torch.Tensor) -> MomentAccumulator:
         """Add a batch of raw embeddings (N, D); returns self."""
-        batch = _check_matrix("batch", batch)
+        batch = check_matrix("batch", batch)
         if batch.shape[1] != self.dim:
             raise ValueError(f"batch must have {self.dim} features, got shape {tuple(batch.shape)}")
         raw = batch.to(device=self.sum.device, dtype=_F64)  # (N, D)
         check_finite("batch", raw)
-        norms = _row_norms("batch", raw, 0)  # (N,); zero rows raise
+        norms = row_norms("batch", raw, 0)  # (N,); zero rows raise
         new = {"sum": self.sum + raw.sum(dim=0),
                "sum_unit": self.sum_unit + norms.reciprocal() @ raw,  # Σ û, (D,)
                "sum_outer": self.sum_outer + raw.T @ raw,  # (D, D)
@@ -236,15 +235,15 @@ def thin_shell(x: torch.Tensor, mean: torch.Tensor) -> dict[str, float]:
     Returns mu_norm = E[y], var_y = var(y), rms = √E[y²] and rel_error = (rms − mu_norm)/mu_norm
     (paper, COCO images: 7.5873, 0.1914, 7.6007, 0.18 %). Computed in float64, chunked.
     """
-    x = _check_matrix("x", x)
+    x = check_matrix("x", x)
     mean = as_tensor("mean", mean, rank=1).to(device=x.device, dtype=_F64)
     if mean.shape[0] != x.shape[1]:
         raise ValueError(f"mean must have shape ({x.shape[1]},) to match x, got {tuple(mean.shape)}")
     check_finite("mean", mean)
     s1 = torch.zeros((), dtype=_F64)
     s2 = torch.zeros((), dtype=_F64)
-    for start in range(0, x.shape[0], _CHUNK):
-        chunk = x[start : start + _CHUNK].to(_F64)  # (n, D)
+    for start in range(0, x.shape[0], CHUNK_ROWS):
+        chunk = x[start : start + CHUNK_ROWS].to(_F64)  # (n, D)
         check_finite("x", chunk)
         y = torch.linalg.vector_norm(chunk - mean, dim=1)  # (n,)
         s1 += y.sum().cpu()
