@@ -343,3 +343,30 @@ def test_a_bad_upload_is_refused_on_upload_and_stale_state_is_cleared(served, br
     assert _result_src(page) == latest
     _set_number(page, "vslerp-steps", 2)  # the mistake is fixed: its toast goes at once
     page.wait_for_function("() => !document.querySelector('.toast-body.error')", timeout=5000)
+
+
+def test_the_mix_panel_mixes_images_and_a_prompt(served, browser, tmp_path):
+    from vslerp.ui.editor.layout import example_images
+
+    editor, app = served
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(app.local_url)
+    page.get_by_role("tab", name="Mix").click()
+    cat, mountains, _ = example_images()
+    for k, image in enumerate((cat, mountains)):
+        page.locator(f"#vslerp-mix-image-{k} input[type=file]").set_input_files(image)
+        page.locator(f"#vslerp-mix-image-{k} img").first.wait_for()
+    page.locator("#vslerp-mix-prompt-2 textarea").fill("a red fox")
+    _set_number(page, "vslerp-mix-weight-2", 0.5)
+    page.wait_for_function("() => /input 1: 40 % · input 2: 40 % · input 3: 20 %/.test("
+                           "document.querySelector('#vslerp-mix-weights').innerText)")
+    page.locator("#vslerp-mix-run").click()
+    page.locator("#vslerp-mix-result img").first.wait_for()
+    page.wait_for_function("() => /vslerp-mix-seed0/.test(document.querySelector('#vslerp-mix-downloads').innerText)")
+    page.locator("#vslerp-mix-details").get_by_text("Details", exact=True).click()
+    page.wait_for_function("() => /mix/.test(document.querySelector('#vslerp-mix-readout')?.innerText)")
+    readout = page.locator("#vslerp-mix-readout").inner_text()
+    assert "cat.png" in readout and "a red fox" in readout and "20 %" in readout
+    assert _toasts(page) == []
+    _save_shot(page, tmp_path, "editor-mix")

@@ -144,7 +144,7 @@ class Editor(ResultViews):
             if upload is not None and upload.temporary:
                 discard(upload)
 
-    def _statistics(self, mean_source: str | None, stats_file) -> tuple[object, str, str | None]:
+    def mean_statistics(self, mean_source: str | None, stats_file) -> tuple[object, str, str | None]:
         """(Statistics, label, path for the metadata) of the chosen mean source, checked against
         the model (``pipe.check_statistics``: nothing on the pipeline changes)."""
         from vslerp.stats import Statistics, load
@@ -251,7 +251,7 @@ class Editor(ResultViews):
         source_raw, source_ref = self.state.upload_embedding(upload, "source")  # (D,)
         target_raw, target_ref = self._target(target_kind, self.upload(target_image, "target image"),
                                               prompt, seed)  # (D,)
-        stats, mean_label, stats_path = self._statistics(mean_source, stats_file)
+        stats, mean_label, stats_path = self.mean_statistics(mean_source, stats_file)
         spec = replace(self.spec, source=source_ref, target=target_ref, thetas=thetas, alphas=alphas,
                        seed=seed, steps=steps, guidance=guidance, size=size, stats=stats_path,
                        labels=len(thetas) * len(alphas) > 1, **options)
@@ -263,9 +263,7 @@ class Editor(ResultViews):
         try:
             done = self.queue.submit(batch_key(spec.resolved(self.pipe)), spec.cells, job, waiting, should_stop)
         except RenderCancelled:
-            with self._lock:
-                self.cancelled += 1
-            raise EditorError("Render stopped.") from None
+            raise self.stopped() from None
         except (ValueError, TypeError) as err:  # a value the checks above let through
             raise EditorError(sentence(err)) from None
         out = done["out"]
@@ -282,6 +280,12 @@ class Editor(ResultViews):
         with self._lock:
             self._stops[session] = self._stops.get(session, 0) + 1
         self.queue.wake()
+
+    def stopped(self) -> EditorError:
+        """A render was stopped (counted): the error its event ends with."""
+        with self._lock:
+            self.cancelled += 1
+        return EditorError("Render stopped.")
 
     def stop_probe(self, session: str | None):
         """A callable telling whether Stop was pressed in ``session`` since now (None: no session)."""
@@ -304,7 +308,7 @@ class Editor(ResultViews):
                 self._reference_cache.popitem(last=False)
         return values
 
-    def _step_callback(self, jobs: list[dict]):
+    def step_callback(self, jobs: list[dict]):
         """Counts steps, reports each job's progress; stops the batch (RenderCancelled) once every
         request in it was stopped."""
         start = time.monotonic()
@@ -326,12 +330,16 @@ class Editor(ResultViews):
     def _render_batch(self, jobs: list[dict]) -> list[dict]:
         """Render jobs sharing steps, size, guidance and backend options in one call (the
         RenderQueue's batch); with strength below 1 each starts from its own source photo."""
+        from vslerp.ui.editor.mix import render_mix
         from vslerp.ui.render import render_many
 
+        if "inputs" in jobs[0]:  # mixes (their own queue key: never with edits in one batch)
+            with self.state.model_lock:
+                return [render_mix(self, job) for job in jobs]
         with self.state.model_lock:
             outs = render_many(self.pipe, [(job["spec"], job["source"], job["target"], job["statistics"],
                                             job["photo"]) for job in jobs],
-                               callback=self._step_callback(jobs))
+                               callback=self.step_callback(jobs))
             return [{"out": out,
                      "ends": self.pipe.estimated_conformity(torch.stack([job["source"], job["target"]]),
                                                             statistics=job["statistics"]),  # (2,)

@@ -18,6 +18,7 @@ import torch
 from vslerp.ui.editor.api import add_api
 from vslerp.ui.editor.boundary import call, event_session, run_client_event
 from vslerp.ui.editor.callbacks import MAX_BATCH_CELLS, Editor
+from vslerp.ui.editor.mix import add_mix_api, mix_tab
 from vslerp.ui.editor.results import USEFUL_ALPHA
 from vslerp.ui.editor.values import LABELS, MAX_STEPS, MIN_STRENGTH
 
@@ -264,6 +265,8 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
                                                   elem_id="vslerp-sweep-downloads")
             gallery = gr.Gallery(label="Results so far", columns=6, fit_columns=False, height=260, object_fit="contain",
                                  elem_id="vslerp-gallery")
+        mix_tab(editor, gr, seed=seed, steps=steps, guidance=guidance, size=size, mean_source=mean_source,
+                stats_file=stats_file, render=render)
         gallery_state = gr.State([])
         result_state = gr.State(None)
         gr.Markdown(f"<small>model: {info.get('decoder')} · prior: {info.get('prior')} · "
@@ -309,6 +312,7 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
         stop_btn.click(stop, None, None, cancels=[*edit_events, swept], api_name=False, queue=False)
         dice.click(editor.roll_seed, None, seed, api_name=False)
         add_api(editor, steps=steps0, size=size0, guidance=guidance0, **render)
+        add_mix_api(editor, steps=steps0, size=size0, guidance=guidance0, **render)
 
 
     demo.queue(default_concurrency_limit=int(concurrency))

@@ -24,7 +24,7 @@ MAX_GALLERY = 24  # results kept in a session's gallery
 # and the oldest go first once the folder holds more than this many bytes.
 RESULTS_MAX_AGE = 3600.0  # seconds
 RESULTS_MAX_BYTES = 256_000_000
-RESULT_PREFIXES = ("api-", "result-", "sweep-")  # the result folders' names start so
+RESULT_PREFIXES = ("api-", "mix-", "result-", "sweep-")  # the result folders' names start so
 STALE_NOTE = "⚠️ _Earlier settings: this sweep was made before the last Edit. Press **Sweep** to update it._"
 FAILED_NOTE = "⚠️ _The last request did not finish: this describes the result before it._"
 
@@ -70,7 +70,7 @@ class ResultViews:
         return Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=self.out_dir))
 
     @staticmethod
-    def _describe_target(ref: dict) -> str:
+    def describe_target(ref: dict) -> str:
         if ref.get("kind") == "prompt":
             return f"“{ref['prompt']}”"
         return f"image {ref.get('path') or 'upload'}"
@@ -97,7 +97,7 @@ class ResultViews:
         if len(conf) == 1:  # a sweep's cells are in its own table (sweep_table), one per θ, α
             rows.append(f"| result | {conf[0]:.4f} |")
         lines = [
-            f"**Target:** {self._describe_target(meta['target'])} · **Typical image:** {result['mean_label']}",
+            f"**Target:** {self.describe_target(meta['target'])} · **Typical image:** {result['mean_label']}",
             "",
             "**Conformity**: how typical an image is (its mean cosine to other images; the paper's "
             f"Eq. 10), {_method(result)}",
@@ -200,7 +200,7 @@ class ResultViews:
             head = f"θ={meta['thetas'][0]:g} α={meta['alphas'][0]:g}"
         else:
             head = f"sweep {len(meta['thetas'])}×{len(meta['alphas'])}"
-        target = cls._describe_target(meta["target"])
+        target = cls.describe_target(meta["target"])
         target = target if len(target) <= 40 else target[:38] + "…”"
         return f"{target} · {head} · seed {meta['seed']} · {meta['size']}px"
 
@@ -221,7 +221,7 @@ class ResultViews:
         as the earlier one."""
         import gradio as gr
 
-        shown = readout if readout and "**Target:**" in readout else None  # a read-out of a result
+        shown = readout if readout and "**Conformity**" in readout else None  # a read-out of a result
         text, label = cls.stale_sweep(shown, FAILED_NOTE, "Result (earlier settings)")
         return text, gr.update(value=None, visible=False), label
 
