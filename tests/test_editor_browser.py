@@ -134,7 +134,7 @@ def test_upload_move_alpha_resize_target_image_screenshot(served, browser, tmp_p
     # the follow-up (read-out, gallery, downloads) has run for both results
     page.wait_for_function("() => document.querySelectorAll('#vslerp-gallery img').length >= 2")
     page.wait_for_function("() => ['png', 'json', 'gif'].every(ext => new RegExp('vslerp-seed0-theta\\\\S*\\\\s*\\\\.'"
-                           " + ext).test(document.querySelector('#vslerp-downloads').innerText))")
+                           " + ext).test(document.querySelector('#vslerp-downloads')?.innerText))")
     assert (state.encode_calls, state.prompt_calls) == encodes  # the α move only decoded
 
     # a new size: the read-out, downloads and gallery keep working
@@ -162,7 +162,7 @@ def test_upload_move_alpha_resize_target_image_screenshot(served, browser, tmp_p
     page.locator("#vslerp-sweep-img img").first.wait_for()
     page.wait_for_function("() => /θ = 1/.test((document.querySelector('#vslerp-sweep-table') || {}).innerText)")
     page.wait_for_function("() => /vslerp-sweep-seed0\\S*\\s*\\.png/.test("
-                           "document.querySelector('#vslerp-sweep-downloads').innerText)")
+                           "document.querySelector('#vslerp-sweep-downloads')?.innerText)")
     table = page.locator("#vslerp-sweep-table").inner_text()
     assert all(f"α = {a}" in table for a in ("-1", "0", "1")) and "θ = 0.5" in table
     shown = page.locator("#vslerp-sweep-img img").first.bounding_box()
@@ -210,14 +210,24 @@ def test_closing_the_page_stops_a_long_render(served, browser, tmp_path):
     assert editor.steps_run - start < 50  # it stopped between steps, long before the end
 
 
+FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"  # docs/editor.md's screenshots
+
+
 def _save_shot(page, tmp_path, name: str) -> Path:
-    """A full-page screenshot in the test's folder (and in $VSLERP_SCREENSHOT_DIR when set)."""
+    """A full-page screenshot in the test's folder (and in $VSLERP_SCREENSHOT_DIR when set). Where
+    docs/editor.md shows this page (docs/figures/NAME.png), the figure must show today's layout: the
+    same size to 5 % (regenerate it with VSLERP_SCREENSHOT_DIR=docs/figures)."""
     shot = tmp_path / f"{name}.png"
     page.screenshot(path=str(shot), full_page=True)
     if os.environ.get("VSLERP_SCREENSHOT_DIR"):
         out = Path(os.environ["VSLERP_SCREENSHOT_DIR"])
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, out / f"{name}.png")
+    figure = FIGURES / f"{name}.png"
+    if f"figures/{name}.png" in (FIGURES.parent / "editor.md").read_text(encoding="utf-8"):
+        with PIL.Image.open(shot) as now, PIL.Image.open(figure) as shown:
+            assert now.size[0] == shown.size[0] and abs(now.size[1] - shown.size[1]) <= 0.05 * now.size[1], (
+                f"{figure} is out of date ({shown.size} vs {now.size}): regenerate it")
     return shot
 
 
@@ -243,7 +253,7 @@ def test_an_example_is_one_click_and_the_page_fits(served, browser, tmp_path, na
     page.locator("#vslerp-result img").first.wait_for()
     page.wait_for_function("() => /watercolour painting of a fox/.test("
                            "document.querySelector('#vslerp-gallery .caption-label')?.innerText)")
-    page.wait_for_function("() => /vslerp-seed0-theta/.test(document.querySelector('#vslerp-downloads').innerText)")
+    page.wait_for_function("() => /vslerp-seed0-theta/.test(document.querySelector('#vslerp-downloads')?.innerText)")
     assert "cat.png" in page.locator("#vslerp-source img").first.get_attribute("src")
     _toggle_details(page)
     page.wait_for_function("() => /conformity/.test(document.querySelector('#vslerp-readout')?.innerText)")
@@ -322,7 +332,7 @@ def test_a_bad_upload_is_refused_on_upload_and_stale_state_is_cleared(served, br
     page.locator("#vslerp-prompt textarea").fill("a cat")
     page.locator("#vslerp-prompt textarea").press("Control+Enter")  # Ctrl+Enter runs Edit
     page.locator("#vslerp-result img").first.wait_for()
-    page.wait_for_function("() => /vslerp-seed0/.test(document.querySelector('#vslerp-downloads').innerText)")
+    page.wait_for_function("() => /vslerp-seed0/.test(document.querySelector('#vslerp-downloads')?.innerText)")
     first = _result_src(page)
     _toggle_details(page)
 
@@ -330,7 +340,7 @@ def test_a_bad_upload_is_refused_on_upload_and_stale_state_is_cleared(served, br
     page.keyboard.press("ArrowRight")  # a keyboard move re-renders as a drag does
     latest = _wait_new_result(page, first)
     assert float(page.locator("#vslerp-theta input[type=number]").input_value()) == pytest.approx(0.55)
-    page.wait_for_function("() => /theta0\\.55/.test(document.querySelector('#vslerp-downloads').innerText)")
+    page.wait_for_function("() => /theta0\\.55/.test(document.querySelector('#vslerp-downloads')?.innerText)")
 
     _set_number(page, "vslerp-steps", 0)  # refused, not clamped to 1
     page.locator("#vslerp-run").click()
@@ -363,7 +373,7 @@ def test_the_mix_panel_mixes_images_and_a_prompt(served, browser, tmp_path):
                            "document.querySelector('#vslerp-mix-weights').innerText)")
     page.locator("#vslerp-mix-run").click()
     page.locator("#vslerp-mix-result img").first.wait_for()
-    page.wait_for_function("() => /vslerp-mix-seed0/.test(document.querySelector('#vslerp-mix-downloads').innerText)")
+    page.wait_for_function("() => /vslerp-mix-seed0/.test(document.querySelector('#vslerp-mix-downloads')?.innerText)")
     page.locator("#vslerp-mix-details").get_by_text("Details", exact=True).click()
     page.wait_for_function("() => /mix/.test(document.querySelector('#vslerp-mix-readout')?.innerText)")
     readout = page.locator("#vslerp-mix-readout").inner_text()

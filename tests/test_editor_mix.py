@@ -74,3 +74,11 @@ def test_the_weights_are_shown_normalised_over_the_filled_inputs():
         "**Weights used** (normalised): input 1: 67 % · input 2: 33 %"
     assert "fill at least two" in shown_weights([True, False, False], [1.0, 1.0, 1.0])
     assert "fill at least two" in shown_weights([True, True], [0.0, 0.0])
+
+
+def test_a_weight_sent_as_text_is_named():
+    from vslerp.ui.editor import EditorError
+    from vslerp.ui.editor.mix import mix_values
+
+    with pytest.raises(EditorError, match="A mix weight must be a number, got the text '1'"):
+        mix_values([None, None], ["a dog", "a cat"], [1.0, "1"])

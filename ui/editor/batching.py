@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 __all__ = ["RenderQueue"]
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself (its payload holds tensors)
 class _Job:
     key: tuple  # jobs with equal keys may share a batch
     cells: int  # cells the job renders
@@ -74,10 +74,11 @@ class RenderQueue:
             self._cond.notify_all()  # (for whoever watches the queue)
             while not job.done:
                 if self._busy:
-                    if job.stop is not None and job.stop():
+                    queued = job in self._pending  # else it is in the batch being rendered
+                    if queued and job.stop is not None and job.stop():
                         self._pending.remove(job)
                         raise RenderCancelled
-                    if job.waiting is not None:
+                    if queued and job.waiting is not None:
                         job.waiting(self._running + self._pending.index(job))
                     self._cond.wait()  # woken when a batch ends, a job arrives or wake() is called
                     continue

@@ -75,7 +75,7 @@ def progress_reporter(progress):
     context = contextvars.copy_context()  # this event's (gradio finds the event through it)
 
     def report(text: str, fraction: float | None) -> None:
-        context.copy().run(progress, fraction or 0.0, desc=text)
+        context.copy().run(progress, fraction or 0.0, desc=text)  # (gradio shows no text without a bar)
 
     return report
 

@@ -49,6 +49,8 @@ _CSS = """
   overflow: visible;}
 #vslerp-gallery .thumbnail-item img {aspect-ratio: 1; height: auto; width: 100%;}
 #vslerp-readout table, #vslerp-mix-readout table {display: block; max-width: 100%; overflow-x: auto;}
+#vslerp-readout th, #vslerp-mix-readout th, #vslerp-readout td:last-child, #vslerp-mix-readout td:last-child
+  {white-space: nowrap;}
 #vslerp-sweep-table {max-width: 100%; overflow-x: auto;}
 @media (max-width: 720px) {  /* the phone: the result right above the θ and α sliders, in view as they move */
   #vslerp-result-col {display: contents;}

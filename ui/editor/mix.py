@@ -36,7 +36,7 @@ def mix_values(images, prompts, weights) -> tuple[list, list[float]]:
                           f"{len(prompts)} prompts and {len(weights)} weights.")
     inputs, kept = [], []
     for k, (image, prompt, weight) in enumerate(zip(images, prompts, weights, strict=True)):
-        prompt = (text_value("target_prompt", prompt) or "").strip()
+        prompt = (text_value("mix_prompt", prompt) or "").strip()
         if image is None and not prompt:
             continue
         if image is not None and prompt:

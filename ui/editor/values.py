@@ -30,7 +30,8 @@ LABELS = {"theta": "Towards the target (θ)", "alpha": "Pull towards the typical
           "text_prompt": "Text prompt (conditions the UNet; not the target)", "negative_prompt": "Negative prompt",
           "mean_source": "Typical image (what α pulls towards)",
           "thetas": "Towards the target (θ values, 0..1: a,b,c or start:stop:count)",
-          "alphas": "Pull towards the typical image (α values)"}
+          "alphas": "Pull towards the typical image (α values)", "weight": "A mix weight",
+          "mix_prompt": "A mix prompt"}
 # The Image mean choice's values (the API's too); "prior clip_mean" only where the model has a prior.
 MEAN_SOURCES = ("startup", "prior clip_mean", "statistics file")
 
