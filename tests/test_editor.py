@@ -415,13 +415,14 @@ def test_cli_ui_says_serving_only_once_the_server_answers(capsys, monkeypatch):
     port, seen = _free_port(), {}
 
     def block_thread(self):  # instead of waiting for Ctrl-C: look at what was said, and ask the server
-        seen["err"] = capsys.readouterr().err
+        seen["out"], seen["err"] = capsys.readouterr()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
             seen["status"] = response.status
 
     monkeypatch.setattr(gr.Blocks, "block_thread", block_thread)
     assert main(["ui", "--tiny-random", "--port", str(port)]) == 0
     assert seen["status"] == 200 and f"serving on http://127.0.0.1:{port}" in seen["err"]
+    assert "share=True" not in seen["out"] + seen["err"] and "Running on" not in seen["out"]  # no Gradio hints
 
     def failing_launch(self, *args, **kwargs):
         raise OSError("no server for you")
