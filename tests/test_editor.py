@@ -169,7 +169,7 @@ def test_sweep_is_one_labelled_grid(app, client, images):
     ("no_source", "No source image"),
     ("no_target", "No target"),
     ("both_targets", "not both"),
-    ("unreadable", "cannot be read"),
+    ("unreadable", "not an image file"),
     ("bomb", "too large"),
     ("many_pixels", "too large: 8000×8000 pixels"),
     ("bad_sweep", "θ values: 'zero' is not a number"),
@@ -289,8 +289,9 @@ def test_png_and_json_downloads_carry_the_cli_sidecar_schema(editor, images):
     assert meta["prior_steps"] == 2 and meta["labels"] is False  # a bare cell, as `grid --from` renders it
     assert meta["pipeline"]["backend"] == "kandinsky2.2"
     assert CLI_SIDECAR_KEYS <= set(meta) and set(meta["stats"]) == {"path", "fingerprint", "mean_source"}
-    assert "source" in readout and "No reference distribution" in readout
-    assert len(gallery) == 1 and gallery[0][1] == "θ=0.25 α=-0.5 · seed 7 · 64px"  # short: shown whole
+    assert "source" in readout and "No reference images" in readout
+    assert len(gallery) == 1 and gallery[0][1] == "“a cat” · θ=0.25 α=-0.5 · seed 7 · 64px"  # the target first
+    assert Path(files[0]).name.startswith("vslerp-seed7-theta0.25-alpha-0.5-")  # named by what it shows
     with PIL.Image.open(files[2]) as im:
         assert im.format == "GIF"
 
@@ -361,10 +362,10 @@ def test_the_target_choice_is_explicit(editor, images):
     src, tgt = str(images["source"]), str(images["target"])
     _, by_prompt = editor.edit(src, tgt, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE, target_kind="prompt")
     assert by_prompt["metadata"]["target"] == {"kind": "prompt", "prompt": "a cat"}
-    assert "**Target:** prompt “a cat”" in editor.readout(by_prompt)
+    assert "**Target:** “a cat”" in editor.readout(by_prompt)
     _, by_image = editor.edit(src, tgt, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE, target_kind="image")
     assert by_image["metadata"]["target"]["kind"] == "image"
-    assert "**Target:** image `target.png`" in editor.readout(by_image)
+    assert "**Target:** image target.png" in editor.readout(by_image)
     with pytest.raises(EditorError, match="upload a target image"):
         editor.edit(src, None, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE, target_kind="image")
     with pytest.raises(EditorError, match="not both"):
@@ -376,7 +377,7 @@ def test_a_render_stops_between_steps_when_its_page_is_gone(editor, images):
 
     polls = []
     before = (editor.steps_run, editor.cancelled)
-    with pytest.raises(EditorError, match="page that asked for it was closed"):
+    with pytest.raises(EditorError, match="Render stopped"):
         editor.edit(str(images["source"]), None, "a cat", 0.5, 0.0, 0, 10, 4.0, SIZE,
                     should_stop=lambda: polls.append(1) or True)
     assert polls == [1] and editor.steps_run == before[0] + 1 and editor.cancelled == before[1] + 1
@@ -414,13 +415,14 @@ def test_cli_ui_says_serving_only_once_the_server_answers(capsys, monkeypatch):
     port, seen = _free_port(), {}
 
     def block_thread(self):  # instead of waiting for Ctrl-C: look at what was said, and ask the server
-        seen["err"] = capsys.readouterr().err
+        seen["out"], seen["err"] = capsys.readouterr()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
             seen["status"] = response.status
 
     monkeypatch.setattr(gr.Blocks, "block_thread", block_thread)
     assert main(["ui", "--tiny-random", "--port", str(port)]) == 0
     assert seen["status"] == 200 and f"serving on http://127.0.0.1:{port}" in seen["err"]
+    assert "share=True" not in seen["out"] + seen["err"] and "Running on" not in seen["out"]  # no Gradio hints
 
     def failing_launch(self, *args, **kwargs):
         raise OSError("no server for you")
@@ -526,7 +528,7 @@ def test_readout_speaks_plain_words_and_keeps_the_technical_names_in_the_metadat
 
     _, result = editor.edit(str(images["source"]), None, "a cat", 0.5, 0.0, 0, STEPS, 4.0, SIZE)
     text = editor.readout(result)
-    assert "**Image mean:** the prior's training mean" in text and CONFORMITY_ESTIMATORS[CONFORMITY_COSINE] in text
+    assert "**Typical image:** the prior's training mean" in text and CONFORMITY_ESTIMATORS[CONFORMITY_COSINE] in text
     for jargon in ("prior_clip_mean", "cosine_to_mean", "exact_identity", "startup ("):
         assert jargon not in text
     assert result["metadata"]["stats"]["mean_source"] == "prior_clip_mean"
@@ -539,7 +541,7 @@ def test_readout_speaks_plain_words_and_keeps_the_technical_names_in_the_metadat
     ("steps", 0, "Steps must be a whole number from 1"),
     ("size", 100, "Size must be a whole number|multiple"),
     ("guidance", 1e308, "Guidance must be a number"),
-    ("seed", -1, "The seed must be in"),
+    ("seed", -1, "The seed must be a whole number from 0"),
 ])
 def test_bad_values_are_named_and_print_no_traceback(app, client, images, capsys, field, value, message):
     from gradio_client import handle_file
@@ -585,7 +587,7 @@ def test_sweep_details_give_one_conformity_per_cell_labelled_by_theta_and_alpha(
     np.testing.assert_allclose(cells, result["conformity"].numpy(), atol=1e-4)
     assert "sweep cells" not in readout and "…" not in readout
     assert [f.rsplit(".", 1)[1] for f in downloads["value"]] == ["png", "json", "gif"]
-    assert gallery[-1][1] == "sweep 3×4 · seed 0 · 64px" and image["label"] == "Sweep"
+    assert gallery[-1][1] == "“a cat” · sweep 3×4 · seed 0 · 64px" and image["label"] == "Sweep"
     stale, label = editor.stale_sweep(readout)
     assert stale.startswith("⚠️ _Earlier settings") and stale.endswith(readout) and "earlier" in label["label"]
     assert editor.stale_sweep(stale)[0] == stale  # marked once

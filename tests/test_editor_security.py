@@ -216,7 +216,7 @@ def test_refused_uploads_are_deleted_at_once(served, client, tmp_path):
     uploads = editor.out_dir / "uploads"
     noise = "data:image/png;base64," + base64.b64encode(os.urandom(300_000)).decode()
     for _ in range(3):  # a non-image data URL: refused, and its bytes not kept
-        with pytest.raises(AppError, match="cannot be read"):
+        with pytest.raises(AppError, match="not an image file"):
             client.predict(*_edit_args({"path": None, "url": noise}), api_name="/edit")
     assert not list(uploads.glob("*")) if uploads.exists() else True
     source = _image(tmp_path / "ok.png", 3)
@@ -234,7 +234,7 @@ def test_refused_uploads_are_deleted_at_once(served, client, tmp_path):
 
     editor.state.upload_embedding = remember
     try:
-        with pytest.raises(AppError, match="cannot be read"):
+        with pytest.raises(AppError, match="not an image file"):
             client.predict(*_edit_args(handle_file(str(bad))), api_name="/edit")
     finally:
         del editor.state.upload_embedding
@@ -286,10 +286,10 @@ def test_gradio_cache_is_bounded(served):
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
-    ("mean_source", "evil", "Image mean \\(what α pulls towards\\) must be one of 'startup', 'prior clip_mean', "
+    ("mean_source", "evil", "Typical image \\(what α pulls towards\\) must be one of 'startup', 'prior clip_mean', "
                             "'statistics file', got the text 'evil'"),
-    ("theta", "0.5", "θ \\(towards the target\\) must be a number, got the text '0.5'"),
-    ("alpha", "1", "α \\(pull towards the mean\\) must be a number, got the text '1'"),
+    ("theta", "0.5", "Towards the target \\(θ\\) must be a number, got the text '0.5'"),
+    ("alpha", "1", "Pull towards the typical image \\(α\\) must be a number, got the text '1'"),
     ("seed", "42", "Seed must be a number, got the text '42'"),
     ("steps", "2", "Steps must be a number"),
     ("prompt", "\ud800", "Target prompt holds a character that is not text \\(U\\+D800"),

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from vslerp.ui.editor.boundary import call, run_client_event
 
-__all__ = ["add_api"]
+__all__ = ["add_api", "png_payload"]
 
 
-def _png(editor, image, result) -> dict:
+def png_payload(editor, image, result) -> dict:
     """``image`` saved with ``result``'s metadata, as a Gradio file payload (copied to its cache)."""
     from gradio import FileData
 
@@ -46,7 +46,7 @@ def add_api(editor, *, steps: int, size: int, guidance: float, **queue) -> None:
                                          strength=strength, text_prompt=text_prompt,
                                          negative_prompt=negative_prompt, noise_level=noise_level,
                                          ip_adapter_scale=ip_adapter_scale)
-        return call(_png, editor, image, result)
+        return call(png_payload, editor, image, result)
 
     def sweep(source: dict | None, target_image: dict | None, target_prompt: str | None, thetas_text: str,
               alphas_text: str, seed: int, steps: int = steps, guidance: float = guidance, size: int = size,
@@ -60,7 +60,7 @@ def add_api(editor, *, steps: int, size: int, guidance: float, **queue) -> None:
                                         stats_file=stats_file, strength=strength, text_prompt=text_prompt,
                                         negative_prompt=negative_prompt, noise_level=noise_level,
                                         ip_adapter_scale=ip_adapter_scale)
-        return call(_png, editor, grid, result)
+        return call(png_payload, editor, grid, result)
 
     gr.api(edit, api_name="edit", **queue)
     gr.api(sweep, api_name="sweep", **queue)

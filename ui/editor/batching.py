@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 __all__ = ["RenderQueue"]
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself (its payload holds tensors)
 class _Job:
     key: tuple  # jobs with equal keys may share a batch
     cells: int  # cells the job renders
     payload: object  # what the batch function receives
+    waiting: object = None  # waiting(ahead): told how many renders are ahead while the job waits
+    stop: object = None  # stop() -> True: the job leaves the queue before it starts
     done: bool = False
     result: object = None
     error: BaseException | None = None
@@ -46,25 +48,48 @@ class RenderQueue:
         self._cond = threading.Condition()
         self._pending: list[_Job] = []
         self._busy = False
+        self._running = 0  # jobs in the batch being rendered
 
-    def submit(self, key: tuple, cells: int, payload):
-        """Render ``payload`` (alone or in a batch) and return its result; raises its error."""
-        job = _Job(key, int(cells), payload)
+    def ahead(self) -> int:
+        """The jobs rendering or waiting now."""
+        with self._cond:
+            return self._running + len(self._pending)
+
+    def wake(self) -> None:
+        """Wake the waiting jobs (one was asked to stop)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def submit(self, key: tuple, cells: int, payload, waiting=None, stop=None):
+        """Render ``payload`` (alone or in a batch) and return its result; raises its error.
+
+        waiting(ahead) is called while the job waits (ahead: the jobs rendering or queued before
+        it); stop() polled then: True takes the job out of the queue (``cancelled`` raised).
+        """
+        from vslerp.ui.editor.messages import RenderCancelled
+
+        job = _Job(key, int(cells), payload, waiting, stop)
         with self._cond:
             self._pending.append(job)
             self._cond.notify_all()  # (for whoever watches the queue)
             while not job.done:
                 if self._busy:
-                    self._cond.wait()  # woken when a batch ends
+                    queued = job in self._pending  # else it is in the batch being rendered
+                    if queued and job.stop is not None and job.stop():
+                        self._pending.remove(job)
+                        raise RenderCancelled
+                    if queued and job.waiting is not None:
+                        job.waiting(self._running + self._pending.index(job))
+                    self._cond.wait()  # woken when a batch ends, a job arrives or wake() is called
                     continue
                 batch = self._take()
-                self._busy = True
+                self._busy, self._running = True, len(batch)
                 self._cond.release()
                 try:
                     self._execute(batch)
                 finally:
                     self._cond.acquire()
-                    self._busy = False
+                    self._busy, self._running = False, 0
                     self._cond.notify_all()
         if job.error is not None:
             raise job.error

@@ -13,6 +13,7 @@ import random
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -31,7 +32,14 @@ from vslerp.ui.editor.messages import (
     sentence,
 )
 from vslerp.ui.editor.results import ResultViews
-from vslerp.ui.editor.uploads import as_upload, client_upload, discard, open_upload, refused
+from vslerp.ui.editor.uploads import (
+    as_upload,
+    check_image,
+    client_upload,
+    discard,
+    open_upload,
+    refused,
+)
 from vslerp.ui.editor.values import (
     MAX_SIZE,
     MAX_STEPS,
@@ -89,7 +97,8 @@ class Editor(ResultViews):
         self._reference_cache: OrderedDict[tuple, object] = OrderedDict()
         self._lock = threading.Lock()  # guards the caches above and the counters
         self.steps_run = 0  # denoising steps run (all renders)
-        self.cancelled = 0  # renders stopped because their page was closed
+        self.cancelled = 0  # renders stopped (their page was closed or Stop pressed)
+        self._stops: dict[str, int] = {}  # session → Stop presses
         self.reference = None if reference is None else torch.as_tensor(reference).float()  # (N, D) raw
         self.reference_conformity = None  # (N,) under the startup statistics
         if self.reference is not None:
@@ -123,7 +132,19 @@ class Editor(ResultViews):
                 if upload is not None and upload.temporary:
                     discard(upload)
 
-    def _statistics(self, mean_source: str | None, stats_file) -> tuple[object, str, str | None]:
+    def check_upload(self, payload, name: str) -> None:
+        """An image just uploaded to the page, refused at once unless it is a readable image of at
+        most ``MAX_PIXELS`` (the header only: nothing is decoded)."""
+        if payload is None:
+            return
+        upload = client_upload(payload, self.out_dir / "uploads", name)
+        try:
+            check_image(upload, name)
+        finally:
+            if upload is not None and upload.temporary:
+                discard(upload)
+
+    def mean_statistics(self, mean_source: str | None, stats_file) -> tuple[object, str, str | None]:
         """(Statistics, label, path for the metadata) of the chosen mean source, checked against
         the model (``pipe.check_statistics``: nothing on the pipeline changes)."""
         from vslerp.stats import Statistics, load
@@ -193,7 +214,7 @@ class Editor(ResultViews):
     # -- rendering ------------------------------------------------------------------------
     def render(self, source, target_image, prompt, thetas, alphas, seed, steps, guidance, size,
                mean_source=None, stats_file=None, *, target_kind: str = "auto", should_stop=None,
-               strength=1.0, text_prompt=None, negative_prompt=None, noise_level=0,
+               report=None, strength=1.0, text_prompt=None, negative_prompt=None, noise_level=0,
                ip_adapter_scale=None) -> dict:
         """Run the render layer on cached embeddings; returns a result dict (images, metadata, ...).
 
@@ -205,11 +226,19 @@ class Editor(ResultViews):
         guidance and backend options (``self.queue``); each keeps its own seed, θ, α, image mean
         and photo: the pixels are those of the request rendered alone. should_stop: optional
         callable polled after each denoising step; True stops the render (the page that asked
-        for it was closed): an :class:`EditorError` saying so.
+        for it was closed, or Stop pressed): an :class:`EditorError` saying so. report: optional
+        ``report(text, fraction)`` of the progress ("Denoising 12/30 · about 8 s left", or the
+        renders ahead while waiting).
         """
+        from vslerp.pipelines.request import denoise_steps
         from vslerp.ui.render import batch_key
         from vslerp.ui.sidecar import sidecar
 
+        def waiting(ahead: int) -> None:
+            if report is not None and ahead:
+                report(f"Waiting: {ahead} render{'s' if ahead != 1 else ''} ahead of you", None)
+
+        waiting(self.queue.ahead())  # encoding waits for the model too
         seed = seed_value(seed)
         steps, guidance, size = settings(steps, guidance, size)
         options = backend_options(self.pipe, steps, strength, text_prompt, negative_prompt, noise_level,
@@ -222,19 +251,19 @@ class Editor(ResultViews):
         source_raw, source_ref = self.state.upload_embedding(upload, "source")  # (D,)
         target_raw, target_ref = self._target(target_kind, self.upload(target_image, "target image"),
                                               prompt, seed)  # (D,)
-        stats, mean_label, stats_path = self._statistics(mean_source, stats_file)
+        stats, mean_label, stats_path = self.mean_statistics(mean_source, stats_file)
         spec = replace(self.spec, source=source_ref, target=target_ref, thetas=thetas, alphas=alphas,
                        seed=seed, steps=steps, guidance=guidance, size=size, stats=stats_path,
                        labels=len(thetas) * len(alphas) > 1, **options)
         job = {"spec": spec, "source": source_raw, "target": target_raw, "statistics": stats,
                "photo": open_upload(upload, "source") if spec.strength < 1 else None,  # checked, decoded
-               "should_stop": should_stop}
+               "should_stop": should_stop, "report": report,
+               "total": denoise_steps(steps, spec.strength)}
+
         try:
-            done = self.queue.submit(batch_key(spec.resolved(self.pipe)), spec.cells, job)
+            done = self.queue.submit(batch_key(spec.resolved(self.pipe)), spec.cells, job, waiting, should_stop)
         except RenderCancelled:
-            with self._lock:
-                self.cancelled += 1
-            raise EditorError("Render stopped: the page that asked for it was closed.") from None
+            raise self.stopped() from None
         except (ValueError, TypeError) as err:  # a value the checks above let through
             raise EditorError(sentence(err)) from None
         out = done["out"]
@@ -245,6 +274,25 @@ class Editor(ResultViews):
                 "target_conformity": float(done["ends"][1]), "metadata": metadata,
                 "method": describe.get("conformity"), "mean_source": describe.get("mean_source"),
                 "mean_label": mean_label, "reference_conformity": done["reference"]}
+
+    def stop(self, session: str) -> None:
+        """Stop ``session``'s renders (the Stop button): at the next denoising step, or before they start."""
+        with self._lock:
+            self._stops[session] = self._stops.get(session, 0) + 1
+        self.queue.wake()
+
+    def stopped(self) -> EditorError:
+        """A render was stopped (counted): the error its event ends with."""
+        with self._lock:
+            self.cancelled += 1
+        return EditorError("Render stopped.")
+
+    def stop_probe(self, session: str | None):
+        """A callable telling whether Stop was pressed in ``session`` since now (None: no session)."""
+        if session is None:
+            return None
+        pressed = self._stops.get(session, 0)
+        return lambda: self._stops.get(session, 0) > pressed
 
     def _reference_conformity(self, stats):
         """Conformity (N,) of the reference under ``stats`` (cached per fingerprint and method)."""
@@ -260,12 +308,20 @@ class Editor(ResultViews):
                 self._reference_cache.popitem(last=False)
         return values
 
-    def _step_callback(self, should_stop: list):
-        """Counts steps; stops the batch (RenderCancelled) once every page that asked for it is gone."""
+    def step_callback(self, jobs: list[dict]):
+        """Counts steps, reports each job's progress; stops the batch (RenderCancelled) once every
+        request in it was stopped."""
+        start = time.monotonic()
+
         def on_step_end(pipe, step, timestep, tensors):
             with self._lock:
                 self.steps_run += 1
-            if should_stop and all(probe is not None and probe() for probe in should_stop):
+            for job in jobs:
+                done, total = min(step + 1, job["total"]), job["total"]
+                if job["report"] is not None:
+                    left = (time.monotonic() - start) / done * (total - done)
+                    job["report"](f"Denoising {done}/{total} · about {left:.0f} s left", done / total)
+            if all(job["should_stop"] is not None and job["should_stop"]() for job in jobs):
                 raise RenderCancelled
             return {}
 
@@ -274,12 +330,16 @@ class Editor(ResultViews):
     def _render_batch(self, jobs: list[dict]) -> list[dict]:
         """Render jobs sharing steps, size, guidance and backend options in one call (the
         RenderQueue's batch); with strength below 1 each starts from its own source photo."""
+        from vslerp.ui.editor.mix import render_mix
         from vslerp.ui.render import render_many
 
+        if "inputs" in jobs[0]:  # mixes (their own queue key: never with edits in one batch)
+            with self.state.model_lock:
+                return [render_mix(self, job) for job in jobs]
         with self.state.model_lock:
             outs = render_many(self.pipe, [(job["spec"], job["source"], job["target"], job["statistics"],
                                             job["photo"]) for job in jobs],
-                               callback=self._step_callback([job["should_stop"] for job in jobs]))
+                               callback=self.step_callback(jobs))
             return [{"out": out,
                      "ends": self.pipe.estimated_conformity(torch.stack([job["source"], job["target"]]),
                                                             statistics=job["statistics"]),  # (2,)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vslerp.defaults import CONFORMITY_ESTIMATORS
 
-__all__ = ["MAX_GALLERY", "RESULTS_MAX_AGE", "RESULTS_MAX_BYTES", "RESULT_PREFIXES", "STALE_NOTE", "USEFUL_ALPHA",
+__all__ = ["MAX_GALLERY", "RESULTS_MAX_AGE", "RESULTS_MAX_BYTES", "RESULT_PREFIXES", "FAILED_NOTE", "STALE_NOTE", "USEFUL_ALPHA",
            "ResultViews", "prune_results"]
 
 USEFUL_ALPHA = 2.0  # |α| ≤ 2: the paper's useful range (the α slider's); sweeps beyond get a note
@@ -24,8 +24,9 @@ MAX_GALLERY = 24  # results kept in a session's gallery
 # and the oldest go first once the folder holds more than this many bytes.
 RESULTS_MAX_AGE = 3600.0  # seconds
 RESULTS_MAX_BYTES = 256_000_000
-RESULT_PREFIXES = ("api-", "result-", "sweep-")  # the result folders' names start so
+RESULT_PREFIXES = ("api-", "mix-", "result-", "sweep-")  # the result folders' names start so
 STALE_NOTE = "⚠️ _Earlier settings: this sweep was made before the last Edit. Press **Sweep** to update it._"
+FAILED_NOTE = "⚠️ _The last request did not finish: this describes the result before it._"
 
 log = logging.getLogger("vslerp.ui.editor")
 
@@ -69,10 +70,19 @@ class ResultViews:
         return Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=self.out_dir))
 
     @staticmethod
-    def _describe_target(ref: dict) -> str:
+    def describe_target(ref: dict) -> str:
         if ref.get("kind") == "prompt":
-            return f"prompt “{ref['prompt']}”"
-        return f"image `{ref.get('path') or 'upload'}`"
+            return f"“{ref['prompt']}”"
+        return f"image {ref.get('path') or 'upload'}"
+
+    @staticmethod
+    def file_stem(result: dict) -> str:
+        """A download's name: seed, θ, α (or the sweep's shape) and the time it was made."""
+        meta = result["metadata"]
+        made = time.strftime("%Y%m%d-%H%M%S")
+        if result["kind"] == "result":
+            return f"vslerp-seed{meta['seed']}-theta{meta['thetas'][0]:g}-alpha{meta['alphas'][0]:g}-{made}"
+        return f"vslerp-sweep-seed{meta['seed']}-{len(meta['thetas'])}x{len(meta['alphas'])}-{made}"
 
     def readout(self, result: dict | None) -> str:
         """Markdown conformity read-out of source, target and result(s)."""
@@ -87,22 +97,21 @@ class ResultViews:
         if len(conf) == 1:  # a sweep's cells are in its own table (sweep_table), one per θ, α
             rows.append(f"| result | {conf[0]:.4f} |")
         lines = [
-            f"**Target:** {self._describe_target(meta['target'])} · **Image mean:** {result['mean_label']}",
+            f"**Target:** {self.describe_target(meta['target'])} · **Typical image:** {result['mean_label']}",
             "",
-            "**Conformity**, how typical an image is (its mean cosine to the others) — "
-            f"{_method(result)}",
+            "**Conformity**: how typical an image is (its mean cosine to other images; the paper's "
+            f"Eq. 10), {_method(result)}",
             "",
             "| | conformity |", "|---|---|", *rows,
         ]
         far = [a for a in meta["alphas"] if abs(a) > USEFUL_ALPHA]
         if far:
             lines += ["", f"_Note: α = {', '.join(f'{a:g}' for a in far)} lies outside −{USEFUL_ALPHA:g}.."
-                      f"{USEFUL_ALPHA:g}, the paper's useful range: extrapolation, expect artefacts._"]
+                      f"{USEFUL_ALPHA:g}, the useful range: expect artefacts._"]
         ref = result.get("reference_conformity")
         if ref is None:
-            lines += ["", "_No reference distribution: the statistics hold sums only. Start with "
-                      "`--reference DIR` (embeddings saved by `vslerp stats compute --save-embeddings`) "
-                      "to see where these fall._"]
+            lines += ["", "_No reference images were given when the editor started, so there is no "
+                      "histogram of where these fall._"]
         else:
             ref = np.asarray(ref)
 
@@ -159,14 +168,15 @@ class ResultViews:
 
         folder = self.result_folder(result["kind"])
         image = result.get("grid") or result["images"][0]
-        png = save_png(image, folder / f"vslerp-{result['kind']}.png", result["metadata"])
+        stem = self.file_stem(result)
+        png = save_png(image, folder / f"{stem}.png", result["metadata"])
         files = [str(png), str(png.with_suffix(".json"))]
         if len(result["images"]) > 1:
             frames = result["images"]
         else:
             frames = [im for im in (history or []) if im.size == image.size] or [image]
         try:
-            gif = save_animation(frames, folder / f"vslerp-{result['kind']}.gif", fps=4, pingpong=len(frames) > 2)
+            gif = save_animation(frames, folder / f"{stem}.gif", fps=4, pingpong=len(frames) > 2)
             files.append(str(gif))
         except (OSError, ValueError) as err:
             log.warning("vslerp editor: GIF not written: %s", err)
@@ -182,25 +192,38 @@ class ResultViews:
                 "data": [[f"θ = {t:g}", *(round(float(c), 4) for c in row)]
                          for t, row in zip(result["thetas"], conf, strict=True)]}
 
-    @staticmethod
-    def caption(result: dict) -> str:
-        """A gallery caption short enough to show whole under a thumbnail."""
+    @classmethod
+    def caption(cls, result: dict) -> str:
+        """A gallery caption: the target, then θ, α (or the sweep's shape), seed and size."""
         meta = result["metadata"]
         if result["kind"] == "result":
             head = f"θ={meta['thetas'][0]:g} α={meta['alphas'][0]:g}"
         else:
             head = f"sweep {len(meta['thetas'])}×{len(meta['alphas'])}"
-        return f"{head} · seed {meta['seed']} · {meta['size']}px"
+        target = cls.describe_target(meta["target"])
+        target = target if len(target) <= 40 else target[:38] + "…”"
+        return f"{target} · {head} · seed {meta['seed']} · {meta['size']}px"
 
     @staticmethod
-    def stale_sweep(readout: str | None) -> tuple:
-        """After an edit: the sweep's read-out and grid marked as made with earlier settings."""
+    def stale_sweep(readout: str | None, note: str = STALE_NOTE, label: str = "Sweep (earlier settings)") -> tuple:
+        """After an edit: the sweep's read-out and grid marked as made with earlier settings
+        (after a failed request, ``note`` and ``label`` say so of the result's)."""
         import gradio as gr
 
         if not readout:  # no sweep yet
             return gr.update(), gr.update()
-        text = readout if readout.startswith(STALE_NOTE) else f"{STALE_NOTE}\n\n{readout}"
-        return text, gr.update(label="Sweep (earlier settings)")
+        text = readout if readout.startswith(note) else f"{note}\n\n{readout}"
+        return text, gr.update(label=label)
+
+    @classmethod
+    def failed(cls, readout: str | None) -> tuple:
+        """After a failed edit or sweep: its read-out marked, its downloads gone, the result labelled
+        as the earlier one."""
+        import gradio as gr
+
+        shown = readout if readout and "**Conformity**" in readout else None  # a read-out of a result
+        text, label = cls.stale_sweep(shown, FAILED_NOTE, "Result (earlier settings)")
+        return text, gr.update(value=None, visible=False), label
 
     def details(self, result: dict | None, gallery: list | None):
         """After an edit: read-out, histogram, gallery, gallery state, downloads.
@@ -216,7 +239,7 @@ class ResultViews:
         readout, figure, files = "", None, []
         if result:
             shown = result.get("grid") or result["images"][0]
-            history = [im for im, cap in gallery if cap.startswith("θ=")][-15:] + [shown]
+            history = [im for im, cap in gallery if " · θ=" in cap][-15:] + [shown]
             gallery = (gallery + [(shown, self.caption(result))])[-MAX_GALLERY:]
             for part in ("readout", "histogram", "downloads"):
                 try:

@@ -25,7 +25,8 @@ import PIL.Image
 
 from vslerp.ui.editor.messages import EditorError, display_name, mentioning
 
-__all__ = ["MAX_PIXELS", "MAX_UPLOAD_BYTES", "Upload", "as_upload", "client_upload", "discard", "not_uploaded",
+__all__ = ["MAX_PIXELS", "MAX_UPLOAD_BYTES", "Upload", "as_upload", "check_image", "client_upload", "discard",
+           "not_uploaded",
            "open_upload", "refused"]
 
 MAX_PIXELS = 40_000_000  # uploads above this many pixels are refused (decompression bombs)
@@ -163,6 +164,35 @@ def open_upload(path, name: str = "source", max_pixels: int = MAX_PIXELS) -> PIL
         raise refused(path, err) from None
 
 
+def check_image(path, name: str = "source", max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) of an uploaded image file from its header, refusing a file that is not an
+    image or holds more than ``max_pixels`` (a client's refused file is deleted)."""
+    try:
+        return _header(path, name, max_pixels)
+    except EditorError as err:
+        raise refused(path, err) from None
+
+
+def _header(path, name: str, max_pixels: int) -> tuple[int, int]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(str(path)) as header:  # reads the header only
+                width, height = header.size
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
+        raise EditorError(f"The {name} image is too large to open (decompression bomb?).") from None
+    except PIL.UnidentifiedImageError:
+        raise EditorError(f"The {name} is not an image file: upload a PNG, JPEG or WebP image.") from None
+    except FileNotFoundError:
+        raise EditorError(f"The {name} image is no longer on the server: upload it again.") from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise EditorError(f"The {name} image cannot be read ({type(err).__name__}).") from None
+    if width * height > max_pixels:
+        raise EditorError(f"The {name} image is too large: {width}×{height} pixels "
+                          f"(at most {max_pixels:,} pixels).")
+    return width, height
+
+
 def _open(path, name: str, max_pixels: int) -> PIL.Image.Image:
     from vslerp.stats import UnreadableImage, open_image
 
@@ -178,22 +208,7 @@ def _open(path, name: str, max_pixels: int) -> PIL.Image.Image:
         except UnreadableImage as err:
             raise EditorError(f"The {name} image cannot be read ({err}).") from None
     label = display_name(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-            with PIL.Image.open(str(path)) as header:  # reads the header only
-                width, height = header.size
-    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
-        raise EditorError(f"The {name} image is too large to open (decompression bomb?).") from None
-    except PIL.UnidentifiedImageError:
-        raise EditorError(f"The {name} image cannot be read (not an image file).") from None
-    except FileNotFoundError:
-        raise EditorError(f"The {name} image is no longer on the server: upload it again.") from None
-    except (OSError, ValueError, SyntaxError) as err:
-        raise EditorError(f"The {name} image cannot be read ({type(err).__name__}).") from None
-    if width * height > max_pixels:
-        raise EditorError(f"The {name} image is too large: {width}×{height} pixels "
-                          f"(at most {max_pixels:,} pixels).")
+    _header(path, name, max_pixels)
     try:
         return open_image(str(path))
     except UnreadableImage as err:

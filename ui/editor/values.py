@@ -24,12 +24,14 @@ MIN_STRENGTH = 0.05  # the Strength slider's lowest
 OPTION_LABELS = {"strength": "Strength below 1", "prompt": "A text prompt", "negative_prompt": "A negative prompt",
                  "noise_level": "A noise level", "ip_adapter_scale": "An IP-Adapter scale"}
 # The page's labels of its controls (layout uses them; the messages name a control by them).
-LABELS = {"theta": "θ (towards the target)", "alpha": "α (pull towards the mean)", "seed": "Seed",
+LABELS = {"theta": "Towards the target (θ)", "alpha": "Pull towards the typical image (α)", "seed": "Seed",
           "steps": "Steps", "guidance": "Guidance", "size": "Size (px)", "strength": "Strength",
           "noise_level": "Noise level", "ip_adapter_scale": "IP-Adapter scale", "target_prompt": "Target prompt",
           "text_prompt": "Text prompt (conditions the UNet; not the target)", "negative_prompt": "Negative prompt",
-          "mean_source": "Image mean (what α pulls towards)", "thetas": "θ values, 0..1 (a,b,c or start:stop:count)",
-          "alphas": "α values"}
+          "mean_source": "Typical image (what α pulls towards)",
+          "thetas": "Towards the target (θ values, 0..1: a,b,c or start:stop:count)",
+          "alphas": "Pull towards the typical image (α values)", "weight": "A mix weight",
+          "mix_prompt": "A mix prompt"}
 # The Image mean choice's values (the API's too); "prior clip_mean" only where the model has a prior.
 MEAN_SOURCES = ("startup", "prior clip_mean", "statistics file")
 
@@ -76,13 +78,14 @@ def mean_source_value(value, has_prior: bool) -> str:
 
 def seed_value(seed) -> int:
     """The seed as a whole number in [0, SEED_LIMIT)."""
+    from vslerp.defaults import SEED_LIMIT
     from vslerp.ui.render import check_seed
 
     a_number("seed", seed)  # a Number control sends a number, never "42"
     try:
         return check_seed(seed, "the seed")
-    except (TypeError, ValueError) as err:
-        raise EditorError(sentence(err)) from None
+    except (TypeError, ValueError):
+        raise EditorError(f"The seed must be a whole number from 0 to {SEED_LIMIT - 1:,}, got {seed!r}.") from None
 
 
 def settings(steps, guidance, size) -> tuple[int, float, int]:
@@ -127,9 +130,8 @@ def axis(name: str, symbol: str, values, lies_in_0_1: bool) -> tuple[float, ...]
     try:
         check_axis(f"{symbol}s", out, not lies_in_0_1)
     except ValueError as err:  # "alpha 1e+308 is too large: |alpha| <= 1e+06"
-        raise EditorError(sentence(str(err).replace(
-            "; pass allow_extrapolation=True to extrapolate",
-            ". (`vslerp grid --allow-extrapolation` renders θ outside 0..1.)"))) from None
+        text = str(err).split("; pass allow_extrapolation")[0]
+        raise EditorError(sentence(f"{LABELS[symbol]}: {text}")) from None
     return tuple(out)
 
 
