@@ -49,6 +49,7 @@ class VSlerpFluxPipeline(FluxIPAdapterMixin, IPAdapterBackend):
                                                           "ip_adapter.safetensors")
     _example_adapter = "XLabs-AI/flux-ip-adapter"
     default_guidance_scale = backend_record(FLUX).guidance  # FluxPipeline's distilled guidance
+    default_size = backend_record(FLUX).size  # FluxPipeline's: 128 × the VAE's factor 8
     model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->transformer->vae"
     _optional_components = ["image_encoder", "feature_extractor"]
     _callback_tensor_inputs = ["latents", "prompt_embeds"]  # diffusers'
@@ -60,11 +61,6 @@ class VSlerpFluxPipeline(FluxIPAdapterMixin, IPAdapterBackend):
                               text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer,
                               image_encoder=image_encoder, feature_extractor=feature_extractor)
         self._init_common()
-
-    @property
-    def default_size(self) -> int:
-        """diffusers' default: 128 × the VAE's factor (1024 px)."""
-        return 128 * self.vae_scale_factor
 
     @classmethod
     def _diffusers_class(cls, img2img: bool = False):
