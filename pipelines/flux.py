@@ -79,9 +79,13 @@ class VSlerpFluxPipeline(FluxIPAdapterMixin, IPAdapterBackend):
         return self.transformer
 
     def _default_negative(self) -> torch.Tensor:
-        """diffusers' FLUX default: the embedding of a black image (D,)."""
-        size = int(self.image_encoder.config.image_size)
-        return self.encode_image([np.zeros((size, size, 3), dtype=np.uint8)])[0]
+        """diffusers' FLUX default: the embedding of a black image (D,), encoded once per image encoder."""
+        encoder = self.image_encoder
+        key = (id(encoder), encoder.dtype)
+        if getattr(self, "_black", (None, None))[0] != key:
+            size = int(encoder.config.image_size)
+            self._black = key, self.encode_image([np.zeros((size, size, 3), dtype=np.uint8)])[0]
+        return self._black[1].clone()
 
     def _latents_shape(self, height: int, width: int) -> tuple[int, ...]:
         """FLUX's packed latents of one image: (1, (h/16)·(w/16), transformer in_channels)."""

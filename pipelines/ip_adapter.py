@@ -111,9 +111,11 @@ class IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
         self.load_ip_adapter(source, subfolder=subfolder, weight_name=weight, image_encoder_folder=None)
 
     def _register_encoder(self, source: str, subfolder: str, dtype, **kwargs) -> None:
-        """The adapter's ``CLIPVisionModelWithProjection`` from ``source`` / ``subfolder``, as ``image_encoder``."""
+        """The adapter's ``CLIPVisionModelWithProjection`` from ``source`` / ``subfolder``, as ``image_encoder``;
+        float16 for a bfloat16 pipeline (diffusers' FLUX default, and the statistics' fingerprint)."""
         from transformers import CLIPVisionModelWithProjection
 
+        dtype = torch.float16 if dtype == torch.bfloat16 else dtype
         try:
             encoder = CLIPVisionModelWithProjection.from_pretrained(source, subfolder=subfolder or "", dtype=dtype,
                                                                     **kwargs)

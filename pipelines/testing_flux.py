@@ -24,7 +24,8 @@ from .testing import (
     tiny_clip_vision_encoder,
 )
 
-__all__ = ["FLUX_ADAPTER_WEIGHT", "make_tiny_flux", "make_tiny_flux_ip_adapter", "make_tiny_t5_tokenizer"]
+__all__ = ["FLUX_ADAPTER_WEIGHT", "flux_ip_adapter_tensors", "make_tiny_flux", "make_tiny_flux_ip_adapter",
+           "make_tiny_t5_tokenizer"]
 
 FLUX_ADAPTER_WEIGHT = "ip_adapter.safetensors"  # XLabs' file name
 _T5_DIM = 32  # T5 width = the transformer's joint_attention_dim
@@ -80,6 +81,24 @@ def make_tiny_flux(root: str | Path, seed: int = 0) -> Path:
     return out
 
 
+def flux_ip_adapter_tensors(config, image_dim: int, rand) -> dict[str, torch.Tensor]:
+    """A random XLabs IP-Adapter for a ``FluxTransformer2DModel`` of ``config``: its image projection
+    (``image_dim`` → 4 tokens of ``joint_attention_dim``) and one (k, v) pair per double-stream
+    block, keyed as XLabs' ``ip_adapter.safetensors``; ``rand(*shape, scale=)``: the random tensors."""
+    cross = int(config["joint_attention_dim"])
+    hidden = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
+    ones = rand(cross, scale=0) + 1
+    tensors = {"ip_adapter_proj_model.proj.weight": rand(4 * cross, image_dim, scale=0.05),
+               "ip_adapter_proj_model.proj.bias": rand(4 * cross, scale=0),
+               "ip_adapter_proj_model.norm.weight": ones, "ip_adapter_proj_model.norm.bias": ones - 1}
+    for block in range(int(config["num_layers"])):
+        for kind in ("k", "v"):
+            key = f"double_blocks.{block}.processor.ip_adapter_double_stream_{kind}_proj"
+            tensors[f"{key}.weight"] = rand(hidden, cross, scale=0.1)
+            tensors[f"{key}.bias"] = rand(hidden, scale=0.01)
+    return tensors
+
+
 def make_tiny_flux_ip_adapter(root: str | Path, base_dir: str | Path, seed: int = 0) -> tuple[Path, Path]:
     """A tiny random XLabs IP-Adapter for the FLUX transformer in ``base_dir``: returns
     ``(root/flux_ip_adapter, root/flux_image_encoder)`` — the adapter folder (``ip_adapter.safetensors``
@@ -88,21 +107,11 @@ def make_tiny_flux_ip_adapter(root: str | Path, base_dir: str | Path, seed: int 
     from safetensors.torch import save_file
 
     config = FluxTransformer2DModel.load_config(Path(base_dir), subfolder="transformer")
-    cross = int(config["joint_attention_dim"])
-    hidden = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
     torch.manual_seed(seed)
     encoder = Path(root) / "flux_image_encoder"
     tiny_clip_vision_encoder().save_pretrained(encoder)
     tiny_clip_image_processor().save_pretrained(encoder)
-    tensors = {"ip_adapter_proj_model.proj.weight": torch.randn(4 * cross, TINY_DIM) * 0.05,
-               "ip_adapter_proj_model.proj.bias": torch.zeros(4 * cross),
-               "ip_adapter_proj_model.norm.weight": torch.ones(cross),
-               "ip_adapter_proj_model.norm.bias": torch.zeros(cross)}
-    for block in range(int(config["num_layers"])):  # one (k, v) pair per double-stream block
-        for kind in ("k", "v"):
-            key = f"double_blocks.{block}.processor.ip_adapter_double_stream_{kind}_proj"
-            tensors[f"{key}.weight"] = torch.randn(hidden, cross) * 0.1
-            tensors[f"{key}.bias"] = torch.randn(hidden) * 0.01
+    tensors = flux_ip_adapter_tensors(config, TINY_DIM, lambda *shape, scale: torch.randn(*shape) * scale)
     adapter = Path(root) / "flux_ip_adapter"
     adapter.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(adapter / FLUX_ADAPTER_WEIGHT))

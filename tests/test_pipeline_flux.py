@@ -199,3 +199,19 @@ def test_errors_before_denoising(pipe, models):
             pipe(_emb(1), "a red bicycle", thetas=[0.5], alphas=[0.0], **RENDER)
     finally:
         hook.remove()
+
+
+def test_bfloat16_keeps_the_encoder_in_float16_and_its_fingerprint(models):
+    """diffusers' FLUX loader keeps the image encoder in float16; so does vslerp, and a float32
+    statistics file's fingerprint still matches (bfloat16 weights would not)."""
+    from transformers import CLIPVisionModelWithProjection
+
+    from vslerp.stats import encoder_fingerprint
+
+    base, adapter, encoder = models
+    pipe = VSlerpPipeline.from_pretrained(base, ip_adapter=f"{adapter}:{FLUX_ADAPTER_WEIGHT}",
+                                          ip_adapter_image_encoder=encoder, stats=_emb(0), dtype=torch.bfloat16,
+                                          device=None)
+    assert pipe.transformer.dtype == torch.bfloat16 and pipe.image_encoder.dtype == torch.float16
+    assert encoder_fingerprint(pipe.image_encoder) == encoder_fingerprint(
+        CLIPVisionModelWithProjection.from_pretrained(encoder))
