@@ -132,12 +132,22 @@ def build_flux(cfgs: dict, device, dtype, root: Path, tiny: bool) -> Flux:
     """The FLUX pipeline pair (see the module doc); ``tiny``: the dry run's small image encoder."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
     from safetensors.torch import save_file
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection, \
-        T5Config, T5EncoderModel
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+        T5Config,
+        T5EncoderModel,
+    )
 
     from vslerp.pipelines import VSlerpFluxPipeline
     from vslerp.pipelines.testing import make_tiny_clip_tokenizer, tiny_clip_vision_config
-    from vslerp.pipelines.testing_flux import FLUX_ADAPTER_WEIGHT, flux_ip_adapter_tensors, make_tiny_t5_tokenizer
+    from vslerp.pipelines.testing_flux import (
+        FLUX_ADAPTER_WEIGHT,
+        flux_ip_adapter_tensors,
+        make_tiny_t5_tokenizer,
+    )
     from vslerp.stats.encode import clip_image_processor_class
 
     config = cfgs["flux/transformer"]
