@@ -119,3 +119,22 @@ def test_conformity_through_the_flux_encoder(work, tmp_path, capsys):
     assert code == 0, err
     rows = list(csv.DictReader(line for line in out.read_text().splitlines() if not line.startswith("#")))
     assert len(rows) == 5
+
+
+def test_vslerp_ui_loads_flux_and_names_the_backend(work, capsys, monkeypatch):
+    gr = pytest.importorskip("gradio")
+    from helpers import free_port
+
+    from vslerp.ui.cli import main
+
+    seen = {}
+
+    def block_thread(self):  # instead of waiting for Ctrl-C: look at the page that was built
+        seen["ids"] = {b.elem_id: b.visible for b in self.blocks.values() if getattr(b, "elem_id", None)}
+        seen["text"] = " ".join(str(getattr(b, "value", "")) for b in self.blocks.values())
+
+    monkeypatch.setattr(gr.Blocks, "block_thread", block_thread)
+    assert main([str(a) for a in ["ui", *_model(work), "--device", "cpu", "--port", free_port()]]) == 0, \
+        capsys.readouterr().err
+    assert "backend: flux" in seen["text"]
+    assert seen["ids"]["vslerp-text-prompt"] and seen["ids"]["vslerp-ip-scale"] and not seen["ids"]["vslerp-noise-level"]
