@@ -1,29 +1,22 @@
-"""The IP-Adapter backends: :class:`VSlerpIPAdapterPipeline` (Stable Diffusion 1.5 / 2.x) and
-:class:`VSlerpIPAdapterXLPipeline` (SDXL), thin adapters over diffusers' own pipelines.
+"""The IP-Adapter backends: :class:`VSlerpIPAdapterPipeline` (SD 1.5 / 2.x) and
+:class:`VSlerpIPAdapterXLPipeline` (SDXL) on :class:`IPAdapterBackend`, which FLUX's
+(:mod:`.flux`) shares: thin adapters over diffusers' own pipelines.
 
-The base's components (as ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline``) with an
-IP-Adapter loaded by diffusers' own ``load_ip_adapter`` (which also loads the adapter's CLIP
-``image_encoder``): vSLERP edits the encoder's projected ``image_embeds`` (the space the
-adapter's ``ImageProjection`` reads), so only the non-"plus" adapters are taken
-(``ip-adapter_sd15``, ``ip-adapter_sdxl``, ``ip-adapter_sdxl_vit-h``); "plus" adapters (a
-resampler over hidden states) and FaceID (face embeddings) are refused. Each batch of B cells
-goes to diffusers' pipeline as ``ip_adapter_image_embeds=[cat([negative, cells])[:, None]]``
-((2B, 1, D) with guidance; the negative is the zero vector, as diffusers' ``encode_image``
-gives non-plus adapters, or ``negative_image_embeds``), ``prompt=[prompt or ""] * B`` and one
-copy of the call's generator per cell — so a θ=0 cell is diffusers' own render of the source
-embedding at that seed. diffusers repeats ``ip_adapter_image_embeds`` for every prompt of a
-batch, so the pipeline it renders with takes them one row per cell (:class:`_EmbedsPerCell`,
-its only change). ``strength`` < 1 renders through ``StableDiffusionImg2ImgPipeline`` /
-``StableDiffusionXLImg2ImgPipeline`` from the photo. The adapter's files:
-:mod:`vslerp.pipelines.ip_adapter_files`.
+The base's components with an IP-Adapter loaded by diffusers' ``load_ip_adapter`` and its CLIP
+``image_encoder`` (:func:`vslerp.stats.models.ip_adapter_encoder`, or ``ip_adapter_image_encoder=``):
+vSLERP edits the encoder's projected ``image_embeds``, so only non-"plus" adapters are taken
+("plus" and FaceID are refused). Each batch of B cells goes to diffusers' pipeline as
+``ip_adapter_image_embeds`` (SD: ``[cat([negative, cells])[:, None]]``, the negative the zero
+vector as diffusers gives non-plus adapters), ``prompt=[prompt or ""] * B`` and one copy of the
+call's generator per cell — so a θ=0 cell is diffusers' own render of the source at that seed.
+diffusers repeats ``ip_adapter_image_embeds`` for every prompt, so the pipeline takes them one
+row per cell (:class:`_EmbedsPerCell`, its only change). ``strength`` < 1 renders through the
+base's img2img pipeline. Files: :mod:`vslerp.pipelines.ip_adapter_files`.
 
-Saving: diffusers' UNet, once adapted, saves the adapter's weights into its own state dict,
-which a fresh UNet does not take. ``save_pretrained`` therefore saves the components without
-the adapter (its attention processors and image projection set aside for the save, then put
-back: saving does not re-read the weights), the adapter's weights re-exported from the UNet with the keys of the hub file as
-``ip_adapter/ip-adapter.safetensors`` and ``ip_adapter/vslerp_ip_adapter.json`` naming the
-adapter; ``from_pretrained(folder)`` loads the components and the adapter through
-``load_ip_adapter`` again (the image encoder is a saved component).
+Saving: an adapted denoiser saves the adapter's weights into its own state dict, which a fresh
+one does not take: ``save_pretrained`` saves the components without the adapter, the adapter's
+weights re-exported with the hub file's keys as ``ip_adapter/ip-adapter.safetensors`` and
+``ip_adapter/vslerp_ip_adapter.json``; ``from_pretrained(folder)`` loads both again.
 """
 
 from __future__ import annotations
@@ -184,7 +177,7 @@ class IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
         layers = list(getattr(hid, "image_projection_layers", []) or [])
         if len(layers) != 1 or not isinstance(layers[0], ImageProjection):
             kinds = [type(layer).__name__ for layer in layers] or ["none"]
-            raise ValueError(f"{name}: the UNet's image projection is {', '.join(kinds)}, not one ImageProjection: "
+            raise ValueError(f"{name}: the denoiser's image projection is {', '.join(kinds)}, not one ImageProjection: "
                              f"{ADAPTER_WHY}")
 
     def save_pretrained(self, save_directory, *args, **kwargs):
