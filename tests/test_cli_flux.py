@@ -138,3 +138,18 @@ def test_vslerp_ui_loads_flux_and_names_the_backend(work, capsys, monkeypatch):
         capsys.readouterr().err
     assert "backend: flux" in seen["text"]
     assert seen["ids"]["vslerp-text-prompt"] and seen["ids"]["vslerp-ip-scale"] and not seen["ids"]["vslerp-noise-level"]
+
+
+def test_batch_on_flux_takes_true_cfg_scale_per_job(work, capsys):
+    import json
+
+    root = work[0]
+    jobs = root / "jobs.jsonl"
+    jobs.write_text(json.dumps({"source": "src.png", "target": "tgt.png", "thetas": [0, 1], "alphas": [0],
+                                "name": "cfg", "negative_prompt": "blurry", "true_cfg_scale": 2.5}) + "\n")
+    code, _, err = cli(capsys, "batch", jobs, "--out-dir", root / "batch", *_model(work), "--steps", 2, "--size", SIZE,
+                       "--device", "cpu", "--no-progress")
+    assert code == 0, err
+    meta = json.loads((root / "batch" / "cfg.json").read_text())
+    assert meta["pipeline"]["backend"] == "flux" and meta["true_cfg_scale"] == 2.5
+    assert meta["ip_adapter_image_encoder"] == str(work[3].resolve())
