@@ -3,7 +3,7 @@ own pipeline on the same components, and a one-embedding render of each.
 
 ``build(name, root)`` → :class:`Pair`; ``name`` is a backend of
 :data:`vslerp.pipelines.loading.BACKENDS` (``kandinsky2.2``, ``unclip``, ``stable-unclip``,
-``ip-adapter-sd``, ``ip-adapter-sdxl``).
+``ip-adapter-sd``, ``ip-adapter-sdxl``, ``flux``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 __all__ = ["NAMES", "Pair", "build"]
 
-NAMES = ("kandinsky2.2", "unclip", "stable-unclip", "ip-adapter-sd", "ip-adapter-sdxl")
+NAMES = ("kandinsky2.2", "unclip", "stable-unclip", "ip-adapter-sd", "ip-adapter-sdxl", "flux")
 
 
 @dataclass
@@ -78,6 +78,20 @@ def build(name: str, root: str | Path, steps: int, size: int) -> Pair:
 
         def reference(e):
             return ref(image_embeds=e[None], generator=_gen(), **render)
+    elif name == "flux":  # FLUX.1 + the XLabs IP-Adapter
+        from vslerp.pipelines import testing_flux as tiny_flux
+
+        base = tiny_flux.make_tiny_flux(root)
+        adapter, encoder = tiny_flux.make_tiny_flux_ip_adapter(root, base)
+        weight = tiny_flux.FLUX_ADAPTER_WEIGHT
+        pipe = VSlerpPipeline.from_pretrained(base, stats=stats, device=None, ip_adapter=f"{adapter}:{weight}",
+                                              ip_adapter_image_encoder=encoder)
+        ref = diffusers.FluxPipeline.from_pretrained(base)
+        ref.load_ip_adapter(str(adapter), weight_name=weight, image_encoder_pretrained_model_name_or_path=str(encoder),
+                            image_encoder_dtype=torch.float32)
+
+        def reference(e):  # diffusers encodes its default negative (a black image) itself
+            return ref(prompt="", ip_adapter_image_embeds=[e[None, None]], generator=_gen(), **render)
     else:  # IP-Adapter on SD 1.5 / SDXL
         xl = name == "ip-adapter-sdxl"
         base = (tiny_sd.make_tiny_sdxl if xl else tiny_sd.make_tiny_sd)(root)

@@ -99,7 +99,7 @@ def sections(plan: Plan) -> list[tuple[str, list[str], float]]:
             ("stats compute", stats_names(plan), 50),
             ("editor", EDITOR_NAMES, 30),
             ("SDXL + IP-Adapter", ["build SDXL + IP-Adapter", *SDXL_NAMES], 60),
-            ("FLUX", ["build FLUX transformer", *FLUX_NAMES], 40),
+            ("FLUX", ["build FLUX + IP-Adapter", *FLUX_NAMES], 60),
             ("768²", [f"{plan.k_big}² at the best batch"], 10),
             ("MoVQ decode", movq_names(plan), 10),
             ("torch.compile", COMPILE_NAMES, 150)]
@@ -169,13 +169,23 @@ def run(plan: Plan, args, root: Path):
                        "(UNet with the adapter, VAE, both text towers, ViT-bigG/14) on the device; adapter file written")
         sf.sdxl_rows(suite, plan, s)
 
+    def flux():
+        start = time.perf_counter()
+        f = sf.build_flux(cfgs, suite.device, dtype, root, plan.dry_run)
+        p = f.pipe
+        suite.add("build FLUX + IP-Adapter", time.perf_counter() - start, "s", None,
+                  note=f"{_params(p.transformer, p.vae, p.text_encoder, p.text_encoder_2, p.image_encoder):.3f} B "
+                       "parameters (transformer with the adapter, small text encoders and VAE, ViT-L/14) on the "
+                       "device; adapter file written")
+        sf.flux_rows(suite, plan, f)
+
     work = {"floor": lambda: floor_rows(suite, plan, cfgs, dtype), "build Kandinsky 2.2": build_k,
             "one cell": lambda: kd.one_cell_rows(suite, plan, need("k")),
             "grid": lambda: kd.grid_rows(suite, plan, need("k")),
             "prior": lambda: ed.prior_rows(suite, plan, need("k")),
             "stats compute": lambda: ed.stats_rows(suite, plan, need("k"), root),
             "editor": lambda: ed.editor_rows(suite, plan, need("k"), root),
-            "SDXL + IP-Adapter": sdxl, "FLUX": lambda: sf.flux_rows(suite, plan, cfgs, suite.device, dtype),
+            "SDXL + IP-Adapter": sdxl, "FLUX": flux,
             "768²": lambda: kd.big_rows(suite, plan, need("k")),
             "MoVQ decode": lambda: kd.movq_rows(suite, plan, need("k")),
             "torch.compile": lambda: kd.compile_rows(suite, plan, need("k"))}

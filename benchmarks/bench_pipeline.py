@@ -2,7 +2,7 @@
 
 Each backend hands its batches of distinct cells to diffusers' pipeline for the model
 (KandinskyV22Pipeline, UnCLIPImageVariationPipeline, StableUnCLIPImg2ImgPipeline,
-StableDiffusion[XL]Pipeline with an IP-Adapter); the one-cell row measures what the grid layer
+StableDiffusion[XL]Pipeline with an IP-Adapter, FluxPipeline with the XLabs IP-Adapter); the one-cell row measures what the grid layer
 adds (checks, Eq. 12, conformity, Kandinsky's MoVQ decode), the grid rows what batching and
 rendering each distinct cell once save.
 

@@ -1,8 +1,8 @@
 """VSlerpPipeline: vertical-SLERP editing with diffusers generators (Kandinsky 2.2, unCLIP/Karlo,
-Stable unCLIP, IP-Adapter on SD / SDXL).
+Stable unCLIP, IP-Adapter on SD / SDXL / FLUX.1).
 
 Modules: ``grid`` (the θ × α grid, backend-free), ``base`` (the call every backend shares), ``mixing`` (``pipe.mix``),
-``kandinsky`` / ``unclip`` / ``stable_unclip`` / ``ip_adapter`` (the backends: adapters over
+``kandinsky`` / ``unclip`` / ``stable_unclip`` / ``ip_adapter`` / ``flux`` (the backends: adapters over
 diffusers' own pipelines, each one record of :mod:`vslerp.stats.models`'s table), ``loading``
 (loading the backend that table names), ``inputs`` and
 ``limits`` (the checks of a call's inputs), ``tiling`` (tiled MoVQ decode), ``testing`` (tiny
@@ -22,6 +22,7 @@ _EXPORTS = {
     "VSlerpStableUnCLIPPipeline": "vslerp.pipelines.stable_unclip",
     "VSlerpPipelineOutput": "vslerp.pipelines.grid", "VSlerpMixOutput": "vslerp.pipelines.grid",
     "VSlerpIPAdapterPipeline": "vslerp.pipelines.ip_adapter", "VSlerpIPAdapterXLPipeline": "vslerp.pipelines.ip_adapter",
+    "VSlerpFluxPipeline": "vslerp.pipelines.flux",
     "auto_device": "vslerp.pipelines.loading", "backend_of": "vslerp.pipelines.loading",
     "read_model_index": "vslerp.pipelines.loading",
 }

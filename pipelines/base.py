@@ -248,7 +248,7 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, MixMixin, DiffusionPipe
                  return_dict: bool = True, max_size: int = limits.MAX_SIZE,
                  max_cells: int = limits.MAX_CELLS, statistics=None, image=None, strength: float = 1.0,
                  prompt: str | None = None, negative_prompt: str | None = None, noise_level: int = 0,
-                 ip_adapter_scale: float | None = None) -> VSlerpPipelineOutput:
+                 ip_adapter_scale: float | None = None, true_cfg_scale: float = 1.0) -> VSlerpPipelineOutput:
         """Render the θ × α grid of vSLERP(source, target, θ, α, m) (paper Eq. 12).
 
         source: PIL image | numpy image | image path (each through ``vslerp.stats.open_image``)
@@ -273,7 +273,8 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, MixMixin, DiffusionPipe
         photo (``image``, default the source image) encoded by the backend's VAE/MoVQ and
         noised to ``strength``, as diffusers' img2img pipelines do — the grid keeps the
         photo's layout. prompt, negative_prompt: text conditioning (Stable unCLIP, IP-Adapter);
-        noise_level: Stable unCLIP's; ip_adapter_scale: the IP-Adapter's (None: as set). A
+        noise_level: Stable unCLIP's; ip_adapter_scale: the IP-Adapter's (None: as set);
+        true_cfg_scale: FLUX's true classifier-free guidance (with ``negative_prompt``). A
         backend refuses the options it does not take, naming them.
         Returns :class:`VSlerpPipelineOutput` (images row-major over thetas × alphas).
         """
@@ -285,7 +286,7 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, MixMixin, DiffusionPipe
             allow_extrapolation=allow_extrapolation, prior_num_inference_steps=prior_num_inference_steps,
             super_res_num_inference_steps=super_res_num_inference_steps, max_size=max_size, max_cells=max_cells,
             strength=strength, prompt=prompt, negative_prompt=negative_prompt, noise_level=noise_level,
-            ip_adapter_scale=ip_adapter_scale))
+            ip_adapter_scale=ip_adapter_scale, true_cfg_scale=true_cfg_scale))
         grid, rendered = self._generate(request, [("source", source, False), ("target", target, True)], generator,
                                         latents, negative_image_embeds, callback_on_step_end,
                                         callback_on_step_end_tensor_inputs, statistics, image)
@@ -334,7 +335,8 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, MixMixin, DiffusionPipe
                      callback_on_step_end_tensor_inputs=("latents",), output_type: str = "pil",
                      super_res_num_inference_steps: int = 7, statistics=None, strength: float = 1.0,
                      prompt: str | None = None, negative_prompt: str | None = None, noise_level: int = 0,
-                     ip_adapter_scale: float | None = None, max_size: int = limits.MAX_SIZE,
+                     ip_adapter_scale: float | None = None, true_cfg_scale: float = 1.0,
+                     max_size: int = limits.MAX_SIZE,
                      max_cells: int = limits.MAX_CELLS) -> list[VSlerpPipelineOutput]:
         """Render independent requests that share steps, guidance and size in one batched call.
 
@@ -354,7 +356,7 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, MixMixin, DiffusionPipe
                       width=width, max_batch_size=max_batch_size, output_type=output_type,
                       super_res_num_inference_steps=super_res_num_inference_steps, max_size=max_size,
                       max_cells=max_cells, strength=strength, prompt=prompt, negative_prompt=negative_prompt,
-                      noise_level=noise_level, ip_adapter_scale=ip_adapter_scale)
+                      noise_level=noise_level, ip_adapter_scale=ip_adapter_scale, true_cfg_scale=true_cfg_scale)
         settings = self._settings(self.check_request(shared), None, None, negative_image_embeds,
                                   callback_on_step_end, callback_on_step_end_tensor_inputs)
         if not requests:

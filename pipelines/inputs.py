@@ -157,13 +157,15 @@ def check_request(index: int, request) -> dict:
 
 OPTION_NAMES = {"strength": "strength < 1 (img2img)", "prompt": "a text prompt=",  # API names of the
                 "negative_prompt": "negative_prompt=", "noise_level": "noise_level",  # backend options
-                "ip_adapter_scale": "ip_adapter_scale"}
+                "ip_adapter_scale": "ip_adapter_scale", "true_cfg_scale": "true_cfg_scale"}
 
 
-def options_given(strength, prompt, negative_prompt, noise_level, ip_adapter_scale) -> dict[str, bool]:
+def options_given(strength, prompt, negative_prompt, noise_level, ip_adapter_scale,
+                  true_cfg_scale=1.0) -> dict[str, bool]:
     """Which backend options a call sets away from their defaults."""
     return {"strength": strength < 1.0, "prompt": prompt is not None, "negative_prompt": negative_prompt is not None,
-            "noise_level": noise_level != 0, "ip_adapter_scale": ip_adapter_scale is not None}
+            "noise_level": noise_level != 0, "ip_adapter_scale": ip_adapter_scale is not None,
+            "true_cfg_scale": true_cfg_scale != 1.0}
 
 
 def first_refused(accepted, given: dict[str, bool]) -> str | None:

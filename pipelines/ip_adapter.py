@@ -1,29 +1,22 @@
-"""The IP-Adapter backends: :class:`VSlerpIPAdapterPipeline` (Stable Diffusion 1.5 / 2.x) and
-:class:`VSlerpIPAdapterXLPipeline` (SDXL), thin adapters over diffusers' own pipelines.
+"""The IP-Adapter backends: :class:`VSlerpIPAdapterPipeline` (SD 1.5 / 2.x) and
+:class:`VSlerpIPAdapterXLPipeline` (SDXL) on :class:`IPAdapterBackend`, which FLUX's
+(:mod:`.flux`) shares: thin adapters over diffusers' own pipelines.
 
-The base's components (as ``StableDiffusionPipeline`` / ``StableDiffusionXLPipeline``) with an
-IP-Adapter loaded by diffusers' own ``load_ip_adapter`` (which also loads the adapter's CLIP
-``image_encoder``): vSLERP edits the encoder's projected ``image_embeds`` (the space the
-adapter's ``ImageProjection`` reads), so only the non-"plus" adapters are taken
-(``ip-adapter_sd15``, ``ip-adapter_sdxl``, ``ip-adapter_sdxl_vit-h``); "plus" adapters (a
-resampler over hidden states) and FaceID (face embeddings) are refused. Each batch of B cells
-goes to diffusers' pipeline as ``ip_adapter_image_embeds=[cat([negative, cells])[:, None]]``
-((2B, 1, D) with guidance; the negative is the zero vector, as diffusers' ``encode_image``
-gives non-plus adapters, or ``negative_image_embeds``), ``prompt=[prompt or ""] * B`` and one
-copy of the call's generator per cell — so a θ=0 cell is diffusers' own render of the source
-embedding at that seed. diffusers repeats ``ip_adapter_image_embeds`` for every prompt of a
-batch, so the pipeline it renders with takes them one row per cell (:class:`_EmbedsPerCell`,
-its only change). ``strength`` < 1 renders through ``StableDiffusionImg2ImgPipeline`` /
-``StableDiffusionXLImg2ImgPipeline`` from the photo. The adapter's files:
-:mod:`vslerp.pipelines.ip_adapter_files`.
+The base's components with an IP-Adapter loaded by diffusers' ``load_ip_adapter`` and its CLIP
+``image_encoder`` (:func:`vslerp.stats.models.ip_adapter_encoder`, or ``ip_adapter_image_encoder=``):
+vSLERP edits the encoder's projected ``image_embeds``, so only non-"plus" adapters are taken
+("plus" and FaceID are refused). Each batch of B cells goes to diffusers' pipeline as
+``ip_adapter_image_embeds`` (SD: ``[cat([negative, cells])[:, None]]``, the negative the zero
+vector as diffusers gives non-plus adapters), ``prompt=[prompt or ""] * B`` and one copy of the
+call's generator per cell — so a θ=0 cell is diffusers' own render of the source at that seed.
+diffusers repeats ``ip_adapter_image_embeds`` for every prompt, so the pipeline takes them one
+row per cell (:class:`_EmbedsPerCell`, its only change). ``strength`` < 1 renders through the
+base's img2img pipeline. Files: :mod:`vslerp.pipelines.ip_adapter_files`.
 
-Saving: diffusers' UNet, once adapted, saves the adapter's weights into its own state dict,
-which a fresh UNet does not take. ``save_pretrained`` therefore saves the components without
-the adapter (its attention processors and image projection set aside for the save, then put
-back: saving does not re-read the weights), the adapter's weights re-exported from the UNet with the keys of the hub file as
-``ip_adapter/ip-adapter.safetensors`` and ``ip_adapter/vslerp_ip_adapter.json`` naming the
-adapter; ``from_pretrained(folder)`` loads the components and the adapter through
-``load_ip_adapter`` again (the image encoder is a saved component).
+Saving: an adapted denoiser saves the adapter's weights into its own state dict, which a fresh
+one does not take: ``save_pretrained`` saves the components without the adapter, the adapter's
+weights re-exported with the hub file's keys as ``ip_adapter/ip-adapter.safetensors`` and
+``ip_adapter/vslerp_ip_adapter.json``; ``from_pretrained(folder)`` loads both again.
 """
 
 from __future__ import annotations
@@ -41,7 +34,7 @@ from vslerp.stats.models import (
     IP_ADAPTER_SD,
     IP_ADAPTER_SDXL,
     backend_record,
-    ip_adapter_encoder_subfolder,
+    ip_adapter_encoder,
     size_rule_of,
 )
 
@@ -61,7 +54,7 @@ from .ip_adapter_files import (
 with quiet_torchvision_fallback():  # diffusers' IP-Adapter loader imports CLIP/Siglip processors by name
     from diffusers.loaders import IPAdapterMixin
 
-__all__ = ["VSlerpIPAdapterPipeline", "VSlerpIPAdapterXLPipeline"]
+__all__ = ["IPAdapterBackend", "VSlerpIPAdapterPipeline", "VSlerpIPAdapterXLPipeline"]
 
 
 class _EmbedsPerCell:
@@ -74,22 +67,23 @@ class _EmbedsPerCell:
     method returns — and leaves the rest of the pipeline (its denoising loop) diffusers'.
     """
 
-    def prepare_ip_adapter_image_embeds(self, ip_adapter_image, ip_adapter_image_embeds, device,
-                                        num_images_per_prompt, do_classifier_free_guidance):
+    def prepare_ip_adapter_image_embeds(self, ip_adapter_image, ip_adapter_image_embeds, device, *args):
         return [embeds.to(device=device) for embeds in ip_adapter_image_embeds]
 
 
 @functools.cache
 def _per_cell(pipeline_class):
-    """``pipeline_class`` (a diffusers SD / SDXL pipeline) with :class:`_EmbedsPerCell`'s method."""
+    """``pipeline_class`` (a diffusers SD / SDXL / FLUX pipeline) with :class:`_EmbedsPerCell`'s method."""
     return type(f"{pipeline_class.__name__}PerCell", (_EmbedsPerCell, pipeline_class), {})
 
 
-class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
-    """What the SD and SDXL IP-Adapter backends share (every method but the components)."""
+class IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
+    """What the SD, SDXL and FLUX IP-Adapter backends share (every method but the components)."""
 
     _base_name = ""  # the diffusers pipeline of the base, in messages
     _min_steps = 1
+    _example_base = _example_subfolder = _example_weight = ""
+    _example_adapter = "h94/IP-Adapter"
 
     def _init_common(self):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
@@ -105,12 +99,29 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
     def _diffusers_class(cls, img2img: bool = False):
         raise NotImplementedError
 
+    def _load_adapter(self, source: str, subfolder: str, weight: str) -> None:
+        """diffusers' ``load_ip_adapter`` (the image encoder is registered already)."""
+        self.load_ip_adapter(source, subfolder=subfolder, weight_name=weight, image_encoder_folder=None)
+
+    def _register_encoder(self, source: str, subfolder: str, dtype, **kwargs) -> None:
+        """The adapter's ``CLIPVisionModelWithProjection`` from ``source`` / ``subfolder``, as ``image_encoder``;
+        float16 for a bfloat16 pipeline (diffusers' FLUX default, and the statistics' fingerprint)."""
+        from transformers import CLIPVisionModelWithProjection
+
+        dtype = torch.float16 if dtype == torch.bfloat16 else dtype
+        try:
+            encoder = CLIPVisionModelWithProjection.from_pretrained(source, subfolder=subfolder or "", dtype=dtype,
+                                                                    **kwargs)
+        except (OSError, ValueError) as err:
+            raise load_failure(source, "--ip-adapter-image-encoder", "the IP-Adapter's image encoder", err) from None
+        self.register_modules(image_encoder=encoder.eval())
+
     @classmethod
     def _load_backend(cls, source, prior, stats, dtype, ip_adapter=None, ip_adapter_subfolder=None,
-                      ip_adapter_weight_name=None, image_encoder_folder=None, **kwargs):
+                      ip_adapter_weight_name=None, ip_adapter_image_encoder=None, **kwargs):
         """Load a saved folder, or the base ``source`` with the adapter (see :mod:`.loading`).
-        image_encoder_folder: as diffusers' ``load_ip_adapter`` takes it; default
-        :func:`vslerp.stats.models.ip_adapter_encoder_subfolder` (the rule statistics are computed by)."""
+        ip_adapter_image_encoder: its image encoder (a repo id or folder); default
+        :func:`vslerp.stats.models.ip_adapter_encoder` (the rule statistics are computed by)."""
         if prior is not None:
             raise ValueError(f"the {cls.backend} backend takes no prior")
         if source is None:
@@ -119,14 +130,14 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
         folder = local_folder(source)
         saved = folder is not None and (folder / SAVED_FOLDER / SAVED_JSON).is_file()
         if saved:
-            if ip_adapter is not None:
+            if ip_adapter is not None or ip_adapter_image_encoder is not None:
                 raise ValueError(f"{source} was saved with its IP-Adapter; give no ip_adapter")
             from .loading import saved_stats
 
             stats = saved_stats(folder, stats)
         elif ip_adapter is None:
             raise ValueError(f"the {cls.backend} backend renders through an IP-Adapter: give ip_adapter= "
-                             f"(e.g. ip_adapter='h94/IP-Adapter', ip_adapter_subfolder='{cls._example_subfolder}', "
+                             f"(e.g. ip_adapter='{cls._example_adapter}', ip_adapter_subfolder='{cls._example_subfolder}', "
                              f"ip_adapter_weight_name='{cls._example_weight}')")
         if stats is None:
             raise ValueError(f"the {cls.backend} backend needs stats= (a statistics file of the adapter's image "
@@ -135,7 +146,7 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
         if saved:
             pipe = cls._load_saved(folder, dtype, **kwargs)
             info = json.loads((folder / SAVED_FOLDER / SAVED_JSON).read_text(encoding="utf-8"))
-            pipe.load_ip_adapter(str(folder), subfolder=SAVED_FOLDER, weight_name=SAVED_WEIGHT)
+            pipe._load_adapter(str(folder), SAVED_FOLDER, SAVED_WEIGHT)
             pipe.model_ids = {"decoder": info.get("decoder") or source, "prior": None,
                               "ip_adapter": info.get("ip_adapter")}
         else:
@@ -150,8 +161,9 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
             except (OSError, ValueError) as err:
                 raise load_failure(source, "--model", f"the {cls._base_name} base", err) from None
             pipe = cls(**base.components)
-            pipe.load_ip_adapter(str(ip_adapter), subfolder=subfolder, weight_name=weight,
-                                 image_encoder_folder=image_encoder_folder or ip_adapter_encoder_subfolder(subfolder, weight))
+            pipe._register_encoder(*ip_adapter_encoder(cls.backend, str(ip_adapter), subfolder, weight,
+                                                       ip_adapter_image_encoder), dtype, **kwargs)
+            pipe._load_adapter(str(ip_adapter), subfolder, weight)
             pipe.model_ids = {"decoder": source, "prior": None, "ip_adapter": adapter_id}
         pipe._check_projection(pipe.model_ids["ip_adapter"])
         pipe.set_statistics(stats)
@@ -161,11 +173,11 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
         """One adapter whose image projection is diffusers' ``ImageProjection`` (after loading)."""
         from diffusers.models.embeddings import ImageProjection
 
-        hid = getattr(self.unet, "encoder_hid_proj", None)
+        hid = getattr(self._denoiser(), "encoder_hid_proj", None)
         layers = list(getattr(hid, "image_projection_layers", []) or [])
         if len(layers) != 1 or not isinstance(layers[0], ImageProjection):
             kinds = [type(layer).__name__ for layer in layers] or ["none"]
-            raise ValueError(f"{name}: the UNet's image projection is {', '.join(kinds)}, not one ImageProjection: "
+            raise ValueError(f"{name}: the denoiser's image projection is {', '.join(kinds)}, not one ImageProjection: "
                              f"{ADAPTER_WHY}")
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -173,8 +185,8 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
         adapter as ``ip_adapter/ip-adapter.safetensors`` + ``ip_adapter/vslerp_ip_adapter.json``."""
         from safetensors.torch import save_file
 
-        state = adapter_state_dict(self.unet)
-        with without_adapter(self.unet):
+        state = adapter_state_dict(self._denoiser())
+        with without_adapter(self._denoiser()):
             super().save_pretrained(save_directory, *args, **kwargs)
         out = Path(save_directory) / SAVED_FOLDER
         out.mkdir(parents=True, exist_ok=True)
@@ -229,13 +241,35 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
             raise ValueError("latents cannot be given with strength < 1: img2img starts from the photo's latents")
         sized = isinstance(settings.height, int) and isinstance(settings.width, int)  # else the request says
         if isinstance(latents, torch.Tensor) and sized:
-            shape = (1, self.unet.config.in_channels, settings.height // self.vae_scale_factor,
-                     settings.width // self.vae_scale_factor)
+            shape = self._latents_shape(settings.height, settings.width)
             if tuple(latents.shape) != shape:
                 raise ValueError(f"latents must have shape {shape} (one image), got {tuple(latents.shape)}")
         return settings.callback_tensor_inputs
 
+    def _latents_shape(self, height: int, width: int) -> tuple[int, ...]:
+        """The initial latents of one image, as diffusers' pipeline takes ``latents=`` (and draws them)."""
+        return (1, int(self._denoiser().config.in_channels), height // self.vae_scale_factor,
+                width // self.vae_scale_factor)
+
+    _noise_shape = _latents_shape  # what its generator draws for them (FLUX: before packing)
+
     # -- rendering -------------------------------------------------------------------------------
+    def _embeds_kwargs(self, embeds: torch.Tensor, settings: RenderSettings) -> dict:
+        """diffusers' IP-Adapter arguments for cells ``embeds`` (B, 1, D): with guidance, the
+        negatives first in one tensor (2B, 1, D), as SD's ``prepare_ip_adapter_image_embeds``."""
+        if settings.guidance_scale > 1:
+            negative = settings.negative.to(embeds)[None, None].expand(embeds.shape[0], -1, -1)
+            embeds = torch.cat([negative, embeds])
+        return {"ip_adapter_image_embeds": [embeds]}
+
+    def _init_kwargs(self, init: list, settings: RenderSettings) -> dict:
+        """img2img's arguments: the photos at the call's size (diffusers' own resize)."""
+        from diffusers.image_processor import VaeImageProcessor
+
+        resize = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor).resize
+        return {"image": [photo if photo.size == (settings.width, settings.height)
+                          else resize(photo, settings.height, settings.width) for photo in init]}
+
     def _diffusers_pipeline(self, img2img: bool):
         """diffusers' own pipeline for the base on this pipeline's components (its bar off),
         taking one IP-Adapter embedding per cell (:class:`_EmbedsPerCell`)."""
@@ -247,7 +281,7 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
         """The base's render, with ``ip_adapter_scale`` set for this call and put back after."""
         if settings.ip_adapter_scale is None:
             return super()._render(cells, noise, settings, init)
-        procs = {n: p for n, p in self.unet.attn_processors.items() if hasattr(p, "to_k_ip")}
+        procs = {n: p for n, p in self._denoiser().attn_processors.items() if hasattr(p, "to_k_ip")}
         before = {n: list(p.scale) for n, p in procs.items()}
         self.set_ip_adapter_scale(float(settings.ip_adapter_scale))
         try:
@@ -257,11 +291,7 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
                 proc.scale = before[name]
 
     def _render_chunk(self, chunk, noise, device, settings: RenderSettings, tick, init=None):
-        batch, dtype = chunk.shape[0], self.unet.dtype
-        embeds = chunk.to(device=device, dtype=dtype)[:, None]  # (B, 1, D)
-        if settings.guidance_scale > 1:
-            negative = settings.negative.to(device=device, dtype=dtype)[None, None].expand(batch, -1, -1)
-            embeds = torch.cat([negative, embeds])  # (2B, 1, D): negatives first, as prepare_ip_adapter_image_embeds
+        batch, dtype = chunk.shape[0], self._denoiser().dtype
 
         def on_step_end(pipe, step, timestep, tensors):
             self._num_timesteps = pipe.num_timesteps
@@ -269,7 +299,8 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
             tick()
             return out
 
-        kwargs = {"prompt": [settings.prompt or ""] * batch, "ip_adapter_image_embeds": [embeds],
+        kwargs = {"prompt": [settings.prompt or ""] * batch,
+                  **self._embeds_kwargs(chunk.to(device=device, dtype=dtype)[:, None], settings),  # (B, 1, D)
                   "num_inference_steps": settings.num_inference_steps, "guidance_scale": settings.guidance_scale,
                   "generator": [clone_generator(gen) for gen in noise],  # one copy per cell
                   "output_type": "np" if settings.output_type == "pt" else settings.output_type,
@@ -277,22 +308,17 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
                   "callback_on_step_end_tensor_inputs": settings.callback_tensor_inputs}
         if settings.negative_prompt is not None:
             kwargs["negative_prompt"] = [settings.negative_prompt] * batch
-        if init is not None:  # img2img: the photos at the call's size (diffusers' own resize)
-            from diffusers.image_processor import VaeImageProcessor
-
-            resize = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor).resize
-            kwargs.update(strength=settings.strength, image=[
-                photo if photo.size == (settings.width, settings.height)
-                else resize(photo, settings.height, settings.width) for photo in init])
+        if init is not None:
+            kwargs.update(strength=settings.strength, **self._init_kwargs(init, settings))
         else:
             kwargs.update(height=settings.height, width=settings.width)
             if settings.latents is not None:
-                kwargs["latents"] = settings.latents.to(device=device, dtype=dtype).expand(batch, -1, -1, -1)
+                latents = settings.latents.to(device=device, dtype=dtype)
+                kwargs["latents"] = latents.expand(batch, *latents.shape[1:])
         images = self._diffusers_pipeline(init is not None)(**kwargs).images
         if settings.output_type == "pt":  # the project's convention: (B, 3, H, W) in [−1, 1]
             images = torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1
         return images
-
 
     def _advance_generator(self, generator: torch.Generator, settings: RenderSettings) -> None:
         """As after diffusers' pipeline (stochastic steps' noise aside): text-to-image drew one
@@ -300,14 +326,13 @@ class _IPAdapterBackend(IPAdapterMixin, VSlerpBasePipeline):
         sample of the photo, then the noise added to it — each one image's latents' worth."""
         from diffusers.utils.torch_utils import randn_tensor
 
-        shape = (1, int(self.unet.config.in_channels), settings.height // self.vae_scale_factor,
-                 settings.width // self.vae_scale_factor)
+        shape = self._noise_shape(settings.height, settings.width)
         draws = 2 if settings.strength < 1.0 else (0 if settings.latents is not None else 1)
         for _ in range(draws):
-            randn_tensor(shape, generator=generator, device=generator.device, dtype=self.unet.dtype)
+            randn_tensor(shape, generator=generator, device=generator.device, dtype=self._denoiser().dtype)
 
 
-class VSlerpIPAdapterPipeline(_IPAdapterBackend):
+class VSlerpIPAdapterPipeline(IPAdapterBackend):
     """vSLERP through an IP-Adapter on Stable Diffusion 1.5 / 2.x (``StableDiffusionPipeline``).
 
     Components as diffusers' ``StableDiffusionPipeline`` with the adapter loaded: vae,
@@ -346,7 +371,7 @@ class VSlerpIPAdapterPipeline(_IPAdapterBackend):
         return {"requires_safety_checker": False}  # the safety checker runs when the base has one
 
 
-class VSlerpIPAdapterXLPipeline(_IPAdapterBackend):
+class VSlerpIPAdapterXLPipeline(IPAdapterBackend):
     """vSLERP through an IP-Adapter on SDXL (``StableDiffusionXLPipeline``).
 
     Components as diffusers' ``StableDiffusionXLPipeline`` with the adapter loaded: vae,

@@ -23,6 +23,7 @@ __all__ = ["ADAPTER_WHY", "SAVED_FOLDER", "SAVED_JSON", "SAVED_WEIGHT", "adapter
            "check_adapter_keys", "split_adapter_id", "without_adapter"]
 
 SAVED_FOLDER, SAVED_WEIGHT, SAVED_JSON = "ip_adapter", "ip-adapter.safetensors", "vslerp_ip_adapter.json"
+_XLABS_PROJ, _XLABS_KV = "ip_adapter_proj_model.", "double_blocks.{}.processor.ip_adapter_double_stream_{}_proj"
 _PLAIN_KEYS = {"image_proj.proj.weight", "image_proj.proj.bias", "image_proj.norm.weight", "image_proj.norm.bias"}
 ADAPTER_WHY = ("vSLERP edits the projected CLIP image embedding, which only the non-plus adapters "
                "(ip-adapter_sd15, ip-adapter_sdxl, ip-adapter_sdxl_vit-h) read; plus adapters consume the "
@@ -44,8 +45,9 @@ def split_adapter_id(ip_adapter: str, subfolder: str | None = None, weight_name:
 
 
 def check_adapter_keys(keys, name: str) -> None:
-    """Refuse an adapter file whose ``image_proj`` is not diffusers' ``ImageProjection`` (a plain
-    IP-Adapter: ``proj`` + ``norm``) or that carries LoRA weights (FaceID)."""
+    """Refuse an adapter file whose ``image_proj`` (XLabs: ``ip_adapter_proj_model``) is not diffusers'
+    ``ImageProjection`` (a plain IP-Adapter: ``proj`` + ``norm``) or that carries LoRA weights (FaceID)."""
+    keys = [k.replace(_XLABS_PROJ, "image_proj.", 1) if k.startswith(_XLABS_PROJ) else k for k in keys]
     proj = {k for k in keys if k.startswith("image_proj.")}
     lora = any("lora" in k for k in keys)
     if proj != _PLAIN_KEYS or lora:
@@ -90,9 +92,18 @@ def check_adapter_file(source: str, subfolder: str, weight_name: str, name: str,
 def adapter_state_dict(unet) -> dict[str, torch.Tensor]:
     """The adapter's weights from an adapted UNet, with the keys of the hub file
     (``image_proj.proj`` / ``.norm``, ``ip_adapter.N.to_{k,v}_ip.weight`` with N = 1, 3, 5, …
-    over the cross-attention processors, the numbering diffusers' loader reads)."""
+    over the cross-attention processors, the numbering diffusers' loader reads); from a FLUX
+    transformer, XLabs' keys (``ip_adapter_proj_model.*``, ``double_blocks.N.processor.*``)."""
     proj = unet.encoder_hid_proj.image_projection_layers[0]
-    out = {f"image_proj.{k.replace('image_embeds', 'proj')}": v for k, v in proj.state_dict().items()}
+    flux = hasattr(unet, "single_transformer_blocks")
+    prefix = _XLABS_PROJ if flux else "image_proj."
+    out = {f"{prefix}{k.replace('image_embeds', 'proj')}": v for k, v in proj.state_dict().items()}
+    if flux:
+        procs = [p for n, p in unet.attn_processors.items() if n.startswith("transformer_blocks")]
+        for block, proc in enumerate(procs):
+            for kind, layer in (("k", proc.to_k_ip[0]), ("v", proc.to_v_ip[0])):
+                out |= {f"{_XLABS_KV.format(block, kind)}.{k}": v for k, v in layer.state_dict().items()}
+        return {k: v.detach().cpu().contiguous() for k, v in out.items()}
     key_id = 1
     for name, proc in unet.attn_processors.items():
         if name.endswith("attn1.processor") or "motion_modules" in name:
@@ -108,11 +119,12 @@ def without_adapter(unet):
     """The UNet as before ``load_ip_adapter`` — plain attention processors, no image projection,
     its config's ``encoder_hid_dim_type`` as saved — and everything put back on exit."""
     from diffusers.models.attention_processor import AttnProcessor2_0
+    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
+    plain = FluxAttnProcessor if hasattr(unet, "single_transformer_blocks") else AttnProcessor2_0
     procs, hid = unet.attn_processors, unet.encoder_hid_proj
-    hid_type = unet.config.encoder_hid_dim_type
-    unet.set_attn_processor({name: AttnProcessor2_0() if hasattr(proc, "to_k_ip") else proc
-                             for name, proc in procs.items()})
+    hid_type = getattr(unet.config, "encoder_hid_dim_type", None)
+    unet.set_attn_processor({name: plain() if hasattr(proc, "to_k_ip") else proc for name, proc in procs.items()})
     unet.encoder_hid_proj = None
     unet.config.encoder_hid_dim_type = unet.config.get("encoder_hid_dim_type")  # diffusers sets the attribute only
     try:

@@ -32,7 +32,7 @@ __all__ = ["BACKENDS", "DEFAULT_KARLO_PRIOR", "KANDINSKY", "UNCLIP", "auto_devic
 DEFAULT_KARLO_PRIOR = "kakaobrain/karlo-v1-alpha"  # Karlo's text-to-image repo: prior/ (clip_mean) for unCLIP
 
 _BACKEND_ARGS = {"auto": None, "kandinsky": KANDINSKY, **{record.name: record.name for record in TABLE}}
-IP_ADAPTER_ARGS = ("ip_adapter", "ip_adapter_subfolder", "ip_adapter_weight_name")  # from_pretrained's
+IP_ADAPTER_ARGS = ("ip_adapter", "ip_adapter_subfolder", "ip_adapter_weight_name", "ip_adapter_image_encoder")  # from_pretrained's
 
 _UNCLIP_PARTS = {  # component → (library, class) in the Karlo image-variations layout
     "decoder": ("diffusers", "UNet2DConditionModel"),
@@ -86,11 +86,14 @@ def load_pipeline(cls, decoder_id_or_dir=None, prior=None, stats=None, dtype=Non
         Kandinsky or Karlo prior's ``clip_mean``, Stable unCLIP's ``image_normalizer`` mean).
     dtype: default :func:`vslerp.stats.encode.default_dtype` of the device (float16 on CUDA).
     backend: "auto" (``VSlerpPipeline``: from ``model_index.json``) or a backend's name
-        ("kandinsky2.2", "unclip", "stable-unclip", "ip-adapter-sd", "ip-adapter-sdxl"); a
+        ("kandinsky2.2", "unclip", "stable-unclip", "ip-adapter-sd", "ip-adapter-sdxl", "flux"); a
         backend's own class (``VSlerpUnCLIPPipeline``, ...) loads its backend.
-    ip_adapter, ip_adapter_subfolder, ip_adapter_weight_name: the IP-Adapter an SD / SDXL base
-        renders through (as diffusers' ``load_ip_adapter``), e.g. ``"h94/IP-Adapter"``,
-        ``"models"``, ``"ip-adapter_sd15.safetensors"``; only for those backends.
+    ip_adapter, ip_adapter_subfolder, ip_adapter_weight_name: the IP-Adapter an SD / SDXL / FLUX.1
+        base renders through (as diffusers' ``load_ip_adapter``), e.g. ``"h94/IP-Adapter"``,
+        ``"models"``, ``"ip-adapter_sd15.safetensors"``, or ``"XLabs-AI/flux-ip-adapter"`` with
+        ``"ip_adapter.safetensors"`` (no subfolder); only for those backends.
+    ip_adapter_image_encoder: the adapter's image encoder, a repo id or folder (default: the
+        adapter's ``SUBFOLDER/image_encoder``; FLUX: ``openai/clip-vit-large-patch14``).
     device: "auto" (cuda, then mps, then cpu with a warning), a device, or None (stay on the
         CPU). ``pipe.enable_model_cpu_offload()`` after loading moves every component back to
         the CPU and onto the GPU only while it runs (diffusers' own offload).
@@ -119,7 +122,7 @@ def load_pipeline(cls, decoder_id_or_dir=None, prior=None, stats=None, dtype=Non
         kwargs.update(adapter)
     elif adapter:
         raise ValueError(f"{', '.join(sorted(adapter))}: an IP-Adapter renders through a Stable Diffusion / "
-                         f"SDXL base, and {decoder_id_or_dir or 'the default model'} is a {wanted} model")
+                         f"SDXL / FLUX.1 base, and {decoder_id_or_dir or 'the default model'} is a {wanted} model")
     load = {KANDINSKY: _load_kandinsky, UNCLIP: _load_unclip}.get(wanted)
     if load is None:  # a backend that loads itself: its class's ``_load_backend`` classmethod
         pipe = cls._load_backend(decoder_id_or_dir, prior, stats, dtype, **kwargs)

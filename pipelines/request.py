@@ -30,7 +30,7 @@ __all__ = ["OPTION_FIELDS", "OUTPUT_TYPES", "RenderRequest", "RenderSettings", "
            "check_guidance", "check_options", "check_weights", "check_positive_int", "clone_generator", "check_seed", "check_steps", "denoise_steps"]
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-OPTION_FIELDS = ("strength", "prompt", "negative_prompt", "noise_level", "ip_adapter_scale")  # backend options
+OPTION_FIELDS = ("strength", "prompt", "negative_prompt", "noise_level", "ip_adapter_scale", "true_cfg_scale")  # backend options
 
 
 class RequestError(ValueError):
@@ -159,7 +159,7 @@ def denoise_steps(steps: int, strength: float) -> int:
     return steps if strength >= 1.0 else min(int(steps * strength), steps)
 
 
-def check_options(strength, prompt, negative_prompt, noise_level, ip_adapter_scale) -> dict:
+def check_options(strength, prompt, negative_prompt, noise_level, ip_adapter_scale, true_cfg_scale=1.0) -> dict:
     """The backend options by type and range, as a dict (strength a float)."""
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
         raise RequestError("strength", f"strength must be a number in (0, 1] (1: from pure noise), got {strength!r}")
@@ -172,8 +172,12 @@ def check_options(strength, prompt, negative_prompt, noise_level, ip_adapter_sca
                                          or not isinstance(ip_adapter_scale, (int, float))
                                          or not math.isfinite(ip_adapter_scale) or ip_adapter_scale < 0):
         raise RequestError("ip_adapter_scale", f"ip_adapter_scale must be a number >= 0, got {ip_adapter_scale!r}")
+    if isinstance(true_cfg_scale, bool) or not isinstance(true_cfg_scale, (int, float)) \
+            or not math.isfinite(true_cfg_scale) or not 0 <= true_cfg_scale <= 1e6:
+        raise RequestError("true_cfg_scale", f"true_cfg_scale must be a number >= 0, got {true_cfg_scale!r}")
     return {"strength": float(strength), "prompt": prompt, "negative_prompt": negative_prompt,
-            "noise_level": noise_level, "ip_adapter_scale": None if ip_adapter_scale is None else float(ip_adapter_scale)}
+            "noise_level": noise_level, "ip_adapter_scale": None if ip_adapter_scale is None else float(ip_adapter_scale),
+            "true_cfg_scale": float(true_cfg_scale)}
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,7 @@ class RenderRequest:
     noise_level: int = 0  # Stable unCLIP's image-embedding noise level
     ip_adapter_scale: float | None = None  # None: as loaded
     weights: tuple[tuple[float, ...], ...] | None = None  # a mix's rows (each sums to 1) instead of thetas
+    true_cfg_scale: float = 1.0  # FLUX's true classifier-free guidance (on when > 1, with a negative_prompt)
 
     @classmethod
     def from_fields(cls, mapping: Mapping, origin: str = "") -> RenderRequest:
@@ -323,6 +328,7 @@ class RenderSettings:
     negative_prompt: str | None = None
     noise_level: int = 0  # Stable unCLIP's image-embedding noise level
     ip_adapter_scale: float | None = None  # IP-Adapter's scale (None: as loaded / set)
+    true_cfg_scale: float = 1.0  # FLUX's true classifier-free guidance
 
     @classmethod
     def of_request(cls, request, latents=None, negative=None, callback_on_step_end=None,

@@ -8,8 +8,10 @@ name); the encoders are the ones the generator itself conditions on:
   a Kandinsky 2.2 decoder → those of its prior (``prior=``, default ``DEFAULT_PRIOR``);
 - an unCLIP/Karlo image-variations repo → the same parts, ``feature_extractor`` for the processor;
 - Stable unCLIP → ``image_encoder`` + ``feature_extractor``; its text encoder has no projection;
-- a Stable Diffusion / SDXL base → the IP-Adapter's ``SUBFOLDER/image_encoder`` and a
-  ``CLIPImageProcessor`` sized to it, as diffusers' ``load_ip_adapter`` builds them; no text encoder;
+- a Stable Diffusion / SDXL / FLUX.1 base → the IP-Adapter's image encoder
+  (:func:`~vslerp.stats.models.ip_adapter_encoder`: ``SUBFOLDER/image_encoder``, FLUX's
+  ``openai/clip-vit-large-patch14``, or the one given) and a ``CLIPImageProcessor`` sized to it,
+  as diffusers' ``load_ip_adapter`` builds them; no text encoder;
 - a transformers ``CLIPModel`` (``clip=`` alone) → both of its towers.
 
 Where the generator has no projected text encoder, the text side comes from ``clip=`` — only if
@@ -41,6 +43,8 @@ from .encode import (
 from .hub import is_repo_id, local_folder
 from .models import (
     BACKENDS,
+    FLUX,
+    FLUX_IMAGE_ENCODER,
     IP_ADAPTER_SD,
     IP_ADAPTER_SDXL,
     KANDINSKY,
@@ -51,7 +55,7 @@ from .models import (
     UnsupportedModel,
     backend_by_name,
     backend_record,
-    ip_adapter_encoder_subfolder,
+    ip_adapter_encoder,
     read_model_index,
 )
 
@@ -59,12 +63,14 @@ __all__ = ["KANDINSKY_PRIOR", "LoadedEncoders", "generator_layout", "load_genera
 
 KANDINSKY_PRIOR, KANDINSKY_DECODER = KANDINSKY_PRIOR_LAYOUT, backend_record(KANDINSKY).layout
 SD, SDXL = backend_record(IP_ADAPTER_SD).layout, backend_record(IP_ADAPTER_SDXL).layout
+_ADAPTED = {SD: IP_ADAPTER_SD, SDXL: IP_ADAPTER_SDXL, backend_record(FLUX).layout: FLUX}  # layout → backend
 CLIP = "clip"  # a transformers CLIPModel folder: both towers
 _OWN_TEXT = (KANDINSKY_PRIOR, KANDINSKY_DECODER, UNCLIP)  # a projected text encoder of their own
 _DEFAULT_CLIPS = {  # layout → the CLIP whose vision tower is the generator's (for the messages)
     STABLE_UNCLIP: "laion/CLIP-ViT-H-14-laion2B-s32B-b79K (openai/clip-vit-large-patch14 for -small)",
     SD: "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
     SDXL: "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k (ViT-H/14 for the _vit-h adapters)",
+    FLUX: FLUX_IMAGE_ENCODER,
 }
 
 
@@ -152,7 +158,7 @@ def _clip_towers(clip: str, dtype, *, text: bool, processor: bool):
     return clip, vision, processor, text_encoder, tokenizer
 
 
-def _ip_adapter_encoder(ip_adapter, dtype):
+def _ip_adapter_encoder(ip_adapter, dtype, layout: str, image_encoder=None):
     """The IP-Adapter's image encoder and the processor ``load_ip_adapter`` builds for it."""
     from transformers import CLIPVisionModelWithProjection
 
@@ -161,15 +167,20 @@ def _ip_adapter_encoder(ip_adapter, dtype):
     folder = local_folder(repo)
     if folder is not None and not (folder / subfolder / weight).is_file():
         raise ValueError(f"--ip-adapter: {folder / subfolder / weight} is not a file")
-    encoder_sub, note = ip_adapter_encoder_subfolder(subfolder, weight), None  # the pipeline's own rule
-    if encoder_sub != f"{subfolder}/image_encoder":  # h94/IP-Adapter's SDXL _vit-h adapters
+    source, encoder_sub = ip_adapter_encoder(_ADAPTED[layout], repo, subfolder, weight, image_encoder)  # the pipeline's rule
+    note = None
+    if source == repo and encoder_sub != f"{subfolder}/image_encoder".lstrip("/"):  # h94's SDXL _vit-h adapters
         note = (f"{weight} is an SDXL adapter on the ViT-H/14 encoder: image encoder {encoder_sub} "
                 "(as h94/IP-Adapter documents it)")
-    part = part_loader(repo, "--ip-adapter", "IP-Adapter")
-    image_encoder = part(CLIPVisionModelWithProjection, encoder_sub, **{dtype_kwarg(): dtype})
-    size = int(image_encoder.config.image_size)  # as load_ip_adapter: CLIPImageProcessor(size, crop_size)
+    if source == repo:
+        part = part_loader(repo, "--ip-adapter", "IP-Adapter")
+    else:
+        source = _check_source(source, "--ip-adapter-image-encoder")
+        part = part_loader(source, "--ip-adapter-image-encoder", "the IP-Adapter's image encoder")
+    encoder = part(CLIPVisionModelWithProjection, encoder_sub or None, **{dtype_kwarg(): dtype})
+    size = int(encoder.config.image_size)  # as load_ip_adapter: CLIPImageProcessor(size, crop_size)
     processor = clip_image_processor_class()(size=size, crop_size=size)
-    return f"{repo}:{encoder_sub}", image_encoder, processor, note
+    return f"{source}:{encoder_sub}" if encoder_sub else source, encoder, processor, note
 
 
 def _refuse_options(layout: str, model: str, prior, ip_adapter, clip) -> None:
@@ -177,26 +188,29 @@ def _refuse_options(layout: str, model: str, prior, ip_adapter, clip) -> None:
     if prior is not None and layout != KANDINSKY_DECODER:
         raise ValueError(f"--prior is for a Kandinsky 2.2 decoder; {model} is {what} "
                          "(give it alone as --model)")
-    if ip_adapter is not None and layout not in (SD, SDXL):
-        raise ValueError(f"--ip-adapter is for a Stable Diffusion / SDXL base; {model} is {what}")
-    if ip_adapter is None and layout in (SD, SDXL):
-        raise ValueError(f"{model} is a Stable Diffusion{' XL' if layout == SDXL else ''} base: its image "
-                         "encoder is an IP-Adapter's; give --ip-adapter REPO_OR_DIR:SUBFOLDER/WEIGHT.safetensors "
-                         "(e.g. h94/IP-Adapter:models/ip-adapter_sd15.safetensors)")
+    if ip_adapter is not None and layout not in _ADAPTED:
+        raise ValueError(f"--ip-adapter is for a Stable Diffusion / SDXL / FLUX.1 base; {model} is {what}")
+    if ip_adapter is None and layout in _ADAPTED:
+        example = ("XLabs-AI/flux-ip-adapter:ip_adapter.safetensors" if _ADAPTED[layout] == FLUX
+                   else "h94/IP-Adapter:models/ip-adapter_sd15.safetensors")
+        raise ValueError(f"{model} is {backend_record(_ADAPTED[layout]).label}: its image encoder is an "
+                         f"IP-Adapter's; give --ip-adapter REPO_OR_DIR:[SUBFOLDER/]WEIGHT.safetensors (e.g. {example})")
     if clip is not None and layout in _OWN_TEXT:
         raise ValueError(f"--clip is for a generator without a projected text encoder; {model} "
                          f"({layout}) has its own: drop --clip")
 
 
 def load_generator_encoders(model=None, *, prior=None, ip_adapter=None, clip=None, device=None,
-                            dtype: torch.dtype | None = None, text: bool = True) -> LoadedEncoders:
+                            dtype: torch.dtype | None = None, text: bool = True,
+                            ip_adapter_image_encoder=None) -> LoadedEncoders:
     """The CLIP encoders of generator ``model`` (see the module doc), on ``device`` in ``dtype``.
 
     model: hub id or folder (None: ``clip`` alone, a CLIPModel's two towers); prior: the
     Kandinsky 2.2 prior of a decoder (default ``DEFAULT_PRIOR``); ip_adapter:
     ``(repo_or_dir, subfolder, weight_name)`` for an SD / SDXL base
     (:func:`vslerp.stats.models.parse_ip_adapter`); clip: a CLIPModel id/folder for the text
-    side of a generator without a projected text encoder; text: load a text side at all.
+    side of a generator without a projected text encoder; text: load a text side at all;
+    ip_adapter_image_encoder: the adapter's image encoder (repo id or folder; default the adapter's).
     Raises ``ValueError`` with one line naming what is wrong, before any encoding.
     """
     device = parse_device(device) if device is not None else default_device()
@@ -213,6 +227,8 @@ def load_generator_encoders(model=None, *, prior=None, ip_adapter=None, clip=Non
         return LoadedEncoders(encoders, CLIP, {"clip": source, "text_source": source if text else None}, notes)
     model = str(model)
     layout = generator_layout(model)
+    if ip_adapter is None and ip_adapter_image_encoder is not None:
+        raise ValueError("--ip-adapter-image-encoder is the image encoder of --ip-adapter: give --ip-adapter too")
     if layout is None and ip_adapter is not None:  # the base is not read: only the adapter's encoder
         layout = SDXL if "xl" in model.lower() else SD
     _refuse_options(layout or "unknown", model, prior, ip_adapter, clip)
@@ -239,13 +255,14 @@ def load_generator_encoders(model=None, *, prior=None, ip_adapter=None, clip=Non
         image_encoder = part(CLIPVisionModelWithProjection, "image_encoder", **{dtype_kwarg(): dtype})
         processor = part(clip_image_processor_class(), "feature_extractor")
         image_source = source
-    elif layout in (SD, SDXL):
-        image_source, image_encoder, processor, note = _ip_adapter_encoder(ip_adapter, dtype)
+    elif layout in _ADAPTED:
+        image_source, image_encoder, processor, note = _ip_adapter_encoder(ip_adapter, dtype, layout,
+                                                                           ip_adapter_image_encoder)
         notes += [note] if note else []
     else:
         raise ValueError(f"--model {model}: a {layout} model has no CLIP image encoder vslerp reads")
-    meta = {"model": model, "ip_adapter": ":".join((ip_adapter[0], f"{ip_adapter[1]}/{ip_adapter[2]}"))
-            if ip_adapter else None, "image_encoder": image_source, "clip": None, "text_source": None}
+    meta = {"model": model, "ip_adapter": (f"{ip_adapter[0]}:{ip_adapter[1]}/{ip_adapter[2]}" if ip_adapter[1]
+                                           else f"{ip_adapter[0]}:{ip_adapter[2]}") if ip_adapter else None, "image_encoder": image_source, "clip": None, "text_source": None}
     text_encoder = tokenizer = None
     if text and clip is None:
         notes.append(f"{model} has no projected text encoder: text side skipped, image statistics "

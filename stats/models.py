@@ -7,8 +7,8 @@ size limits and the CLI's checks all read it; adding a backend is one adapter fi
 record. An unknown ``_class_name`` is :class:`UnsupportedModel`, naming the supported ones.
 
 Also here: :func:`read_model_index` (read once per folder and version of the file), an
-IP-Adapter's name ``REPO_OR_DIR:SUBFOLDER/WEIGHT`` (:func:`parse_ip_adapter`) and where its
-image encoder is (:func:`ip_adapter_encoder_subfolder`).
+IP-Adapter's name ``REPO_OR_DIR:[SUBFOLDER/]WEIGHT`` (:func:`parse_ip_adapter`) and where its
+image encoder is (:func:`ip_adapter_encoder`).
 """
 
 from __future__ import annotations
@@ -23,13 +23,15 @@ from vslerp.defaults import DEFAULT_DECODER, DEFAULT_PRIOR
 
 from .hub import is_repo_id, local_folder, offline
 
-__all__ = ["BACKENDS", "IP_ADAPTER_FORMAT", "IP_ADAPTER_SD", "IP_ADAPTER_SDXL", "KANDINSKY", "KANDINSKY_PRIOR_LAYOUT",
+__all__ = ["BACKENDS", "FLUX", "FLUX_IMAGE_ENCODER", "IP_ADAPTER_FORMAT", "IP_ADAPTER_SD", "IP_ADAPTER_SDXL", "KANDINSKY", "KANDINSKY_PRIOR_LAYOUT",
            "PRIORS", "STABLE_UNCLIP", "TABLE", "UNCLIP", "WEIGHT_SUFFIXES", "Backend", "UnsupportedModel",
-           "backend_by_name", "backend_of", "backend_record", "ip_adapter_encoder_subfolder", "parse_ip_adapter",
+           "backend_by_name", "backend_of", "backend_record", "ip_adapter_encoder", "ip_adapter_encoder_subfolder", "parse_ip_adapter",
            "read_model_index", "size_rule_of"]
 
 KANDINSKY, UNCLIP = "kandinsky2.2", "unclip"  # the backends' names (describe(), sidecars, backend=)
 STABLE_UNCLIP, IP_ADAPTER_SD, IP_ADAPTER_SDXL = "stable-unclip", "ip-adapter-sd", "ip-adapter-sdxl"
+FLUX = "flux"
+FLUX_IMAGE_ENCODER = "openai/clip-vit-large-patch14"  # XLabs' FLUX IP-Adapter's encoder (another repo)
 KANDINSKY_PRIOR_LAYOUT = "kandinsky2.2-prior"  # a Kandinsky 2.2 prior given alone to `stats compute`
 
 
@@ -43,7 +45,8 @@ class Backend:
     image-encoder layout for ``vslerp stats compute --model`` (recorded in statistics files);
     encoder: where that encoder is ("prior": its Kandinsky prior's, "own": the repo's
     ``image_encoder/``, "ip-adapter": the adapter's); size_part / size_kind: the subfolder whose
-    ``config.json`` gives the size rule and how (see :func:`size_rule_of`); hub_size: the rule
+    ``config.json`` gives the size rule and how (see :func:`size_rule_of`; "packed": FLUX's 2×2
+    latent patches double the VAE's factor); hub_size: the rule
     when no config can be read; guidance, size: diffusers' defaults (size None: the model's
     config says it); options: the render options it takes beyond the defaults; mean: where its
     zero-data image mean is ("prior": the prior's ``clip_mean``, "image_normalizer", None);
@@ -92,13 +95,16 @@ TABLE: tuple[Backend, ...] = (
             ("vslerp.pipelines.ip_adapter", "VSlerpIPAdapterXLPipeline"), "an SDXL base", "ip-adapter-sdxl",
             "ip-adapter", "vae", "vae", (8, None), 5.0, None,
             ("strength", "prompt", "negative_prompt", "ip_adapter_scale"), None, False),
+    Backend(FLUX, ("FluxPipeline", "VSlerpFluxPipeline"), ("vslerp.pipelines.flux", "VSlerpFluxPipeline"),
+            "a FLUX.1 model", "flux", "ip-adapter", "vae", "packed", (16, None), 3.5, 1024,
+            ("strength", "prompt", "negative_prompt", "ip_adapter_scale", "true_cfg_scale"), None, False),
 )
 BACKENDS = {name: record.name for record in TABLE for name in record.class_names}  # _class_name → backend
 # the priors --prior takes (no generators of their own): _class_name → (label, stats compute layout,
 # None: read as a prior folder by its parts)
 PRIORS = {"KandinskyV22PriorPipeline": ("a Kandinsky 2.2 prior", KANDINSKY_PRIOR_LAYOUT),
           "UnCLIPPipeline": ("a Karlo text-to-image model (its prior)", None)}
-IP_ADAPTER_FORMAT = "REPO_OR_DIR:SUBFOLDER/WEIGHT.safetensors"
+IP_ADAPTER_FORMAT = "REPO_OR_DIR:[SUBFOLDER/]WEIGHT.safetensors"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")  # the adapter weight files diffusers loads
 _BY_NAME = {record.name: record for record in TABLE}
 
@@ -125,10 +131,13 @@ def backend_record(name: str) -> Backend:
 def size_rule_of(record: Backend, config: dict) -> tuple[int, int | None]:
     """``(factor, fixed)`` of ``record`` from the ``config.json`` of its ``size_part``: a MoVQ's
     factor squared (Kandinsky 2.2, as ``downscale_height_and_width``), the one size of a
-    super-resolution UNet (unCLIP), or multiples of 8 and of a VAE's factor (diffusers' check)."""
+    super-resolution UNet (unCLIP), twice a VAE's factor (FLUX's packed latents), or multiples of 8
+    and of a VAE's factor (diffusers' check)."""
     if record.size_kind == "fixed":
         return 1, int(config["sample_size"])
     factor = 2 ** (len(config["block_out_channels"]) - 1)
+    if record.size_kind == "packed":
+        return 2 * factor, None
     return (factor ** 2, None) if record.size_kind == "movq" else (math.lcm(8, factor), None)
 
 
@@ -182,10 +191,12 @@ def read_model_index(id_or_dir) -> dict | None:
 
 def backend_by_name(id_or_dir) -> str | None:
     """The backend a model id names without reading it: "unclip" for Karlo ids, "stable-unclip"
-    for Stable unCLIP ids, "kandinsky2.2" for the default Kandinsky ids, else None."""
+    for Stable unCLIP ids, "flux" for FLUX.1 ids, "kandinsky2.2" for the default Kandinsky ids, else None."""
     name = str(id_or_dir).lower() if id_or_dir is not None else ""
     if "karlo" in name:
         return UNCLIP
+    if "flux.1" in name:
+        return FLUX
     if "unclip" in name and "stable-diffusion" in name:
         return STABLE_UNCLIP
     return KANDINSKY if name in (DEFAULT_DECODER, DEFAULT_PRIOR) else None
@@ -206,15 +217,14 @@ def backend_of(id_or_dir, *, strict: bool = False) -> str | None:
 
 
 def parse_ip_adapter(text, name: str = "--ip-adapter") -> tuple[str, str, str]:
-    """``"REPO_OR_DIR:SUBFOLDER/WEIGHT"`` → ``(repo_or_dir, subfolder, weight_name)``.
+    """``"REPO_OR_DIR:SUBFOLDER/WEIGHT"`` → ``(repo_or_dir, subfolder, weight_name)``, and
+    ``"REPO_OR_DIR:WEIGHT"`` (a weight at the root, as XLabs' FLUX adapters) → ``(repo_or_dir, "", weight_name)``.
 
-    Raises ``ValueError`` with one line (``--ip-adapter must be REPO_OR_DIR:SUBFOLDER/WEIGHT.safetensors,
-    got ...``, and what is missing) for anything else: no ``:``, an empty part, no subfolder,
-    a weight file that is not ``.safetensors`` / ``.bin``. ``name``: the option or argument
-    the message names (the CLI's ``--ip-adapter``, the API's ``ip_adapter``).
-    The split is at the last ``:`` before the ``SUBFOLDER/WEIGHT`` part, so a Windows drive
-    (``C:\\adapters:models/...``) stays in the folder; the subfolder may be nested
-    (``a/b/w.safetensors`` → ``"a/b"``).
+    Raises ``ValueError`` with one line (``--ip-adapter must be REPO_OR_DIR:[SUBFOLDER/]WEIGHT.safetensors,
+    got ...``, and what is missing) for anything else: no ``:``, an empty part, a weight file
+    that is not ``.safetensors`` / ``.bin``. ``name``: the option or argument the message names.
+    The split is at the last ``:``, so a Windows drive (``C:\\adapters:models/...``) stays in the
+    folder; the subfolder may be nested (``a/b/w.safetensors`` → ``"a/b"``).
     """
     if not isinstance(text, str):
         raise TypeError(f"{name} must be a string, got {type(text).__name__}")
@@ -222,23 +232,34 @@ def parse_ip_adapter(text, name: str = "--ip-adapter") -> tuple[str, str, str]:
 
     def bad(why: str) -> ValueError:
         return ValueError(f"{name} must be {IP_ADAPTER_FORMAT}, got {text!r} ({why}); "
-                          "e.g. h94/IP-Adapter:models/ip-adapter_sd15.safetensors")
+                          "e.g. h94/IP-Adapter:models/ip-adapter_sd15.safetensors or "
+                          "XLabs-AI/flux-ip-adapter:ip_adapter.safetensors")
 
     repo, sep, rest = value.rpartition(":")
     if not sep:
-        raise bad("no ':' between the repo or folder and SUBFOLDER/WEIGHT")
+        raise bad("no ':' between the repo or folder and the weight file")
     repo, rest = repo.strip(), rest.strip().replace("\\", "/")
     if not repo:
         raise bad("no repo or folder before ':'")
-    subfolder, slash, weight = rest.rpartition("/")
+    subfolder, _, weight = rest.rpartition("/")
     subfolder = subfolder.strip("/")
-    if not slash or not subfolder:
-        raise bad("no SUBFOLDER/ before the weight file")
     if not weight or not weight.lower().endswith(WEIGHT_SUFFIXES):
         raise bad("the weight file must end in .safetensors or .bin")
-    if any(part in ("", ".", "..") for part in subfolder.split("/")):
+    if subfolder and any(part in ("", ".", "..") for part in subfolder.split("/")):
         raise bad("the subfolder must be a plain relative path")
     return repo, subfolder, weight
+
+
+def ip_adapter_encoder(backend: str, repo: str, subfolder: str, weight_name: str,
+                       image_encoder=None) -> tuple[str, str]:
+    """``(repo_or_dir, subfolder)`` of an IP-Adapter's image encoder: ``image_encoder`` (a repo id or
+    folder) when given; FLUX's :data:`FLUX_IMAGE_ENCODER` (XLabs keep it in another repo); else the
+    adapter repo's :func:`ip_adapter_encoder_subfolder` (h94's layout)."""
+    if image_encoder is not None:
+        return str(image_encoder), ""
+    if backend == FLUX:
+        return FLUX_IMAGE_ENCODER, ""
+    return repo, ip_adapter_encoder_subfolder(subfolder, weight_name)
 
 
 def ip_adapter_encoder_subfolder(subfolder: str, weight_name: str) -> str:

@@ -22,13 +22,17 @@ def _tiny_models(models: Path) -> dict[str, Path]:
     The encoders are consistent as the real ones are (``make_tiny_encoder_repos``): Stable
     unCLIP 2.1's image encoder is h94/IP-Adapter's ``models/image_encoder`` and the vision
     tower of the ViT-H/14 CLIP, so one statistics file serves both; the SD 1.5 base is the one
-    the ``models/ip-adapter_sd15`` weights were made for."""
+    the ``models/ip-adapter_sd15`` weights were made for; ``XLabs-AI/flux-ip-adapter`` holds
+    ``ip_adapter.safetensors`` (at its root) for the tiny FLUX.1-dev, whose encoder
+    ``openai/clip-vit-large-patch14`` is the ViT-L/14 of the encoder repos."""
     from vslerp.pipelines.testing import make_tiny_kandinsky, make_tiny_karlo
     from vslerp.pipelines.testing_clip import make_tiny_encoder_repos
+    from vslerp.pipelines.testing_flux import make_tiny_flux, make_tiny_flux_ip_adapter
     from vslerp.pipelines.testing_sd import make_tiny_sdxl
 
     prior, decoder = make_tiny_kandinsky(models)
     karlo, karlo_variations = make_tiny_karlo(models / "unclip")  # one text encoder, as the real two repos
+    flux = make_tiny_flux(models)
     return {
         "kandinsky-community/kandinsky-2-2-prior": prior,
         "kandinsky-community/kandinsky-2-2-decoder": decoder,
@@ -37,6 +41,8 @@ def _tiny_models(models: Path) -> dict[str, Path]:
         **make_tiny_encoder_repos(models / "encoders"),  # Stable unCLIP, h94/IP-Adapter, the CLIPs
         "stable-diffusion-v1-5/stable-diffusion-v1-5": models / "encoders" / "sd" / "sd15",
         "stabilityai/stable-diffusion-xl-base-1.0": make_tiny_sdxl(models),
+        "black-forest-labs/FLUX.1-dev": flux,
+        "XLabs-AI/flux-ip-adapter": make_tiny_flux_ip_adapter(models, flux)[0],  # ip_adapter.safetensors at the root
     }
 
 

@@ -1,7 +1,7 @@
 """The backend table (vslerp.stats.models): one record per generator, asked by everything else.
 
 Each backend class's defaults and options are its record's; a ``model_index.json`` of a pipeline
-no record claims (FLUX) is refused by name on the CLI (one line, exit 2, nothing loaded) and by
+no record claims (SD3) is refused by name on the CLI (one line, exit 2, nothing loaded) and by
 ``from_pretrained`` (ValueError); a ``model_index.json`` is read once per version of the file;
 a failed load is a typed error the CLI translates by its type.
 """
@@ -22,7 +22,8 @@ from vslerp.stats.generators import generator_layout
 from vslerp.stats.hub import ModelLoadError, ModelUnavailable, unavailable_model
 from vslerp.ui.cli import main
 
-SUPPORTED = "vslerp renders KandinskyV22Pipeline, UnCLIPImageVariationPipeline, StableUnCLIPImg2ImgPipeline"
+SUPPORTED = ("vslerp renders KandinskyV22Pipeline, UnCLIPImageVariationPipeline, StableUnCLIPImg2ImgPipeline, "
+             "StableDiffusionPipeline, StableDiffusionXLPipeline, FluxPipeline")
 
 
 def cli(capsys, *args):
@@ -44,9 +45,9 @@ def work(tmp_path):
     rng = np.random.default_rng(0)
     for name in ("src.png", "tgt.png"):
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / name)
-    flux = tmp_path / "flux"
-    flux.mkdir()
-    (flux / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    for name, class_name in (("sd3", "StableDiffusion3Pipeline"), ("flux", "FluxPipeline")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model_index.json").write_text(json.dumps({"_class_name": class_name}))
     return tmp_path
 
 
@@ -62,20 +63,29 @@ def test_each_backend_class_is_its_record(record):
 
 
 def test_an_unknown_class_name_is_refused_by_name_on_the_cli(work, capsys, no_models):
-    code, out, err = cli(capsys, "grid", work / "src.png", work / "tgt.png", "--model", work / "flux",
+    code, out, err = cli(capsys, "grid", work / "src.png", work / "tgt.png", "--model", work / "sd3",
                          "--out", work / "grid.png")
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1, err
-    assert "FluxPipeline is not supported (yet)" in lines[0] and SUPPORTED in lines[0]
+    assert "StableDiffusion3Pipeline is not supported (yet)" in lines[0] and SUPPORTED in lines[0]
     assert not (work / "grid.png").exists()
 
 
 def test_an_unknown_class_name_is_refused_by_from_pretrained_and_stats(work):
-    with pytest.raises(ValueError, match=r"FluxPipeline is not supported \(yet\): " + SUPPORTED):
-        VSlerpPipeline.from_pretrained(work / "flux", device=None)
-    with pytest.raises(models.UnsupportedModel, match="FluxPipeline is not supported"):
-        generator_layout(work / "flux")  # `vslerp stats compute --model`: not read as a Kandinsky prior
-    assert models.backend_of(work / "flux") is None  # the documented answer for "not a backend" stays
+    with pytest.raises(ValueError, match=r"StableDiffusion3Pipeline is not supported \(yet\): " + SUPPORTED):
+        VSlerpPipeline.from_pretrained(work / "sd3", device=None)
+    with pytest.raises(models.UnsupportedModel, match="StableDiffusion3Pipeline is not supported"):
+        generator_layout(work / "sd3")  # `vslerp stats compute --model`: not read as a Kandinsky prior
+    assert models.backend_of(work / "sd3") is None  # the documented answer for "not a backend" stays
+
+
+def test_a_flux_folder_is_recognised(work, capsys, no_models):
+    assert models.backend_of(work / "flux", strict=True) == "flux" and generator_layout(work / "flux") == "flux"
+    assert models.backend_by_name("black-forest-labs/FLUX.1-dev") == "flux"
+    code, _, err = cli(capsys, "grid", work / "src.png", work / "tgt.png", "--model", work / "flux",
+                       "--out", work / "grid.png")  # a FLUX base renders through an IP-Adapter
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "is a FLUX.1 base (flux)" in err and "XLabs-AI/flux-ip-adapter:ip_adapter.safetensors" in err
 
 
 def test_a_prior_given_as_the_generator_is_named(tiny_kandinsky):
@@ -115,6 +125,12 @@ def test_size_rules_come_from_the_records(tmp_path):
         (folder / "model_index.json").write_text(json.dumps({"_class_name": name}))
         assert size_rule(folder) == rule
     assert size_rule("kakaobrain/karlo-v1-alpha-image-variations") == (1, 256)  # a hub id: the record's
+    flux = tmp_path / "flux"
+    (flux / "vae").mkdir(parents=True)
+    (flux / "vae" / "config.json").write_text(json.dumps({"block_out_channels": [8, 16, 16, 16]}))
+    (flux / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    assert size_rule(flux) == (16, None)  # VAE factor 8 × FLUX's 2×2 packing
+    assert size_rule("black-forest-labs/FLUX.1-dev") == (16, None)
 
 
 def test_a_failed_load_is_typed_and_the_cli_names_the_option(tiny_kandinsky, work, capsys):

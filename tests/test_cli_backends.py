@@ -79,6 +79,7 @@ def _cell(root, name, r=0, c=0):
                                                               "ip-adapter_sdxl_vit-h.bin")),
     ("/data/adapters/tiny:models/ip.safetensors", ("/data/adapters/tiny", "models", "ip.safetensors")),
     ("./tiny:a/b/ip.bin", ("./tiny", "a/b", "ip.bin")),
+    ("XLabs-AI/flux-ip-adapter:ip_adapter.safetensors", ("XLabs-AI/flux-ip-adapter", "", "ip_adapter.safetensors")),
 ])
 def test_ip_adapter_text_names_repo_subfolder_and_weight(text, parsed, capsys):
     from vslerp.ui.cli import build_parser
@@ -107,9 +108,7 @@ def _bad_cases(root, model, sd):
         "noise level fraction": ([*grid, *model, "--noise-level", "1.5"], "argument --noise-level: must be an integer"),
         "scale negative": ([*grid, *model, "--ip-adapter-scale", "-1"], "argument --ip-adapter-scale: must be"),
         "scale inf": ([*grid, *model, "--ip-adapter-scale", "inf"], "argument --ip-adapter-scale: must be"),
-        "adapter no colon": ([*grid, *model, "--ip-adapter", "h94/IP-Adapter"], "argument --ip-adapter: must be REPO_OR_DIR:SUBFOLDER/WEIGHT.safetensors, got 'h94/IP-Adapter' (no ':'"),
-        "adapter no subfolder": ([*grid, *model, "--ip-adapter", "h94/IP-Adapter:ip.safetensors"],
-                                 "(no SUBFOLDER/ before the weight file)"),
+        "adapter no colon": ([*grid, *model, "--ip-adapter", "h94/IP-Adapter"], "argument --ip-adapter: must be REPO_OR_DIR:[SUBFOLDER/]WEIGHT.safetensors, got 'h94/IP-Adapter' (no ':'"),
         "adapter no weight": ([*grid, *model, "--ip-adapter", "h94/IP-Adapter:models/"],
                               "(the weight file must end in .safetensors or .bin)"),
         "adapter no repo": ([*grid, *model, "--ip-adapter", ":models/ip.safetensors"],
@@ -119,9 +118,9 @@ def _bad_cases(root, model, sd):
         "adapter outside": ([*grid, *model, "--ip-adapter", "h94/IP-Adapter:models/../ip.bin"],
                             "(the subfolder must be a plain relative path)"),
         "adapter on kandinsky": ([*grid, *model, "--ip-adapter", "h94/IP-Adapter:models/ip.safetensors"],
-                                 "--ip-adapter needs a Stable Diffusion 1.5 / SDXL --model"),
+                                 "--ip-adapter needs a Stable Diffusion 1.5 / SDXL / FLUX.1 --model"),
         "adapter on the default model": ([*grid, "--ip-adapter", "h94/IP-Adapter:models/ip.safetensors"],
-                                         "--ip-adapter needs a Stable Diffusion 1.5 / SDXL --model"),
+                                         "--ip-adapter needs a Stable Diffusion 1.5 / SDXL / FLUX.1 --model"),
         "sd without adapter": ([*grid, "--model", sd], "is a Stable Diffusion base (ip-adapter-sd): it renders"),
         "adapter on a saved adapter folder": ([*grid, "--model", sd.parent / "saved_ip", "--ip-adapter",
                                                "h94/IP-Adapter:models/ip.bin"], "is a folder saved with its IP-Adapter"),
@@ -145,7 +144,7 @@ def _bad_cases(root, model, sd):
         "job unknown key": (jobs["unknown"], "jobs_unknown.jsonl:1: unknown keys ['strenght']"),
         "job prompt on kandinsky": (jobs["kandinsky_prompt"], "is not supported by the kandinsky2.2 backend"),
         "ui adapter on kandinsky": (["ui", "--model", model[1], "--ip-adapter", "h94/IP-Adapter:models/ip.bin"],
-                                    "--ip-adapter needs a Stable Diffusion 1.5 / SDXL --model"),
+                                    "--ip-adapter needs a Stable Diffusion 1.5 / SDXL / FLUX.1 --model"),
         "ui sd without adapter": (["ui", "--model", sd], "is a Stable Diffusion base (ip-adapter-sd)"),
         "ui adapter malformed": (["ui", "--ip-adapter", "nothing"], "argument --ip-adapter: must be"),
     }
@@ -170,7 +169,8 @@ def test_help_tells_the_text_prompt_from_a_prompt_target(capsys):
     assert code == 0
     text = " ".join(out.split())
     for flag in ("--strength S", "--prompt TEXT", "--negative-prompt TEXT", "--noise-level N",
-                 "--ip-adapter REPO_OR_DIR:SUBFOLDER/WEIGHT", "--ip-adapter-scale X"):
+                 "--ip-adapter REPO_OR_DIR:[SUBFOLDER/]WEIGHT", "--ip-adapter-scale X",
+                 "--ip-adapter-image-encoder REPO_OR_DIR", "--true-cfg-scale X"):
         assert flag in text
     assert "--prompt is text conditioning of the UNet (Stable unCLIP, IP-Adapter), not the TARGET" in text
 

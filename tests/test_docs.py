@@ -226,7 +226,7 @@ import vslerp.pipelines.base as _docs_base
 _docs_call = _docs_base.VSlerpBasePipeline.__call__
 def _docs_fast(self, *args, **kwargs):
     kwargs["num_inference_steps"] = 2
-    if self.backend == "kandinsky2.2":
+    if self.backend in ("kandinsky2.2", "flux"):
         kwargs["height"] = kwargs["width"] = 64
     return _docs_call(self, *args, **kwargs)
 _docs_base.VSlerpBasePipeline.__call__ = _docs_fast

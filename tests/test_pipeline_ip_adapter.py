@@ -271,3 +271,22 @@ def test_sdxl_vit_h_adapter_reads_the_vit_h_encoder(models, tmp_path):
     pipe = VSlerpPipeline.from_pretrained(base, ip_adapter=f"{adapter}:sdxl_models/{weight}", stats=_emb(0),
                                           device=None)
     assert type(pipe) is VSlerpIPAdapterXLPipeline and pipe._dim() == TINY_DIM
+
+
+def test_image_encoder_given_by_repo_or_folder(pipes, models, tmp_path):
+    """ip_adapter_image_encoder= (a folder elsewhere) is the encoder the adapter reads: the same
+    pixels as the adapter's own SUBFOLDER/image_encoder, and a missing one names the option."""
+    import shutil
+
+    base, adapter = models["sd15"]
+    encoder = tmp_path / "encoder"
+    shutil.copytree(adapter / "models" / "image_encoder", encoder)
+    pipe = VSlerpPipeline.from_pretrained(base, ip_adapter=f"{adapter}:models/ip-adapter_sd15.safetensors",
+                                          ip_adapter_image_encoder=encoder, stats=_emb(0), device=None)
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(thetas=[0.0], alphas=[0.0], **RENDER)
+    np.testing.assert_allclose(pipe(_photo(3), _emb(4), generator=_gen(1), **kw).images,
+                               pipes["sd15"](_photo(3), _emb(4), generator=_gen(1), **kw).images, atol=ATOL)
+    with pytest.raises(ValueError, match="cannot load the IP-Adapter.s image encoder"):
+        VSlerpPipeline.from_pretrained(base, ip_adapter=f"{adapter}:models/ip-adapter_sd15.safetensors",
+                                       ip_adapter_image_encoder=tmp_path / "missing", stats=_emb(0), device=None)

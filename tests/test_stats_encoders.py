@@ -113,15 +113,17 @@ def test_parse_ip_adapter():
     assert parse_ip_adapter("h94/IP-Adapter:sdxl_models/ip-adapter_sdxl.bin") == (
         "h94/IP-Adapter", "sdxl_models", "ip-adapter_sdxl.bin")
     assert parse_ip_adapter("C:\\adapters:a/b/w.safetensors") == ("C:\\adapters", "a/b", "w.safetensors")
-    for bad in ("h94/IP-Adapter", "h94/IP-Adapter:ip-adapter_sd15.safetensors", ":models/w.safetensors",
+    assert parse_ip_adapter("XLabs-AI/flux-ip-adapter:ip_adapter.safetensors") == (
+        "XLabs-AI/flux-ip-adapter", "", "ip_adapter.safetensors")  # XLabs' weight at the root
+    for bad in ("h94/IP-Adapter", "h94/IP-Adapter:ip-adapter_sd15.txt", ":models/w.safetensors",
                 "h94/IP-Adapter:models/", "h94/IP-Adapter:models/w.txt", "x:../w.safetensors"):
         with pytest.raises(ValueError) as err:
             parse_ip_adapter(bad)
-        assert str(err.value).startswith(f"--ip-adapter must be REPO_OR_DIR:SUBFOLDER/WEIGHT.safetensors, got {bad!r} (")
+        assert str(err.value).startswith(f"--ip-adapter must be REPO_OR_DIR:[SUBFOLDER/]WEIGHT.safetensors, got {bad!r} (")
         assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("value", ["h94/IP-Adapter", "h94/IP-Adapter:w.safetensors"])
+@pytest.mark.parametrize("value", ["h94/IP-Adapter", "h94/IP-Adapter:w.txt"])
 def test_malformed_ip_adapter_is_one_line_before_loading(value, models, data, tmp_path, capsys, monkeypatch):
     import vslerp.stats.generators as generators
 
@@ -134,7 +136,7 @@ def test_malformed_ip_adapter_is_one_line_before_loading(value, models, data, tm
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and not out.exists()
     assert len(err) == 1 and err[0].startswith(
-        "vslerp stats compute: error: --ip-adapter must be REPO_OR_DIR:SUBFOLDER/WEIGHT.safetensors, got"), err
+        "vslerp stats compute: error: --ip-adapter must be REPO_OR_DIR:[SUBFOLDER/]WEIGHT.safetensors, got"), err
 
 
 # -- each layout: the file's image mean is that encoder's ----------------------------------------
@@ -209,10 +211,10 @@ def test_sd_with_ip_adapter_matches_diffusers_encode_image(models, data, tmp_pat
 
 def test_sd_needs_ip_adapter_and_ip_adapter_needs_sd(models, data, tmp_path, capsys):
     rc, _ = _run(tmp_path, "--model", models["sd"], images=data[0])
-    assert rc != 0 and "give --ip-adapter REPO_OR_DIR:SUBFOLDER/WEIGHT" in capsys.readouterr().err
+    assert rc != 0 and "give --ip-adapter REPO_OR_DIR:[SUBFOLDER/]WEIGHT" in capsys.readouterr().err
     rc, _ = _run(tmp_path, "--model", models["stable_unclip"], "--ip-adapter",
                  f"{models['ip']}:models/{WEIGHT}", images=data[0])
-    assert rc != 0 and "--ip-adapter is for a Stable Diffusion / SDXL base" in capsys.readouterr().err
+    assert rc != 0 and "--ip-adapter is for a Stable Diffusion / SDXL / FLUX.1 base" in capsys.readouterr().err
     rc, _ = _run(tmp_path, "--model", models["sd"], "--ip-adapter", f"{models['ip']}:models/missing.safetensors",
                  images=data[0])
     assert rc != 0 and "missing.safetensors is not a file" in capsys.readouterr().err

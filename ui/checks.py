@@ -218,7 +218,7 @@ FLAGS = {"thetas": "--thetas", "alphas": "--alphas", "num_inference_steps": "--s
          "height": "--size", "width": "--size", "max_batch_size": "--batch-size",
          "prior_num_inference_steps": "--prior-steps", "seed": "--seed", "strength": "--strength",
          "prompt": "--prompt", "negative_prompt": "--negative-prompt", "noise_level": "--noise-level",
-         "ip_adapter_scale": "--ip-adapter-scale", "max_cells": "--max-cells", "max_size": "--max-size",
+         "ip_adapter_scale": "--ip-adapter-scale", "true_cfg_scale": "--true-cfg-scale", "max_cells": "--max-cells", "max_size": "--max-size",
          "allow_extrapolation": "--allow-extrapolation"}
 # ... and the key of a jobs file's line
 JOB_KEYS = {**{field: field for field in FLAGS}, "num_inference_steps": "steps", "guidance_scale": "guidance",
@@ -284,7 +284,7 @@ def preflight(specs, outputs: dict, inputs: dict, check_outputs=None, *, origins
 # the flags of the backend options (RenderSpec.options), as the CLI names them in a refusal
 _OPTION_FLAGS = {"strength": "--strength below 1 (img2img)", "prompt": "--prompt (text conditioning)",
                  "negative_prompt": "--negative-prompt", "noise_level": "--noise-level",
-                 "ip_adapter_scale": "--ip-adapter-scale"}
+                 "ip_adapter_scale": "--ip-adapter-scale", "true_cfg_scale": "--true-cfg-scale"}
 
 
 def looks_like_folder(ident: str) -> bool:
@@ -361,13 +361,17 @@ def check_backend_options(spec, origin: str = "") -> None:
     saved = (index or {}).get("_class_name") in record.class_names[1:]  # save_pretrained's: adapter inside
     if spec.ip_adapter is not None and (not sd or saved):
         what = "a folder saved with its IP-Adapter" if saved else f"a {backend} model"
-        raise CLIError(f"--ip-adapter needs a Stable Diffusion 1.5 / SDXL --model (the adapter conditions its "
-                       f"UNet), and {spec.model or 'the default model'} is {what}{origin}")
+        raise CLIError(f"--ip-adapter needs a Stable Diffusion 1.5 / SDXL / FLUX.1 --model (the adapter "
+                       f"conditions its denoiser), and {spec.model or 'the default model'} is {what}{origin}")
     if sd and spec.ip_adapter is None and not saved:
-        raise CLIError(f"--model {spec.model} is a Stable Diffusion base ({backend}): it renders image "
-                       "embeddings through an IP-Adapter, give --ip-adapter REPO_OR_DIR:SUBFOLDER/WEIGHT "
-                       f"(e.g. h94/IP-Adapter:models/ip-adapter_sd15.safetensors){origin}")
-    given = options_given(spec.strength, spec.prompt, spec.negative_prompt, spec.noise_level, spec.ip_adapter_scale)
+        base, example = (("a FLUX.1 base", "XLabs-AI/flux-ip-adapter:ip_adapter.safetensors") if backend == "flux"
+                         else ("a Stable Diffusion base", "h94/IP-Adapter:models/ip-adapter_sd15.safetensors"))
+        raise CLIError(f"--model {spec.model} is {base} ({backend}): it renders image embeddings "
+                       f"through an IP-Adapter, give --ip-adapter REPO_OR_DIR:[SUBFOLDER/]WEIGHT (e.g. {example}){origin}")
+    if spec.ip_adapter_image_encoder is not None and spec.ip_adapter is None:
+        raise CLIError(f"--ip-adapter-image-encoder is the image encoder of --ip-adapter: give --ip-adapter too{origin}")
+    given = options_given(spec.strength, spec.prompt, spec.negative_prompt, spec.noise_level, spec.ip_adapter_scale,
+                          spec.true_cfg_scale)
     refusal = refused_option(backend, record.options, given, _OPTION_FLAGS)
     if refusal is not None:
         raise CLIError(refusal.replace("a prompt as target goes through the prior", "a prompt as TARGET goes through its prior") + origin)

@@ -29,7 +29,7 @@ a line, e.g.
    "seed": 0, "name": "a-b"}
 TARGET may be a prompt; optional "name" (default jobNNNN, the line number),
 "steps", "size", "guidance", and the backend options "strength", "prompt",
-"negative_prompt", "noise_level", "ip_adapter_scale" (default: the options
+"negative_prompt", "noise_level", "ip_adapter_scale", "true_cfg_scale" (default: the options
 below); relative paths are relative to JOBS.jsonl. Each job writes OUT_DIR/NAME.png + NAME.json. A job
 already rendered with the same parameters is skipped, so a stopped batch
 resumes; one rendered with other parameters is refused, naming its line
@@ -63,7 +63,8 @@ def register(subparsers) -> None:
 
 
 # -- jobs -----------------------------------------------------------------------------------
-_OPTION_KEYS = ("strength", "prompt", "negative_prompt", "noise_level", "ip_adapter_scale")  # backend options
+_OPTION_KEYS = ("strength", "prompt", "negative_prompt", "noise_level", "ip_adapter_scale",
+                "true_cfg_scale")  # backend options
 _JOB_KEYS = ("source", "target", "thetas", "alphas", "seed", "name", "steps", "size", "guidance",
              *_OPTION_KEYS)
 _RENDERED = ("thetas", "alphas", "seed", "steps", "size", "guidance")  # a job's own, in its fingerprint
@@ -189,6 +190,8 @@ def _params(spec, stats) -> dict:
     if spec.ip_adapter is not None:
         repo, subfolder, weight = spec.ip_adapter
         params["ip_adapter"] = [model_ref(repo), subfolder, weight]
+    if spec.ip_adapter_image_encoder is not None:
+        params["ip_adapter_image_encoder"] = model_ref(spec.ip_adapter_image_encoder)
     return json.loads(json.dumps(params))
 
 

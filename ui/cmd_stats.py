@@ -33,7 +33,7 @@ _MODEL_HELP = ("the generator whose CLIP encoders to use (hub id or folder): a K
 _PRIOR_HELP = ("a Kandinsky 2.2 prior (hub id or folder), alone (as --model) or for a --model "
                f"decoder (default with a decoder: {DEFAULT_PRIOR}); an unCLIP/Karlo repo also "
                "works here")
-_IP_HELP = ("REPO_OR_DIR:SUBFOLDER/WEIGHT.safetensors, the IP-Adapter of a --model SD / SDXL base "
+_IP_HELP = ("REPO_OR_DIR:[SUBFOLDER/]WEIGHT.safetensors, the IP-Adapter of a --model SD / SDXL / FLUX.1 base "
             "(e.g. h94/IP-Adapter:models/ip-adapter_sd15.safetensors): its SUBFOLDER/image_encoder/ "
             "is the image encoder (default: none)")
 _CLIP_HELP = ("a transformers CLIPModel (hub id or folder): alone, both of its towers; with a --model "
@@ -110,7 +110,10 @@ def _runner(module: str, name: str):
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, metavar="DIR|ID", help=_MODEL_HELP + " (default: none)")
     p.add_argument("--prior", default=None, metavar="DIR|ID", help=_PRIOR_HELP)
-    p.add_argument("--ip-adapter", default=None, metavar="REPO_OR_DIR:SUBFOLDER/WEIGHT", help=_IP_HELP)
+    p.add_argument("--ip-adapter", default=None, metavar="REPO_OR_DIR:[SUBFOLDER/]WEIGHT", help=_IP_HELP)
+    p.add_argument("--ip-adapter-image-encoder", default=None, metavar="REPO_OR_DIR",
+                   help="the IP-Adapter's image encoder (default: its SUBFOLDER/image_encoder; FLUX.1: "
+                   "openai/clip-vit-large-patch14)")
     p.add_argument("--clip", default=None, metavar="DIR|ID", help=_CLIP_HELP)
 
 

@@ -62,7 +62,8 @@ def model_spec(args, tmp_root: str | Path | None = None):
         device = device or "cpu"
     stats = str(Path(args.stats).expanduser().resolve()) if args.stats is not None else None
     return RenderSpec(model=model, prior=prior, stats=stats, dtype=args.dtype, device=device,
-                      ip_adapter=getattr(args, "ip_adapter", None))
+                      ip_adapter=getattr(args, "ip_adapter", None),
+                      ip_adapter_image_encoder=getattr(args, "ip_adapter_image_encoder", None))
 
 
 def load_pipeline(spec, stats=None):

@@ -253,13 +253,20 @@ def add_backend_options(p: argparse.ArgumentParser, ip_adapter: bool = True) -> 
     g.add_argument("--ip-adapter-scale", type=scale_arg, default=None, metavar="X",
                    help="how strongly the IP-Adapter's image embedding conditions the UNet "
                    "(IP-Adapter; default: 1.0)")
+    g.add_argument("--true-cfg-scale", type=scale_arg, default=None, metavar="X",
+                   help="FLUX's true classifier-free guidance, on above 1 with --negative-prompt "
+                   "(default: 1, off; --guidance is FLUX's distilled guidance)")
 
 
 def add_ip_adapter_option(g) -> None:
-    """--ip-adapter: the adapter an SD 1.5 / SDXL --model renders through."""
-    g.add_argument("--ip-adapter", type=ip_adapter_arg, default=None, metavar="REPO_OR_DIR:SUBFOLDER/WEIGHT",
-                   help="IP-Adapter weights for a Stable Diffusion 1.5 / SDXL --model, e.g. "
-                   "h94/IP-Adapter:models/ip-adapter_sd15.safetensors (needed with such a model)")
+    """--ip-adapter, --ip-adapter-image-encoder: the adapter an SD 1.5 / SDXL / FLUX.1 --model renders through."""
+    g.add_argument("--ip-adapter", type=ip_adapter_arg, default=None, metavar="REPO_OR_DIR:[SUBFOLDER/]WEIGHT",
+                   help="IP-Adapter weights for a Stable Diffusion 1.5 / SDXL / FLUX.1 --model, e.g. "
+                   "h94/IP-Adapter:models/ip-adapter_sd15.safetensors or "
+                   "XLabs-AI/flux-ip-adapter:ip_adapter.safetensors (needed with such a model)")
+    g.add_argument("--ip-adapter-image-encoder", default=None, metavar="REPO_OR_DIR",
+                   help="the IP-Adapter's CLIP image encoder (default: the adapter's SUBFOLDER/image_encoder; "
+                   "FLUX.1: openai/clip-vit-large-patch14)")
 
 
 def add_render_options(p: argparse.ArgumentParser) -> None:

@@ -51,6 +51,8 @@ class RenderSpec:
     noise_level: int = 0  # Stable unCLIP's noise on the image embedding
     ip_adapter: tuple[str, str, str] | None = None  # (repo or folder, subfolder, weight) on an SD/SDXL base
     ip_adapter_scale: float | None = None  # the IP-Adapter's scale; None: as loaded (1.0)
+    ip_adapter_image_encoder: str | None = None  # its image encoder (repo or folder); None: the adapter's default
+    true_cfg_scale: float = 1.0  # FLUX's true classifier-free guidance (with --negative-prompt)
 
     @property
     def cells(self) -> int:
@@ -60,7 +62,8 @@ class RenderSpec:
     def options(self) -> dict:
         """The backend options as ``pipe(...)`` and ``pipe.render_batch(...)`` take them."""
         return {"strength": float(self.strength), "prompt": self.prompt, "negative_prompt": self.negative_prompt,
-                "noise_level": int(self.noise_level), "ip_adapter_scale": self.ip_adapter_scale}
+                "noise_level": int(self.noise_level), "ip_adapter_scale": self.ip_adapter_scale,
+                "true_cfg_scale": float(self.true_cfg_scale)}
 
     def resolved(self, pipe) -> RenderSpec:
         """This spec with the model's own size and guidance where it says None."""
@@ -99,7 +102,8 @@ def load_pipeline(spec: RenderSpec, stats=None, progress: bool = True):
     adapter = {}
     if spec.ip_adapter is not None:
         repo, subfolder, weight = spec.ip_adapter
-        adapter = {"ip_adapter": repo, "ip_adapter_subfolder": subfolder or "", "ip_adapter_weight_name": weight}
+        adapter = {"ip_adapter": repo, "ip_adapter_subfolder": subfolder or "", "ip_adapter_weight_name": weight,
+                   "ip_adapter_image_encoder": spec.ip_adapter_image_encoder}
     with quiet_model_logs(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pipe = VSlerpPipeline.from_pretrained(

@@ -99,6 +99,8 @@ def sidecar(spec: RenderSpec, pipe, out, command: str, statistics=None, **extra)
         "strength": float(spec.strength), "prompt": spec.prompt, "negative_prompt": spec.negative_prompt,
         "noise_level": int(spec.noise_level), "ip_adapter": _adapter_record(spec.ip_adapter),
         "ip_adapter_scale": None if spec.ip_adapter_scale is None else float(spec.ip_adapter_scale),
+        "ip_adapter_image_encoder": model_ref(spec.ip_adapter_image_encoder) if spec.ip_adapter_image_encoder else None,
+        "true_cfg_scale": float(spec.true_cfg_scale),
         "conformity": [[float(c) for c in row] for row in out.conformity.tolist()],
         "pipeline": describe,
         **extra,
@@ -117,7 +119,7 @@ def _adapter_record(adapter) -> dict | None:
 
 # the backend options, as a refusal says what each must be (the rule: vslerp.pipelines.request)
 _OPTIONS = {"strength": "a number in (0, 1]", "prompt": "text", "negative_prompt": "text",
-            "noise_level": "an integer ≥ 0", "ip_adapter_scale": "a number ≥ 0"}
+            "noise_level": "an integer ≥ 0", "ip_adapter_scale": "a number ≥ 0", "true_cfg_scale": "a number ≥ 0"}
 
 
 def recorded_options(meta: dict, where: str) -> dict:
@@ -125,7 +127,7 @@ def recorded_options(meta: dict, where: str) -> dict:
     each checked: one CLI line naming the bad one."""
     from vslerp.pipelines.request import RequestError, check_options
 
-    given = {"strength": 1.0, "noise_level": 0, **{key: meta.get(key) for key in _OPTIONS if meta.get(key) is not None}}
+    given = {"strength": 1.0, "noise_level": 0, "true_cfg_scale": 1.0, **{key: meta.get(key) for key in _OPTIONS if meta.get(key) is not None}}
     given |= {key: meta.get(key) for key in ("prompt", "negative_prompt", "ip_adapter_scale")}
     try:
         out = check_options(**given)
@@ -138,6 +140,8 @@ def recorded_options(meta: dict, where: str) -> dict:
         if not all(isinstance(v, str) for v in parts) or not parts[0] or not parts[2]:
             raise CLIError(f"{where}: ip_adapter {adapter!r} is not {{source, subfolder, weight_name}}")
         out["ip_adapter"] = tuple(parts)
+    if isinstance(meta.get("ip_adapter_image_encoder"), str):
+        out["ip_adapter_image_encoder"] = meta["ip_adapter_image_encoder"]
     return out
 
 
@@ -200,7 +204,8 @@ def spec_from_options(args, recorded: dict | None = None) -> RenderSpec:
             stats = beside
     recorded = recorded_options(meta, f"--from {getattr(args, 'from_', None)}") if meta else {}
     options = {}
-    for key in ("strength", "prompt", "negative_prompt", "noise_level", "ip_adapter", "ip_adapter_scale"):
+    for key in ("strength", "prompt", "negative_prompt", "noise_level", "ip_adapter", "ip_adapter_scale",
+                "ip_adapter_image_encoder", "true_cfg_scale"):
         given = getattr(args, key, None)
         value = given if given is not None else recorded.get(key)
         if value is not None:

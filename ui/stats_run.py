@@ -128,7 +128,7 @@ def check_model_args(args) -> None:
     if args.model is None and args.prior is None and args.clip is None:
         raise CLIError("give --model (a generator; or --prior, a Kandinsky 2.2 prior) or --clip (a CLIP model)")
     if args.ip_adapter is not None and args.model is None:
-        raise CLIError("--ip-adapter needs --model (the Stable Diffusion / SDXL base it belongs to)")
+        raise CLIError("--ip-adapter needs --model (the Stable Diffusion / SDXL / FLUX.1 base it belongs to)")
     if getattr(args, "from_prior_mean", False):
         _check_prior_mean(args)
 
@@ -159,7 +159,8 @@ def model_inputs(args) -> dict:
     from vslerp.stats.hub import local_folder
 
     named = {"--model": args.model, "--prior": args.prior, "--clip": args.clip,
-             "--ip-adapter": args.ip_adapter_parts[0] if getattr(args, "ip_adapter_parts", None) else None}
+             "--ip-adapter": args.ip_adapter_parts[0] if getattr(args, "ip_adapter_parts", None) else None,
+             "--ip-adapter-image-encoder": getattr(args, "ip_adapter_image_encoder", None)}
     return {option: folder for option, value in named.items() if (folder := local_folder(value)) is not None}
 
 
@@ -177,7 +178,8 @@ def load_run_encoders(args, *, device, dtype, text: bool):
     prior = args.prior if args.model is not None else None
     with quiet_model_logs():
         loaded = load_generator_encoders(model, prior=prior, ip_adapter=args.ip_adapter_parts,
-                                         clip=args.clip, device=device, dtype=dtype, text=text)
+                                         clip=args.clip, device=device, dtype=dtype, text=text,
+                                         ip_adapter_image_encoder=getattr(args, "ip_adapter_image_encoder", None))
     for note in loaded.notes:
         print(f"note: {note}", flush=True)
     return loaded

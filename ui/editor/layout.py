@@ -271,7 +271,7 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
                 stats_file=stats_file, render=render)
         gallery_state = gr.State([])
         result_state = gr.State(None)
-        gr.Markdown(f"<small>model: {info.get('decoder')} · prior: {info.get('prior')} · "
+        gr.Markdown(f"<small>model: {info.get('decoder')} · backend: {info.get('backend')} · prior: {info.get('prior')} · "
                     f"dim {info.get('dim')} · {info.get('dtype')} on {info.get('device')}</small>")
 
         common = [seed, steps, guidance, size, mean_source, stats_file, strength, text_prompt, negative_prompt,
