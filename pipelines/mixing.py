@@ -10,12 +10,11 @@ import torch
 
 from .grid import VSlerpMixOutput
 from .inputs import check_input
-from .request import RenderRequest, check_weights
+from .request import MAX_INPUTS, RenderRequest, check_weights
 from .serial import serialised
 
-__all__ = ["MAX_INPUTS", "MIX_OPTIONS", "MixMixin"]
+__all__ = ["MIX_OPTIONS", "MixMixin"]
 
-MAX_INPUTS = 16  # inputs of one mix
 # the request's fields pipe.mix takes as keywords (its rows are weights, not thetas)
 MIX_OPTIONS = frozenset(f.name for f in fields(RenderRequest)) - {"thetas", "weights", "alphas", "seed",
                                                                    "allow_extrapolation"}
