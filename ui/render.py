@@ -15,7 +15,7 @@ from pathlib import Path
 from vslerp.pipelines.request import check_seed  # the request's, re-exported for the front ends
 
 __all__ = ["RenderSpec", "batch_key", "check_seed", "effective_dtype", "load_pipeline", "load_pipeline_for_cli",
-           "render", "render_command", "render_for_cli", "render_many"]
+           "render", "render_command", "render_for_cli", "render_many", "render_path"]
 
 
 @dataclass(frozen=True)
@@ -178,6 +178,20 @@ def render_many(pipe, jobs, *, callback=None) -> list:
     return pipe.render_batch(requests, num_inference_steps=int(first.steps), guidance_scale=first.guidance,
                              height=first.size, width=first.size, max_batch_size=int(first.batch_size),
                              **first.options, **extra)
+
+
+def render_path(pipe, spec: RenderSpec, frames) -> list:
+    """A path through the keyframes ``spec.inputs`` in one ``pipe.render_batch``: ``frames`` are
+    ``(k, θ, α)``, each the cell vSLERP(K_k, K_k+1, θ, α) (K_N is K_0: a loop) rendered as
+    :func:`render` renders that cell (the spec's seed; a prompt through the prior as a target is).
+    Returns one ``VSlerpPipelineOutput`` (one cell) per frame."""
+    import torch
+
+    spec = spec.resolved(pipe)
+    raws = [pipe.embed_input(_pipeline_input(ref), torch.Generator().manual_seed(int(spec.seed)),
+                             int(spec.prior_steps)) for ref in spec.inputs]  # (D,) each
+    return render_many(pipe, [(replace(spec, thetas=(theta,), alphas=(alpha,)), raws[k], raws[(k + 1) % len(raws)], None)
+                              for k, theta, alpha in frames])
 
 
 def batch_key(spec: RenderSpec) -> tuple:

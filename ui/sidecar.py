@@ -95,10 +95,10 @@ def sidecar(spec: RenderSpec, pipe, out, command: str, statistics=None, **extra)
         "stats": {"path": spec.stats, "fingerprint": describe.get("stats_fingerprint"),
                   "mean_source": describe.get("mean_source")},
         "dtype": spec.dtype,  # as asked; None: the device's default rule
-        # a grid's source, target and θ rows, or a mix's inputs and (normalised) weight rows
+        # a grid's source, target and θ rows, or a mix's weight rows (normalised)
         "source": None if mix else spec.source, "target": None if mix else spec.target,
         "thetas": None if mix else [float(t) for t in out.thetas],
-        "inputs": list(spec.inputs) if mix else None,
+        "inputs": list(spec.inputs) if spec.inputs else None,  # a mix's, or an animation's keyframes
         "weights": [[float(w) for w in row] for row in out.weights.tolist()] if mix else None,
         "alphas": [float(a) for a in out.alphas],
         "seed": int(spec.seed), "steps": int(spec.steps), "size": int(spec.size),
