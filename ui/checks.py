@@ -17,7 +17,7 @@ from pathlib import Path
 from vslerp.ui.cli import CLIError
 
 __all__ = ["FLAGS", "JOB_KEYS", "check_cells", "check_device", "check_loader", "check_main_output", "check_place",
-           "check_request", "check_stale_sidecar", "check_png_outputs", "preflight_one", "check_backend_options", "check_model_source", "image_ref", "load_stats", "own", "preflight", "refuse_inputs",
+           "check_request", "check_stale_sidecar", "check_outputs_of", "check_png_render", "preflight_one", "check_backend_options", "check_model_source", "image_ref", "load_stats", "own", "preflight", "refuse_inputs",
            "looks_like_folder", "model_ref", "short", "values"]
 
 
@@ -174,20 +174,23 @@ def own(*files, folders=()):
     return owned()
 
 
-def check_png_outputs(out: Path, overwrite: bool, checking: bool = True) -> Path:
-    """A render's ``--out`` PNG and its sidecar (returned): a .png, each writable, a stale
-    sidecar replaced; ``checking`` False: the suffix only (the rest runs in the pre-flight)."""
+def check_png_render(args, spec) -> Path:
+    """A PNG render's spec (as the pipeline's request) and ``--out`` (a .png), before the
+    pre-flight; returns the sidecar's path."""
     from vslerp.ui.images import sidecar_path
 
-    if out.suffix.lower() != ".png":
-        raise CLIError(f"--out must be a .png file, got {out}")
-    sidecar = sidecar_path(out)
-    if checking:
-        check_main_output(out, overwrite)
-        check_place(sidecar, "the sidecar")  # a FIFO there is refused, never read
-        if not overwrite:
-            check_stale_sidecar(sidecar)
-    return sidecar
+    check_request(spec, args.max_size, args.max_cells)
+    if args.out.suffix.lower() != ".png":
+        raise CLIError(f"--out must be a .png file, got {args.out}")
+    return sidecar_path(args.out)
+
+
+def check_outputs_of(out: Path, sidecar: Path, overwrite: bool) -> None:
+    """A render's ``--out`` and its sidecar: each writable, a stale sidecar replaced."""
+    check_main_output(out, overwrite)
+    check_place(sidecar, "the sidecar")  # a FIFO there is refused, never read
+    if not overwrite:
+        check_stale_sidecar(sidecar)
 
 
 def check_stale_sidecar(path: Path) -> None:

@@ -101,9 +101,8 @@ def run_animate(args) -> int:
     from vslerp.ui.checks import (
         FLAGS,
         check_main_output,
-        check_place,
+        check_outputs_of,
         check_request,
-        check_stale_sidecar,
         image_ref,
         own,
         preflight,
@@ -134,10 +133,7 @@ def run_animate(args) -> int:
     sidecar = sidecar_path(args.out)
 
     def check_outputs():
-        check_main_output(args.out, args.overwrite)
-        check_place(sidecar, "the sidecar")  # a FIFO there is refused, never read
-        if not args.overwrite:
-            check_stale_sidecar(sidecar)
+        check_outputs_of(args.out, sidecar, args.overwrite)
         if args.out.suffix.lower() == ".mp4":
             try:
                 import imageio_ffmpeg

@@ -97,23 +97,22 @@ def run_grid(args) -> int:
     from vslerp.ui.checks import (
         check_cells,
         check_main_output,
+        check_outputs_of,
         check_place,
-        check_png_outputs,
-        check_request,
+        check_png_render,
         own,
         preflight_one,
     )
 
     spec, meta, origin = _spec(args)
-    check_request(spec, args.max_size, args.max_cells)
-    sidecar = check_png_outputs(args.out, args.overwrite, checking=False)
+    sidecar = check_png_render(args, spec)
     cells = []
     if args.cells_dir is not None:
         cells = [args.cells_dir / f"r{r:02d}_c{c:02d}.png"
                  for r in range(len(spec.thetas)) for c in range(len(spec.alphas))]
 
     def check_outputs():
-        check_png_outputs(args.out, args.overwrite)
+        check_outputs_of(args.out, sidecar, args.overwrite)
         if args.cells_dir is not None:
             check_place(args.cells_dir, "--cells-dir", folder=True)
             _regular_cells(cells)

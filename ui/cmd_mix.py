@@ -103,20 +103,18 @@ def _spec(args):
 def run_mix(args) -> int:
     from vslerp.ui.checks import (
         check_main_output,
-        check_png_outputs,
-        check_request,
+        check_outputs_of,
+        check_png_render,
         own,
         preflight_one,
     )
 
     spec, meta, origin = _spec(args)
-    check_request(spec, args.max_size, args.max_cells)
-    sidecar = check_png_outputs(args.out, args.overwrite, checking=False)
-
+    sidecar = check_png_render(args, spec)
     inputs = {f"IN{k + 1}": ref.get("path") for k, ref in enumerate(spec.inputs)}
     stats = preflight_one(args, spec, origin, {"--out": args.out, "the sidecar": sidecar},
                           {**inputs, "--from": args.from_, "--stats": spec.stats},
-                          lambda: check_png_outputs(args.out, args.overwrite))
+                          lambda: check_outputs_of(args.out, sidecar, args.overwrite))
     with own(args.out, sidecar):
         check_main_output(args.out, args.overwrite)  # owned now: another run may have finished
         return _mix(args, spec, meta, stats, sidecar)
