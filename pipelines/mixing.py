@@ -9,7 +9,7 @@ from dataclasses import fields
 import torch
 
 from .grid import VSlerpMixOutput
-from .inputs import check_input
+from .inputs import check_input, first_prompt
 from .request import MAX_INPUTS, RenderRequest, check_weights
 from .serial import serialised
 
@@ -65,7 +65,7 @@ class MixMixin:
         rows = check_weights([[1.0] * len(inputs)] if weights is None else weights, len(inputs))
         request = self.check_request({**options, "alphas": alphas, "weights": rows})
         named = [(f"inputs[{k}]", value, True) for k, value in enumerate(inputs)]
-        grid, rendered = self._generate(request, named, generator, latents, negative_image_embeds,
+        grid, rendered = self._generate(request, named, first_prompt(inputs), generator, latents, negative_image_embeds,
                                         callback_on_step_end, callback_on_step_end_tensor_inputs, statistics, image)
         result = grid.mix_output(rendered, request.output_type, return_embeddings)
         return result if return_dict else result.to_tuple()

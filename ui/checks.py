@@ -175,8 +175,7 @@ def own(*files, folders=()):
 
 
 def check_png_render(args, spec) -> Path:
-    """A PNG render's spec (as the pipeline's request) and ``--out`` (a .png), before the
-    pre-flight; returns the sidecar's path."""
+    """A PNG render's spec (as the pipeline's request) and ``--out`` (a .png); the sidecar's path."""
     from vslerp.ui.images import sidecar_path
 
     check_request(spec, args.max_size, args.max_cells)
@@ -302,8 +301,7 @@ def preflight(specs, outputs: dict, inputs: dict, check_outputs=None, *, origins
 
 
 def preflight_one(args, spec, origin: str, outputs: dict, inputs: dict, check_outputs):
-    """:func:`preflight` of a command rendering one spec, perhaps ``--from`` a sidecar: what the
-    sidecar chose and no flag overrides (model, prior, stats) is named by ``origin``."""
+    """:func:`preflight` of one spec, ``origin`` naming the ``--from`` sidecar's model, prior, stats."""
     return preflight([spec], outputs, inputs, check_outputs, model_origin=origin if args.model is None else "",
                      prior_origin=origin if args.prior is None else "",
                      stats_origin=origin if args.stats is None else "", origins=[origin])
