@@ -102,3 +102,14 @@ def test_mistakes_are_one_line_exit_2_before_any_model_loads(work, no_models, ca
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and message in err, err
     assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_mix_help_imports_no_model_library():
+    import subprocess
+    import sys
+
+    code = ("import sys; from vslerp.ui.cli import build_parser; build_parser(['mix']).parse_args(['mix', 'a', 'b', "
+            "'--out', 'm.png']); print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'gradio') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
