@@ -1,16 +1,14 @@
 """VSlerpBasePipeline: the diffusers-style call every backend shares.
 
-``pipe(source, target, thetas, alphas, ...)``: check the request (:mod:`.request`), encode
-source and target (raw CLIP image space; a prompt through the backend's prior), build the grid
-of Eq. 12 cells (:mod:`.grid`), hand its distinct cells to the backend ``max_batch_size`` at a
-time, and map the images back to every cell; ``render_batch`` takes the same path for many
-requests in one batched render.
+``pipe(source, target, thetas, alphas, ...)`` and ``pipe.mix(inputs, weights, alphas, ...)``
+(:mod:`.mixing`) take one path (``_generate``): check the request (:mod:`.request`), encode the
+inputs (raw CLIP image space; a prompt through the backend's prior), build the cells
+(:mod:`.grid`), hand the distinct ones to the backend ``max_batch_size`` at a time and map the
+images back; ``render_batch`` renders many requests of raw embeddings in one batched call.
 
-A backend is a subclass (``pipelines/kandinsky.py``, ``pipelines/unclip.py``) that registers
-its components and implements the backend interface — the ``# -- backend interface`` block
-below; its ``_render_chunk`` hands a batch of cells, their initial noise and one generator
-copy per cell to diffusers' own pipeline for that model. Loading and backend dispatch:
-:mod:`vslerp.pipelines.loading`.
+A backend is a subclass that registers its components and implements the ``# -- backend
+interface`` block below; its ``_render_chunk`` hands a batch of cells, their noise and one
+generator copy per cell to diffusers' own pipeline. Loading and dispatch: :mod:`.loading`.
 """
 
 from __future__ import annotations
@@ -30,14 +28,7 @@ from vslerp.stats import Statistics
 from . import limits
 from .encoding import EncodingMixin
 from .grid import Grid, VSlerpPipelineOutput, join_chunks, make_grid, make_mix
-from .inputs import (
-    check_embedding,
-    check_generator,
-    check_input,
-    check_request,
-    first_prompt,
-    init_photo,
-)
+from .inputs import check_embedding, check_generator, check_input, check_request, init_photo
 from .mixing import MixMixin
 from .request import RenderRequest, RenderSettings, RequestError, RequestTypeError, clone_generator
 from .serial import serialised
@@ -287,19 +278,18 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, MixMixin, DiffusionPipe
             super_res_num_inference_steps=super_res_num_inference_steps, max_size=max_size, max_cells=max_cells,
             strength=strength, prompt=prompt, negative_prompt=negative_prompt, noise_level=noise_level,
             ip_adapter_scale=ip_adapter_scale, true_cfg_scale=true_cfg_scale))
-        grid, rendered = self._generate(request, [("source", source, False), ("target", target, True)], generator,
-                                        latents, negative_image_embeds, callback_on_step_end,
+        grid, rendered = self._generate(request, [("source", source, False), ("target", target, True)], target,
+                                        generator, latents, negative_image_embeds, callback_on_step_end,
                                         callback_on_step_end_tensor_inputs, statistics, image)
         result = grid.output(rendered, output_type)
         return result if return_dict else result.to_tuple()
 
-    def _generate(self, request: RenderRequest, inputs: list, generator, latents, negative, callback, tensor_inputs,
-                  statistics, image) -> tuple[Grid, list]:
-        """The render of ``__call__`` and ``mix``: ``inputs`` ``(name, value, may be a prompt)`` as raw
-        (D,), the request's cells (θ × α, or weights × α) and their distinct cells rendered."""
+    def _generate(self, request: RenderRequest, inputs: list, target, generator, latents, negative, callback,
+                  tensor_inputs, statistics, image) -> tuple[Grid, list]:
+        """``__call__``'s and ``mix``'s render: ``inputs`` ``(name, value, may be a prompt)`` as raw (D,)
+        (``target``: what the backend checks), the cells (θ × α, weights × α), the distinct ones rendered."""
         check_generator("generator", generator)
-        settings = self._settings(request, first_prompt([value for _, value, prompt in inputs if prompt]), latents,
-                                  negative, callback, tensor_inputs)
+        settings = self._settings(request, target, latents, negative, callback, tensor_inputs)
         stats = self._statistics_for(statistics)
         photo = init_photo("", image, inputs[0][1], settings.strength)
         if generator is None:
@@ -309,10 +299,8 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, MixMixin, DiffusionPipe
         raws = torch.stack([self._resolve(name, value, prompt, clone_generator(generator) if prompt else None,
                                           request.prior_num_inference_steps) for name, value, prompt in inputs])  # (N, D)
         settings.negative = self._negative(settings.negative)
-        if request.weights is None:
-            grid = make_grid(raws[0], raws[1], list(request.thetas), list(request.alphas), stats)
-        else:
-            grid = make_mix(raws, [list(row) for row in request.weights], list(request.alphas), stats)
+        grid = (make_grid(raws[0], raws[1], list(request.thetas), list(request.alphas), stats) if request.weights is None
+                else make_mix(raws, [list(row) for row in request.weights], list(request.alphas), stats))
         try:
             count = grid.distinct.shape[0]
             outputs = self._render(grid.distinct, [generator] * count, settings,

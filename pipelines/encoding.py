@@ -68,6 +68,12 @@ class EncodingMixin:
             raise TypeError("prompts must be a string or a non-empty list of strings")
         return self.clip_encoders().encode_texts(prompts)
 
+    @serialised
+    def embed_input(self, value, generator=None, prior_num_inference_steps: int = 25) -> torch.Tensor:
+        """An input as ``pipe(...)`` resolves a target — an image, image path, prompt (through the
+        prior, from ``generator``'s state) or (D,) tensor — as a raw (D,) float32 embedding."""
+        return self._resolve("input", value, True, generator, prior_num_inference_steps)
+
     def _resolve(self, name: str, value, allow_prompt: bool, prompt_generator, prior_steps: int):
         """source/target → raw (D,) float32; a prompt goes through the prior."""
         if isinstance(value, torch.Tensor):

@@ -9,13 +9,12 @@ from dataclasses import fields
 import torch
 
 from .grid import VSlerpMixOutput
-from .inputs import check_input
-from .request import RenderRequest, check_weights
+from .inputs import check_input, first_prompt
+from .request import MAX_INPUTS, RenderRequest, check_weights
 from .serial import serialised
 
-__all__ = ["MAX_INPUTS", "MIX_OPTIONS", "MixMixin"]
+__all__ = ["MIX_OPTIONS", "MixMixin"]
 
-MAX_INPUTS = 16  # inputs of one mix
 # the request's fields pipe.mix takes as keywords (its rows are weights, not thetas)
 MIX_OPTIONS = frozenset(f.name for f in fields(RenderRequest)) - {"thetas", "weights", "alphas", "seed",
                                                                    "allow_extrapolation"}
@@ -66,7 +65,7 @@ class MixMixin:
         rows = check_weights([[1.0] * len(inputs)] if weights is None else weights, len(inputs))
         request = self.check_request({**options, "alphas": alphas, "weights": rows})
         named = [(f"inputs[{k}]", value, True) for k, value in enumerate(inputs)]
-        grid, rendered = self._generate(request, named, generator, latents, negative_image_embeds,
+        grid, rendered = self._generate(request, named, first_prompt(inputs), generator, latents, negative_image_embeds,
                                         callback_on_step_end, callback_on_step_end_tensor_inputs, statistics, image)
         result = grid.mix_output(rendered, request.output_type, return_embeddings)
         return result if return_dict else result.to_tuple()

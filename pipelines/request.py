@@ -26,10 +26,11 @@ from .inputs import first_refused, options_given, refused_option
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["OPTION_FIELDS", "OUTPUT_TYPES", "RenderRequest", "RenderSettings", "RequestError", "RequestTypeError", "check_axis",
+__all__ = ["MAX_INPUTS", "OPTION_FIELDS", "OUTPUT_TYPES", "RenderRequest", "RenderSettings", "RequestError", "RequestTypeError", "check_axis",
            "check_guidance", "check_options", "check_weights", "check_positive_int", "clone_generator", "check_seed", "check_steps", "denoise_steps"]
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+MAX_INPUTS = 16  # inputs of one mix
 OPTION_FIELDS = ("strength", "prompt", "negative_prompt", "noise_level", "ip_adapter_scale", "true_cfg_scale")  # backend options
 
 

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -546,3 +547,65 @@ def test_render_spec_defaults_are_the_clis_and_the_sidecars_fields(grid):
     plain = spec_from_options(defaults)
     assert (plain.steps, plain.seed, plain.batch_size, plain.prior_steps, plain.size) == (
         RenderSpec.steps, RenderSpec.seed, RenderSpec.batch_size, RenderSpec.prior_steps, None)
+
+
+def test_path_frames_through_keyframes():
+    from vslerp.ui.cmd_animate import path_frames
+
+    assert path_frames(2, 3, False, "linear", (1.0, 1.0)) == [(0, 0.0, 1.0), (0, 0.5, 1.0), (0, 1.0, 1.0)]
+    three = path_frames(3, 3, False, "linear", (0.0, 2.0))
+    assert [(k, t) for k, t, _ in three] == [(0, 0.0), (0, 0.5), (1, 0.0), (1, 0.5), (1, 1.0)]
+    assert [a for _, _, a in three] == [0.0, 0.5, 1.0, 1.5, 2.0]  # α ramped over the frames
+    loop = path_frames(3, 3, True, "cosine", (0.0, 0.0))
+    assert [k for k, _, _ in loop] == [0, 0, 1, 1, 2, 2]
+    assert [t for _, t, _ in loop] == pytest.approx([0.0, 0.5] * 3)
+    eased = [t for _, t, _ in path_frames(2, 5, False, "cosine", (0.0, 0.0))]
+    assert eased[0] == 0.0 and eased[-1] == 1.0 and eased[2] == pytest.approx(0.5)
+    assert eased[1] < 0.25 and eased[3] > 0.75  # slow near the keyframes
+
+
+def test_keyframe_frames_are_the_keyframes_own_renders(work, tiny_kandinsky):
+    from vslerp.ui.checks import image_ref
+    from vslerp.ui.cmd_animate import path_frames
+    from vslerp.ui.render import RenderSpec, load_pipeline, render, render_path
+
+    root, _ = work
+    prior, decoder = tiny_kandinsky
+    keys = (image_ref("A", str(root / "src.png"), False), image_ref("B", str(root / "tgt.png"), True),
+            image_ref("C", "a red bicycle", True))
+    spec = RenderSpec(source=keys[0], target=keys[2], inputs=keys, thetas=(0.0,), alphas=(0.5,), seed=3, steps=2,
+                      size=SIZE, model=decoder, prior=prior, device="cpu", batch_size=1)
+    pipe = load_pipeline(spec, progress=False)
+    frames = path_frames(3, 3, True, "linear", (0.5, 0.5))
+    cells = render_path(pipe, spec, frames)
+    assert len(cells) == 6
+    raws = [pipe.embed_input(Path(k["path"]) if k["kind"] == "image" else k["prompt"], torch.Generator().manual_seed(3),
+                             spec.prior_steps) for k in keys]
+    for i, (k, theta, _) in enumerate(frames):
+        if theta == 0.0:  # frames 0, 2, 4: keyframes A, B, C
+            own = pipe(raws[k], raws[(k + 1) % 3], thetas=[0.0], alphas=[0.5], num_inference_steps=2, height=SIZE,
+                       width=SIZE, generator=torch.Generator().manual_seed(3), max_batch_size=1)
+            assert torch.equal(cells[i].embeddings[0, 0], raws[k])
+            assert np.array_equal(np.asarray(cells[i].images[0]), np.asarray(own.images[0])), k
+    # two keyframes, one α: the path is today's one-column grid, pixel for pixel
+    two = replace(spec, inputs=keys[:2], target=keys[1], thetas=(0.0, 0.5, 1.0), batch_size=8)
+    grid = render(pipe, two)
+    path = render_path(pipe, two, path_frames(2, 3, False, "linear", (0.5, 0.5)))
+    assert all(np.array_equal(np.asarray(a), np.asarray(b.images[0])) for a, b in zip(grid.images, path, strict=True))
+
+
+def test_animate_keyframes_loop_and_alpha_ramp(work, capsys):
+    import imageio.v3 as iio
+
+    root, model = work
+    out = root / "tour.gif"
+    code, stdout, err = cli(capsys, "animate", root / "src.png", root / "tgt.png", "a red bicycle", "--loop",
+                            "--ease", "cosine", "--alpha", "-1:1", "--frames", 3, "--out", out, "--no-progress", *model)
+    assert code == 0, err
+    assert sum(1 for _ in iio.imiter(out)) == 6 and "6 frames" in stdout
+    meta = json.loads(Path(f"{out}.json").read_text(encoding="utf-8"))
+    assert meta["segments"] == [0, 0, 1, 1, 2, 2] and meta["loop"] and meta["ease"] == "cosine"
+    assert meta["alphas"] == pytest.approx([-1.0, -0.6, -0.2, 0.2, 0.6, 1.0]) and len(meta["conformity"]) == 6
+    assert [ref["kind"] for ref in meta["inputs"]] == ["image", "image", "prompt"]
+    code, _, err = cli(capsys, "animate", root / "src.png", root / "tgt.png", "--alpha", "0:1:2", "--out", out)
+    assert code == 2 and "--alpha: must be A or A:B" in err

@@ -7,7 +7,7 @@ in which the model ids the pages name (Kandinsky 2.2, Karlo, Stable unCLIP, SD 1
 models, so every command runs verbatim, offline. The only changes made to what a block says, for speed on a CPU:
 
 - rendering runs 2 denoising steps at 64 px: `--steps N` / `--size N` and the JSON keys
-  `"steps"` / `"size"` are set to 2 / 64 in bash blocks, `vslerp grid|animate|batch` get
+  `"steps"` / `"size"` are set to 2 / 64 in bash blocks, `vslerp grid|mix|animate|batch` get
   `--steps 2 --size 64` appended (the last value wins), and in Python blocks
   the pipelines' `__call__` is wrapped to use 2 steps (and 64 px on Kandinsky);
 - commands that cannot run here are stood in for on PATH: `pip` (CI installs the project
@@ -156,7 +156,7 @@ def _run_forked(conn: socket.socket, server_env: dict[str, str]) -> None:
     os.chdir(cwd)
     name = msg.decode()
     parse_only = name == "vslerp" and argv[:1] == ["ui"]  # tests/test_editor*.py run the editor
-    if name == "vslerp" and argv[:1] in (["grid"], ["animate"], ["batch"]):
+    if name == "vslerp" and argv[:1] in (["grid"], ["mix"], ["animate"], ["batch"]):
         argv = [*argv, "--steps", "2", "--size", "64"]  # the last value wins
     env_now = {k: v for k, v in env.items() if k not in _SHELL_VARS}
     changed = {k for k in env_now.keys() | server_env.keys() if env_now.get(k) != server_env.get(k)}

@@ -51,9 +51,18 @@ def _stable_unclip(root, make_pipe):
     return make_pipe(make_tiny_stable_unclip(root), stats=embedding(7), device=None), TINY
 
 
+def _flux(root, make_pipe):
+    from vslerp.pipelines.testing_flux import FLUX_ADAPTER_WEIGHT, make_tiny_flux, make_tiny_flux_ip_adapter
+
+    base = make_tiny_flux(root)
+    adapter, encoder = make_tiny_flux_ip_adapter(root, base)
+    return make_pipe(base, ip_adapter=adapter, ip_adapter_weight_name=FLUX_ADAPTER_WEIGHT,
+                     ip_adapter_image_encoder=encoder, stats=embedding(7), device=None), TINY
+
+
 # backend → build(root, make_pipe) -> (pipe, render keywords); a new backend adds its row here
 BACKENDS = {"kandinsky": _kandinsky, "unclip": _unclip, "stable-unclip": _stable_unclip,
-            "ip-adapter-sd": _ip_adapter("sd15"), "ip-adapter-sdxl": _ip_adapter("sdxl")}
+            "ip-adapter-sd": _ip_adapter("sd15"), "ip-adapter-sdxl": _ip_adapter("sdxl"), "flux": _flux}
 
 
 @pytest.fixture(scope="module", params=list(BACKENDS))

@@ -17,7 +17,7 @@ from pathlib import Path
 from vslerp.ui.cli import CLIError
 
 __all__ = ["FLAGS", "JOB_KEYS", "check_cells", "check_device", "check_loader", "check_main_output", "check_place",
-           "check_request", "check_stale_sidecar", "check_backend_options", "check_model_source", "image_ref", "load_stats", "own", "preflight", "refuse_inputs",
+           "check_request", "check_stale_sidecar", "check_outputs_of", "check_png_render", "preflight_one", "check_backend_options", "check_model_source", "image_ref", "load_stats", "own", "preflight", "refuse_inputs",
            "looks_like_folder", "model_ref", "short", "values"]
 
 
@@ -174,6 +174,24 @@ def own(*files, folders=()):
     return owned()
 
 
+def check_png_render(args, spec) -> Path:
+    """A PNG render's spec (as the pipeline's request) and ``--out`` (a .png); the sidecar's path."""
+    from vslerp.ui.images import sidecar_path
+
+    check_request(spec, args.max_size, args.max_cells)
+    if args.out.suffix.lower() != ".png":
+        raise CLIError(f"--out must be a .png file, got {args.out}")
+    return sidecar_path(args.out)
+
+
+def check_outputs_of(out: Path, sidecar: Path, overwrite: bool) -> None:
+    """A render's ``--out`` and its sidecar: each writable, a stale sidecar replaced."""
+    check_main_output(out, overwrite)
+    check_place(sidecar, "the sidecar")  # a FIFO there is refused, never read
+    if not overwrite:
+        check_stale_sidecar(sidecar)
+
+
 def check_stale_sidecar(path: Path) -> None:
     """A sidecar whose main output does not exist is left by an interrupted render: it is
     replaced. Refused only if it is not a JSON object (not a sidecar at all)."""
@@ -219,7 +237,7 @@ FLAGS = {"thetas": "--thetas", "alphas": "--alphas", "num_inference_steps": "--s
          "prior_num_inference_steps": "--prior-steps", "seed": "--seed", "strength": "--strength",
          "prompt": "--prompt", "negative_prompt": "--negative-prompt", "noise_level": "--noise-level",
          "ip_adapter_scale": "--ip-adapter-scale", "true_cfg_scale": "--true-cfg-scale", "max_cells": "--max-cells", "max_size": "--max-size",
-         "allow_extrapolation": "--allow-extrapolation"}
+         "allow_extrapolation": "--allow-extrapolation", "weights": "--weights"}
 # ... and the key of a jobs file's line
 JOB_KEYS = {**{field: field for field in FLAGS}, "num_inference_steps": "steps", "guidance_scale": "guidance",
             "height": "size", "width": "size"}
@@ -230,14 +248,16 @@ def check_request(spec, max_size: int | None, max_cells: int | None, where: str 
     the model's rule read from the model folder; ``where`` prefixes a refusal (a jobs file's line),
     which names the field by ``flags``."""
     from vslerp.pipelines import limits
-    from vslerp.pipelines.request import RenderRequest, RequestError
+    from vslerp.pipelines.request import RenderRequest, RequestError, check_weights
 
-    fields = {"thetas": spec.thetas, "alphas": spec.alphas, "num_inference_steps": spec.steps,
+    fields = {"thetas": spec.thetas, "weights": spec.weights, "alphas": spec.alphas, "num_inference_steps": spec.steps,
               "guidance_scale": spec.guidance, "height": spec.size, "width": spec.size,
               "max_batch_size": spec.batch_size, "prior_num_inference_steps": spec.prior_steps, "seed": spec.seed,
               "allow_extrapolation": bool(spec.allow_extrapolation), "max_size": max_size or limits.MAX_SIZE,
               "max_cells": max_cells or limits.MAX_CELLS, **spec.options}
     try:
+        if spec.weights is not None:  # one weight per input: the count the request cannot know
+            check_weights(spec.weights, len(spec.inputs))
         request = RenderRequest.from_fields(fields)
         if spec.size is not None:
             factor, fixed = limits.size_rule(spec.model)
@@ -278,6 +298,13 @@ def preflight(specs, outputs: dict, inputs: dict, check_outputs=None, *, origins
     for spec, origin in zip(specs, origins or [model_origin] * len(specs), strict=True):
         check_backend_options(spec, origin)
     return load_stats(base.stats, stats_origin)
+
+
+def preflight_one(args, spec, origin: str, outputs: dict, inputs: dict, check_outputs):
+    """:func:`preflight` of one spec, ``origin`` naming the ``--from`` sidecar's model, prior, stats."""
+    return preflight([spec], outputs, inputs, check_outputs, model_origin=origin if args.model is None else "",
+                     prior_origin=origin if args.prior is None else "",
+                     stats_origin=origin if args.stats is None else "", origins=[origin])
 
 
 # -- models (--model / --prior) and backend options ----------------------------------------

@@ -24,6 +24,7 @@ __all__ = ["CLIError", "build_parser", "main"]
 _COMMANDS = {
     "grid": "vslerp.ui.cmd_grid",
     "animate": "vslerp.ui.cmd_animate",
+    "mix": "vslerp.ui.cmd_mix",
     "batch": "vslerp.ui.cmd_batch",
     "stats": "vslerp.ui.cmd_stats",  # stats compute, stats report
     "conformity": "vslerp.ui.cmd_stats",

@@ -97,42 +97,32 @@ def run_grid(args) -> int:
     from vslerp.ui.checks import (
         check_cells,
         check_main_output,
+        check_outputs_of,
         check_place,
-        check_request,
-        check_stale_sidecar,
+        check_png_render,
         own,
-        preflight,
+        preflight_one,
     )
-    from vslerp.ui.images import sidecar_path
 
     spec, meta, origin = _spec(args)
-    check_request(spec, args.max_size, args.max_cells)
-    if args.out.suffix.lower() != ".png":
-        raise CLIError(f"--out must be a .png file, got {args.out}")
-    sidecar = sidecar_path(args.out)
+    sidecar = check_png_render(args, spec)
     cells = []
     if args.cells_dir is not None:
         cells = [args.cells_dir / f"r{r:02d}_c{c:02d}.png"
                  for r in range(len(spec.thetas)) for c in range(len(spec.alphas))]
 
     def check_outputs():
-        check_main_output(args.out, args.overwrite)
-        check_place(sidecar, "the sidecar")  # a FIFO there is refused, never read
-        if not args.overwrite:
-            check_stale_sidecar(sidecar)
+        check_outputs_of(args.out, sidecar, args.overwrite)
         if args.cells_dir is not None:
             check_place(args.cells_dir, "--cells-dir", folder=True)
             _regular_cells(cells)
             if not args.overwrite:
                 check_cells(cells, args.out)
 
-    stats = preflight([spec], {"--out": args.out, "the sidecar": sidecar,
-                               **{f"--cells-dir cell {path.name}": path for path in cells}},
-                      {"SOURCE": spec.source.get("path"), "TARGET": spec.target.get("path"),
-                       "--from": args.from_, "--stats": spec.stats}, check_outputs,
-                      model_origin=origin if args.model is None else "",
-                      prior_origin=origin if args.prior is None else "",
-                      stats_origin=origin if args.stats is None else "", origins=[origin])
+    stats = preflight_one(args, spec, origin, {"--out": args.out, "the sidecar": sidecar,
+                                               **{f"--cells-dir cell {path.name}": path for path in cells}},
+                          {"SOURCE": spec.source.get("path"), "TARGET": spec.target.get("path"),
+                           "--from": args.from_, "--stats": spec.stats}, check_outputs)
     with own(args.out, sidecar, folders=(args.cells_dir,)):
         # owned now: checked again, as another run may have finished in between
         check_main_output(args.out, args.overwrite)
@@ -154,17 +144,10 @@ def _regular_cells(cells) -> None:
 
 def _grid(args, spec, meta, stats, sidecar_file, cells) -> int:
     from vslerp.ui.images import make_grid, save_png
-    from vslerp.ui.render import load_pipeline_for_cli, render_for_cli
-    from vslerp.ui.runtime import quiet_model_logs
+    from vslerp.ui.render import render_command
     from vslerp.ui.sidecar import sidecar
 
-    with quiet_model_logs():
-        pipe = load_pipeline_for_cli(spec, stats, progress=not args.no_progress)
-        expected = ((meta or {}).get("stats") or {}).get("fingerprint")
-        if expected and pipe.describe().get("stats_fingerprint") != expected:
-            raise CLIError(f"--from {args.from_}: the image-mean statistics differ from the ones it "
-                           f"was rendered with (fingerprint {expected[:12]}…)")
-        out = render_for_cli(pipe, spec, max_size=args.max_size, max_cells=args.max_cells)
+    pipe, out = render_command(args, spec, meta, stats)
     metadata = sidecar(spec, pipe, out, "grid")
     grid = make_grid(out.images, out.thetas, out.alphas, labels=spec.labels)
     owner = str(args.out.resolve())

@@ -104,7 +104,7 @@ class _Labels:
     pad: int  # px around the labels
 
 
-def _label_layout(w: int, h: int, thetas, alphas) -> _Labels:
+def _label_layout(w: int, h: int, thetas, alphas, row_labels=None) -> _Labels:
     """Largest font (≤ 16 % of the cell, 32 px) at which no two labels overlap.
 
     Column labels must fit the cell width: ``α = -1.33`` at the largest size that fits, else
@@ -123,7 +123,7 @@ def _label_layout(w: int, h: int, thetas, alphas) -> _Labels:
     def layout(size, prefix, rotated):
         font, greek = _font(size)
         theta, alpha = ("θ", "α") if greek else ("theta", "alpha")
-        row_text = [f"{theta} = {v}" for v in theta_values]
+        row_text = list(row_labels) if row_labels is not None else [f"{theta} = {v}" for v in theta_values]
         col_text = [f"{alpha} = {v}" for v in alpha_values] if prefix else list(alpha_values)
         corner = "" if prefix else f"{alpha} ="
         line = box("θα = -0.123456789" if greek else "thetaalpha = -0.123456789", font)[1]
@@ -149,8 +149,9 @@ def _label_layout(w: int, h: int, thetas, alphas) -> _Labels:
 
 
 def make_grid(images: Sequence[Image.Image], thetas: Sequence[float], alphas: Sequence[float],
-              labels: bool = True) -> Image.Image:
-    """θ rows × α columns of equal-size cells (row-major ``images``), with axis labels.
+              labels: bool = True, row_labels: Sequence[str] | None = None) -> Image.Image:
+    """θ rows × α columns of equal-size cells (row-major ``images``), with axis labels
+    (``row_labels``: one text per row instead of ``θ = …``, e.g. a mix's weights).
 
     Labels: ``α = …`` above each column, ``θ = …`` left of each row, values with 3 significant
     digits, the font fitted to the cells (see :func:`_label_layout`). Without labels the grid
@@ -164,7 +165,7 @@ def make_grid(images: Sequence[Image.Image], thetas: Sequence[float], alphas: Se
     w, h = images[0].size
     if any(im.size != (w, h) for im in images):
         raise ValueError("make_grid: all cells must have the same size")
-    spec = _label_layout(w, h, thetas, alphas) if labels else None
+    spec = _label_layout(w, h, thetas, alphas, row_labels) if labels else None
     left, top = (spec.left, spec.top) if spec else (0, 0)
     grid = Image.new("RGB", (left + cols * w, top + rows * h), "white")
     for i, image in enumerate(images):

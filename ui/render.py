@@ -15,7 +15,7 @@ from pathlib import Path
 from vslerp.pipelines.request import check_seed  # the request's, re-exported for the front ends
 
 __all__ = ["RenderSpec", "batch_key", "check_seed", "effective_dtype", "load_pipeline", "load_pipeline_for_cli",
-           "render", "render_for_cli", "render_many"]
+           "render", "render_command", "render_for_cli", "render_many", "render_path"]
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,13 @@ class RenderSpec:
     ip_adapter_scale: float | None = None  # the IP-Adapter's scale; None: as loaded (1.0)
     ip_adapter_image_encoder: str | None = None  # its image encoder (repo or folder); None: the adapter's default
     true_cfg_scale: float = 1.0  # FLUX's true classifier-free guidance (with --negative-prompt)
+    # A mix (`vslerp mix`): pipe.mix of these inputs, one row per weight row, instead of θ rows
+    inputs: tuple[dict, ...] | None = None  # the mix's inputs, each as source and target are
+    weights: tuple[tuple[float, ...], ...] | None = None  # its rows (one weight per input)
 
     @property
     def cells(self) -> int:
-        return len(self.thetas) * len(self.alphas)
+        return len(self.thetas if self.weights is None else self.weights) * len(self.alphas)
 
     @property
     def options(self) -> dict:
@@ -124,11 +127,12 @@ def _pipeline_input(ref: dict):
 def render(pipe, spec: RenderSpec, *, statistics=None, callback=None, max_size: int | None = None,
            max_cells: int | None = None):
     """``pipe(source, target, ...)`` of ``spec`` (inputs read from their files or prompts), with its
-    backend options (strength < 1: every cell starts from the source photo).
+    backend options (strength < 1: every cell starts from the source photo); a mix's spec
+    (``weights``): ``pipe.mix(inputs, weights, ...)``.
 
     statistics: this call's image mean (None: the pipeline's). callback: ``callback_on_step_end``.
     max_size, max_cells: the limits of :mod:`vslerp.pipelines.limits` (None: its defaults).
-    Returns the pipeline's ``VSlerpPipelineOutput``.
+    Returns the pipeline's ``VSlerpPipelineOutput`` (a mix: ``VSlerpMixOutput``).
     """
     import torch
 
@@ -138,13 +142,15 @@ def render(pipe, spec: RenderSpec, *, statistics=None, callback=None, max_size: 
     extra = {"callback_on_step_end": callback} if callback is not None else {}
     if statistics is not None:
         extra["statistics"] = statistics
-    return pipe(_pipeline_input(spec.source), _pipeline_input(spec.target), thetas=list(spec.thetas),
-                alphas=list(spec.alphas), num_inference_steps=int(spec.steps), guidance_scale=spec.guidance,
+    call = dict(alphas=list(spec.alphas), num_inference_steps=int(spec.steps), guidance_scale=spec.guidance,
                 height=spec.size, width=spec.size, generator=torch.Generator().manual_seed(int(spec.seed)),
-                max_batch_size=int(spec.batch_size), allow_extrapolation=bool(spec.allow_extrapolation),
-                prior_num_inference_steps=int(spec.prior_steps),
+                max_batch_size=int(spec.batch_size), prior_num_inference_steps=int(spec.prior_steps),
                 max_size=limits.MAX_SIZE if max_size is None else int(max_size),
                 max_cells=limits.MAX_CELLS if max_cells is None else int(max_cells), **spec.options, **extra)
+    if spec.weights is not None:
+        return pipe.mix([_pipeline_input(ref) for ref in spec.inputs], [list(row) for row in spec.weights], **call)
+    return pipe(_pipeline_input(spec.source), _pipeline_input(spec.target), thetas=list(spec.thetas),
+                allow_extrapolation=bool(spec.allow_extrapolation), **call)
 
 
 def render_many(pipe, jobs, *, callback=None) -> list:
@@ -176,6 +182,20 @@ def render_many(pipe, jobs, *, callback=None) -> list:
     return pipe.render_batch(requests, num_inference_steps=int(first.steps), guidance_scale=first.guidance,
                              height=first.size, width=first.size, max_batch_size=int(first.batch_size),
                              **first.options, **extra)
+
+
+def render_path(pipe, spec: RenderSpec, frames) -> list:
+    """A path through the keyframes ``spec.inputs`` in one ``pipe.render_batch``: ``frames`` are
+    ``(k, θ, α)``, each the cell vSLERP(K_k, K_k+1, θ, α) (K_N is K_0: a loop) rendered as
+    :func:`render` renders that cell (the spec's seed; a prompt through the prior as a target is).
+    Returns one ``VSlerpPipelineOutput`` (one cell) per frame."""
+    import torch
+
+    spec = spec.resolved(pipe)
+    raws = [pipe.embed_input(_pipeline_input(ref), torch.Generator().manual_seed(int(spec.seed)),
+                             int(spec.prior_steps)) for ref in spec.inputs]  # (D,) each
+    return render_many(pipe, [(replace(spec, thetas=(theta,), alphas=(alpha,)), raws[k], raws[(k + 1) % len(raws)], None)
+                              for k, theta, alpha in frames])
 
 
 def batch_key(spec: RenderSpec) -> tuple:
@@ -218,3 +238,18 @@ def render_for_cli(pipe, spec, *, max_size: int | None = None, max_cells: int | 
         lower = limits.out_of_memory(err.height, err.width, err.batch, lower="--batch-size ",
                                      tiling=None)
         raise CLIError(str(lower)) from err
+
+
+def render_command(args, spec, meta, stats):
+    """A render command's work once its checks pass (grid, mix): the pipeline of ``spec`` loaded, a
+    ``--from`` sidecar's (``meta``) image-mean fingerprint checked, the render; (pipe, output)."""
+    from vslerp.ui.cli import CLIError
+    from vslerp.ui.runtime import quiet_model_logs
+
+    with quiet_model_logs():
+        pipe = load_pipeline_for_cli(spec, stats, progress=not args.no_progress)
+        expected = ((meta or {}).get("stats") or {}).get("fingerprint")
+        if expected and pipe.describe().get("stats_fingerprint") != expected:
+            raise CLIError(f"--from {args.from_}: the image-mean statistics differ from the ones it "
+                           f"was rendered with (fingerprint {expected[:12]}…)")
+        return pipe, render_for_cli(pipe, spec, max_size=args.max_size, max_cells=args.max_cells)

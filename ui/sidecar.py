@@ -21,6 +21,7 @@ __all__ = ["FIELD_KINDS", "REQUIRED_KEYS", "check_fields", "read_sidecar", "reco
            "recorded_options", "sidecar", "spec_from_options"]
 
 REQUIRED_KEYS = ("source", "target", "thetas", "alphas", "seed", "steps")  # what --from needs
+_REQUIRED = {"grid": REQUIRED_KEYS, "mix": ("inputs", "weights", "alphas", "seed", "steps")}  # by command
 _NUMBERS = ("steps", "size", "seed", "batch_size", "prior_steps")  # integers of the schema
 
 
@@ -43,6 +44,9 @@ FIELD_KINDS = {
     "path": ("a path (text)", lambda v: isinstance(v, str)),
     "object": ("a JSON object", lambda v: isinstance(v, dict)),
     "numbers": ("a list of finite numbers", lambda v: isinstance(v, list) and all(map(_is_number, v))),
+    "objects": ("a list of JSON objects", lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v)),
+    "rows": ("a list of lists of finite numbers", lambda v: isinstance(v, list) and all(
+        isinstance(row, list) and all(map(_is_number, row)) for row in v)),
 }
 
 # the fields of the schema that --from reads besides the backend options (recorded_options),
@@ -51,7 +55,7 @@ _SIDECAR_FIELDS = {
     "source": "object", "target": "object", "thetas": "numbers", "alphas": "numbers",
     "seed": "int", "steps": "int", "size": "int", "prior_steps": "int", "batch_size": "int",
     "guidance": "number", "allow_extrapolation": "bool", "labels": "bool",
-    "model": "path", "prior": "path", "dtype": "str", "stats": "object",
+    "model": "path", "prior": "path", "dtype": "str", "stats": "object", "inputs": "objects", "weights": "rows",
 }
 
 
@@ -82,6 +86,7 @@ def sidecar(spec: RenderSpec, pipe, out, command: str, statistics=None, **extra)
 
     spec = spec.resolved(pipe)
     describe = pipe.describe(statistics)
+    mix = spec.weights is not None
     return {
         "command": command,
         "vslerp_version": __version__,
@@ -90,8 +95,12 @@ def sidecar(spec: RenderSpec, pipe, out, command: str, statistics=None, **extra)
         "stats": {"path": spec.stats, "fingerprint": describe.get("stats_fingerprint"),
                   "mean_source": describe.get("mean_source")},
         "dtype": spec.dtype,  # as asked; None: the device's default rule
-        "source": spec.source, "target": spec.target,
-        "thetas": [float(t) for t in out.thetas], "alphas": [float(a) for a in out.alphas],
+        # a grid's source, target and θ rows, or a mix's weight rows (normalised)
+        "source": None if mix else spec.source, "target": None if mix else spec.target,
+        "thetas": None if mix else [float(t) for t in out.thetas],
+        "inputs": list(spec.inputs) if spec.inputs else None,  # a mix's, or an animation's keyframes
+        "weights": [[float(w) for w in row] for row in out.weights.tolist()] if mix else None,
+        "alphas": [float(a) for a in out.alphas],
         "seed": int(spec.seed), "steps": int(spec.steps), "size": int(spec.size),
         "guidance": float(spec.guidance), "prior_steps": int(spec.prior_steps),
         "batch_size": int(spec.batch_size), "allow_extrapolation": bool(spec.allow_extrapolation),
@@ -145,8 +154,9 @@ def recorded_options(meta: dict, where: str) -> dict:
     return out
 
 
-def read_sidecar(path: Path) -> dict:
-    """A sidecar ``.json`` or a PNG with vslerp metadata, as a dict (one CLI line if it is not one)."""
+def read_sidecar(path: Path, command: str = "grid") -> dict:
+    """A sidecar ``.json`` or a PNG with vslerp metadata, as a dict (one CLI line if it is not one);
+    ``command``: the render it must describe (``"grid"``, or ``"mix"``: inputs and weights)."""
     from vslerp.stats.jsonfile import read_json
     from vslerp.ui.images import read_png_metadata
 
@@ -166,9 +176,12 @@ def read_sidecar(path: Path) -> dict:
         raise CLIError(f"--from {path} cannot be read ({message})") from None
     if not isinstance(meta, dict):
         raise CLIError(f"--from {path} is not a vslerp sidecar (not a JSON object)")
-    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    missing = [k for k in _REQUIRED[command] if meta.get(k) is None]
+    if missing and meta.get("command") in _REQUIRED and meta["command"] != command:
+        raise CLIError(f"--from {path} is a vslerp {meta['command']} sidecar: render it again with "
+                       f"vslerp {meta['command']} --from")
     if missing:
-        raise CLIError(f"--from {path} is not a vslerp grid sidecar (missing {missing})")
+        raise CLIError(f"--from {path} is not a vslerp {command} sidecar (missing {missing})")
     check_fields(meta, _SIDECAR_FIELDS, f"--from {path}")
     check_fields(meta.get("stats") or {}, {"path": "path"}, f"--from {path}: stats")
     return meta
@@ -230,12 +243,19 @@ def spec_from_options(args, recorded: dict | None = None) -> RenderSpec:
 
 def recorded_inputs(meta: dict, from_path: Path, args) -> tuple[dict, dict]:
     """SOURCE/TARGET of a sidecar (or the files given instead), checked against its sha256."""
+    return tuple(recorded_refs([("SOURCE", "source", meta["source"], args.source),
+                                ("TARGET", "target", meta["target"], args.target)], from_path))
+
+
+def recorded_refs(entries, from_path: Path) -> list[dict]:
+    """Inputs a sidecar records, ``(name, key, recorded ref, the file or prompt given instead or
+    None)`` each: a prompt as recorded, an image found beside the sidecar or given, checked against
+    its sha256; one CLI line naming every image that must be given."""
     from vslerp.pipelines.inputs import image_path_or_prompt
     from vslerp.ui.checks import image_ref
 
-    refs, missing = {}, []
-    for name, key, given in (("SOURCE", "source", args.source), ("TARGET", "target", args.target)):
-        ref = meta[key]
+    refs, missing = [], []
+    for index, (name, key, ref, given) in enumerate(entries):
         kind = ref.get("kind") if isinstance(ref, dict) else None
         if kind == "prompt":
             prompt = ref.get("prompt")
@@ -244,7 +264,7 @@ def recorded_inputs(meta: dict, from_path: Path, args) -> tuple[dict, dict]:
             if given is not None and given != prompt:
                 raise CLIError(f"--from {from_path}: the {key} was the prompt {prompt!r}: drop "
                                f"{name} (for another {key}, render without --from)")
-            refs[key] = {"kind": "prompt", "prompt": prompt}
+            refs.append({"kind": "prompt", "prompt": prompt})
             continue
         if kind != "image":
             raise CLIError(f"--from {from_path}: {key} has no kind image/prompt")
@@ -257,7 +277,7 @@ def recorded_inputs(meta: dict, from_path: Path, args) -> tuple[dict, dict]:
                 # relative: the editor records the upload's own file name, beside the sidecar
                 found = image_path_or_prompt(recorded_path, base=from_path.parent)
             if found is None or found.kind != "image":
-                missing.append((key, ref))
+                missing.append((index, key, ref))
                 continue
             given = str(found.path)
         new = image_ref(name, given, allow_prompt=False)
@@ -265,11 +285,14 @@ def recorded_inputs(meta: dict, from_path: Path, args) -> tuple[dict, dict]:
             raise CLIError(f"{name} image {new['path']} is not the one {from_path.name} was "
                            f"rendered with (sha256 {new['sha256'][:12]}…, recorded "
                            f"{recorded[:12]}…)")
-        refs[key] = new
+        refs.append(new)
     if missing:
-        give = "SOURCE and TARGET" if any(key == "target" for key, _ in missing) else "SOURCE"
+        # inputs are given in order: to give one, give every one before it
+        last = max(index for index, *_ in missing)
+        needed = [entry[0] for entry in entries[:last + 1]]
+        give = " and ".join(needed) if len(needed) <= 2 else f"{', '.join(needed[:-1])} and {needed[-1]}"
         parts = []
-        for key, ref in missing:
+        for _, key, ref in missing:
             path = ref.get("path")
             label = path or ref.get("name") or "no file name"
             digest = f", sha256 {ref['sha256'][:12]}…" if ref.get("sha256") else ""
@@ -278,5 +301,4 @@ def recorded_inputs(meta: dict, from_path: Path, args) -> tuple[dict, dict]:
             else:
                 parts.append(f"{key} was an upload ({label}{digest})")
         raise CLIError(f"{from_path.name}'s {'; '.join(parts)}: give {give}")
-    return refs["source"], refs["target"]
-
+    return refs
