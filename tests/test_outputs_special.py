@@ -267,7 +267,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(work, tmp_path, capsys, monk
     line = _one_line(*result[::2], command)
     assert os.strerror(errno.ENOSPC) in line and str(out) in line, line
     assert not unraisable, unraisable
-    assert list(tmp_path.iterdir()) == [tmp_path / f".{out.name}.lock"]  # no sidecar, no temporary
+    assert list(tmp_path.iterdir()) == []  # no sidecar, no temporary, no lock file
 
 
 MP4_FULL = textwrap.dedent("""
