@@ -23,7 +23,7 @@ from helpers import cli
 from PIL import Image
 
 from vslerp.pipelines import VSlerpPipeline
-from vslerp.ui.images import read_png_metadata, save_png
+from vslerp.ui.images import GRID_GAP, make_grid, read_png_metadata, save_png
 
 VSLERP = str(Path(sys.executable).with_name("vslerp"))  # the installed console script
 SIZE = 64
@@ -78,15 +78,20 @@ def test_grid_size_cells_metadata_and_progress(grid, work):
                if "warn" in line.lower())
     image = Image.open(grid)
     w, h = image.size
-    assert w > len(ALPHAS) * SIZE and h > len(THETAS) * SIZE  # label margins
-    assert w - len(ALPHAS) * SIZE < SIZE and h - len(THETAS) * SIZE < SIZE
     cells = sorted((root / "cells").glob("*.png"))
     assert len(cells) == len(THETAS) * len(ALPHAS)
     assert all(Image.open(c).size == (SIZE, SIZE) for c in cells)
     assert read_png_metadata(cells[0])["grid"] == str(grid.resolve())
-    # the bottom-right corner of the grid is the last cell
+    # label margins left and above, GRID_GAP px between the cells, the caption strip below
+    unlabelled = make_grid([Image.open(c) for c in cells], THETAS, ALPHAS)
+    left, top = unlabelled.width - len(ALPHAS) * SIZE, unlabelled.height - len(THETAS) * SIZE
+    assert 0 < left < SIZE and 0 < top < SIZE
+    assert w == unlabelled.width + (len(ALPHAS) - 1) * GRID_GAP
+    assert h > unlabelled.height + (len(THETAS) - 1) * GRID_GAP  # the caption
+    # the last cell ends at the right edge, above the caption
     last = np.asarray(Image.open(root / "cells" / "r01_c02.png").convert("RGB"))
-    np.testing.assert_array_equal(np.asarray(image.convert("RGB"))[h - SIZE:, w - SIZE:], last)
+    y = top + SIZE + GRID_GAP
+    np.testing.assert_array_equal(np.asarray(image.convert("RGB"))[y:y + SIZE, w - SIZE:], last)
     meta = read_png_metadata(grid)
     assert meta == json.loads(grid.with_suffix(".json").read_text(encoding="utf-8"))
     assert meta["thetas"] == THETAS and meta["alphas"] == ALPHAS

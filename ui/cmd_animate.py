@@ -74,6 +74,7 @@ def run_animate(args) -> int:
         preflight,
     )
     from vslerp.ui.images import check_fps, sidecar_path
+    from vslerp.ui.render import tiny_random_args
     from vslerp.ui.sidecar import spec_from_options
 
     if args.out.suffix.lower() not in (".gif", ".mp4"):
@@ -83,6 +84,7 @@ def run_animate(args) -> int:
         n = limits.check_frames(args.frames, max_frames=args.max_frames or limits.MAX_FRAMES)
     except ValueError as err:
         raise CLIError(str(err)) from None
+    tiny_random_args(args)
     source = image_ref("SOURCE", args.source, allow_prompt=False)
     target = image_ref("TARGET", args.target, allow_prompt=True)
     spec = replace(spec_from_options(args), source=source, target=target,
@@ -114,15 +116,15 @@ def run_animate(args) -> int:
 
 def _animate(args, spec, stats, max_cells: int, sidecar_file) -> int:
     from vslerp.ui.images import save_animation
-    from vslerp.ui.render import load_pipeline_for_cli, render_for_cli
+    from vslerp.ui.render import load_pipeline_for_cli, render_for_cli, tiny_random_record
     from vslerp.ui.runtime import quiet_model_logs
     from vslerp.ui.sidecar import sidecar
 
     with quiet_model_logs():
-        pipe = load_pipeline_for_cli(spec, stats, progress=not args.no_progress)
+        pipe = load_pipeline_for_cli(spec, stats, progress=not args.no_progress, tiny_random=args.tiny_random)
         out = render_for_cli(pipe, spec, max_size=args.max_size, max_cells=max_cells)
     metadata = sidecar(spec, pipe, out, "animate", frames=len(spec.thetas), fps=args.fps,
-                       pingpong=bool(args.pingpong))
+                       pingpong=bool(args.pingpong), **tiny_random_record(args))
     save_animation(out.images, args.out, fps=args.fps, pingpong=args.pingpong,  # then the sidecar
                    overwrite=args.overwrite, metadata=metadata)
     print(f"wrote {args.out} ({len(spec.thetas)} frames{' ping-pong' if args.pingpong else ''}) "

@@ -15,7 +15,7 @@ from pathlib import Path
 from vslerp.pipelines.request import check_seed  # the request's, re-exported for the front ends
 
 __all__ = ["RenderSpec", "batch_key", "check_seed", "effective_dtype", "load_pipeline", "load_pipeline_for_cli",
-           "render", "render_for_cli", "render_many"]
+           "CpuEstimate", "render", "render_for_cli", "render_many", "tiny_random_args", "tiny_random_record"]
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def load_pipeline(spec: RenderSpec, stats=None, progress: bool = True):
             device=spec.device if spec.device is not None else "auto", **adapter)
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    pipe.set_progress_bar_config(disable=not progress, desc="denoising")
+    pipe.set_progress_bar_config(disable=not progress, desc="denoising", unit="step", dynamic_ncols=True)
     return pipe
 
 
@@ -182,13 +182,49 @@ def batch_key(spec: RenderSpec) -> tuple:
 
 
 # -- as the CLI uses it: errors as one line naming the option to change ---------------------
-def load_pipeline_for_cli(spec, stats=None, progress: bool = True):
+def tiny_random_args(args, recorded: dict | None = None) -> bool:
+    """Apply ``--tiny-random`` (or a ``--from`` sidecar ``recorded`` with it, unless ``--model`` or
+    ``--prior`` is given) to ``args``: with it, ``--model``/``--prior``/``--ip-adapter`` are refused
+    (one line); unset ``--steps``/``--size``/``--prior-steps`` get
+    :data:`~vslerp.ui.runtime.TINY_RANDOM` (a sidecar's own are kept), ``--device`` cpu."""
+    from vslerp.ui.cli import CLIError
+    from vslerp.ui.runtime import TINY_RANDOM
+
+    given = [flag for flag in ("--model", "--prior", "--ip-adapter")
+             if getattr(args, flag[2:].replace("-", "_"), None) is not None]
+    if getattr(args, "tiny_random", False) and given:
+        raise CLIError(f"--tiny-random builds its own tiny Kandinsky 2.2 (images are noise): drop {given[0]}")
+    args.tiny_random = bool(getattr(args, "tiny_random", False) or (recorded or {}).get("tiny_random") and not given)
+    if not args.tiny_random:
+        return False
+    for key, value in TINY_RANDOM.items():
+        if recorded is None and getattr(args, key, None) is None:
+            setattr(args, key, value)
+    args.device = getattr(args, "device", None) or "cpu"
+    return True
+
+
+def tiny_random_record(args) -> dict:
+    """A sidecar's extra keys under ``--tiny-random``: labelled, and no model folder (built per run)."""
+    return {"tiny_random": True, "model": None, "prior": None} if getattr(args, "tiny_random", False) else {}
+
+
+def load_pipeline_for_cli(spec, stats=None, progress: bool = True, tiny_random: bool = False):
     """:func:`vslerp.ui.render.load_pipeline`, its errors one line naming ``--model``,
-    ``--prior`` or ``--stats`` and why (by the loader's error types)."""
+    ``--prior`` or ``--stats`` and why (by the loader's error types); ``tiny_random``: of a tiny
+    random Kandinsky 2.2 built for this load (:func:`~vslerp.ui.runtime.build_tiny_random`)."""
     from vslerp.stats.hub import ModelLoadError, ModelUnavailable
     from vslerp.stats.models import UnsupportedModel
     from vslerp.ui.cli import CLIError
 
+    if tiny_random:
+        import tempfile
+
+        from vslerp.ui.runtime import build_tiny_random
+
+        with tempfile.TemporaryDirectory(prefix="vslerp-tiny-", ignore_cleanup_errors=True) as root:
+            prior, model = build_tiny_random(root)  # loaded into memory, then removed
+            return load_pipeline_for_cli(replace(spec, model=model, prior=prior), stats, progress)
     try:
         return load_pipeline(spec, stats=stats, progress=progress)
     except (ModelUnavailable, UnsupportedModel) as err:
@@ -201,13 +237,55 @@ def load_pipeline_for_cli(spec, stats=None, progress: bool = True):
         raise
 
 
+class CpuEstimate:
+    """A ``callback_on_step_end`` (around ``then``, the caller's own): after the first denoising step of
+    a run on the CPU, one line on stderr saying how long the run will take, extrapolated from that
+    step, when it is ``at_least`` seconds (a minute) or more. ``clock``: the timer (tests pass one)."""
+
+    def __init__(self, cells: int, batch_size: int, size: int | None, then=None, *, clock=None,
+                 at_least: float = 60.0) -> None:
+        import time
+
+        self.cells, self.batch_size, self.size, self.then, self.at_least = cells, batch_size, size, then, at_least
+        self.clock = clock or time.monotonic
+        self.start, self.said = self.clock(), False
+
+    def __call__(self, pipe, step, timestep, tensors):
+        if not self.said:
+            self.said = True
+            self._say(pipe, self.clock() - self.start)
+        return self.then(pipe, step, timestep, tensors) if self.then is not None else {}
+
+    def _say(self, pipe, first: float) -> None:
+        import math
+        import sys
+
+        from tqdm.auto import tqdm
+
+        if pipe.execution_device().type != "cpu":
+            return
+        steps = int(pipe.num_timesteps)
+        total = first * steps * math.ceil(self.cells / max(1, min(self.batch_size, self.cells)))
+        if total < self.at_least:
+            return
+        about = f"{total / 3600:.1f} h" if total >= 5400 else f"{math.ceil(total / 60)} min"
+        size = f" at {self.size} px" if self.size else ""
+        tqdm.write(f"vslerp: {self.cells} cells × {steps} steps{size} on CPU: about {about} (from the first "
+                   "step); use --size/--steps or a GPU", file=sys.stderr)  # above the progress bar
+
+
 def render_for_cli(pipe, spec, *, max_size: int | None = None, max_cells: int | None = None,
-                   callback=None):
+                   callback=None, estimate: CpuEstimate | None = None):
     """:func:`vslerp.ui.render.render` (``max_size``/``max_cells``: ``--max-size``/``--max-cells``);
-    an out-of-memory is one line naming the size and a lower ``--batch-size``."""
+    an out-of-memory is one line naming the size and a lower ``--batch-size``. On the CPU the
+    first step says how long a run of a minute or more takes (``estimate``: a run's own
+    :class:`CpuEstimate` around ``callback``; default: one for this render)."""
     from vslerp.pipelines import limits
     from vslerp.ui.cli import CLIError
 
+    if pipe.backend != "unclip":  # unCLIP takes no step callback
+        estimate = estimate or CpuEstimate(spec.cells, spec.batch_size, spec.resolved(pipe).size)
+        estimate.then, callback = callback, estimate
     try:
         return render(pipe, spec, callback=callback, max_size=max_size, max_cells=max_cells)
     except limits.RenderOutOfMemory as err:

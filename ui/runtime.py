@@ -10,7 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 
-__all__ = ["accelerate_run", "accelerate_state", "quiet_model_logs", "runs_on_cpu"]
+__all__ = ["TINY_RANDOM", "accelerate_run", "accelerate_state", "build_tiny_random", "quiet_model_logs",
+           "runs_on_cpu"]
+
+# --tiny-random's defaults (`vslerp ui` and the render commands): 64 px, 2 steps, 2 prior steps
+TINY_RANDOM = {"steps": 2, "size": 64, "prior_steps": 2}
 
 
 @contextlib.contextmanager
@@ -72,3 +76,13 @@ def accelerate_run(device: str | None):
         if state.num_processes > 1 and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
+
+
+def build_tiny_random(root) -> tuple[str, str]:
+    """``(prior, decoder)``: a tiny random Kandinsky 2.2 built under ``root`` for ``--tiny-random``
+    (:func:`vslerp.pipelines.testing.make_tiny_kandinsky`; no download, its images are noise)."""
+    from vslerp.pipelines.testing import make_tiny_kandinsky
+
+    with quiet_model_logs():
+        prior, decoder = make_tiny_kandinsky(root)
+    return str(prior), str(decoder)
