@@ -29,7 +29,7 @@ def readme_grid(tmp_path_factory):
     """The README's first shell example, verbatim but for --tiny-random, as a user runs it."""
     root = tmp_path_factory.mktemp("readme_grid")
     proc = subprocess.run([VSLERP, "grid", "example:cat", "a watercolor painting of a cat", "--tiny-random",
-                           "--thetas", "0:1:3", "--alphas", "-2:2:3", "--out", "grid.png"], cwd=root,
+                           "--thetas", "0:1:3", "--alphas", "0", "--out", "grid.png"], cwd=root,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return root, proc

@@ -305,7 +305,7 @@ def test_batch_renders_again_a_truncated_png(work, tmp_path, capsys):
     jobs = tmp_path / "jobs.jsonl"
     jobs.write_text(json.dumps({"source": str(root / "src.png"), "target": "a cat",
                                 "thetas": [0, 1], "alphas": [0], "name": "t"}) + "\n")
-    batch = ["batch", jobs, "--out-dir", tmp_path / "out", "--no-progress", *model]
+    batch = ["batch", jobs, "--out-dir", tmp_path / "out", "--no-progress", "--prior-steps", 2, *model]
     png = tmp_path / "out" / "t.png"
     code, _, err = cli(capsys, *batch)
     assert code == 0, err

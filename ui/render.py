@@ -262,9 +262,9 @@ class CpuEstimate:
 
         from tqdm.auto import tqdm
 
-        if pipe.execution_device().type != "cpu":
+        steps = int(getattr(pipe, "num_timesteps", None) or 0)
+        if not steps or pipe.execution_device().type != "cpu":
             return
-        steps = int(pipe.num_timesteps)
         total = first * steps * math.ceil(self.cells / max(1, min(self.batch_size, self.cells)))
         if total < self.at_least:
             return
