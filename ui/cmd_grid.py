@@ -27,6 +27,7 @@ The PNG and its .json sidecar hold every parameter: --from renders it again,
 options given with it override the sidecar's.
 
 examples:
+  vslerp grid example:cat "a watercolor painting" --tiny-random --out try.png
   vslerp grid cat.png "a watercolor painting" --thetas 0,0.25,0.5 \\
       --alphas -2:2:5 --out grid.png
   vslerp grid --from grid.png --out again.png
