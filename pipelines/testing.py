@@ -93,8 +93,7 @@ def tiny_clip_vision_encoder(dim: int = TINY_DIM):
 
 
 def tiny_clip_image_processor(size: int = TINY_IMAGE_SIZE):
-    """A CLIP image processor as the real ones (bicubic resize, centre crop, CLIP normalisation), of
-    the class that needs no torchvision (:func:`~vslerp.stats.encode.clip_image_processor_class`)."""
+    """A CLIP image processor as the real ones (bicubic, centre crop, CLIP normalisation), needing no torchvision."""
     from vslerp.stats.encode import clip_image_processor_class
 
     return clip_image_processor_class()(crop_size=size, size=size, do_center_crop=True, do_normalize=True, do_resize=True,
@@ -122,8 +121,7 @@ def _prior_scheduler(clip_sample_range: float):
 
 @contextlib.contextmanager
 def _quiet_build():
-    """While tiny models are built: no "Writing model shards" bars (transformers' save_pretrained),
-    no "requires torchvision" warning (diffusers' modules import ``CLIPImageProcessor`` by name)."""
+    """No "Writing model shards" bars nor "requires torchvision" warning while tiny models are built."""
     from transformers.utils import logging
 
     from vslerp.stats.encode import quiet_torchvision_fallback

@@ -224,8 +224,7 @@ def _caption_lines(caption: list[str], width: int):
 
 
 def grid_caption(meta: dict) -> list[str]:
-    """The legend of a grid from its sidecar (as A1111's X/Y plot): source → target, then the seed,
-    steps, size, guidance, strength and model it was rendered with."""
+    """A grid's legend lines from its sidecar (as A1111's X/Y plot): source → target; seed, steps, size, model."""
     def name(ref):
         ref = ref or {}
         if ref.get("kind") == "prompt":

@@ -183,10 +183,7 @@ def batch_key(spec: RenderSpec) -> tuple:
 
 # -- as the CLI uses it: errors as one line naming the option to change ---------------------
 def tiny_random_args(args, recorded: dict | None = None) -> bool:
-    """Apply ``--tiny-random`` (or a ``--from`` sidecar ``recorded`` with it, unless ``--model`` or
-    ``--prior`` is given) to ``args``: with it, ``--model``/``--prior``/``--ip-adapter`` are refused
-    (one line); unset ``--steps``/``--size``/``--prior-steps`` get
-    :data:`~vslerp.ui.runtime.TINY_RANDOM` (a sidecar's own are kept), ``--device`` cpu."""
+    """Apply --tiny-random (or a --from sidecar's, unless --model/--prior is given): refuse a model, default to TINY_RANDOM on the CPU."""
     from vslerp.ui.cli import CLIError
     from vslerp.ui.runtime import TINY_RANDOM
 
@@ -205,14 +202,12 @@ def tiny_random_args(args, recorded: dict | None = None) -> bool:
 
 
 def tiny_random_record(args) -> dict:
-    """A sidecar's extra keys under ``--tiny-random``: labelled, and no model folder (built per run)."""
+    """A sidecar's extra keys under --tiny-random: labelled, no model folder (built per run)."""
     return {"tiny_random": True, "model": None, "prior": None} if getattr(args, "tiny_random", False) else {}
 
 
 def load_pipeline_for_cli(spec, stats=None, progress: bool = True, tiny_random: bool = False):
-    """:func:`vslerp.ui.render.load_pipeline`, its errors one line naming ``--model``,
-    ``--prior`` or ``--stats`` and why (by the loader's error types); ``tiny_random``: of a tiny
-    random Kandinsky 2.2 built for this load (:func:`~vslerp.ui.runtime.build_tiny_random`)."""
+    """:func:`load_pipeline` (of a tiny random Kandinsky built for it with ``tiny_random``), its errors one CLI line."""
     from vslerp.stats.hub import ModelLoadError, ModelUnavailable
     from vslerp.stats.models import UnsupportedModel
     from vslerp.ui.cli import CLIError
@@ -238,9 +233,7 @@ def load_pipeline_for_cli(spec, stats=None, progress: bool = True, tiny_random: 
 
 
 class CpuEstimate:
-    """A ``callback_on_step_end`` (around ``then``, the caller's own): after the first denoising step of
-    a run on the CPU, one line on stderr saying how long the run will take, extrapolated from that
-    step, when it is ``at_least`` seconds (a minute) or more. ``clock``: the timer (tests pass one)."""
+    """Step callback around ``then``: on the CPU, one stderr line extrapolating the first step when the run takes ≥ ``at_least`` s."""
 
     def __init__(self, cells: int, batch_size: int, size: int | None, then=None, *, clock=None,
                  at_least: float = 60.0) -> None:
@@ -276,10 +269,7 @@ class CpuEstimate:
 
 def render_for_cli(pipe, spec, *, max_size: int | None = None, max_cells: int | None = None,
                    callback=None, estimate: CpuEstimate | None = None):
-    """:func:`vslerp.ui.render.render` (``max_size``/``max_cells``: ``--max-size``/``--max-cells``);
-    an out-of-memory is one line naming the size and a lower ``--batch-size``. On the CPU the
-    first step says how long a run of a minute or more takes (``estimate``: a run's own
-    :class:`CpuEstimate` around ``callback``; default: one for this render)."""
+    """:func:`render` with the CLI's limits and :class:`CpuEstimate` (``estimate``: a run's own); an out-of-memory is one line."""
     from vslerp.pipelines import limits
     from vslerp.ui.cli import CLIError
 

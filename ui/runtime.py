@@ -79,8 +79,7 @@ def accelerate_run(device: str | None):
 
 
 def build_tiny_random(root) -> tuple[str, str]:
-    """``(prior, decoder)``: a tiny random Kandinsky 2.2 built under ``root`` for ``--tiny-random``
-    (:func:`vslerp.pipelines.testing.make_tiny_kandinsky`; no download, its images are noise)."""
+    """``(prior, decoder)`` folders of the tiny random Kandinsky 2.2 of --tiny-random, built quietly under ``root``."""
     from vslerp.pipelines.testing import make_tiny_kandinsky
 
     with quiet_model_logs():

@@ -1,5 +1,4 @@
-"""The example images bundled with vslerp (drawn by ``make_examples.py``, package data): ``cat``,
-``mountains``, ``flower``; the CLI reads ``example:NAME`` as one of them."""
+"""The example images bundled with vslerp (``make_examples.py`` draws them); the CLI reads ``example:NAME``."""
 
 from __future__ import annotations
 
@@ -13,8 +12,7 @@ PREFIX = "example:"  # SOURCE/TARGET `example:cat` names ui/examples/cat.png
 
 
 def example_path(text: str) -> Path | None:
-    """The bundled image ``example:NAME`` names (None: ``text`` does not start with ``example:``);
-    ``ValueError`` naming the examples for an unknown NAME."""
+    """The bundled image ``example:NAME`` names (None: not ``example:...``; ValueError: no such example)."""
     if not text.startswith(PREFIX):
         return None
     name = text[len(PREFIX):].strip().removesuffix(".png")
