@@ -159,7 +159,7 @@ def test_batch_progress_resume_and_changed_jobs(work, capsys, monkeypatch):
     code, stdout, err = cli(capsys, *batch)
     assert code == 0, err
     assert _Bar.updates["cells"] == [1, 1, 2, 1, 1]
-    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # not the lock
+    names = sorted(p.name for p in out.iterdir())  # no lock file left
     assert names == ["a.json", "a.png", "job0002.json", "job0002.png"]
     # --no-labels: exactly the tiling of the cells (a: 2 θ × 2 α; job0002: 1 θ × 2 α)
     assert Image.open(out / "a.png").size == (2 * SIZE, 2 * SIZE)
@@ -296,11 +296,13 @@ def test_killed_grid_leaves_no_blocker(work, grid, tmp_path, capsys):
     assert proc.returncode == -9, proc.stderr
     assert not out.exists() and not out.with_suffix(".json").exists()  # the sidecar comes last
     assert len(list(cells.glob("*.png"))) == 4  # written before the grid
+    assert (tmp_path / ".k.png.lock").exists() and (cells / ".vslerp.lock").exists()  # its locks, left
     code, _, err = cli(capsys, *args)  # no --overwrite needed: those files were stale
     assert code == 0, err
     assert read_png_metadata(out) == json.loads(out.with_suffix(".json").read_text("utf-8"))
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == [
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # the killed run's lock file reclaimed and removed
         "cells", "k.json", "k.png", "kill_before.py"]
+    assert sorted(p.name for p in cells.iterdir()) == [f"r0{r}_c0{c}.png" for r in (0, 1) for c in (0, 1)]
 
 
 def _error_cases(root, model, stats_other, grid):
