@@ -182,3 +182,36 @@ def test_no_labels_is_the_bare_tiling_without_gap_or_caption():
     bare = make_grid(cells, [0, 1], [-1, 0, 1], labels=False, gap=GRID_GAP, caption=grid_caption(META))
     assert bare.size == (3 * 40, 2 * 40)
     np.testing.assert_array_equal(np.asarray(bare)[40:80, 80:120], np.asarray(cells[5]))
+
+
+# -- one run, many processes ---------------------------------------------------------------------
+def test_under_accelerate_the_main_process_owns_the_output_for_all_of_them(tmp_path, monkeypatch):
+    """`accelerate launch ... vslerp batch` (and stats compute): the main process takes the lock,
+    the others learn its outcome (a run's own second process is not refused; another run is, in
+    every process)."""
+    import accelerate.utils
+
+    from vslerp.stats import OutputBusy, output_lock
+    from vslerp.ui.runtime import main_process_owns
+
+    sent = {}
+
+    def broadcast(values, from_process=0):  # what rank 0 sends reaches every process
+        sent.setdefault("value", values[0])
+        return [sent["value"]]
+
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", broadcast)
+    main, other = (SimpleNamespace(is_main_process=rank == 0, num_processes=2) for rank in (0, 1))
+    out = tmp_path / "grids"
+
+    def lock():
+        return output_lock(folders=(out,))
+
+    with main_process_owns(main, lock), main_process_owns(other, lock):  # one run, two processes
+        assert (out / ".vslerp.lock").exists()
+        sent.clear()  # another run starts on the same --out-dir
+        for state in (main, other):
+            with pytest.raises(OutputBusy, match="being written by another vslerp run"):
+                with main_process_owns(state, lock):
+                    pass
+    assert list(out.iterdir()) == []

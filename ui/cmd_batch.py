@@ -272,7 +272,8 @@ class _CellProgress:
 
 def run_batch(args) -> int:
     from vslerp.ui.checks import check_place, own, preflight
-    from vslerp.ui.render import tiny_random_args
+    from vslerp.ui.render import tiny_random_args, tiny_random_models
+    from vslerp.ui.runtime import accelerate_run, main_process_owns
     from vslerp.ui.sidecar import spec_from_options
 
     tiny_random_args(args)
@@ -293,8 +294,9 @@ def run_batch(args) -> int:
 
     stats = preflight([job["spec"] for job in jobs], outputs, inputs, check_outputs,
                       origins=[f" ({args.jobs}:{job['line']})" for job in jobs])
-    with own(folders=(args.out_dir,)):
-        return _batch(args, jobs, stats)
+    with tiny_random_models(base, args.tiny_random) as models, accelerate_run(base.device) as state, \
+            main_process_owns(state, lambda: own(folders=(args.out_dir,))):  # for every process
+        return _batch(args, jobs, stats, state, models)
 
 
 def _regular_outputs(outputs: dict) -> None:
@@ -330,16 +332,12 @@ def _pending(args, jobs, stats) -> tuple[list, int]:
     return pending, skipped
 
 
-def _batch(args, jobs, stats) -> int:
-    from vslerp.ui.runtime import accelerate_run
-
+def _batch(args, jobs, stats, state, models) -> int:
     pending, skipped = _pending(args, jobs, stats)
     if not pending:
         print(f"all {len(jobs)} jobs already rendered in {args.out_dir}")
         return 0
-    base = jobs[0]["spec"]  # the models and device of every job
-    with accelerate_run(base.device) as state:  # CPU processes (gloo) unless CUDA
-        return _render_jobs(args, stats, state, base, pending, skipped)
+    return _render_jobs(args, stats, state, models, pending, skipped)  # models: every job's
 
 
 def _render_jobs(args, stats, state, base, pending: list, skipped: int) -> int:
@@ -359,8 +357,7 @@ def _render_jobs(args, stats, state, base, pending: list, skipped: int) -> int:
     show = not args.no_progress and state.is_local_main_process
     with state.split_between_processes(pending) as mine, quiet_model_logs():
         mine = list(mine)
-        pipe = load_pipeline_for_cli(replace(base, device=device), stats, progress=False,
-                                     tiny_random=args.tiny_random)
+        pipe = load_pipeline_for_cli(replace(base, device=device), stats, progress=False)
         total = sum(job["spec"].cells for job in mine)
         cells_bar = tqdm(total=total, desc="cells", unit="cell", disable=not show, position=1, leave=False,
                          dynamic_ncols=True)

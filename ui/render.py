@@ -9,13 +9,14 @@ Torch-free at import: the CLI's parser reads the defaults of :class:`RenderSpec`
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vslerp.pipelines.request import check_seed  # the request's, re-exported for the front ends
 
 __all__ = ["RenderSpec", "batch_key", "check_seed", "effective_dtype", "load_pipeline", "load_pipeline_for_cli",
-           "CpuEstimate", "render", "render_for_cli", "render_many", "tiny_random_args", "tiny_random_record"]
+           "CpuEstimate", "render", "render_for_cli", "render_many", "tiny_random_args", "tiny_random_models", "tiny_random_record"]
 
 
 @dataclass(frozen=True)
@@ -206,20 +207,27 @@ def tiny_random_record(args) -> dict:
     return {"tiny_random": True, "model": None, "prior": None} if getattr(args, "tiny_random", False) else {}
 
 
-def load_pipeline_for_cli(spec, stats=None, progress: bool = True, tiny_random: bool = False):
-    """:func:`load_pipeline` (of a tiny random Kandinsky built for it with ``tiny_random``), its errors one CLI line."""
+@contextlib.contextmanager
+def tiny_random_models(spec: RenderSpec, tiny_random: bool):
+    """``spec`` with the tiny random Kandinsky 2.2 of --tiny-random built for the block (before any process group)."""
+    if not tiny_random:
+        yield spec
+        return
+    import tempfile
+
+    from vslerp.ui.runtime import build_tiny_random
+
+    with tempfile.TemporaryDirectory(prefix="vslerp-tiny-", ignore_cleanup_errors=True) as root:
+        prior, model = build_tiny_random(root)
+        yield replace(spec, model=model, prior=prior)
+
+
+def load_pipeline_for_cli(spec, stats=None, progress: bool = True):
+    """:func:`load_pipeline`, its errors one CLI line naming --model, --prior or --stats and why."""
     from vslerp.stats.hub import ModelLoadError, ModelUnavailable
     from vslerp.stats.models import UnsupportedModel
     from vslerp.ui.cli import CLIError
 
-    if tiny_random:
-        import tempfile
-
-        from vslerp.ui.runtime import build_tiny_random
-
-        with tempfile.TemporaryDirectory(prefix="vslerp-tiny-", ignore_cleanup_errors=True) as root:
-            prior, model = build_tiny_random(root)  # loaded into memory, then removed
-            return load_pipeline_for_cli(replace(spec, model=model, prior=prior), stats, progress)
     try:
         return load_pipeline(spec, stats=stats, progress=progress)
     except (ModelUnavailable, UnsupportedModel) as err:
