@@ -116,17 +116,10 @@ def run_animate(args) -> int:
 
 def _animate(args, spec, stats, max_cells: int, sidecar_file) -> int:
     from vslerp.ui.images import save_animation
-    from vslerp.ui.render import (
-        load_pipeline_for_cli,
-        render_for_cli,
-        tiny_random_models,
-        tiny_random_record,
-    )
-    from vslerp.ui.runtime import quiet_model_logs
+    from vslerp.ui.render import cli_pipeline, render_for_cli, tiny_random_record
     from vslerp.ui.sidecar import sidecar
 
-    with quiet_model_logs(), tiny_random_models(spec, args.tiny_random) as models:
-        pipe = load_pipeline_for_cli(models, stats, progress=not args.no_progress)
+    with cli_pipeline(args, spec, stats) as pipe:
         out = render_for_cli(pipe, spec, max_size=args.max_size, max_cells=max_cells)
     metadata = sidecar(spec, pipe, out, "animate", frames=len(spec.thetas), fps=args.fps,
                        pingpong=bool(args.pingpong), **tiny_random_record(args))

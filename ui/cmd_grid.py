@@ -159,17 +159,10 @@ def _regular_cells(cells) -> None:
 
 def _grid(args, spec, meta, stats, sidecar_file, cells) -> int:
     from vslerp.ui.images import GRID_GAP, grid_caption, make_grid, save_png
-    from vslerp.ui.render import (
-        load_pipeline_for_cli,
-        render_for_cli,
-        tiny_random_models,
-        tiny_random_record,
-    )
-    from vslerp.ui.runtime import quiet_model_logs
+    from vslerp.ui.render import cli_pipeline, render_for_cli, tiny_random_record
     from vslerp.ui.sidecar import sidecar
 
-    with quiet_model_logs(), tiny_random_models(spec, args.tiny_random) as models:
-        pipe = load_pipeline_for_cli(models, stats, progress=not args.no_progress)
+    with cli_pipeline(args, spec, stats) as pipe:
         expected = ((meta or {}).get("stats") or {}).get("fingerprint")
         if expected and pipe.describe().get("stats_fingerprint") != expected:
             raise CLIError(f"--from {args.from_}: the image-mean statistics differ from the ones it "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vslerp.pipelines.request import check_seed  # the request's, re-exported for the front ends
 
-__all__ = ["RenderSpec", "batch_key", "check_seed", "effective_dtype", "load_pipeline", "load_pipeline_for_cli",
+__all__ = ["RenderSpec", "batch_key", "cli_pipeline", "check_seed", "effective_dtype", "load_pipeline", "load_pipeline_for_cli",
            "CpuEstimate", "render", "render_for_cli", "render_many", "tiny_random_args", "tiny_random_models", "tiny_random_record"]
 
 
@@ -220,6 +220,15 @@ def tiny_random_models(spec: RenderSpec, tiny_random: bool):
     with tempfile.TemporaryDirectory(prefix="vslerp-tiny-", ignore_cleanup_errors=True) as root:
         prior, model = build_tiny_random(root)
         yield replace(spec, model=model, prior=prior)
+
+
+@contextlib.contextmanager
+def cli_pipeline(args, spec: RenderSpec, stats=None):
+    """The pipeline of a grid/animate run (its --tiny-random model built for it), the model libraries quiet."""
+    from vslerp.ui.runtime import quiet_model_logs
+
+    with quiet_model_logs(), tiny_random_models(spec, args.tiny_random) as models:
+        yield load_pipeline_for_cli(models, stats, progress=not args.no_progress)
 
 
 def load_pipeline_for_cli(spec, stats=None, progress: bool = True):
