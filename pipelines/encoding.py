@@ -104,7 +104,7 @@ class EncodingMixin:
         prior = KandinskyV22PriorPipeline(prior=self.prior, image_encoder=self.image_encoder,
                                           text_encoder=self.text_encoder, tokenizer=self.tokenizer,
                                           scheduler=self.prior_scheduler, image_processor=image_processor)
-        prior.set_progress_bar_config(**self._bar_config)
+        prior.set_progress_bar_config(disable=True)  # the render's own bar is the one shown
         out = prior(prompts, generator=generator, num_inference_steps=num_inference_steps,
                     guidance_scale=guidance_scale, output_type="pt")
         return out.image_embeds.float().cpu()

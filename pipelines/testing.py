@@ -9,6 +9,7 @@ real ``from_pretrained`` code paths load them. Images rendered with them are noi
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -92,10 +93,10 @@ def tiny_clip_vision_encoder(dim: int = TINY_DIM):
 
 
 def tiny_clip_image_processor(size: int = TINY_IMAGE_SIZE):
-    """A ``CLIPImageProcessor`` as the real ones (bicubic resize, centre crop, CLIP normalisation)."""
-    from transformers import CLIPImageProcessor
+    """A CLIP image processor as the real ones (bicubic, centre crop, CLIP normalisation), needing no torchvision."""
+    from vslerp.stats.encode import clip_image_processor_class
 
-    return CLIPImageProcessor(crop_size=size, size=size, do_center_crop=True, do_normalize=True, do_resize=True,
+    return clip_image_processor_class()(crop_size=size, size=size, do_center_crop=True, do_normalize=True, do_resize=True,
                               image_mean=CLIP_IMAGE_MEAN, image_std=CLIP_IMAGE_STD, resample=3)
 
 
@@ -118,6 +119,24 @@ def _prior_scheduler(clip_sample_range: float):
                            clip_sample=True, clip_sample_range=clip_sample_range)
 
 
+@contextlib.contextmanager
+def _quiet_build():
+    """No "Writing model shards" bars nor "requires torchvision" warning while tiny models are built."""
+    from transformers.utils import logging
+
+    from vslerp.stats.encode import quiet_torchvision_fallback
+
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        with quiet_torchvision_fallback():
+            yield
+    finally:
+        if shown:
+            logging.enable_progress_bar()
+
+
+@_quiet_build()
 def make_tiny_kandinsky(root: str | Path, seed: int = 0) -> tuple[Path, Path]:
     """Build a tiny random Kandinsky 2.2 prior and decoder under ``root``.
 
@@ -161,6 +180,7 @@ def make_tiny_kandinsky(root: str | Path, seed: int = 0) -> tuple[Path, Path]:
     return prior_dir, decoder_dir
 
 
+@_quiet_build()
 def make_tiny_karlo(root: str | Path, seed: int = 0, prior: bool = True) -> tuple[Path, Path]:
     """Tiny random Karlo text-to-image and image-variation repos under ``root``: ``(karlo, unclip)``.
 

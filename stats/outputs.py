@@ -8,7 +8,8 @@
   by a file, never written through); a symlink to a regular file is replaced by the output
   (its target is not written).
 - :func:`output_lock`: one run at a time owns an output (an exclusive ``filelock`` lock held
-  for the whole run); a second run fails at once with :class:`OutputBusy` naming the output.
+  for the whole run, its file removed when the run ends); a second run fails at once with
+  :class:`OutputBusy` naming the output.
 - :func:`refuse_overwriting_inputs` and :func:`note_input`: an output never replaces an input
   of the same run, nor another output of the same run. Readers (``stats.load``, the caption and shard readers, the pipeline's
   image paths, …) note every file they read; :func:`atomic_write` refuses to replace one of
@@ -313,12 +314,15 @@ def output_lock(*paths: str | Path | None, folders: tuple[str | Path, ...] = (),
                 what: str = "output") -> Iterator[None]:
     """Own the outputs ``paths`` (files) and ``folders`` for the duration of the block.
 
-    An exclusive lock per output (``filelock``: ``.NAME.lock`` beside a file, ``.vslerp.lock``
-    inside a folder; the OS releases it when a process dies, so a killed run blocks nobody),
-    taken without waiting: when another run holds one, :class:`OutputBusy` names that output.
+    An exclusive lock per output (``filelock.SoftFileLock``: ``.NAME.lock`` beside a file,
+    ``.vslerp.lock`` inside a folder), taken without waiting: when another run holds one,
+    :class:`OutputBusy` names that output. The lock file is created exclusively (``O_EXCL``) and
+    removed on release, so a normal end leaves nothing; it records its owner's PID and start
+    time, so a killed run's file is reclaimed by the next run on this host. One instance per
+    call and ``thread_local=False``: a second thread of this process is refused like another run.
     Once owned, the temporary files a killed run left for these outputs are removed.
     """
-    from filelock import FileLock, Timeout
+    from filelock import SoftFileLock, Timeout
 
     targets = [(Path(p).expanduser(), False) for p in paths if p not in (None, "")]
     targets += [(Path(p).expanduser(), True) for p in folders if p not in (None, "")]
@@ -327,7 +331,7 @@ def output_lock(*paths: str | Path | None, folders: tuple[str | Path, ...] = (),
             where = target if is_folder else target.parent
             where.mkdir(parents=True, exist_ok=True)
             lock_file = where / (_LOCK_NAME if is_folder else f".{target.name}.lock")
-            lock = FileLock(lock_file, timeout=0)
+            lock = SoftFileLock(lock_file, timeout=0, thread_local=False)
             try:
                 stack.enter_context(lock)
             except Timeout:

@@ -24,7 +24,7 @@ from helpers import cli
 from PIL import Image
 
 from vslerp.pipelines import VSlerpPipeline
-from vslerp.ui.images import read_png_metadata, save_png
+from vslerp.ui.images import GRID_GAP, make_grid, read_png_metadata, save_png
 
 VSLERP = str(Path(sys.executable).with_name("vslerp"))  # the installed console script
 SIZE = 64
@@ -79,15 +79,20 @@ def test_grid_size_cells_metadata_and_progress(grid, work):
                if "warn" in line.lower())
     image = Image.open(grid)
     w, h = image.size
-    assert w > len(ALPHAS) * SIZE and h > len(THETAS) * SIZE  # label margins
-    assert w - len(ALPHAS) * SIZE < SIZE and h - len(THETAS) * SIZE < SIZE
     cells = sorted((root / "cells").glob("*.png"))
     assert len(cells) == len(THETAS) * len(ALPHAS)
     assert all(Image.open(c).size == (SIZE, SIZE) for c in cells)
     assert read_png_metadata(cells[0])["grid"] == str(grid.resolve())
-    # the bottom-right corner of the grid is the last cell
+    # label margins left and above, GRID_GAP px between the cells, the caption strip below
+    unlabelled = make_grid([Image.open(c) for c in cells], THETAS, ALPHAS)
+    left, top = unlabelled.width - len(ALPHAS) * SIZE, unlabelled.height - len(THETAS) * SIZE
+    assert 0 < left < SIZE and 0 < top < SIZE
+    assert w == unlabelled.width + (len(ALPHAS) - 1) * GRID_GAP
+    assert h > unlabelled.height + (len(THETAS) - 1) * GRID_GAP  # the caption
+    # the last cell ends at the right edge, above the caption
     last = np.asarray(Image.open(root / "cells" / "r01_c02.png").convert("RGB"))
-    np.testing.assert_array_equal(np.asarray(image.convert("RGB"))[h - SIZE:, w - SIZE:], last)
+    y = top + SIZE + GRID_GAP
+    np.testing.assert_array_equal(np.asarray(image.convert("RGB"))[y:y + SIZE, w - SIZE:], last)
     meta = read_png_metadata(grid)
     assert meta == json.loads(grid.with_suffix(".json").read_text(encoding="utf-8"))
     assert meta["thetas"] == THETAS and meta["alphas"] == ALPHAS
@@ -155,7 +160,7 @@ def test_batch_progress_resume_and_changed_jobs(work, capsys, monkeypatch):
     code, stdout, err = cli(capsys, *batch)
     assert code == 0, err
     assert _Bar.updates["cells"] == [1, 1, 2, 1, 1]
-    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # not the lock
+    names = sorted(p.name for p in out.iterdir())  # no lock file left
     assert names == ["a.json", "a.png", "job0002.json", "job0002.png"]
     # --no-labels: exactly the tiling of the cells (a: 2 θ × 2 α; job0002: 1 θ × 2 α)
     assert Image.open(out / "a.png").size == (2 * SIZE, 2 * SIZE)
@@ -292,11 +297,13 @@ def test_killed_grid_leaves_no_blocker(work, grid, tmp_path, capsys):
     assert proc.returncode == -9, proc.stderr
     assert not out.exists() and not out.with_suffix(".json").exists()  # the sidecar comes last
     assert len(list(cells.glob("*.png"))) == 4  # written before the grid
+    assert (tmp_path / ".k.png.lock").exists() and (cells / ".vslerp.lock").exists()  # its locks, left
     code, _, err = cli(capsys, *args)  # no --overwrite needed: those files were stale
     assert code == 0, err
     assert read_png_metadata(out) == json.loads(out.with_suffix(".json").read_text("utf-8"))
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == [
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # the killed run's lock file reclaimed and removed
         "cells", "k.json", "k.png", "kill_before.py"]
+    assert sorted(p.name for p in cells.iterdir()) == [f"r0{r}_c0{c}.png" for r in (0, 1) for c in (0, 1)]
 
 
 def _error_cases(root, model, stats_other, grid):

@@ -90,8 +90,68 @@ def test_lock_of_a_killed_process_is_free(tmp_path):
             f"with output_lock({str(out)!r}):\n    print('held', flush=True); os._exit(0)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "held" in proc.stdout
+    left = tmp_path / ".o.bin.lock"
+    assert left.exists()  # the killed run's lock file: reclaimed, not a blocker
     with output_lock(out):
         pass
+    assert not left.exists()
+
+
+def test_a_run_that_ends_leaves_no_lock_file(tmp_path):
+    out, cells = tmp_path / "grid.png", tmp_path / "cells"
+    with output_lock(out, folders=(cells,)):
+        assert (tmp_path / ".grid.png.lock").exists() and (cells / ".vslerp.lock").exists()
+    assert list(tmp_path.iterdir()) == [cells] and list(cells.iterdir()) == []
+    with pytest.raises(RuntimeError), output_lock(out):  # an error ends the run too
+        raise RuntimeError("render failed")
+    assert list(tmp_path.iterdir()) == [cells]
+
+
+def test_of_threads_racing_for_one_output_exactly_one_owns_it(tmp_path):
+    import threading
+
+    out, count = tmp_path / "grid.png", 6
+    start, losers_done = threading.Barrier(count), threading.Event()
+    owners, refused = [], []
+
+    def race():
+        start.wait()
+        try:
+            with output_lock(out):
+                owners.append(threading.get_ident())
+                losers_done.wait(timeout=30)  # held until every other thread has tried
+        except OutputBusy:
+            refused.append(threading.get_ident())
+            if len(refused) == count - 1:
+                losers_done.set()
+
+    threads = [threading.Thread(target=race) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(owners) == 1 and len(refused) == count - 1
+    assert not (tmp_path / ".grid.png.lock").exists()
+
+
+def test_of_processes_racing_for_one_output_exactly_one_owns_it(tmp_path):
+    out, count = tmp_path / "grid.png", 3
+    code = ("import sys; from vslerp.stats.outputs import output_lock, OutputBusy\n"
+            "sys.stdin.readline()\n"  # all start on the test's word
+            "try:\n"
+            f"    with output_lock({str(out)!r}):\n"
+            "        print('owner', flush=True); sys.stdin.read()\n"  # held until the test closes stdin
+            "except OutputBusy:\n    print('refused', flush=True)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True) for _ in range(count)]
+    for proc in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    said = [proc.stdout.readline().strip() for proc in procs]
+    for proc in procs:
+        proc.communicate()
+    assert sorted(said) == ["owner"] + ["refused"] * (count - 1)
+    assert not (tmp_path / ".grid.png.lock").exists()
 
 
 def test_next_owner_removes_a_killed_runs_temporaries(tmp_path):

@@ -52,7 +52,11 @@ def _stable_unclip(root, make_pipe):
 
 
 def _flux(root, make_pipe):
-    from vslerp.pipelines.testing_flux import FLUX_ADAPTER_WEIGHT, make_tiny_flux, make_tiny_flux_ip_adapter
+    from vslerp.pipelines.testing_flux import (
+        FLUX_ADAPTER_WEIGHT,
+        make_tiny_flux,
+        make_tiny_flux_ip_adapter,
+    )
 
     base = make_tiny_flux(root)
     adapter, encoder = make_tiny_flux_ip_adapter(root, base)

@@ -24,14 +24,20 @@ __all__ = ["FLAGS", "JOB_KEYS", "check_cells", "check_device", "check_loader", "
 # -- inputs ---------------------------------------------------------------------------------
 def image_ref(name: str, text: str, allow_prompt: bool, base: Path | None = None) -> dict:
     """SOURCE/TARGET → {"kind": "image", "path", "sha256"} or {"kind": "prompt", "prompt"}
-    (``vslerp.pipelines.inputs.image_path_or_prompt`` decides which; ``base``: relative paths')."""
+    (``vslerp.pipelines.inputs.image_path_or_prompt`` decides which; ``base``: relative paths';
+    ``example:cat``: a bundled example image)."""
     from PIL import Image
 
     from vslerp.pipelines.inputs import check_prompt, image_path_or_prompt
+    from vslerp.ui.examples import example_path
     from vslerp.ui.images import file_sha256
 
     if text is None or not str(text).strip():
         raise CLIError(f"{name} is missing or empty")
+    try:
+        text = example_path(str(text)) or text  # example:cat, a bundled image
+    except ValueError as err:
+        raise CLIError(f"{name}: {err}") from None
     found = image_path_or_prompt(str(text), base=base)
     path = found.path
     if found.kind == "image":

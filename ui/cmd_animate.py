@@ -108,6 +108,7 @@ def run_animate(args) -> int:
         preflight,
     )
     from vslerp.ui.images import check_fps, sidecar_path
+    from vslerp.ui.render import tiny_random_args
     from vslerp.ui.sidecar import spec_from_options
 
     if args.out.suffix.lower() not in (".gif", ".mp4"):
@@ -117,6 +118,7 @@ def run_animate(args) -> int:
         n = limits.check_frames(args.frames, max_frames=args.max_frames or limits.MAX_FRAMES)
     except ValueError as err:
         raise CLIError(str(err)) from None
+    tiny_random_args(args)
     source = image_ref("SOURCE", args.source, allow_prompt=False)
     keyframes = [source, image_ref("TARGET", args.target, allow_prompt=True),
                  *(image_ref(f"MORE {k + 1}", text, allow_prompt=True) for k, text in enumerate(args.more))]
@@ -156,12 +158,10 @@ def _animate(args, spec, stats, frames, sidecar_file) -> int:
 
     from vslerp.pipelines import VSlerpPipelineOutput
     from vslerp.ui.images import save_animation
-    from vslerp.ui.render import load_pipeline_for_cli, render_path
-    from vslerp.ui.runtime import quiet_model_logs
+    from vslerp.ui.render import cli_pipeline, render_path, tiny_random_record
     from vslerp.ui.sidecar import sidecar
 
-    with quiet_model_logs():
-        pipe = load_pipeline_for_cli(spec, stats, progress=not args.no_progress)
+    with cli_pipeline(args, spec, stats) as pipe:
         cells = render_path(pipe, spec, frames)
     ramp = len(spec.alphas) > 1
     out = VSlerpPipelineOutput(  # the frames as one column: θ (and α) per frame
@@ -169,7 +169,8 @@ def _animate(args, spec, stats, frames, sidecar_file) -> int:
         thetas=[t for _, t, _ in frames], alphas=[a for _, _, a in frames] if ramp else list(spec.alphas),
         conformity=torch.stack([cell.conformity[0, 0] for cell in cells])[:, None])
     metadata = sidecar(spec, pipe, out, "animate", frames=len(frames), fps=args.fps, pingpong=bool(args.pingpong),
-                       segments=[k for k, _, _ in frames], loop=bool(args.loop), ease=args.ease)
+                       segments=[k for k, _, _ in frames], loop=bool(args.loop), ease=args.ease,
+                       **tiny_random_record(args))
     save_animation(out.images, args.out, fps=args.fps, pingpong=args.pingpong,  # then the sidecar
                    overwrite=args.overwrite, metadata=metadata)
     print(f"wrote {args.out} ({len(frames)} frames{' ping-pong' if args.pingpong else ''}) "

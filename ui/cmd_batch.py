@@ -168,7 +168,7 @@ def _fingerprint(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def _params(spec, stats) -> dict:
+def _params(spec, stats, tiny_random: bool = False) -> dict:
     """What a job's output depends on (its fingerprint's contents), as read back from a sidecar."""
     from vslerp.defaults import DEFAULT_DECODER, DEFAULT_PRIOR
     from vslerp.ui.checks import model_ref
@@ -192,6 +192,8 @@ def _params(spec, stats) -> dict:
         params["ip_adapter"] = [model_ref(repo), subfolder, weight]
     if spec.ip_adapter_image_encoder is not None:
         params["ip_adapter_image_encoder"] = model_ref(spec.ip_adapter_image_encoder)
+    if tiny_random:  # never the default model's output
+        params["model"] = params["prior"] = "tiny-random"
     return json.loads(json.dumps(params))
 
 
@@ -273,8 +275,11 @@ class _CellProgress:
 
 def run_batch(args) -> int:
     from vslerp.ui.checks import check_place, own, preflight
+    from vslerp.ui.render import tiny_random_args, tiny_random_models
+    from vslerp.ui.runtime import accelerate_run, main_process_owns
     from vslerp.ui.sidecar import spec_from_options
 
+    tiny_random_args(args)
     base = replace(spec_from_options(args), labels=not args.no_labels)
     jobs = _read_jobs(args.jobs, args, base)
     inputs = {"the jobs file": args.jobs, "--stats": base.stats}
@@ -292,8 +297,9 @@ def run_batch(args) -> int:
 
     stats = preflight([job["spec"] for job in jobs], outputs, inputs, check_outputs,
                       origins=[f" ({args.jobs}:{job['line']})" for job in jobs])
-    with own(folders=(args.out_dir,)):
-        return _batch(args, jobs, stats)
+    with tiny_random_models(base, args.tiny_random) as models, accelerate_run(base.device) as state, \
+            main_process_owns(state, lambda: own(folders=(args.out_dir,))):  # for every process
+        return _batch(args, jobs, stats, state, models)
 
 
 def _regular_outputs(outputs: dict) -> None:
@@ -311,7 +317,7 @@ def _pending(args, jobs, stats) -> tuple[list, int]:
     """(jobs to render, count of those already rendered); refuses a job rendered otherwise."""
     pending, changed, skipped = [], [], 0
     for job in jobs:
-        job["params"] = _params(job["spec"], stats)
+        job["params"] = _params(job["spec"], stats, args.tiny_random)
         job["fingerprint"] = _fingerprint(job["params"])
         png = args.out_dir / f"{job['name']}.png"
         why = _rendered_differently(png, job) if png.exists() else "missing"
@@ -329,23 +335,24 @@ def _pending(args, jobs, stats) -> tuple[list, int]:
     return pending, skipped
 
 
-def _batch(args, jobs, stats) -> int:
-    from vslerp.ui.runtime import accelerate_run
-
+def _batch(args, jobs, stats, state, models) -> int:
     pending, skipped = _pending(args, jobs, stats)
     if not pending:
         print(f"all {len(jobs)} jobs already rendered in {args.out_dir}")
         return 0
-    base = jobs[0]["spec"]  # the models and device of every job
-    with accelerate_run(base.device) as state:  # CPU processes (gloo) unless CUDA
-        return _render_jobs(args, stats, state, base, pending, skipped)
+    return _render_jobs(args, stats, state, models, pending, skipped)  # models: every job's
 
 
 def _render_jobs(args, stats, state, base, pending: list, skipped: int) -> int:
     from tqdm.auto import tqdm
 
-    from vslerp.ui.images import file_sha256, make_grid, save_png
-    from vslerp.ui.render import load_pipeline_for_cli, render_for_cli
+    from vslerp.ui.images import GRID_GAP, file_sha256, grid_caption, make_grid, save_png
+    from vslerp.ui.render import (
+        CpuEstimate,
+        load_pipeline_for_cli,
+        render_for_cli,
+        tiny_random_record,
+    )
     from vslerp.ui.runtime import quiet_model_logs
     from vslerp.ui.sidecar import sidecar
 
@@ -354,19 +361,22 @@ def _render_jobs(args, stats, state, base, pending: list, skipped: int) -> int:
     with state.split_between_processes(pending) as mine, quiet_model_logs():
         mine = list(mine)
         pipe = load_pipeline_for_cli(replace(base, device=device), stats, progress=False)
-        cells_bar = tqdm(total=sum(job["spec"].cells for job in mine), desc="cells", unit="cell",
-                         disable=not show, position=1, leave=False)
+        total = sum(job["spec"].cells for job in mine)
+        cells_bar = tqdm(total=total, desc="cells", unit="cell", disable=not show, position=1, leave=False,
+                         dynamic_ncols=True)
+        estimate = CpuEstimate(total, base.batch_size, base.size or pipe.default_size)  # once, for the run
         for job in tqdm(mine, desc=f"jobs ({skipped} done before)" if skipped else "jobs",
-                        unit="job", disable=not show, position=0):
+                        unit="job", disable=not show, position=0, dynamic_ncols=True):
             spec = job["spec"]
             progress = _CellProgress(cells_bar)
             out = render_for_cli(pipe, spec, max_size=args.max_size, max_cells=args.max_cells,
-                                 callback=progress if pipe.backend != "unclip" else None)
+                                 callback=progress if pipe.backend != "unclip" else None, estimate=estimate)
             progress.finish(len(out.images))
             metadata = sidecar(spec, pipe, out, "batch", name=job["name"], job={
                 "file": str(args.jobs.resolve()), "line": job["line"], "name": job["name"],
-                "fingerprint": job["fingerprint"], "params": job["params"]})
-            grid = make_grid(out.images, out.thetas, out.alphas, labels=spec.labels)
+                "fingerprint": job["fingerprint"], "params": job["params"]}, **tiny_random_record(args))
+            grid = make_grid(out.images, out.thetas, out.alphas, labels=spec.labels, gap=GRID_GAP,
+                             caption=grid_caption(metadata))
             save_png(grid, args.out_dir / f"{job['name']}.png", metadata, overwrite=True,
                      sidecar=lambda png, meta=metadata: {  # what a resume checks the PNG against
                          **meta, "job": {**meta["job"], "png_sha256": file_sha256(png)}})

@@ -27,6 +27,7 @@ The PNG and its .json sidecar hold every parameter: --from renders it again,
 options given with it override the sidecar's.
 
 examples:
+  vslerp grid example:cat "a watercolor painting" --tiny-random --out try.png
   vslerp grid cat.png "a watercolor painting" --thetas 0,0.25,0.5 \\
       --alphas -2:2:5 --out grid.png
   vslerp grid --from grid.png --out again.png
@@ -40,7 +41,7 @@ def register(subparsers) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               description=GRID_DESCRIPTION)
     p.add_argument("source", nargs="?", metavar="SOURCE",
-                   help="source image (with --from: the image the sidecar names, when it was "
+                   help="source image, or a bundled example: example:cat, example:mountains, example:flower (with --from: the image the sidecar names, when it was "
                    "an upload or has moved)")
     p.add_argument("target", nargs="?", metavar="TARGET",
                    help="target image (if the file exists or the text looks like an image path) "
@@ -70,11 +71,12 @@ def register(subparsers) -> None:
 def _spec(args):
     """(spec, the sidecar it renders again or None, where its settings were recorded)."""
     from vslerp.ui.checks import image_ref, values
-    from vslerp.ui.render import RenderSpec
+    from vslerp.ui.render import RenderSpec, tiny_random_args
     from vslerp.ui.sidecar import read_sidecar, recorded_inputs, spec_from_options
 
     if args.from_ is not None:
         meta = read_sidecar(args.from_)
+        tiny_random_args(args, meta)
         source, target = recorded_inputs(meta, args.from_, args)
         thetas = values(args.thetas if args.thetas is not None else meta["thetas"], "thetas", ())
         alphas = values(args.alphas if args.alphas is not None else meta["alphas"], "alphas", ())
@@ -83,6 +85,7 @@ def _spec(args):
     else:
         if args.source is None or args.target is None:
             raise CLIError("grid needs SOURCE and TARGET (or --from SIDECAR)")
+        tiny_random_args(args)
         thetas = values(args.thetas, "thetas", RenderSpec.thetas)
         alphas = values(args.alphas, "alphas", RenderSpec.alphas)
         source = image_ref("SOURCE", args.source, allow_prompt=False)
@@ -90,6 +93,8 @@ def _spec(args):
         meta, labels, origin = None, not args.no_labels, ""
     spec = replace(spec_from_options(args, meta), source=source, target=target, thetas=thetas,
                    alphas=alphas, labels=labels)
+    if args.tiny_random:  # built when it loads: no recorded folder
+        spec = replace(spec, model=None, prior=None)
     return spec, meta, origin
 
 
@@ -143,13 +148,14 @@ def _regular_cells(cells) -> None:
 
 
 def _grid(args, spec, meta, stats, sidecar_file, cells) -> int:
-    from vslerp.ui.images import make_grid, save_png
-    from vslerp.ui.render import render_command
+    from vslerp.ui.images import GRID_GAP, grid_caption, make_grid, save_png
+    from vslerp.ui.render import render_command, tiny_random_record
     from vslerp.ui.sidecar import sidecar
 
     pipe, out = render_command(args, spec, meta, stats)
-    metadata = sidecar(spec, pipe, out, "grid")
-    grid = make_grid(out.images, out.thetas, out.alphas, labels=spec.labels)
+    metadata = sidecar(spec, pipe, out, "grid", **tiny_random_record(args))
+    grid = make_grid(out.images, out.thetas, out.alphas, labels=spec.labels, gap=GRID_GAP,
+                     caption=grid_caption(metadata))
     owner = str(args.out.resolve())
     for i, path in enumerate(cells):  # cells first, then the grid, its sidecar last
         r, c = divmod(i, len(spec.alphas))

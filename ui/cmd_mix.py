@@ -71,11 +71,13 @@ def _spec(args):
     """(spec, the sidecar it renders again or None, where its settings were recorded)."""
     from vslerp.pipelines.request import MAX_INPUTS
     from vslerp.ui.checks import image_ref, values
+    from vslerp.ui.render import tiny_random_args
     from vslerp.ui.sidecar import read_sidecar, recorded_refs, spec_from_options
 
     meta, origin, labels = None, "", not args.no_labels
     if args.from_ is not None:
         meta = read_sidecar(args.from_, "mix")
+        tiny_random_args(args, meta)
         recorded = meta["inputs"]
         if len(args.inputs) > len(recorded):
             raise CLIError(f"--from {args.from_} mixes {len(recorded)} inputs, {len(args.inputs)} given")
@@ -90,6 +92,7 @@ def _spec(args):
         if not 2 <= len(args.inputs) <= MAX_INPUTS:
             raise CLIError(f"mix takes 2 to {MAX_INPUTS} inputs IN1 IN2 … (or --from SIDECAR), "
                            f"got {len(args.inputs)}")
+        tiny_random_args(args)
         inputs = [image_ref(f"IN{k + 1}", text, allow_prompt=True) for k, text in enumerate(args.inputs)]
         rows = _rows(args.weights or [[1.0] * len(inputs)])
         alphas = values(args.alphas, "alphas", (1.0,))
@@ -97,6 +100,8 @@ def _spec(args):
     target = next((ref for ref in inputs if ref["kind"] == "prompt"), inputs[1])
     spec = replace(spec_from_options(args, meta), inputs=tuple(inputs), weights=rows, alphas=alphas,
                    labels=labels, source=inputs[0], target=target)
+    if args.tiny_random:  # built when it loads: no recorded folder
+        spec = replace(spec, model=None, prior=None)
     return spec, meta, origin
 
 
@@ -121,15 +126,15 @@ def run_mix(args) -> int:
 
 
 def _mix(args, spec, meta, stats, sidecar_file) -> int:
-    from vslerp.ui.images import make_grid, save_png
-    from vslerp.ui.render import render_command
+    from vslerp.ui.images import GRID_GAP, make_grid, save_png
+    from vslerp.ui.render import render_command, tiny_random_record
     from vslerp.ui.sidecar import sidecar
 
     pipe, out = render_command(args, spec, meta, stats)
     weights = out.weights.tolist()
-    grid = make_grid(out.images, range(len(weights)), out.alphas, labels=spec.labels,
+    grid = make_grid(out.images, range(len(weights)), out.alphas, labels=spec.labels, gap=GRID_GAP,
                      row_labels=["w = " + ", ".join(f"{w:.3g}" for w in row) for row in weights])
-    save_png(grid, args.out, sidecar(spec, pipe, out, "mix"), overwrite=args.overwrite)
+    save_png(grid, args.out, sidecar(spec, pipe, out, "mix", **tiny_random_record(args)), overwrite=args.overwrite)
     print(f"wrote {args.out} ({len(weights)}×{len(out.alphas)} mixes of {len(spec.inputs)} inputs, "
           f"{grid.size[0]}×{grid.size[1]} px) and {sidecar_file}")
     return 0

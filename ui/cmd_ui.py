@@ -11,7 +11,14 @@ import threading
 from pathlib import Path
 
 from vslerp.defaults import DEFAULT_DECODER, DEFAULT_PRIOR
-from vslerp.ui.options import DTYPE_HELP, add_ip_adapter_option, dtype_arg, port_arg, positive_int
+from vslerp.ui.options import (
+    DTYPE_HELP,
+    add_ip_adapter_option,
+    add_tiny_random_option,
+    dtype_arg,
+    port_arg,
+    positive_int,
+)
 
 __all__ = ["load_pipeline", "model_spec", "register", "run"]
 
@@ -42,8 +49,7 @@ def register(subparsers) -> None:
                    help=f"weights dtype: {DTYPE_HELP} (default: float16 on CUDA, else float32)")
     p.add_argument("--concurrency", type=positive_int, default=1,
                    help="pipeline jobs the queue runs at once (1 per device)")
-    p.add_argument("--tiny-random", action="store_true",
-                   help="tiny random model built on the fly: no download, images are noise (smoke test)")
+    add_tiny_random_option(p)
     p.set_defaults(func=run)
 
 
@@ -55,10 +61,9 @@ def model_spec(args, tmp_root: str | Path | None = None):
 
     model, prior, device = args.model, args.prior, args.device
     if args.tiny_random:
-        from vslerp.pipelines.testing import make_tiny_kandinsky
+        from vslerp.ui.runtime import build_tiny_random
 
-        root = Path(tmp_root or tempfile.mkdtemp(prefix="vslerp-tiny-"))
-        prior, model = (str(path) for path in make_tiny_kandinsky(root))
+        prior, model = build_tiny_random(Path(tmp_root or tempfile.mkdtemp(prefix="vslerp-tiny-")))
         device = device or "cpu"
     stats = str(Path(args.stats).expanduser().resolve()) if args.stats is not None else None
     return RenderSpec(model=model, prior=prior, stats=stats, dtype=args.dtype, device=device,
@@ -103,9 +108,9 @@ def run(args) -> int:
     if args.stats is not None and not args.stats.is_file():
         raise CLIError(f"--stats: no such file {args.stats}")
     check_device(args.device)
-    if args.tiny_random and args.ip_adapter:
-        raise CLIError("--ip-adapter needs a Stable Diffusion 1.5 / SDXL --model, and --tiny-random builds a "
-                       "Kandinsky 2.2")
+    from vslerp.ui.render import tiny_random_args
+
+    tiny_random_args(args)  # --model, --prior, --ip-adapter refused with it
     if not args.tiny_random:
         from vslerp.ui.checks import check_backend_options
 

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from vslerp.stats.outputs import TEMP_MARK, atomic_write
 
-__all__ = ["FPS_RANGES", "PNG_KEY", "check_fps", "file_sha256", "make_grid",
+__all__ = ["FPS_RANGES", "GRID_GAP", "PNG_KEY", "check_fps", "file_sha256", "grid_caption", "make_grid",
            "read_png_metadata", "save_animation", "save_json", "save_png", "sidecar_path"]
 
 PNG_KEY = "vslerp"  # PNG text chunk holding the JSON metadata
@@ -148,14 +148,19 @@ def _label_layout(w: int, h: int, thetas, alphas, row_labels=None) -> _Labels:
     return _Labels(_font(_MIN_FONT)[0], [], [], "", False, 0, 0, 0)  # cells too small for labels
 
 
+GRID_GAP = 2  # px of white between the cells of a labelled grid (the CLI's)
+
+
 def make_grid(images: Sequence[Image.Image], thetas: Sequence[float], alphas: Sequence[float],
-              labels: bool = True, row_labels: Sequence[str] | None = None) -> Image.Image:
+              labels: bool = True, row_labels: Sequence[str] | None = None, *, gap: int = 0,
+              caption: Sequence[str] = ()) -> Image.Image:
     """θ rows × α columns of equal-size cells (row-major ``images``), with axis labels
     (``row_labels``: one text per row instead of ``θ = …``, e.g. a mix's weights).
 
     Labels: ``α = …`` above each column, ``θ = …`` left of each row, values with 3 significant
-    digits, the font fitted to the cells (see :func:`_label_layout`). Without labels the grid
-    is exactly ``(len(alphas)·w, len(thetas)·h)``; with them a top and a left margin are added.
+    digits, the font fitted to the cells (see :func:`_label_layout`); ``gap`` px of white between
+    the cells and ``caption`` (lines, :func:`grid_caption`) in a strip under the grid. Without
+    labels the grid is exactly ``(len(alphas)·w, len(thetas)·h)``: no gap, no caption.
     """
     rows, cols = len(thetas), len(alphas)
     if rows < 1 or cols < 1:
@@ -166,18 +171,26 @@ def make_grid(images: Sequence[Image.Image], thetas: Sequence[float], alphas: Se
     if any(im.size != (w, h) for im in images):
         raise ValueError("make_grid: all cells must have the same size")
     spec = _label_layout(w, h, thetas, alphas, row_labels) if labels else None
+    gap = max(0, int(gap)) if labels else 0
     left, top = (spec.left, spec.top) if spec else (0, 0)
-    grid = Image.new("RGB", (left + cols * w, top + rows * h), "white")
+    width, height = left + cols * w + (cols - 1) * gap, top + rows * h + (rows - 1) * gap
+    strip = _caption_lines(list(caption), width) if labels and caption else None
+    grid = Image.new("RGB", (width, height + (strip[2] if strip else 0)), "white")
+    step_x, step_y = w + gap, h + gap
     for i, image in enumerate(images):
         r, c = divmod(i, cols)
-        grid.paste(image.convert("RGB"), (left + c * w, top + r * h))
+        grid.paste(image.convert("RGB"), (left + c * step_x, top + r * step_y))
+    draw = ImageDraw.Draw(grid)
+    if strip:
+        font, lines, _, line_h, pad = strip
+        for k, line in enumerate(lines):
+            draw.text((pad, height + pad + k * line_h), line, fill=(40, 40, 40), font=font)
     if spec and spec.row_text:
-        draw = ImageDraw.Draw(grid)
         font = spec.font
         for r, text in enumerate(spec.row_text):
-            draw.text((left / 2, top + r * h + h / 2), text, fill="black", font=font, anchor="mm")
+            draw.text((left / 2, top + r * step_y + h / 2), text, fill="black", font=font, anchor="mm")
         for c, text in enumerate(spec.col_text):
-            x = left + c * w + w / 2
+            x = left + c * step_x + w / 2
             if not spec.rotated:
                 draw.text((x, top / 2), text, fill="black", font=font, anchor="mm")
                 continue
@@ -189,6 +202,46 @@ def make_grid(images: Sequence[Image.Image], thetas: Sequence[float], alphas: Se
         if spec.corner:  # bare column values: one "α =" before them
             draw.text((left - spec.pad, top / 2), spec.corner, fill="black", font=font, anchor="rm")
     return grid
+
+
+def _caption_lines(caption: list[str], width: int):
+    """(font, wrapped lines, strip height, line height, pad) of a caption under a grid ``width`` px wide."""
+    font, _ = _font(max(_MIN_FONT + 2, min(16, width // 36)))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    pad = max(3, font.size // 3) if hasattr(font, "size") else 3
+    lines = []
+    for text in caption:
+        line = ""
+        for word in text.split(" "):
+            wider = f"{line} {word}" if line else word
+            if line and probe.textlength(wider, font=font) > width - 2 * pad:
+                lines.append(line)
+                line = word
+            else:
+                line = wider
+        lines.append(line)
+    x0, y0, x1, y1 = probe.textbbox((0, 0), "Ag|θα", font=font)
+    line_h = (y1 - y0) + max(2, pad // 2)
+    return font, lines, len(lines) * line_h + 2 * pad, line_h, pad
+
+
+def grid_caption(meta: dict) -> list[str]:
+    """A grid's legend lines from its sidecar (as A1111's X/Y plot): source → target; seed, steps, size, model."""
+    def name(ref):
+        ref = ref or {}
+        if ref.get("kind") == "prompt":
+            text = " ".join(str(ref.get("prompt", "")).split())
+            return f"\u201c{text if len(text) <= 60 else text[:59] + '…'}\u201d"
+        return Path(str(ref.get("path") or ref.get("name") or "image")).name
+
+    model = ("tiny random Kandinsky 2.2 (noise)" if meta.get("tiny_random") else
+             Path(str(meta.get("model") or (meta.get("pipeline") or {}).get("decoder") or "?")).name)
+    settings = [f"seed {meta.get('seed')}", f"{meta.get('steps')} steps", f"{meta.get('size')} px",
+                f"guidance {_fmt(meta['guidance'])}" if meta.get("guidance") is not None else "",
+                f"strength {_fmt(meta['strength'])}" if (meta.get("strength") or 1) < 1 else "",
+                f"model {model}"]
+    return [f"source {name(meta.get('source'))} → target {name(meta.get('target'))}",
+            " · ".join(part for part in settings if part)]
 
 
 def _check_new(path: Path, overwrite: bool) -> None:

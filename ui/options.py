@@ -20,7 +20,7 @@ from vslerp.defaults import (
 )
 
 __all__ = ["DTYPES", "DTYPE_HELP", "add_backend_options", "add_loader_limits", "add_ip_adapter_option", "add_model_options", "add_render_options",
-           "allow_negative_values", "dtype_arg", "finite_float", "int_at_least", "ip_adapter_arg", "port_arg",
+           "add_tiny_random_option", "allow_negative_values", "dtype_arg", "finite_float", "int_at_least", "ip_adapter_arg", "port_arg",
            "positive_float", "positive_int", "scale_arg", "parse_values", "seed_arg", "strength_arg", "value_list"]
 
 # --dtype of every command: the canonical torch name for each accepted spelling
@@ -228,6 +228,14 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
                    help="cells denoised together; lower it if memory runs out "
                    f"(default: {RenderSpec.batch_size})")
+    add_tiny_random_option(g)
+
+
+def add_tiny_random_option(g) -> None:
+    """--tiny-random: a tiny random Kandinsky 2.2 built on the fly (``vslerp.ui.render.tiny_random_args``)."""
+    g.add_argument("--tiny-random", action="store_true",
+                   help="try it without weights: a tiny random model built on the fly (no download; 64 px, "
+                   "2 steps, on the CPU; the images are noise, and labelled so in the sidecar)")
 
 
 def add_backend_options(p: argparse.ArgumentParser, ip_adapter: bool = True) -> None:

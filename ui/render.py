@@ -9,13 +9,15 @@ Torch-free at import: the CLI's parser reads the defaults of :class:`RenderSpec`
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vslerp.pipelines.request import check_seed  # the request's, re-exported for the front ends
 
-__all__ = ["RenderSpec", "batch_key", "check_seed", "effective_dtype", "load_pipeline", "load_pipeline_for_cli",
-           "render", "render_command", "render_for_cli", "render_many", "render_path"]
+__all__ = ["CpuEstimate", "RenderSpec", "batch_key", "check_seed", "cli_pipeline", "effective_dtype", "load_pipeline",
+           "load_pipeline_for_cli", "render", "render_command", "render_for_cli", "render_many", "render_path",
+           "tiny_random_args", "tiny_random_models", "tiny_random_record"]
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ def load_pipeline(spec: RenderSpec, stats=None, progress: bool = True):
             device=spec.device if spec.device is not None else "auto", **adapter)
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    pipe.set_progress_bar_config(disable=not progress, desc="denoising")
+    pipe.set_progress_bar_config(disable=not progress, desc="denoising", unit="step", dynamic_ncols=True)
     return pipe
 
 
@@ -206,9 +208,56 @@ def batch_key(spec: RenderSpec) -> tuple:
 
 
 # -- as the CLI uses it: errors as one line naming the option to change ---------------------
+def tiny_random_args(args, recorded: dict | None = None) -> bool:
+    """Apply --tiny-random (or a --from sidecar's, unless --model/--prior is given): refuse a model, default to TINY_RANDOM on the CPU."""
+    from vslerp.ui.cli import CLIError
+    from vslerp.ui.runtime import TINY_RANDOM
+
+    given = [flag for flag in ("--model", "--prior", "--ip-adapter")
+             if getattr(args, flag[2:].replace("-", "_"), None) is not None]
+    if getattr(args, "tiny_random", False) and given:
+        raise CLIError(f"--tiny-random builds its own tiny Kandinsky 2.2 (images are noise): drop {given[0]}")
+    args.tiny_random = bool(getattr(args, "tiny_random", False) or (recorded or {}).get("tiny_random") and not given)
+    if not args.tiny_random:
+        return False
+    for key, value in TINY_RANDOM.items():
+        if recorded is None and getattr(args, key, None) is None:
+            setattr(args, key, value)
+    args.device = getattr(args, "device", None) or "cpu"
+    return True
+
+
+def tiny_random_record(args) -> dict:
+    """A sidecar's extra keys under --tiny-random: labelled, no model folder (built per run)."""
+    return {"tiny_random": True, "model": None, "prior": None} if getattr(args, "tiny_random", False) else {}
+
+
+@contextlib.contextmanager
+def tiny_random_models(spec: RenderSpec, tiny_random: bool):
+    """``spec`` with the tiny random Kandinsky 2.2 of --tiny-random built for the block (before any process group)."""
+    if not tiny_random:
+        yield spec
+        return
+    import tempfile
+
+    from vslerp.ui.runtime import build_tiny_random
+
+    with tempfile.TemporaryDirectory(prefix="vslerp-tiny-", ignore_cleanup_errors=True) as root:
+        prior, model = build_tiny_random(root)
+        yield replace(spec, model=model, prior=prior)
+
+
+@contextlib.contextmanager
+def cli_pipeline(args, spec: RenderSpec, stats=None):
+    """The pipeline of a grid/animate run (its --tiny-random model built for it), the model libraries quiet."""
+    from vslerp.ui.runtime import quiet_model_logs
+
+    with quiet_model_logs(), tiny_random_models(spec, args.tiny_random) as models:
+        yield load_pipeline_for_cli(models, stats, progress=not args.no_progress)
+
+
 def load_pipeline_for_cli(spec, stats=None, progress: bool = True):
-    """:func:`vslerp.ui.render.load_pipeline`, its errors one line naming ``--model``,
-    ``--prior`` or ``--stats`` and why (by the loader's error types)."""
+    """:func:`load_pipeline`, its errors one CLI line naming --model, --prior or --stats and why."""
     from vslerp.stats.hub import ModelLoadError, ModelUnavailable
     from vslerp.stats.models import UnsupportedModel
     from vslerp.ui.cli import CLIError
@@ -225,13 +274,50 @@ def load_pipeline_for_cli(spec, stats=None, progress: bool = True):
         raise
 
 
+class CpuEstimate:
+    """Step callback around ``then``: on the CPU, one stderr line extrapolating the first step when the run takes ≥ ``at_least`` s."""
+
+    def __init__(self, cells: int, batch_size: int, size: int | None, then=None, *, clock=None,
+                 at_least: float = 60.0) -> None:
+        import time
+
+        self.cells, self.batch_size, self.size, self.then, self.at_least = cells, batch_size, size, then, at_least
+        self.clock = clock or time.monotonic
+        self.start, self.said = self.clock(), False
+
+    def __call__(self, pipe, step, timestep, tensors):
+        if not self.said:
+            self.said = True
+            self._say(pipe, self.clock() - self.start)
+        return self.then(pipe, step, timestep, tensors) if self.then is not None else {}
+
+    def _say(self, pipe, first: float) -> None:
+        import math
+        import sys
+
+        from tqdm.auto import tqdm
+
+        steps = int(getattr(pipe, "num_timesteps", None) or 0)
+        if not steps or pipe.execution_device().type != "cpu":
+            return
+        total = first * steps * math.ceil(self.cells / max(1, min(self.batch_size, self.cells)))
+        if total < self.at_least:
+            return
+        about = f"{total / 3600:.1f} h" if total >= 5400 else f"{math.ceil(total / 60)} min"
+        size = f" at {self.size} px" if self.size else ""
+        tqdm.write(f"vslerp: {self.cells} cells × {steps} steps{size} on CPU: about {about} (from the first "
+                   "step); use --size/--steps or a GPU", file=sys.stderr)  # above the progress bar
+
+
 def render_for_cli(pipe, spec, *, max_size: int | None = None, max_cells: int | None = None,
-                   callback=None):
-    """:func:`vslerp.ui.render.render` (``max_size``/``max_cells``: ``--max-size``/``--max-cells``);
-    an out-of-memory is one line naming the size and a lower ``--batch-size``."""
+                   callback=None, estimate: CpuEstimate | None = None):
+    """:func:`render` with the CLI's limits and :class:`CpuEstimate` (``estimate``: a run's own); an out-of-memory is one line."""
     from vslerp.pipelines import limits
     from vslerp.ui.cli import CLIError
 
+    if pipe.backend != "unclip":  # unCLIP takes no step callback
+        estimate = estimate or CpuEstimate(spec.cells, spec.batch_size, spec.resolved(pipe).size)
+        estimate.then, callback = callback, estimate
     try:
         return render(pipe, spec, callback=callback, max_size=max_size, max_cells=max_cells)
     except limits.RenderOutOfMemory as err:
@@ -244,10 +330,8 @@ def render_command(args, spec, meta, stats):
     """A render command's work once its checks pass (grid, mix): the pipeline of ``spec`` loaded, a
     ``--from`` sidecar's (``meta``) image-mean fingerprint checked, the render; (pipe, output)."""
     from vslerp.ui.cli import CLIError
-    from vslerp.ui.runtime import quiet_model_logs
 
-    with quiet_model_logs():
-        pipe = load_pipeline_for_cli(spec, stats, progress=not args.no_progress)
+    with cli_pipeline(args, spec, stats) as pipe:
         expected = ((meta or {}).get("stats") or {}).get("fingerprint")
         if expected and pipe.describe().get("stats_fingerprint") != expected:
             raise CLIError(f"--from {args.from_}: the image-mean statistics differ from the ones it "

@@ -10,7 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 
-__all__ = ["accelerate_run", "accelerate_state", "quiet_model_logs", "runs_on_cpu"]
+__all__ = ["TINY_RANDOM", "accelerate_run", "accelerate_state", "build_tiny_random", "main_process_owns",
+           "quiet_model_logs", "runs_on_cpu"]
+
+# --tiny-random's defaults (`vslerp ui` and the render commands): 64 px, 2 steps, 2 prior steps
+TINY_RANDOM = {"steps": 2, "size": 64, "prior_steps": 2}
 
 
 @contextlib.contextmanager
@@ -72,3 +76,33 @@ def accelerate_run(device: str | None):
         if state.num_processes > 1 and dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
+
+
+def build_tiny_random(root) -> tuple[str, str]:
+    """``(prior, decoder)`` folders of the tiny random Kandinsky 2.2 of --tiny-random, built quietly under ``root``."""
+    from vslerp.pipelines.testing import make_tiny_kandinsky
+
+    with quiet_model_logs():
+        prior, decoder = make_tiny_kandinsky(root)
+    return str(prior), str(decoder)
+
+
+@contextlib.contextmanager
+def main_process_owns(state, lock):
+    """Hold ``lock()`` (an output lock) on the main process only; under accelerate every process learns at once whether it could."""
+    from vslerp.stats import OutputBusy
+
+    with contextlib.ExitStack() as stack:
+        busy = None
+        if state is None or state.is_main_process:
+            try:
+                stack.enter_context(lock())
+            except OutputBusy as err:
+                busy = str(err)
+        if state is not None and state.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            busy = broadcast_object_list([busy], from_process=0)[0]
+        if busy is not None:
+            raise OutputBusy(busy)
+        yield

@@ -5,7 +5,6 @@ and loaded into a generator's CLIP encoders (:func:`vslerp.stats.load_generator_
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 from vslerp.defaults import DEFAULT_PRIOR
@@ -89,29 +88,13 @@ def refuse_listed_inputs(outputs: dict, files, what: str) -> None:
                            "output never replaces an input; choose another output path")
 
 
-@contextlib.contextmanager
 def own_outputs(args, state):
-    """Hold the outputs' locks for the whole run (rank 0 takes them; under accelerate every
-    process learns at once whether it could, so a busy output stops all of them)."""
-    from vslerp.stats import OutputBusy, output_lock
+    """Hold the outputs' locks for the whole run (the main process's: :func:`~vslerp.ui.runtime.main_process_owns`)."""
+    from vslerp.stats import output_lock
+    from vslerp.ui.runtime import main_process_owns
 
     folders = () if args.save_embeddings is None else (args.save_embeddings,)
-    with contextlib.ExitStack() as stack:
-        busy = None
-        if state is None or state.is_main_process:
-            try:
-                stack.enter_context(output_lock(args.out, folders=folders,
-                                                what="statistics output"))
-            except OutputBusy as err:
-                busy = str(err)
-        if state is not None and state.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
-
-            box = broadcast_object_list([busy], from_process=0)
-            busy = box[0]
-        if busy is not None:
-            raise OutputBusy(busy)
-        yield
+    return main_process_owns(state, lambda: output_lock(args.out, folders=folders, what="statistics output"))
 
 
 def check_model_args(args) -> None:
