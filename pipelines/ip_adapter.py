@@ -1,23 +1,12 @@
 """The IP-Adapter backends: :class:`VSlerpIPAdapterPipeline` (SD 1.5 / 2.x) and
-:class:`VSlerpIPAdapterXLPipeline` (SDXL) on :class:`IPAdapterBackend`, which FLUX's
-(:mod:`.flux`) shares: thin adapters over diffusers' own pipelines.
+:class:`VSlerpIPAdapterXLPipeline` (SDXL) on :class:`IPAdapterBackend` (FLUX's too, :mod:`.flux`).
 
-The base's components with an IP-Adapter loaded by diffusers' ``load_ip_adapter`` and its CLIP
-``image_encoder`` (:func:`vslerp.stats.models.ip_adapter_encoder`, or ``ip_adapter_image_encoder=``):
-vSLERP edits the encoder's projected ``image_embeds``, so only non-"plus" adapters are taken
-("plus" and FaceID are refused). Each batch of B cells goes to diffusers' pipeline as
-``ip_adapter_image_embeds`` (SD: ``[cat([negative, cells])[:, None]]``, the negative the zero
-vector as diffusers gives non-plus adapters), ``prompt=[prompt or ""] * B`` and one copy of the
-call's generator per cell — so a θ=0 cell is diffusers' own render of the source at that seed.
-diffusers repeats ``ip_adapter_image_embeds`` for every prompt, so the pipeline takes them one
-row per cell (:class:`_EmbedsPerCell`, its only change). ``strength`` < 1 renders through the
-base's img2img pipeline. Files: :mod:`vslerp.pipelines.ip_adapter_files`.
-
-Saving: an adapted denoiser saves the adapter's weights into its own state dict, which a fresh
-one does not take: ``save_pretrained`` saves the components without the adapter, the adapter's
-weights re-exported with the hub file's keys as ``ip_adapter/ip-adapter.safetensors`` and
-``ip_adapter/vslerp_ip_adapter.json``; ``from_pretrained(folder)`` loads both again.
-"""
+vSLERP edits the adapter's CLIP encoder's projected ``image_embeds`` (so "plus" and FaceID
+adapters are refused); each batch of cells goes to diffusers' pipeline as
+``ip_adapter_image_embeds`` (one row per cell: :class:`_EmbedsPerCell`; SD's negative is the
+zero vector, as diffusers gives non-plus adapters) with one generator copy per cell, so a θ=0
+cell is diffusers' own render of the source. ``save_pretrained`` writes the adapter's weights
+with the hub file's keys under ``ip_adapter/`` (:mod:`.ip_adapter_files`)."""
 
 from __future__ import annotations
 
@@ -60,11 +49,9 @@ __all__ = ["IPAdapterBackend", "VSlerpIPAdapterPipeline", "VSlerpIPAdapterXLPipe
 class _EmbedsPerCell:
     """diffusers' pipeline with ``ip_adapter_image_embeds`` taken one row per image.
 
-    diffusers' ``prepare_ip_adapter_image_embeds`` repeats the given embeds for every prompt
-    of the batch (one reference image for all), so a batch of B cells with B different
-    embeddings cannot be given through it. This override returns them as given —
-    ``[cat([negatives, cells])]``, (2B, 1, D), which for B = 1 is exactly what diffusers' own
-    method returns — and leaves the rest of the pipeline (its denoising loop) diffusers'.
+    diffusers' ``prepare_ip_adapter_image_embeds`` repeats the embeds for every prompt (one
+    reference for all); this returns B cells' ``[cat([negatives, cells])]`` (2B, 1, D) as given
+    (for B = 1 exactly diffusers' own result) and leaves the denoising loop diffusers'.
     """
 
     def prepare_ip_adapter_image_embeds(self, ip_adapter_image, ip_adapter_image_embeds, device, *args):

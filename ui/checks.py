@@ -1,10 +1,6 @@
-"""The CLI's cheap checks, each a one-line :class:`~vslerp.ui.cli.CLIError`, before any model loads.
-
-Inputs (SOURCE/TARGET, value lists, --device, --stats) and outputs
-(writable, not an input, not another run's, stale leftovers of a killed run). Used by grid,
-animate, batch and the stats commands; the model folders and backend options (``--model``/``--prior``) too.
-The render commands' pre-flight (:func:`check_request` for each spec, :func:`preflight` once)
-checks a spec as the pipeline's ``RenderRequest``, its fields named by the CLI's flags.
+"""The CLI's cheap checks, each a one-line :class:`~vslerp.ui.cli.CLIError`, before any model loads:
+inputs, outputs, the device, ``--stats``, the model folders and backend options, and the render
+commands' pre-flight (each spec checked as the pipeline's ``RenderRequest``, fields named by flag).
 """
 
 from __future__ import annotations
@@ -16,9 +12,10 @@ from pathlib import Path
 
 from vslerp.ui.cli import CLIError
 
-__all__ = ["FLAGS", "JOB_KEYS", "check_cells", "check_device", "check_loader", "check_main_output", "check_place",
-           "check_request", "check_stale_sidecar", "check_outputs_of", "check_png_render", "preflight_one", "check_backend_options", "check_model_source", "image_ref", "load_stats", "own", "preflight", "refuse_inputs",
-           "looks_like_folder", "model_ref", "short", "values"]
+__all__ = ["FLAGS", "JOB_KEYS", "check_backend_options", "check_cells", "check_device", "check_loader",
+           "check_main_output", "check_model_source", "check_outputs_of", "check_place", "check_png_render",
+           "check_request", "check_stale_sidecar", "image_ref", "load_stats", "looks_like_folder", "model_ref",
+           "own", "preflight", "preflight_one", "refuse_inputs", "short", "values"]
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -66,8 +63,7 @@ def short(text: str, limit: int = 60) -> str:
 
 
 def values(given, name: str, default) -> tuple[float, ...]:
-    """θ or α values parsed: an option's text (``0,0.5,1`` / ``start:stop:count``), a JSON list (a
-    job, a sidecar) or, when None, ``default`` (their ranges: :func:`check_request`)."""
+    """θ or α values from an option's text, a JSON list (a job, a sidecar) or, when None, ``default``."""
     from vslerp.ui.options import parse_values
 
     if given is None:
@@ -250,9 +246,8 @@ JOB_KEYS = {**{field: field for field in FLAGS}, "num_inference_steps": "steps",
 
 
 def check_request(spec, max_size: int | None, max_cells: int | None, where: str = "", flags: dict = FLAGS):
-    """``spec`` (a :class:`~vslerp.ui.render.RenderSpec`) as a checked ``RenderRequest``, its size by
-    the model's rule read from the model folder; ``where`` prefixes a refusal (a jobs file's line),
-    which names the field by ``flags``."""
+    """``spec`` as a checked ``RenderRequest`` (size by the model folder's rule); a refusal names the
+    field by ``flags``, after ``where`` (a jobs file's line)."""
     from vslerp.pipelines import limits
     from vslerp.pipelines.request import RenderRequest, RequestError, check_weights
 
@@ -323,7 +318,6 @@ _OPTION_FLAGS = {"strength": "--strength below 1 (img2img)", "prompt": "--prompt
 def looks_like_folder(ident: str) -> bool:
     """A path rather than a hub id (``org/name``): :func:`vslerp.stats.hub.is_repo_id`'s rule."""
     from vslerp.stats.hub import is_repo_id
-
     return not is_repo_id(str(ident))
 
 
@@ -335,9 +329,8 @@ def model_ref(ident):
 
 
 def check_model_source(ident, option: str, origin: str = "") -> None:
-    """A local --model/--prior folder must exist and hold the right kind of pipeline (its
-    ``model_index.json`` ``_class_name``: a class no record of the table claims is refused by
-    name, naming the supported ones); a hub id is found (or not) when loading."""
+    """A local --model/--prior folder exists and holds a class the backend table claims (else refused
+    naming the supported ones); a hub id is found (or not) when loading."""
     if ident is None:
         return
     from vslerp.stats.models import BACKENDS, PRIORS, TABLE, UnsupportedModel, read_model_index
@@ -367,11 +360,8 @@ def check_model_source(ident, option: str, origin: str = "") -> None:
 
 
 def check_backend_options(spec, origin: str = "") -> None:
-    """The backend options and ``--ip-adapter`` of ``spec`` against the backend its ``--model`` is
-    (the table's :func:`~vslerp.stats.models.backend_of`: ``model_index.json``, else the id), before
-    any model loads: an IP-Adapter only on an SD 1.5 / SDXL base and such a base only with one; only
-    the options its record takes; ``--strength`` below 1 with a SOURCE photo and at least one
-    denoising step. A backend that cannot be told (a hub id offline) is left to the pipeline."""
+    """``spec``'s backend options and ``--ip-adapter`` against its ``--model``'s table record, before any
+    model loads (a backend that cannot be told, a hub id offline, is left to the pipeline)."""
     from vslerp.pipelines.inputs import options_given, refused_option
     from vslerp.stats.models import KANDINSKY, backend_of, backend_record, read_model_index
 
@@ -379,9 +369,6 @@ def check_backend_options(spec, origin: str = "") -> None:
         if (spec.source or {}).get("kind") != "image":
             raise CLIError(f"--strength {spec.strength:g} starts every cell from the SOURCE photo: "
                            f"give SOURCE as an image{origin}")
-        if int(spec.steps * spec.strength) < 1:
-            raise CLIError(f"--strength {spec.strength:g} with --steps {spec.steps} leaves no denoising step "
-                           f"(int(steps × strength) must be ≥ 1): raise --steps or --strength{origin}")
     try:
         backend = backend_of(spec.model) if spec.model is not None else KANDINSKY
         index = read_model_index(spec.model) if spec.model is not None else None
