@@ -329,16 +329,19 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, MixMixin, DiffusionPipe
         """Render independent requests that share steps, guidance and size in one batched call.
 
         requests: dicts ``{"source": (D,) raw, "target": (D,) raw, "thetas": [...], "alphas": [...],
-        "generator": torch.Generator}``, θ in [0, 1]. Each request's cells are rendered as
-        ``pipe(source, target, thetas, alphas, generator=g)`` renders them (the request's
-        generator itself is only read, not advanced), while the denoiser sees all requests'
-        distinct cells in ``max_batch_size`` batches. A request's optional ``"statistics"`` (as
-        :meth:`set_statistics` takes it) is its image mean's source; else ``statistics``, else
-        the pipeline's own. With ``strength`` < 1 each request gives the photo its cells start
-        from as ``"image"`` (PIL or path). The backend options are shared by every request, as
-        in :meth:`__call__`. A missing or unknown key is a ``ValueError`` naming the request and
-        the key (:func:`.inputs.check_request`). Every request is checked as :meth:`__call__`
-        checks its own (:meth:`check_request`: ``max_size``, ``max_cells`` too). Returns one :class:`VSlerpPipelineOutput` per request, in order.
+        "generator": torch.Generator}``, θ in [0, 1], or mixes ``{"inputs": (N, D) raw (or N (D,)),
+        "weights": [[...]] rows, "alphas": [...], "generator": g}``. Each request's cells are
+        rendered as ``pipe(source, target, thetas, alphas, generator=g)`` (a mix: ``pipe.mix(inputs,
+        weights, alphas, generator=g)``) renders them (the request's generator itself is only read,
+        not advanced), while the denoiser sees all requests' distinct cells in ``max_batch_size``
+        batches. A request's optional ``"statistics"`` (as :meth:`set_statistics` takes it) is its
+        image mean's source; else ``statistics``, else the pipeline's own. With ``strength`` < 1
+        each request gives the photo its cells start from as ``"image"`` (PIL or path). The backend
+        options are shared by every request, as in :meth:`__call__`. A missing or unknown key is a
+        ``ValueError`` naming the request and the key (:func:`.inputs.check_request`). Every request
+        is checked as :meth:`__call__` checks its own (:meth:`check_request`: ``max_size``,
+        ``max_cells`` too). Returns one :class:`VSlerpPipelineOutput` per request (a mix:
+        :class:`VSlerpMixOutput`), in order.
         """
         shared = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, height=height,
                       width=width, max_batch_size=max_batch_size, output_type=output_type,
@@ -352,19 +355,10 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, MixMixin, DiffusionPipe
         grids, noise, photos = [], [], []
         call_stats = self._statistics_for(statistics)
         for k, req in enumerate(requests):
-            name = f"requests[{k}]"
-            generator = check_request(k, req)["generator"]
-            if not isinstance(req.get("source"), torch.Tensor) or not isinstance(req.get("target"), torch.Tensor):
-                raise TypeError(f"{name}: source and target must be raw (D,) embeddings")
-            if generator is None:
-                raise TypeError(f"{name}: give each request its own torch.Generator")
-            check_generator(f"{name}: generator", generator)
-            axes = self.check_request({**shared, "thetas": req["thetas"], "alphas": req["alphas"]})
-            thetas, alphas = list(axes.thetas), list(axes.alphas)
-            source_raw = check_embedding(f"{name} source", req["source"], self._dim())  # (D,)
-            target_raw = check_embedding(f"{name} target", req["target"], self._dim())  # (D,)
+            name, req = f"requests[{k}]", check_request(k, req)
+            generator = req["generator"]
             stats = call_stats if req.get("statistics") is None else self.check_statistics(req["statistics"])
-            grid = make_grid(source_raw, target_raw, thetas, alphas, stats, name=f"{name}: ")
+            grid = self._request_grid(name, req, shared, stats)
             grids.append(grid)
             noise += [generator] * grid.distinct.shape[0]
             photos += [init_photo(f"{name}: ", req.get("image"), None, settings.strength)] * grid.distinct.shape[0]
@@ -374,11 +368,22 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, MixMixin, DiffusionPipe
                                output_type)
         self.maybe_free_model_hooks()
         results, start = [], 0
-        for grid in grids:
-            count = grid.distinct.shape[0]
-            results.append(grid.output(rendered[start : start + count], output_type))
-            start += count
+        for req, grid in zip(requests, grids, strict=True):
+            part = rendered[start : start + grid.distinct.shape[0]]
+            results.append(grid.mix_output(part, output_type, False) if "inputs" in req else grid.output(part, output_type))
+            start += grid.distinct.shape[0]
         return results
+
+    def _request_grid(self, name: str, req: dict, shared: dict, stats) -> Grid:
+        """A ``render_batch`` request's cells: its θ × α grid, or its mix's weights × α."""
+        if "inputs" not in req:
+            axes = self.check_request({**shared, "thetas": req["thetas"], "alphas": req["alphas"]})
+            source_raw = check_embedding(f"{name} source", req["source"], self._dim())  # (D,)
+            target_raw = check_embedding(f"{name} target", req["target"], self._dim())  # (D,)
+            return make_grid(source_raw, target_raw, list(axes.thetas), list(axes.alphas), stats, name=f"{name}: ")
+        axes = self.check_request({**shared, "weights": req["weights"], "alphas": req["alphas"]})
+        raws = torch.stack([check_embedding(f"{name} inputs[{i}]", v, self._dim()) for i, v in enumerate(req["inputs"])])
+        return make_mix(raws, [list(row) for row in axes.weights], list(axes.alphas), stats, name=f"{name}: ")
 
     # -- speed options and metadata ------------------------------------------------------------
     def compile_unet(self, **kwargs) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vslerp.defaults import IMAGE_SUFFIXES  # torch-free: the CLI's parser imports this module
 
-__all__ = ["IMAGE_SUFFIXES", "OPTION_NAMES", "ImageOrPrompt", "check_embedding", "check_generator", "check_input", "check_prompt", "check_request",
+__all__ = ["IMAGE_SUFFIXES", "MIX_REQUEST_KEYS", "OPTION_NAMES", "ImageOrPrompt", "check_embedding", "check_generator", "check_input", "check_prompt", "check_request",
            "first_prompt", "first_refused", "image_path_or_prompt", "init_photo", "is_image", "open_named_image", "options_given",
            "refused_option"]
 
@@ -135,24 +135,52 @@ def open_named_image(name: str, image):
 
 
 REQUEST_KEYS = ("source", "target", "thetas", "alphas", "generator")  # of a render_batch request
+MIX_REQUEST_KEYS = ("inputs", "weights", "alphas", "generator")  # of a render_batch mix request
 REQUEST_OPTIONAL_KEYS = ("statistics", "image")
 
 
 def check_request(index: int, request) -> dict:
-    """A ``render_batch`` request: a dict with every key of ``REQUEST_KEYS`` and no key but those
-    and ``REQUEST_OPTIONAL_KEYS``; else ``TypeError``/``ValueError`` naming ``requests[index]``
-    and the key (a typo such as ``"theta"`` is named, not ignored)."""
+    """A ``render_batch`` request checked: a grid (every key of ``REQUEST_KEYS``, raw source and
+    target) or, with ``"inputs"``, a mix (every key of ``MIX_REQUEST_KEYS``: 2 to ``MAX_INPUTS``
+    raw inputs, weights by :func:`.request.check_weights`), no key but those and
+    ``REQUEST_OPTIONAL_KEYS``, one ``torch.Generator``; else ``TypeError``/``ValueError`` naming
+    ``requests[index]`` and the key (a typo is named). Returns it (a mix's inputs as a list, its
+    weights normalised)."""
+    import torch
+
+    from .request import MAX_INPUTS, RequestError, check_weights  # request.py imports this module
+
     name = f"requests[{index}]"
     if not isinstance(request, dict):
-        raise TypeError(f"{name} must be a dict with keys {', '.join(REQUEST_KEYS)}, got {type(request).__name__}")
-    missing = [key for key in REQUEST_KEYS if key not in request]
+        raise TypeError(f"{name} must be a dict with keys {', '.join(REQUEST_KEYS)} (a mix: "
+                        f"{', '.join(MIX_REQUEST_KEYS)}), got {type(request).__name__}")
+    mix = "inputs" in request
+    keys, kind = (MIX_REQUEST_KEYS, "a mix request") if mix else (REQUEST_KEYS, "a request")
+    missing = [key for key in keys if key not in request]
     if missing:
-        raise ValueError(f"{name} has no {missing[0]!r}: a request needs {', '.join(REQUEST_KEYS)}")
-    unknown = [key for key in request if key not in REQUEST_KEYS + REQUEST_OPTIONAL_KEYS]
+        raise ValueError(f"{name} has no {missing[0]!r}: {kind} needs {', '.join(keys)}")
+    unknown = [key for key in request if key not in keys + REQUEST_OPTIONAL_KEYS]
     if unknown:
-        raise ValueError(f"{name} has an unknown key {unknown[0]!r}: a request takes "
-                         f"{', '.join(REQUEST_KEYS + REQUEST_OPTIONAL_KEYS)}")
-    return request
+        raise ValueError(f"{name} has an unknown key {unknown[0]!r}: {kind} takes "
+                         f"{', '.join(keys + REQUEST_OPTIONAL_KEYS)}")
+    if not mix:
+        raws = [request["source"], request["target"]]
+    else:
+        raws = list(request["inputs"]) if isinstance(request["inputs"], (torch.Tensor, list, tuple)) else [None]
+    if not all(isinstance(raw, torch.Tensor) for raw in raws):
+        raise TypeError(f"{name}: " + ("inputs must be raw embeddings, an (N, D) tensor or a list of (D,)" if mix
+                                       else "source and target must be raw (D,) embeddings"))
+    if request["generator"] is None:
+        raise TypeError(f"{name}: give each request its own torch.Generator")
+    check_generator(f"{name}: generator", request["generator"])
+    if not mix:
+        return request
+    if not 2 <= len(raws) <= MAX_INPUTS:
+        raise ValueError(f"{name} inputs: a mix takes 2 to {MAX_INPUTS} inputs, got {len(raws)}")
+    try:
+        return {**request, "inputs": raws, "weights": check_weights(request["weights"], len(raws))}
+    except RequestError as err:
+        raise type(err)(err.field, f"{name}: {err}") from None
 
 
 OPTION_NAMES = {"strength": "strength < 1 (img2img)", "prompt": "a text prompt=",  # API names of the

@@ -82,3 +82,56 @@ def test_a_weight_sent_as_text_is_named():
 
     with pytest.raises(EditorError, match="A mix weight must be a number, got the text '1'"):
         mix_values([None, None], ["a dog", "a cat"], [1.0, "1"])
+
+
+def test_a_mix_and_an_edit_submitted_together_render_in_one_render_batch_call(pipe, tmp_path, monkeypatch):
+    """While one edit renders, a mix and another edit wait; they are rendered in ONE render_batch
+    call (the queue's own batch), each with the pixels it gets alone."""
+    import threading
+
+    from helpers import save_random_image
+
+    from vslerp.ui.editor import Editor
+    from vslerp.ui.editor.mix import mix
+
+    paths = {name: str(save_random_image(tmp_path / f"{name}.png", seed)) for name, seed in
+             (("a", 1), ("b", 2), ("c", 3))}
+    editor = Editor(pipe, tiny_random=True, prior_steps=2)
+    for name, path in paths.items():  # cached: the waiting requests need no encoder
+        editor.state.upload_embedding(path, name)
+    queue, results, started, calls = editor.queue, {}, threading.Event(), []
+    render_batch = pipe.render_batch
+    monkeypatch.setattr(pipe, "render_batch",
+                        lambda requests, **kw: calls.append(["inputs" in r for r in requests]) or render_batch(requests, **kw))
+
+    def first_render_waits_for_two_more():  # the first request's step callback
+        started.set()
+        with queue._cond:
+            assert queue._cond.wait_for(lambda: len(queue._pending) == 2, timeout=120)
+        return False
+
+    def edit(name, seed, should_stop=None):
+        results[name] = editor.edit(paths["a"], paths["b"], "", 0.5, 1.0, seed, 2, 4.0, 64, should_stop=should_stop)[0]
+
+    def mixed():
+        results["mix"] = mix(editor, [("image", paths["a"]), ("image", paths["c"])], [1.0, 0.5], 1.0, 4, 2, 4.0, 64)
+
+    first = threading.Thread(target=edit, args=("first", 1, first_render_waits_for_two_more))
+    first.start()
+    assert started.wait(120)
+    others = [threading.Thread(target=mixed), threading.Thread(target=edit, args=("edit", 2))]
+    for t in others:
+        t.start()
+    for t in [first, *others]:
+        t.join(120)
+    assert calls == [[False], [True, False]] or calls == [[False], [False, True]]  # the mix and the edit: one call
+    assert queue.batches == 2 and queue.largest == 2
+    edit_alone = editor.edit(paths["a"], paths["b"], "", 0.5, 1.0, 2, 2, 4.0, 64)[0]
+    mix_alone = mix(editor, [("image", paths["a"]), ("image", paths["c"])], [1.0, 0.5], 1.0, 4, 2, 4.0, 64)
+    assert calls[2:] == [[False], [True]]
+    pixels = [np.asarray(im.convert("RGB"), dtype=np.int16) for im in
+              (results["edit"], edit_alone, results["mix"][0], mix_alone[0])]
+    assert np.abs(pixels[0] - pixels[1]).max() <= 1 and np.abs(pixels[2] - pixels[3]).max() <= 1  # float batch noise
+    assert np.abs(pixels[0] - pixels[2]).mean() > 5  # each its own render
+    assert results["mix"][1]["metadata"]["weights"] == pytest.approx([2 / 3, 1 / 3])
+    assert results["mix"][1]["metadata"]["source"] is None and len(results["mix"][1]["input_conformity"]) == 2

@@ -165,3 +165,54 @@ def test_bad_mixes_are_refused_before_any_compute(kandinsky, monkeypatch, inputs
         kandinsky.mix([embedding(k) for k in range(inputs)], **kwargs)
     if isinstance(info.value, RequestError):
         assert info.value.field in ("weights", "alphas", "max_cells")
+
+
+# -- mixes in render_batch: batched with grids, each request its own result -------------------------
+def _mix_request(seed: int = 6, **change) -> dict:
+    return {"inputs": torch.stack([embedding(1), embedding(2), embedding(3)]), "weights": [[1, 2, 3], [1, 0, 1]],
+            "alphas": [0.0, 1.0], "generator": _gen(seed), **change}
+
+
+def test_a_mix_request_in_render_batch_renders_what_pipe_mix_renders(kandinsky):
+    (batched,) = kandinsky.render_batch([_mix_request()], **TINY)
+    alone = kandinsky.mix(list(_mix_request()["inputs"]), weights=[[1, 2, 3], [1, 0, 1]], alphas=[0.0, 1.0],
+                          generator=_gen(6), return_embeddings=False, **TINY)
+    assert isinstance(batched, VSlerpMixOutput)
+    assert np.array_equal(batched.images, alone.images)
+    assert torch.equal(batched.conformity, alone.conformity) and torch.equal(batched.weights, alone.weights)
+    assert batched.alphas == alone.alphas == [0.0, 1.0]
+
+
+def test_a_mix_and_a_grid_in_one_render_batch_each_get_their_solo_result(kandinsky, monkeypatch):
+    grid_request = {"source": embedding(4), "target": embedding(5), "thetas": [0.3], "alphas": [1.0],
+                    "generator": _gen(8)}
+    grid_alone = kandinsky.render_batch([dict(grid_request)], **TINY)[0]
+    mix_alone = kandinsky.render_batch([_mix_request()], **TINY)[0]
+    sizes = []
+    chunk = kandinsky._render_chunk
+    monkeypatch.setattr(kandinsky, "_render_chunk", lambda cells, *args: sizes.append(len(cells)) or chunk(cells, *args))
+    grid_out, mix_out = kandinsky.render_batch([grid_request, _mix_request()], **TINY)
+    assert sizes == [5]  # one denoiser batch: the grid's cell and the mix's 4 distinct cells
+    assert isinstance(grid_out, vslerp.pipelines.VSlerpPipelineOutput) and isinstance(mix_out, VSlerpMixOutput)
+    np.testing.assert_allclose(grid_out.images, grid_alone.images, atol=1e-4)  # batch numerics only
+    np.testing.assert_allclose(mix_out.images, mix_alone.images, atol=1e-4)
+    torch.testing.assert_close(mix_out.conformity, mix_alone.conformity)
+
+
+@pytest.mark.parametrize(("change", "error", "message"), [
+    ({"weights": None}, ValueError, r"^requests\[1\] has no 'weights': a mix request needs"),
+    ({"thetas": [0.5]}, ValueError, r"^requests\[1\] has an unknown key 'thetas': a mix request takes"),
+    ({"inputs": [embedding(1)], "weights": [1]}, ValueError, r"^requests\[1\] inputs: a mix takes 2 to 16"),
+    ({"inputs": [embedding(1), "a cat"]}, TypeError, r"^requests\[1\]: inputs must be raw embeddings"),
+    ({"weights": [[1, 2]]}, RequestError, r"^requests\[1\]: weights has 2 weights for 3 inputs"),
+    ({"weights": [1, -1, 0]}, RequestError, r"^requests\[1\]: weights must be finite and non-negative"),
+    ({"generator": None}, TypeError, r"^requests\[1\]: give each request its own torch.Generator"),
+])
+def test_bad_mix_requests_are_named_before_any_compute(kandinsky, monkeypatch, change, error, message):
+    def tripwire(*args, **kwargs):
+        raise AssertionError("rendered before the requests were checked")
+
+    monkeypatch.setattr(kandinsky, "_render_chunk", tripwire)
+    bad = {k: v for k, v in _mix_request(**change).items() if v is not None or k == "generator"}
+    with pytest.raises(error, match=message):
+        kandinsky.render_batch([_mix_request(), bad], **TINY)

@@ -159,11 +159,12 @@ def render_many(pipe, jobs, *, callback=None) -> list:
     """Many specs in one ``pipe.render_batch(...)``; each gets what :func:`render` gives it alone.
 
     jobs: ``(spec, source_raw (D,), target_raw (D,), statistics or None[, photo])`` tuples, the
-    inputs already encoded (the editor's cache); photo: the source photo (PIL or path) cells
+    inputs already encoded (the editor's cache); a mix's spec (``weights``): ``(spec, inputs_raw
+    (N, D), None, statistics or None[, photo])``. photo: the source photo (PIL or path) cells
     start from when ``spec.strength`` < 1 (default: the spec's source path). Their specs share
     steps, size, guidance, batch size and backend options (:func:`batch_key`; ``ValueError``
     otherwise); each keeps its own θ, α, seed, image mean and photo. Returns one
-    ``VSlerpPipelineOutput`` per job, in order.
+    ``VSlerpPipelineOutput`` (a mix: ``VSlerpMixOutput``) per job, in order.
     """
     import torch
 
@@ -175,8 +176,10 @@ def render_many(pipe, jobs, *, callback=None) -> list:
     first = specs[0]
     requests = []
     for spec, (_, source, target, statistics, *photo) in zip(specs, jobs, strict=True):
-        request = {"source": source, "target": target, "thetas": list(spec.thetas), "alphas": list(spec.alphas),
-                   "generator": torch.Generator().manual_seed(int(spec.seed)), "statistics": statistics}
+        cells = ({"source": source, "target": target, "thetas": list(spec.thetas)} if spec.weights is None
+                 else {"inputs": source, "weights": [list(row) for row in spec.weights]})
+        request = {**cells, "alphas": list(spec.alphas), "generator": torch.Generator().manual_seed(int(spec.seed)),
+                   "statistics": statistics}
         if spec.strength < 1:
             request["image"] = photo[0] if photo and photo[0] is not None else _pipeline_input(spec.source)
         requests.append(request)

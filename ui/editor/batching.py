@@ -2,8 +2,9 @@
 
 :class:`RenderQueue` sits in front of the pipeline. Each request thread submits a job and waits;
 whichever waiting thread finds the pipeline free takes the oldest job plus every other waiting
-job with the same key (steps, size, guidance) up to ``max_cells`` cells, and runs them as one
-batch (``vslerp.ui.render.render_many``: each job keeps its own seed, θ, α and image mean). A
+job with the same key (steps, size, guidance) up to ``max_cells`` cells (edits, sweeps and mixes
+alike), and runs them as one batch (``vslerp.ui.render.render_many``: each job keeps its own
+seed, θ, α or weights and image mean). A
 lone request starts at once: nothing waits for company, so one user is not slowed down.
 """
 

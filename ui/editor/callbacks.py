@@ -328,23 +328,18 @@ class Editor(ResultViews):
         return on_step_end
 
     def _render_batch(self, jobs: list[dict]) -> list[dict]:
-        """Render jobs sharing steps, size, guidance and backend options in one call (the
-        RenderQueue's batch); with strength below 1 each starts from its own source photo."""
-        from vslerp.ui.editor.mix import render_mix
+        """Render jobs (edits, sweeps, mixes) sharing steps, size, guidance and backend options in
+        one call (the RenderQueue's batch); with strength below 1 each starts from its own photo."""
         from vslerp.ui.render import render_many
 
-        if "inputs" in jobs[0]:  # mixes (their own queue key: never with edits in one batch)
-            with self.state.model_lock:
-                return [render_mix(self, job) for job in jobs]
-        with self.state.model_lock:
-            outs = render_many(self.pipe, [(job["spec"], job["source"], job["target"], job["statistics"],
-                                            job["photo"]) for job in jobs],
+        raws = [torch.stack(job["inputs"] if "inputs" in job else [job["source"], job["target"]]) for job in jobs]
+        with self.state.model_lock:  # a mix's inputs (N, D) in the source's place (render_many)
+            outs = render_many(self.pipe, [(job["spec"], *((raw, None) if "inputs" in job else raw), job["statistics"],
+                                            job.get("photo")) for job, raw in zip(jobs, raws, strict=True)],
                                callback=self.step_callback(jobs))
-            return [{"out": out,
-                     "ends": self.pipe.estimated_conformity(torch.stack([job["source"], job["target"]]),
-                                                            statistics=job["statistics"]),  # (2,)
+            return [{"out": out, "ends": self.pipe.estimated_conformity(raw, statistics=job["statistics"]),  # (N,)
                      "reference": None if self.reference is None else self._reference_conformity(job["statistics"])}
-                    for job, out in zip(jobs, outs, strict=True)]
+                    for job, raw, out in zip(jobs, raws, outs, strict=True)]
 
     # -- event callbacks ------------------------------------------------------------------
     def edit(self, source, target_image, target_prompt, theta, alpha, seed, steps=2, guidance=4.0,

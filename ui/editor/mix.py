@@ -1,15 +1,13 @@
-"""The Mix panel: vmix of up to 6 images or prompts with a weight each (``pipe.mix``), its
-checks, its read-out and its ``/mix`` endpoint. A mix waits in the editor's render queue with
-the edits and sweeps (one model call at a time); its inputs come from the embedding cache.
+"""The Mix panel: vmix of up to 6 images or prompts with a weight each (as ``pipe.mix``), its
+checks, its read-out and its ``/mix`` endpoint. A mix waits in the editor's render queue and is
+rendered in one ``render_batch`` with the edits and sweeps of the same settings; its inputs come
+from the embedding cache.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import replace
-from types import SimpleNamespace
-
-import torch
 
 from vslerp.ui.editor.boundary import call, event_session, progress_reporter, run_event
 from vslerp.ui.editor.messages import EditorError, RenderCancelled, sentence
@@ -84,37 +82,23 @@ def mix(editor, inputs, weights, alpha, seed, steps, guidance, size, mean_source
         raws.append(raw)
         refs.append(ref)
     stats, mean_label, stats_path = editor.mean_statistics(mean_source, stats_file)
-    spec = replace(editor.spec, source=refs[0], target=refs[1], thetas=(), alphas=(alpha,), seed=seed, steps=steps,
-                   guidance=guidance, size=size, stats=stats_path, labels=False)
-    job = {"spec": spec, "inputs": raws, "weights": weights, "statistics": stats, "should_stop": should_stop,
-           "report": report, "total": steps}
-    try:
-        done = editor.queue.submit(("mix", *batch_key(spec.resolved(editor.pipe))), 1, job, None, should_stop)
+    spec = replace(editor.spec, inputs=tuple(refs), weights=(tuple(weights),), thetas=(), alphas=(alpha,), seed=seed,
+                   steps=steps, guidance=guidance, size=size, stats=stats_path, labels=False)
+    job = {"spec": spec, "inputs": raws, "statistics": stats, "should_stop": should_stop, "report": report,
+           "total": steps}
+    try:  # batched with the edits and sweeps of the same settings (Editor._render_batch)
+        done = editor.queue.submit(batch_key(spec.resolved(editor.pipe)), spec.cells, job, None, should_stop)
     except RenderCancelled:
         raise editor.stopped() from None
     except (ValueError, TypeError) as err:
         raise EditorError(sentence(err)) from None
     out = done["out"]
-    shown = SimpleNamespace(thetas=[], alphas=out.alphas, conformity=out.conformity)
-    metadata = sidecar(spec, editor.pipe, shown, "ui mix", statistics=stats, tiny_random=editor.tiny_random,
-                       inputs=refs, weights=[float(w) for w in out.weights[0].tolist()])
-    metadata["source"] = metadata["target"] = None  # a mix has inputs, not a source and a target
+    metadata = sidecar(spec, editor.pipe, out, "ui mix", statistics=stats, tiny_random=editor.tiny_random,
+                       weights=[float(w) for w in out.weights[0].tolist()])  # the page's one row
     return out.images[0], {"kind": "mix", "images": list(out.images), "metadata": metadata, "mean_label": mean_label,
-                           "conformity": out.conformity.float(), "inputs": refs, "input_conformity": done["ends"],
+                           "conformity": out.conformity.float(), "inputs": refs,
+                           "input_conformity": [float(c) for c in done["ends"]],
                            "weights": out.weights[0].tolist(), "alpha": alpha}
-
-
-def render_mix(editor, job: dict) -> dict:
-    """``pipe.mix`` of one queued mix job (the model lock held by the caller)."""
-    spec = job["spec"].resolved(editor.pipe)
-    out = editor.pipe.mix(job["inputs"], weights=[job["weights"]], alphas=list(spec.alphas),
-                          generator=torch.Generator().manual_seed(int(spec.seed)), statistics=job["statistics"],
-                          num_inference_steps=int(spec.steps), guidance_scale=spec.guidance, height=spec.size,
-                          width=spec.size, max_batch_size=int(spec.batch_size),
-                          prior_num_inference_steps=int(spec.prior_steps),
-                          callback_on_step_end=editor.step_callback([job]))
-    ends = editor.pipe.estimated_conformity(torch.stack(job["inputs"]), statistics=job["statistics"])  # (N,)
-    return {"out": out, "ends": [float(c) for c in ends]}
 
 
 def readout(result: dict | None) -> str:
