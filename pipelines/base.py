@@ -86,8 +86,7 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, MixMixin, DiffusionPipe
         raise NotImplementedError
 
     def _check_backend(self, settings: RenderSettings, target) -> list[str]:
-        """Refuse what this backend cannot render (before any compute); returns the callback
-        tensor inputs to check against ``_callback_tensor_inputs``."""
+        """Refuse what this backend cannot render (before any compute); returns the callback tensor inputs."""
         return settings.callback_tensor_inputs
 
     def _progress_steps(self, settings: RenderSettings) -> int | None:
@@ -98,11 +97,9 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, MixMixin, DiffusionPipe
                       settings: RenderSettings, tick: Callable[[], None], init: list | None = None):
         """Render one batch of distinct cells (B, D) raw; returns B images as ``output_type`` asks.
 
-        noise: B generators, read and not advanced: cell k is rendered as diffusers renders one
-        image with ``noise[k]`` (its initial latents and, for stochastic steps, its copies).
-        tick: advance the call's progress bar by one step. init: with ``settings.strength`` < 1,
-        the B photos (PIL, RGB) the cells start from, as diffusers' img2img pipeline for the model
-        renders ``image=`` with that strength; else None."""
+        noise: B generators, read only: cell k is diffusers' render of one image with ``noise[k]``.
+        tick: advance the progress bar one step. init: with ``strength`` < 1, the B photos (PIL)
+        the cells start from, as diffusers' img2img pipeline renders ``image=``; else None."""
         raise NotImplementedError
 
     def _advance_generator(self, generator: torch.Generator, settings: RenderSettings) -> None:
@@ -162,9 +159,7 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, MixMixin, DiffusionPipe
         self._bar_config = dict(kwargs)
 
     def execution_device(self) -> torch.device:
-        """Where the cells render: the offload hooks' device (model / sequential / group offload),
-        else the denoiser's own. diffusers' ``_execution_device`` walks every module (milliseconds
-        a call), so it is read only when the denoiser carries an offload hook."""
+        """The offload hooks' device, else the denoiser's (``_execution_device`` walks every module)."""
         denoiser = self._denoiser()
         if hasattr(denoiser, "_hf_hook") or hasattr(denoiser, "_diffusers_hook"):
             return self._execution_device
@@ -172,8 +167,7 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, MixMixin, DiffusionPipe
 
     # -- inputs ----------------------------------------------------------------------------------
     def check_request(self, fields: dict, origin: str = "") -> RenderRequest:
-        """A call's fields (:class:`~vslerp.pipelines.request.RenderRequest`'s) checked once, with
-        this backend's defaults, options, size rule and steps; a ``RequestError`` names the field."""
+        """A call's fields checked once as a ``RenderRequest`` for this backend (``RequestError``: the field)."""
         return RenderRequest.from_fields(fields, origin).for_backend(
             self.backend, self._backend_options, self.size_rule(), self._min_steps, self.default_size,
             self.default_guidance_scale)
@@ -328,20 +322,17 @@ class VSlerpBasePipeline(StatisticsMixin, EncodingMixin, MixMixin, DiffusionPipe
                      max_cells: int = limits.MAX_CELLS) -> list[VSlerpPipelineOutput]:
         """Render independent requests that share steps, guidance and size in one batched call.
 
-        requests: dicts ``{"source": (D,) raw, "target": (D,) raw, "thetas": [...], "alphas": [...],
-        "generator": torch.Generator}``, θ in [0, 1], or mixes ``{"inputs": (N, D) raw (or N (D,)),
-        "weights": [[...]] rows, "alphas": [...], "generator": g}``. Each request's cells are
-        rendered as ``pipe(source, target, thetas, alphas, generator=g)`` (a mix: ``pipe.mix(inputs,
-        weights, alphas, generator=g)``) renders them (the request's generator itself is only read,
-        not advanced), while the denoiser sees all requests' distinct cells in ``max_batch_size``
-        batches. A request's optional ``"statistics"`` (as :meth:`set_statistics` takes it) is its
-        image mean's source; else ``statistics``, else the pipeline's own. With ``strength`` < 1
-        each request gives the photo its cells start from as ``"image"`` (PIL or path). The backend
-        options are shared by every request, as in :meth:`__call__`. A missing or unknown key is a
-        ``ValueError`` naming the request and the key (:func:`.inputs.check_request`). Every request
-        is checked as :meth:`__call__` checks its own (:meth:`check_request`: ``max_size``,
-        ``max_cells`` too). Returns one :class:`VSlerpPipelineOutput` per request (a mix:
-        :class:`VSlerpMixOutput`), in order.
+        Args:
+            requests: dicts ``{"source": (D,) raw, "target": (D,) raw, "thetas", "alphas",
+                "generator"}`` or mixes ``{"inputs": (N, D) raw, "weights": rows, "alphas",
+                "generator"}``; optional ``"statistics"`` (the request's image mean) and, with
+                ``strength`` < 1, ``"image"`` (its photo). Each request gets what ``pipe(...)``
+                (a mix: ``pipe.mix(...)``) gives it with that generator (only read, not advanced),
+                while the denoiser sees every request's distinct cells ``max_batch_size`` at a time.
+            the rest: as :meth:`__call__`, shared by every request.
+
+        Returns:
+            One :class:`VSlerpPipelineOutput` (a mix: :class:`VSlerpMixOutput`) per request, in order.
         """
         shared = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, height=height,
                       width=width, max_batch_size=max_batch_size, output_type=output_type,
