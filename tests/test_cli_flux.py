@@ -138,6 +138,7 @@ def test_vslerp_ui_loads_flux_and_names_the_backend(work, capsys, monkeypatch):
         capsys.readouterr().err
     assert "backend: flux" in seen["text"]
     assert seen["ids"]["vslerp-text-prompt"] and seen["ids"]["vslerp-ip-scale"] and not seen["ids"]["vslerp-noise-level"]
+    assert seen["ids"]["vslerp-true-cfg"]  # FLUX's true CFG has its control
 
 
 def test_batch_on_flux_takes_true_cfg_scale_per_job(work, capsys):

@@ -117,7 +117,7 @@ def test_api_lists_edit_and_sweep(client):
     names = [p["parameter_name"] for p in api["/edit"]["parameters"]]
     assert names == ["source", "target_image", "target_prompt", "theta", "alpha", "seed", "steps", "guidance",
                      "size", "mean_source", "stats_file", "strength", "text_prompt", "negative_prompt",
-                     "noise_level", "ip_adapter_scale"]  # the backend options last, all optional
+                     "noise_level", "ip_adapter_scale", "true_cfg_scale"]  # the backend options last, all optional
     assert len(api["/edit"]["returns"]) == 1  # the image only (state outputs are not API values)
     assert not any("ui_" in name for name in api)  # the page's own events are not endpoints
 

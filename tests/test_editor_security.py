@@ -85,7 +85,7 @@ def _edit_args(source, target=None, prompt="a cat", mean_source="startup", stats
 
 def _call_api(base: str, endpoint: str, data: list) -> tuple[str, str]:
     """POST /gradio_api/call/<endpoint> and read its event stream: (event, data) of the last event."""
-    data = [*data, 1.0, None, None, 0, None][:16]  # the backend options at their defaults: every input
+    data = [*data, 1.0, None, None, 0, None, 1.0][:17]  # the backend options at their defaults: every input
     with httpx.Client(base_url=base, timeout=120) as http:
         body = json.dumps({"data": data})  # ASCII escapes: a lone surrogate arrives as the client sent it
         event_id = http.post(f"/gradio_api/call/{endpoint}", content=body,
@@ -117,7 +117,7 @@ def _page_event(demo, name: str, data: list) -> dict:
 
 def _page_data(source, target=None, mean_source="startup", stats_file=None, kind="prompt"):
     # ui_edit's inputs: edit inputs, the backend controls, the Target choice
-    return [*_edit_args(source, target, "a cat", mean_source, stats_file), 1.0, "", "", 0, 1.0, kind]
+    return [*_edit_args(source, target, "a cat", mean_source, stats_file), 1.0, "", "", 0, 1.0, 1.0, kind]
 
 
 REFUSED = "must be a file uploaded to this editor"

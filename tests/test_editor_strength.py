@@ -80,6 +80,8 @@ def test_strength_reaches_the_render_and_no_image_is_reused_across_strengths(edi
     ({"noise_level": 1.5}, "Noise level must be a whole number"),
     ({"ip_adapter_scale": 0.5}, "An IP-Adapter scale is not supported by this model"),
     ({"ip_adapter_scale": -1}, "IP-Adapter scale must be from 0"),
+    ({"true_cfg_scale": 3.0}, "A true CFG scale above 1 is not supported by this model"),
+    ({"true_cfg_scale": "strong"}, "True CFG scale must be a number"),
 ])
 def test_bad_backend_options_are_named_before_any_render(editor, images, options, message, monkeypatch):
     from vslerp.ui.editor.messages import EditorError
@@ -155,7 +157,8 @@ def test_the_page_shows_the_controls_its_backend_takes(pipe, monkeypatch):
     strength = _component(demo, "vslerp-strength")
     assert strength.visible and (strength.minimum, strength.maximum, strength.value) == (0.05, 1.0, 1.0)
     assert strength.info == "below 1 keeps the photo's layout (img2img)"
-    for hidden in ("vslerp-text-prompt", "vslerp-negative-prompt", "vslerp-noise-level", "vslerp-ip-scale"):
+    for hidden in ("vslerp-text-prompt", "vslerp-negative-prompt", "vslerp-noise-level", "vslerp-ip-scale",
+                   "vslerp-true-cfg"):
         assert not _component(demo, hidden).visible  # Kandinsky 2.2 takes strength only
     monkeypatch.setattr(pipe, "_backend_options", ("prompt", "negative_prompt", "ip_adapter_scale"), raising=False)
     demo = build_page(Editor(pipe, tiny_random=True))  # as an IP-Adapter backend's page
@@ -198,6 +201,6 @@ def test_the_pages_edit_event_passes_the_strength_and_drops_hidden_controls(edit
     source, target = ("data:image/png;base64," + base64.b64encode(images[key].read_bytes()).decode()
                       for key in ("source", "target"))
     image, result = ui_edit(source, target, "", 0.0, 0.0, 0, STEPS, 4.0, SIZE,
-                            "startup", None, 0.5, "a hidden text prompt", "", 100, 1.0, "image")
+                            "startup", None, 0.5, "a hidden text prompt", "", 100, 1.0, 4.0, "image")
     assert result["metadata"]["strength"] == 0.5 and result["metadata"]["prompt"] is None
     np.testing.assert_array_equal(_pixels(image), _alone(pipe, images, 0.5))

@@ -215,3 +215,28 @@ def test_bfloat16_keeps_the_encoder_in_float16_and_its_fingerprint(models):
     assert pipe.transformer.dtype == torch.bfloat16 and pipe.image_encoder.dtype == torch.float16
     assert encoder_fingerprint(pipe.image_encoder) == encoder_fingerprint(
         CLIPVisionModelWithProjection.from_pretrained(encoder))
+
+
+def test_the_editor_renders_true_cfg_as_the_pipeline_does(pipe, tmp_path):
+    """The editor's True CFG control reaches FLUX's render: its image is the pipeline's own with the
+    same negative prompt and true_cfg_scale, and differs from the image without true CFG."""
+    import PIL.Image
+
+    from vslerp.pipelines.inputs import open_named_image
+    from vslerp.ui.editor import Editor
+
+    paths = []
+    for k in (1, 2):
+        random_image(k, 64).save(tmp_path / f"in{k}.png")
+        paths.append(str(tmp_path / f"in{k}.png"))
+    editor = Editor(pipe, tiny_random=True, prior_steps=2)
+    text = {"text_prompt": "a cat", "negative_prompt": "blurry"}
+    image, meta = editor.edit(paths[0], paths[1], "", 0.5, 1.0, 3, 2, 3.5, 64, true_cfg_scale=3.0, **text)
+    plain, _ = editor.edit(paths[0], paths[1], "", 0.5, 1.0, 3, 2, 3.5, 64, **text)
+    own = pipe(open_named_image("source", paths[0]), open_named_image("target", paths[1]), thetas=[0.5],
+               alphas=[1.0], num_inference_steps=2, guidance_scale=3.5, height=64, width=64,
+               generator=_gen(3), prompt="a cat", negative_prompt="blurry", true_cfg_scale=3.0).images[0]
+    pixels = [np.asarray(im.convert("RGB"), dtype=np.int16) for im in (image, plain, own)]
+    assert isinstance(image, PIL.Image.Image) and meta["metadata"]["true_cfg_scale"] == 3.0
+    assert np.abs(pixels[0] - pixels[2]).max() <= 1  # PNG round trip of the same render
+    assert np.abs(pixels[0] - pixels[1]).max() > 1  # true CFG changed the image

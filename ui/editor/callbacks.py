@@ -215,7 +215,7 @@ class Editor(ResultViews):
     def render(self, source, target_image, prompt, thetas, alphas, seed, steps, guidance, size,
                mean_source=None, stats_file=None, *, target_kind: str = "auto", should_stop=None,
                report=None, strength=1.0, text_prompt=None, negative_prompt=None, noise_level=0,
-               ip_adapter_scale=None) -> dict:
+               ip_adapter_scale=None, true_cfg_scale=1.0) -> dict:
         """Run the render layer on cached embeddings; returns a result dict (images, metadata, ...).
 
         ``prompt`` is the target prompt (through the prior); ``text_prompt`` / ``negative_prompt``
@@ -242,7 +242,7 @@ class Editor(ResultViews):
         seed = seed_value(seed)
         steps, guidance, size = settings(steps, guidance, size)
         options = backend_options(self.pipe, steps, strength, text_prompt, negative_prompt, noise_level,
-                                  ip_adapter_scale)
+                                  ip_adapter_scale, true_cfg_scale)
         thetas = axis("θ", "theta", thetas, True)
         alphas = axis("α", "alpha", alphas, False)
         mean_source = mean_source_value(mean_source, getattr(self.pipe, "prior", None) is not None)

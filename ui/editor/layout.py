@@ -34,7 +34,7 @@ CLEAR_ERRORS_JS = ("() => { document.querySelectorAll('.toast-body.error [data-t
 
 # the backend controls' callback arguments → the option of pipe._backend_options each one sets
 _OPTION_KEYS = {"strength": "strength", "text_prompt": "prompt", "negative_prompt": "negative_prompt",
-                "noise_level": "noise_level", "ip_adapter_scale": "ip_adapter_scale"}
+                "noise_level": "noise_level", "ip_adapter_scale": "ip_adapter_scale", "true_cfg_scale": "true_cfg_scale"}
 _OPTION_ARGS = tuple(_OPTION_KEYS)
 
 # Theme colours (light and dark), captions under the thumbnails, tables that scroll instead of clipping.
@@ -129,20 +129,20 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
 
     # The page's events: the visible Target choice decides.
     def ui_edit(source, target_image, target_prompt, theta, alpha, seed, steps, guidance, size, mean_source,
-                stats_file, strength, text_prompt, negative_prompt, noise_level, ip_scale, target_kind,
+                stats_file, strength, text_prompt, negative_prompt, noise_level, ip_scale, true_cfg, target_kind,
                 progress=gr.Progress()):  # noqa: B008 - gradio API
         return run_client_event(editor, editor.edit, source, target_image, target_prompt, theta, alpha, seed, steps,
                                 guidance, size, mean_source, stats_file=stats_file, target_kind=target_kind,
                                 progress=progress, **taken(strength, text_prompt, negative_prompt, noise_level,
-                                                           ip_scale))
+                                                           ip_scale, true_cfg))
 
     def ui_sweep(source, target_image, target_prompt, thetas_text, alphas_text, seed, steps, guidance, size,
-                 mean_source, stats_file, strength, text_prompt, negative_prompt, noise_level, ip_scale, target_kind,
-                 progress=gr.Progress()):  # noqa: B008
+                 mean_source, stats_file, strength, text_prompt, negative_prompt, noise_level, ip_scale, true_cfg,
+                 target_kind, progress=gr.Progress()):  # noqa: B008
         return run_client_event(editor, editor.sweep, source, target_image, target_prompt, thetas_text, alphas_text,
                                 seed, steps, guidance, size, mean_source, stats_file=stats_file,
                                 target_kind=target_kind, progress=progress,
-                                **taken(strength, text_prompt, negative_prompt, noise_level, ip_scale))
+                                **taken(strength, text_prompt, negative_prompt, noise_level, ip_scale, true_cfg))
 
     def details_fn(result, gallery):
         return call(editor.details, result, gallery)
@@ -222,6 +222,9 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
                     ip_scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label=LABELS["ip_adapter_scale"],
                                          info="how strongly the image embedding conditions the UNet",
                                          visible="ip_adapter_scale" in accepted, elem_id="vslerp-ip-scale")
+                    true_cfg = gr.Slider(1.0, 10.0, value=1.0, step=0.5, label=LABELS["true_cfg_scale"],
+                                         info="above 1: guidance away from the negative prompt (FLUX; slower)",
+                                         visible="true_cfg_scale" in accepted, elem_id="vslerp-true-cfg")
                     with gr.Accordion("Advanced", open=False):
                         mean_source = gr.Radio(
                             mean_choices, value="startup", label=LABELS["mean_source"], elem_id="vslerp-mean-source",
@@ -275,7 +278,7 @@ def build_page(editor: Editor, *, concurrency: int = 1, default_steps: int | Non
                     f"dim {info.get('dim')} · {info.get('dtype')} on {info.get('device')}</small>")
 
         common = [seed, steps, guidance, size, mean_source, stats_file, strength, text_prompt, negative_prompt,
-                  noise_level, ip_scale]
+                  noise_level, ip_scale, true_cfg]
         edit_inputs = [source, target_image, target_prompt, theta, alpha, *common]
         sweep_inputs = [source, target_image, target_prompt, thetas_text, alphas_text, *common]
         target_kind.change(show_target, target_kind, [target_prompt, target_image], api_name=False)

@@ -22,11 +22,13 @@ MAX_SIZE = 2048  # px, the editor's largest render
 MIN_STRENGTH = 0.05  # the Strength slider's lowest
 # the page's names of the backend options (pipe._backend_options), for the messages
 OPTION_LABELS = {"strength": "Strength below 1", "prompt": "A text prompt", "negative_prompt": "A negative prompt",
-                 "noise_level": "A noise level", "ip_adapter_scale": "An IP-Adapter scale"}
+                 "noise_level": "A noise level", "ip_adapter_scale": "An IP-Adapter scale",
+                 "true_cfg_scale": "A true CFG scale above 1"}
 # The page's labels of its controls (layout uses them; the messages name a control by them).
 LABELS = {"theta": "Towards the target (θ)", "alpha": "Pull towards the typical image (α)", "seed": "Seed",
           "steps": "Steps", "guidance": "Guidance", "size": "Size (px)", "strength": "Strength",
-          "noise_level": "Noise level", "ip_adapter_scale": "IP-Adapter scale", "target_prompt": "Target prompt",
+          "noise_level": "Noise level", "ip_adapter_scale": "IP-Adapter scale", "true_cfg_scale": "True CFG scale",
+          "target_prompt": "Target prompt",
           "text_prompt": "Text prompt (conditions the UNet; not the target)", "negative_prompt": "Negative prompt",
           "mean_source": "Typical image (what α pulls towards)",
           "thetas": "Towards the target (θ values, 0..1: a,b,c or start:stop:count)",
@@ -148,7 +150,7 @@ def _number(key: str, value, low: float, high: float) -> float:
 
 
 def backend_options(pipe, steps: int, strength=1.0, prompt=None, negative_prompt=None, noise_level=0,
-                    ip_adapter_scale=None) -> dict:
+                    ip_adapter_scale=None, true_cfg_scale=1.0) -> dict:
     """The backend options of an event as :class:`~vslerp.ui.render.RenderSpec` fields.
 
     strength in (0, 1] (below 1: img2img from the source photo, at least one denoising step);
@@ -173,7 +175,9 @@ def backend_options(pipe, steps: int, strength=1.0, prompt=None, negative_prompt
     if level != int(level):
         raise EditorError(f"Noise level must be a whole number, got {noise_level!r}.")
     scale = None if ip_adapter_scale in (None, "") else _number("ip_adapter_scale", ip_adapter_scale, 0.0, 1e6)
-    options = {"strength": strength, **texts, "noise_level": int(level), "ip_adapter_scale": scale}
+    cfg = _number("true_cfg_scale", 1.0 if true_cfg_scale in (None, "") else true_cfg_scale, 0.0, 100.0)
+    options = {"strength": strength, **texts, "noise_level": int(level), "ip_adapter_scale": scale,
+               "true_cfg_scale": cfg}
     from vslerp.pipelines.inputs import first_refused, options_given
 
     refused = first_refused(getattr(pipe, "_backend_options", ()), options_given(**options))
