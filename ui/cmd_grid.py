@@ -93,8 +93,6 @@ def _spec(args):
         meta, labels, origin = None, not args.no_labels, ""
     spec = replace(spec_from_options(args, meta), source=source, target=target, thetas=thetas,
                    alphas=alphas, labels=labels)
-    if args.tiny_random:  # built when it loads: no recorded folder
-        spec = replace(spec, model=None, prior=None)
     return spec, meta, origin
 
 

@@ -100,8 +100,6 @@ def _spec(args):
     target = next((ref for ref in inputs if ref["kind"] == "prompt"), inputs[1])
     spec = replace(spec_from_options(args, meta), inputs=tuple(inputs), weights=rows, alphas=alphas,
                    labels=labels, source=inputs[0], target=target)
-    if args.tiny_random:  # built when it loads: no recorded folder
-        spec = replace(spec, model=None, prior=None)
     return spec, meta, origin
 
 

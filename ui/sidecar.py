@@ -225,7 +225,9 @@ def spec_from_options(args, recorded: dict | None = None) -> RenderSpec:
             options[key] = value
     spec = RenderSpec(
         **options,
-        model=args.model or meta.get("model"), prior=args.prior or meta.get("prior"),
+        # --tiny-random builds its model when it loads: no recorded folder
+        **({"model": None, "prior": None} if getattr(args, "tiny_random", False) else
+           {"model": args.model or meta.get("model"), "prior": args.prior or meta.get("prior")}),
         stats=str(Path(stats).expanduser().resolve()) if stats else None, dtype=dtype,
         device=getattr(args, "device", None),
         allow_extrapolation=bool(args.allow_extrapolation or meta.get("allow_extrapolation")),
